@@ -1,0 +1,238 @@
+"""The flows file (`flows.yaml`): pydantic models, loading, and error reporting with paths.
+
+Every model forbids unknown keys, so a typo is an error rather than a silently ignored setting.
+Secrets are only ever references (`env:NAME`); `resolve_secret` reads them at the last moment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from croniter import croniter
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from shared.errors import ConfigError
+
+SECRET_REF = re.compile(r"^env:[A-Za-z_][A-Za-z0-9_]*$")
+_URL_PASSWORD = re.compile(r"^[a-z0-9+]+://[^/:@]*:[^/@]+@", re.IGNORECASE)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _secret_ref(value: str | None) -> str | None:
+    if value is not None and not SECRET_REF.match(value):
+        raise ValueError("secrets must be references of the form env:NAME, never literal values")
+    return value
+
+
+def resolve_secret(ref: str) -> str:
+    """`env:NAME` -> the variable's value; a plain string is returned as it is (non-secret values)."""
+    if not ref.startswith("env:"):
+        return ref
+    name = ref[4:]
+    value = os.environ.get(name)
+    if not value:
+        raise ConfigError([f"environment variable {name} (referenced as {ref}) is not set"])
+    return value
+
+
+class DataverseAuth(Strict):
+    tenant_id: str | None = None
+    client_id: str | None = None
+    client_secret: str | None = None
+    certificate_path: str | None = None
+    certificate_thumbprint: str | None = None
+    certificate_password: str | None = None
+    managed_identity: bool = False
+    authority_host: str = "https://login.microsoftonline.com"
+    # For simulators and tests only: send this static bearer token instead of asking MSAL.
+    static_token: str | None = None
+
+    _secrets = field_validator("client_secret", "certificate_password", "static_token")(_secret_ref)
+
+    @model_validator(mode="after")
+    def _one_method(self) -> DataverseAuth:
+        methods = [bool(self.client_secret), bool(self.certificate_path), self.managed_identity, bool(self.static_token)]
+        if sum(methods) != 1:
+            raise ValueError(
+                "choose exactly one of client_secret, certificate_path, managed_identity, static_token"
+            )
+        if (self.client_secret or self.certificate_path) and not (self.tenant_id and self.client_id):
+            raise ValueError("tenant_id and client_id are required with a client secret or certificate")
+        return self
+
+
+class DataverseSystem(Strict):
+    kind: Literal["dataverse"]
+    url: str
+    auth: DataverseAuth
+    api_version: str = "v9.2"
+    page_size: int = Field(default=5000, ge=1, le=5000)
+    batch_size: int = Field(default=1000, ge=1, le=1000)
+    max_concurrency: int = Field(default=4, ge=1, le=52)
+    timeout_seconds: float = Field(default=60, gt=0)
+
+
+class SqlSystem(Strict):
+    kind: Literal["sql"]
+    url: str
+
+    @field_validator("url")
+    @classmethod
+    def _no_literal_password(cls, value: str) -> str:
+        if not value.startswith("env:") and _URL_PASSWORD.match(value):
+            raise ValueError("a database URL with a password must be given as env:NAME")
+        return value
+
+
+System = Annotated[DataverseSystem | SqlSystem, Field(discriminator="kind")]
+
+Keys = Annotated[list[str], Field(min_length=1)]
+
+
+def _as_list(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+class SourceSpec(Strict):
+    system: str
+    entity: str
+    key: Keys
+    changes: Literal["change_tracking", "watermark", "status_flag"] = "watermark"
+    watermark: str = "modified_at"
+    version: str | None = None  # a rowversion-like column; the watermark is the version when absent
+    status_field: str = "sync_status"
+    reason_field: str = "sync_error"
+
+    _key_list = field_validator("key", mode="before")(_as_list)
+
+
+class TargetSpec(Strict):
+    system: str
+    entity: str
+    key: Keys
+    deactivate_field: str = "status"
+    deactivate_value: Any = "inactive"
+
+    _key_list = field_validator("key", mode="before")(_as_list)
+
+
+FieldType = Literal["string", "int", "decimal", "bool", "datetime", "date"]
+
+
+class FieldMap(Strict):
+    from_: str = Field(alias="from")
+    to: str
+    type: FieldType | None = None
+    max_length: int | None = Field(default=None, ge=1)
+    required: bool = False
+    map: dict[str, Any] | None = None
+    default: Any = None
+    lookup: str | None = None
+    owner: str | None = None
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("map", mode="before")
+    @classmethod
+    def _map_keys_as_strings(cls, value: Any) -> Any:
+        # YAML reads `{0: active}` with an int key; source values are compared as strings.
+        if isinstance(value, dict):
+            return {str(k): v for k, v in value.items()}
+        return value
+
+
+class Flow(Strict):
+    source: SourceSpec
+    target: TargetSpec
+    schedule: str = "0 */5 * * * *"
+    master: str | None = None
+    deletes: Literal["delete", "deactivate", "ignore"] = "ignore"
+    fields: list[FieldMap] = Field(min_length=1)
+    pair: str | None = None
+    max_attempts: int = Field(default=8, ge=1, le=100)
+    missing_reference_attempts: int = Field(default=5, ge=1, le=100)
+    page_size: int = Field(default=1000, ge=1, le=10000)
+    enabled: bool = True
+
+    @field_validator("schedule")
+    @classmethod
+    def _ncrontab(cls, value: str) -> str:
+        parts = value.split()
+        if len(parts) != 6:
+            raise ValueError("schedule must be a 6-field NCRONTAB expression: sec min hour day month weekday")
+        if not croniter.is_valid(" ".join(parts[1:] + parts[:1])):
+            raise ValueError(f"schedule {value!r} is not a valid NCRONTAB expression")
+        return value
+
+
+class Config(Strict):
+    systems: dict[str, System]
+    flows: dict[str, Flow]
+
+    def flow(self, name: str) -> Flow:
+        return self.flows[name]
+
+    def pair_of(self, name: str) -> str:
+        return self.flows[name].pair or name
+
+
+def _loc_path(loc: tuple[Any, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part in ("dataverse", "sql") and path.startswith("systems."):
+            continue  # the discriminator's branch name is noise for the reader
+        else:
+            path += f".{part}" if path else str(part)
+    return path
+
+
+def _cross_check(config: Config) -> list[str]:
+    problems = []
+    for name, flow in config.flows.items():
+        base = f"flows.{name}"
+        for side in ("source", "target"):
+            system = getattr(flow, side).system
+            if system not in config.systems:
+                problems.append(f"{base}.{side}.system: unknown system {system!r}")
+        if flow.master is not None and flow.master not in (flow.source.system, flow.target.system):
+            problems.append(f"{base}.master: must be {flow.source.system!r} or {flow.target.system!r}")
+        for i, field in enumerate(flow.fields):
+            if field.lookup is not None and field.lookup not in config.flows:
+                problems.append(f"{base}.fields[{i}].lookup: unknown flow {field.lookup!r}")
+            if field.owner is not None and field.owner not in (flow.source.system, flow.target.system):
+                problems.append(f"{base}.fields[{i}].owner: must be one of the flow's systems")
+        mapped = {f.to for f in flow.fields}
+        for key in flow.target.key:
+            if key not in mapped:
+                problems.append(f"{base}.target.key: {key!r} is not the 'to' of any field")
+    return problems
+
+
+def parse_config(data: Any) -> Config:
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        problems = [f"{_loc_path(err['loc']) or '(root)'}: {err['msg']}" for err in exc.errors()]
+        raise ConfigError(problems) from None
+    problems = _cross_check(config)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def load_config(path: str | Path) -> Config:
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"(file): not valid YAML: {exc}"]) from None
+    return parse_config(data)

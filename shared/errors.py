@@ -1,0 +1,68 @@
+"""The failure taxonomy every connector and engine step speaks.
+
+The engine turns these into outcomes: transient -> retry later, permanent -> dead-letter at once,
+auth -> pause the flow and leave the message where it is.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    """Dead-letter reasons an operator sees in Service Bus Explorer."""
+
+    VALIDATION_FAILED = "ValidationFailed"
+    MAPPING_FAILED = "MappingFailed"
+    MISSING_REFERENCE = "MissingReference"
+    UNKNOWN_FLOW = "UnknownFlow"
+    MALFORMED_MESSAGE = "MalformedMessage"
+    TARGET_REJECTED = "TargetRejected"
+    RETRIES_EXHAUSTED = "RetriesExhausted"
+    CONFLICT = "Conflict"
+    AMBIGUOUS_MATCH = "AmbiguousMatch"
+
+
+class SyncError(Exception):
+    """Base of every error the engine knows how to classify."""
+
+
+class TransientError(SyncError):
+    """Worth trying again later: throttling (429), 5xx, timeouts, lost connections."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PermanentError(SyncError):
+    """Will fail the same way every time until someone fixes data or config."""
+
+    def __init__(self, reason: Reason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class MissingReferenceError(PermanentError):
+    """A lookup's parent has no key-map entry yet; waits with backoff up to a bound, then dead-letters."""
+
+    def __init__(self, message: str, flow: str = "", key: str = "") -> None:
+        super().__init__(Reason.MISSING_REFERENCE, message)
+        self.flow = flow
+        self.key = key
+
+
+class AuthError(SyncError):
+    """401/403: retrying will not help and dead-lettering would lose nothing but time; pause the flow."""
+
+
+class ConcurrencyError(SyncError):
+    """An etag-guarded write lost the race (the row changed or already exists)."""
+
+
+class ConfigError(SyncError):
+    """The flows file is invalid; carries every problem with its path."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems

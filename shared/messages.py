@@ -1,0 +1,103 @@
+"""The message contract between pull and apply (`ChangeMessage`) and its bus envelope.
+
+The envelope carries what Service Bus (and the SQLite bus that mirrors it) needs to route, de-duplicate
+and let an operator filter: message_id, subject, correlation_id and application properties.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Service Bus caps message_id at 128 characters.
+MAX_MESSAGE_ID = 128
+
+
+class ChangeMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    flow: str = Field(min_length=1)
+    op: Literal["upsert", "delete"]
+    source_system: str = Field(min_length=1)
+    entity: str = Field(min_length=1)
+    key: str = Field(min_length=1)
+    version: str = Field(min_length=1)
+    changed_at: datetime
+    payload: dict[str, Any] = Field(default_factory=dict)
+    fingerprint: str = ""
+    attempt: int = Field(default=1, ge=1)
+    correlation_id: str = ""
+    first_enqueued_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    def base_message_id(self) -> str:
+        return bounded_id(f"{self.flow}:{self.key}:{self.version}")
+
+    def message_id(self) -> str:
+        """Deterministic, so a re-sent pull is dropped by duplicate detection; every re-send is new."""
+        if self.attempt == 1:
+            return self.base_message_id()
+        return bounded_id(f"{self.flow}:{self.key}:{self.version}:r{self.attempt}")
+
+    def retry_clone(self) -> ChangeMessage:
+        return self.model_copy(update={"attempt": self.attempt + 1})
+
+
+class Envelope(BaseModel):
+    """One message as the bus port sends and receives it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    message_id: str
+    body: bytes
+    subject: str = ""
+    correlation_id: str = ""
+    content_type: str = "application/json"
+    application_properties: dict[str, str | int] = Field(default_factory=dict)
+    scheduled_enqueue_time_utc: datetime | None = None
+
+
+def bounded_id(raw: str) -> str:
+    if len(raw) <= MAX_MESSAGE_ID:
+        return raw
+    digest = hashlib.sha256(raw.encode()).hexdigest()[:32]
+    return f"{raw[: MAX_MESSAGE_ID - 33]}~{digest}"
+
+
+def to_envelope(
+    message: ChangeMessage, *, message_id: str | None = None, scheduled_at: datetime | None = None
+) -> Envelope:
+    return Envelope(
+        message_id=message_id or message.message_id(),
+        body=message.model_dump_json().encode(),
+        subject=message.flow,
+        correlation_id=message.correlation_id,
+        application_properties={
+            "flow": message.flow,
+            "entity": message.entity,
+            "key": message.key,
+            "op": message.op,
+            "attempt": message.attempt,
+            "version": message.version,
+        },
+        scheduled_enqueue_time_utc=scheduled_at,
+    )
+
+
+def parse_body(body: bytes | str) -> ChangeMessage:
+    """Raises pydantic.ValidationError or ValueError on a malformed body."""
+    return ChangeMessage.model_validate_json(body)
+
+
+def fingerprint(values: dict[str, Any]) -> str:
+    """Stable hash of field values, so 'what we last wrote' compares equal to its echo."""
+    canonical = json.dumps(values, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.blake2b(canonical.encode(), digest_size=16).hexdigest()
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex

@@ -1,0 +1,71 @@
+"""Connector port: how the engine reads from and writes to a CRM or ERP system."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, Protocol
+
+from shared.config import SourceSpec, TargetSpec
+from shared.errors import SyncError
+
+
+@dataclass
+class SourceRecord:
+    key: str  # formatted with shared.keys.format_key
+    values: dict[str, Any]
+    version: str  # sortable: a newer change always compares greater
+    changed_at: datetime
+    deleted: bool = False
+
+
+@dataclass
+class ChangePage:
+    records: list[SourceRecord]
+    position: dict[str, Any]  # the cursor position after this page; stored only once the page is on the bus
+    # True when the connector is reading the whole source (first run, expired delta token): keys the
+    # state knows but the snapshot lacks are then deletes.
+    snapshot: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class WriteOp:
+    kind: Literal["upsert", "update", "delete"]
+    key: dict[str, Any]  # target key field -> value
+    values: dict[str, Any] = field(default_factory=dict)
+    create_only: bool = False
+    if_match: str | None = None
+    ref: Any = None  # the caller's correlation, returned untouched in the result
+
+
+@dataclass
+class WriteResult:
+    op: WriteOp
+    ok: bool
+    key: str | None = None  # formatted target key
+    etag: str | None = None
+    error: SyncError | None = None
+
+
+class Connector(Protocol):
+    def read_changes(
+        self, source: SourceSpec, position: dict[str, Any] | None, page_size: int
+    ) -> Iterator[ChangePage]: ...
+
+    def read_record(self, source: SourceSpec, key: str) -> SourceRecord | None: ...
+
+    def read_records(self, entity: str, key_fields: Sequence[str], keys: Sequence[str]) -> dict[str, SourceRecord]:
+        """Current rows by key (target-side reads for conflict detection and matching)."""
+        ...
+
+    def write_batch(self, target: TargetSpec, ops: Sequence[WriteOp]) -> list[WriteResult]:
+        """One result per op, in order; one bad op never fails its neighbours."""
+        ...
+
+    def acknowledge(self, source: SourceSpec, keys: Sequence[str], failed: dict[str, str]) -> None:
+        """Status-flag sources: mark rows as sent (P) or failed (E, with reason). Others ignore it."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,206 @@
+"""Sync state on top of the table port: cursors and leases, key map, record state, runs, failures.
+
+Written once for every backend. Cursor writes are always etag-guarded (insert / update-if-unchanged),
+never blind upserts, so two pullers can never both advance one flow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from shared.ports.tables import Entity, TableBackend
+
+CURSORS = "cursors"
+KEYMAP = "keymap"
+RECORDS = "records"
+RUNS = "runs"
+FAILURES = "failures"
+TABLES = (CURSORS, KEYMAP, RECORDS, RUNS, FAILURES)
+
+RECORD_BUCKETS = 16
+_CURSOR_RK = "cursor"
+_MAX_TICKS = 10**19  # inverted timestamps sort newest first
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.astimezone(UTC).isoformat() if moment else None
+
+
+def _from_iso(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
+@dataclass
+class Cursor:
+    flow: str
+    position: dict[str, Any] | None = None
+    lease_owner: str | None = None
+    lease_expires: datetime | None = None
+    paused: bool = False
+    paused_reason: str | None = None
+    last_run: dict[str, Any] = field(default_factory=dict)
+    etag: str = ""
+
+    def to_data(self) -> dict[str, Any]:
+        return {
+            "position": self.position,
+            "lease_owner": self.lease_owner,
+            "lease_expires": _iso(self.lease_expires),
+            "paused": self.paused,
+            "paused_reason": self.paused_reason,
+            "last_run": self.last_run,
+        }
+
+    @classmethod
+    def from_entity(cls, entity: Entity) -> Cursor:
+        d = entity.data
+        return cls(
+            flow=entity.pk,
+            position=d.get("position"),
+            lease_owner=d.get("lease_owner"),
+            lease_expires=_from_iso(d.get("lease_expires")),
+            paused=bool(d.get("paused", False)),
+            paused_reason=d.get("paused_reason"),
+            last_run=d.get("last_run") or {},
+            etag=entity.etag,
+        )
+
+
+@dataclass
+class KeyLink:
+    """One record known on both sides; stored in both directions."""
+
+    system_a: str
+    key_a: str
+    system_b: str
+    key_b: str
+
+
+@dataclass
+class RecordState:
+    record_id: str  # "<system>|<key>" of the side the pair treats as canonical
+    versions: dict[str, str] = field(default_factory=dict)  # system -> last applied version from it
+    fingerprints: dict[str, str] = field(default_factory=dict)  # system -> fingerprint we last wrote there
+    values: dict[str, dict[str, Any]] = field(default_factory=dict)  # system -> mapped values last written
+    synced_at: datetime | None = None
+
+    def to_data(self) -> dict[str, Any]:
+        return {
+            "versions": self.versions,
+            "fingerprints": self.fingerprints,
+            "values": self.values,
+            "synced_at": _iso(self.synced_at),
+        }
+
+    @classmethod
+    def from_entity(cls, entity: Entity) -> RecordState:
+        d = entity.data
+        return cls(
+            record_id=entity.rk,
+            versions=d.get("versions") or {},
+            fingerprints=d.get("fingerprints") or {},
+            values=d.get("values") or {},
+            synced_at=_from_iso(d.get("synced_at")),
+        )
+
+
+def record_partition(pair: str, record_id: str) -> str:
+    bucket = int.from_bytes(hashlib.blake2b(record_id.encode(), digest_size=2).digest()) % RECORD_BUCKETS
+    return f"{pair}~{bucket:02d}"
+
+
+class StateStore:
+    def __init__(self, tables: TableBackend) -> None:
+        self.tables = tables
+
+    # -- cursors and leases -------------------------------------------------------------------
+    def get_cursor(self, flow: str) -> Cursor | None:
+        entity = self.tables.get(CURSORS, flow, _CURSOR_RK)
+        return Cursor.from_entity(entity) if entity else None
+
+    def create_cursor(self, cursor: Cursor) -> Cursor:
+        cursor.etag = self.tables.insert(CURSORS, cursor.flow, _CURSOR_RK, cursor.to_data())
+        return cursor
+
+    def save_cursor(self, cursor: Cursor) -> Cursor:
+        """Etag-guarded; raises ConcurrencyError when someone else wrote the cursor since we read it."""
+        cursor.etag = self.tables.update(CURSORS, cursor.flow, _CURSOR_RK, cursor.to_data(), cursor.etag)
+        return cursor
+
+    def list_cursors(self) -> list[Cursor]:
+        return [Cursor.from_entity(e) for e in self.tables.query(CURSORS)]
+
+    # -- key map ------------------------------------------------------------------------------
+    def lookup_keys(self, pair: str, system: str, keys: Iterable[str]) -> dict[str, str]:
+        """Source keys of `system` -> the other system's keys, for those the pair has linked."""
+        wanted = list(dict.fromkeys(keys))
+        found = self.tables.get_many(KEYMAP, pair, [f"{system}|{k}" for k in wanted])
+        prefix = len(system) + 1
+        return {rk[prefix:]: e.data["other_key"] for rk, e in found.items()}
+
+    def link_keys(self, pair: str, links: Sequence[KeyLink]) -> None:
+        rows = []
+        for link in links:
+            rows.append((pair, f"{link.system_a}|{link.key_a}", {"other_system": link.system_b, "other_key": link.key_b}))
+            rows.append((pair, f"{link.system_b}|{link.key_b}", {"other_system": link.system_a, "other_key": link.key_a}))
+        self.tables.upsert_many(KEYMAP, rows)
+
+    def unlink_keys(self, pair: str, links: Sequence[KeyLink]) -> None:
+        for link in links:
+            self.tables.delete(KEYMAP, pair, f"{link.system_a}|{link.key_a}")
+            self.tables.delete(KEYMAP, pair, f"{link.system_b}|{link.key_b}")
+
+    def linked_keys(self, pair: str, system: str) -> Iterator[str]:
+        """Every key of `system` the pair knows, streamed in key order (for delete inference)."""
+        prefix = f"{system}|"
+        for entity in self.tables.query(KEYMAP, pair, rk_prefix=prefix):
+            yield entity.rk[len(prefix) :]
+
+    def count_keys(self, pair: str, system: str) -> int:
+        return sum(1 for _ in self.linked_keys(pair, system))
+
+    # -- record state -------------------------------------------------------------------------
+    def get_records(self, pair: str, record_ids: Iterable[str]) -> dict[str, RecordState]:
+        by_partition: dict[str, list[str]] = defaultdict(list)
+        for rid in dict.fromkeys(record_ids):
+            by_partition[record_partition(pair, rid)].append(rid)
+        found: dict[str, RecordState] = {}
+        for partition, rids in by_partition.items():
+            for rk, entity in self.tables.get_many(RECORDS, partition, rids).items():
+                found[rk] = RecordState.from_entity(entity)
+        return found
+
+    def put_records(self, pair: str, records: Sequence[RecordState]) -> None:
+        rows = [(record_partition(pair, r.record_id), r.record_id, r.to_data()) for r in records]
+        self.tables.upsert_many(RECORDS, rows)
+
+    # -- runs ---------------------------------------------------------------------------------
+    def add_run(self, flow: str, summary: dict[str, Any], at: datetime | None = None) -> None:
+        moment = at or datetime.now(UTC)
+        inverted = _MAX_TICKS - int(moment.timestamp() * 1_000_000)
+        row = {**summary, "at": _iso(moment)}
+        self.tables.upsert_many(RUNS, [(flow, f"{inverted:020d}-{summary.get('run_id', '')}", row)])
+
+    def recent_runs(self, flow: str, limit: int = 10) -> list[dict[str, Any]]:
+        runs = []
+        for entity in self.tables.query(RUNS, flow):
+            runs.append(entity.data)
+            if len(runs) >= limit:
+                break
+        return runs
+
+    # -- failure ledger (apply without settlement: reason kept until the DLQ takes the message) --
+    def record_failure(self, queue: str, message_id: str, reason: str, description: str) -> None:
+        self.tables.upsert_many(FAILURES, [(queue, message_id, {"reason": reason, "description": description})])
+
+    def get_failure(self, queue: str, message_id: str) -> dict[str, Any] | None:
+        entity = self.tables.get(FAILURES, queue, message_id)
+        return entity.data if entity else None
+
+    def close(self) -> None:
+        self.tables.close()

@@ -1,0 +1,138 @@
+"""State store contract: what the engine relies on, whatever holds the state."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from shared.errors import ConcurrencyError
+from shared.state.store import Cursor, KeyLink, RecordState
+
+
+def test_values_round_trip_exactly(tables):
+    data = {"s": "x/y\\z#?", "big": 2**40, "neg": -(2**35), "small": 7, "f": 1.5, "b": True, "n": None,
+            "d": {"nested": [1, "two", {"three": 3}]}, "l": ["a", 2**33]}
+    tables.insert("cursors", "flow/with#odd?chars", "cursor", data)
+    assert tables.get("cursors", "flow/with#odd?chars", "cursor").data == data
+
+
+def test_insert_is_insert_if_absent(tables):
+    tables.insert("cursors", "f", "cursor", {"a": 1})
+    with pytest.raises(ConcurrencyError):
+        tables.insert("cursors", "f", "cursor", {"a": 2})
+    assert tables.get("cursors", "f", "cursor").data == {"a": 1}
+
+
+def test_update_is_guarded_by_etag(tables):
+    etag = tables.insert("cursors", "f", "cursor", {"a": 1})
+    newer = tables.update("cursors", "f", "cursor", {"a": 2}, etag)
+    assert newer != etag
+    with pytest.raises(ConcurrencyError):
+        tables.update("cursors", "f", "cursor", {"a": 3}, etag)
+    with pytest.raises(ConcurrencyError):
+        tables.update("cursors", "absent", "cursor", {"a": 3}, etag)
+    assert tables.get("cursors", "f", "cursor").data == {"a": 2}
+
+
+def test_upsert_many_spans_partitions_and_more_than_a_transaction(tables):
+    rows = [(f"p{i % 3}", f"r{i:04d}", {"i": i}) for i in range(250)]
+    tables.upsert_many("keymap", rows)
+    tables.upsert_many("keymap", [("p0", "r0000", {"i": -1})])
+    got = tables.get_many("keymap", "p0", ["r0000", "r0003", "missing"])
+    assert {rk: e.data["i"] for rk, e in got.items()} == {"r0000": -1, "r0003": 3}
+    assert len(list(tables.query("keymap", "p1"))) == 83
+    assert len(list(tables.query("keymap"))) == 250
+
+
+def test_query_by_prefix_is_ordered_and_complete(tables):
+    rows = [("pair", f"{side}|{i:05d}", {}) for side in ("crm", "erp") for i in range(1200)]
+    tables.upsert_many("keymap", rows)
+    crm = [e.rk for e in tables.query("keymap", "pair", rk_prefix="crm|")]
+    assert crm == [f"crm|{i:05d}" for i in range(1200)]
+
+
+def test_delete(tables):
+    tables.upsert_many("keymap", [("p", "r", {})])
+    tables.delete("keymap", "p", "r")
+    tables.delete("keymap", "p", "never-there")
+    assert tables.get("keymap", "p", "r") is None
+
+
+def test_cursor_lifecycle_and_lost_race(store):
+    assert store.get_cursor("f") is None
+    expires = datetime.now(UTC) + timedelta(minutes=5)
+    created = store.create_cursor(Cursor("f", position={"watermark": "2024-01-01", "last_key": "7"},
+                                         lease_owner="me", lease_expires=expires))
+    with pytest.raises(ConcurrencyError):
+        store.create_cursor(Cursor("f"))
+    mine = store.get_cursor("f")
+    theirs = store.get_cursor("f")
+    mine.position = {"watermark": "2024-01-02", "last_key": "1"}
+    store.save_cursor(mine)
+    theirs.position = {"watermark": "1999-01-01", "last_key": ""}
+    with pytest.raises(ConcurrencyError):
+        store.save_cursor(theirs)
+    final = store.get_cursor("f")
+    assert final.position == {"watermark": "2024-01-02", "last_key": "1"}
+    assert final.lease_owner == "me" and final.lease_expires == expires.astimezone(UTC)
+    assert created.etag and final.etag == mine.etag
+
+
+def test_only_one_of_many_concurrent_writers_wins(store):
+    store.create_cursor(Cursor("f", position={"n": 0}))
+    snapshot = store.get_cursor("f")
+    wins, losses = [], []
+
+    def attempt(n: int) -> None:
+        c = Cursor("f", position={"n": n}, etag=snapshot.etag)
+        try:
+            store.save_cursor(c)
+            wins.append(n)
+        except ConcurrencyError:
+            losses.append(n)
+
+    threads = [threading.Thread(target=attempt, args=(n,)) for n in range(1, 9)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wins) == 1 and len(losses) == 7
+    assert store.get_cursor("f").position == {"n": wins[0]}
+
+
+def test_key_map_both_directions(store):
+    store.link_keys("pair", [KeyLink("crm", "A/1#", "erp", "C-1"), KeyLink("crm", "A-2", "erp", "C-2")])
+    assert store.lookup_keys("pair", "crm", ["A/1#", "A-2", "nope"]) == {"A/1#": "C-1", "A-2": "C-2"}
+    assert store.lookup_keys("pair", "erp", ["C-1"]) == {"C-1": "A/1#"}
+    assert store.count_keys("pair", "erp") == 2
+    assert list(store.linked_keys("pair", "crm")) == ["A-2", "A/1#"]
+    store.unlink_keys("pair", [KeyLink("crm", "A-2", "erp", "C-2")])
+    assert store.count_keys("pair", "crm") == 1
+
+
+def test_record_state_round_trip_across_buckets(store):
+    now = datetime.now(UTC)
+    records = [RecordState(f"crm|{i}", versions={"crm": f"{i:020d}"}, fingerprints={"erp": f"fp{i}"},
+                           values={"erp": {"name": f"n{i}", "limit": 2**40}}, synced_at=now) for i in range(300)]
+    store.put_records("pair", records)
+    got = store.get_records("pair", [f"crm|{i}" for i in range(0, 300, 7)] + ["crm|missing"])
+    assert len(got) == len(range(0, 300, 7))
+    assert got["crm|14"].versions == {"crm": f"{14:020d}"}
+    assert got["crm|14"].values["erp"]["limit"] == 2**40
+    assert got["crm|14"].synced_at == now
+
+
+def test_runs_newest_first(store):
+    base = datetime(2026, 1, 1, tzinfo=UTC)
+    for i in range(5):
+        store.add_run("f", {"run_id": f"r{i}", "pulled": i}, at=base + timedelta(minutes=i))
+    assert [r["pulled"] for r in store.recent_runs("f", limit=3)] == [4, 3, 2]
+
+
+def test_failure_ledger(store):
+    store.record_failure("q", "flow:key/1:v", "ValidationFailed", "record key/1: field name too long")
+    assert store.get_failure("q", "flow:key/1:v") == {"reason": "ValidationFailed",
+                                                      "description": "record key/1: field name too long"}
+    assert store.get_failure("q", "other") is None
