@@ -66,3 +66,7 @@ class ConfigError(SyncError):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+
+
+class LockLostError(SyncError):
+    """Settling a message whose peek-lock expired (another receiver may hold it now)."""

@@ -1,0 +1,267 @@
+"""Embedded message bus over SQLite with the Service Bus semantics the engine relies on.
+
+Peek-lock with a lock duration, delivery count, max delivery count -> DLQ (MaxDeliveryCountExceeded),
+dead-letter with reason and description, scheduled delivery, duplicate detection by message_id within a
+window. Each thread gets its own connection; BEGIN IMMEDIATE serialises receivers across processes.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from shared.errors import LockLostError
+from shared.messages import Envelope
+from shared.ports.bus import QueueCounts, Received
+from shared.state.sqlite_tables import connect
+
+MAX_DELIVERY_EXCEEDED = "MaxDeliveryCountExceeded"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    subject TEXT, correlation_id TEXT, content_type TEXT, props TEXT, body BLOB,
+    enqueued_at REAL NOT NULL,
+    due_at REAL NOT NULL,          -- scheduled enqueue time (= enqueued_at when not scheduled)
+    locked_until REAL NOT NULL DEFAULT 0,
+    lock_token TEXT,
+    delivery_count INTEGER NOT NULL DEFAULT 0,
+    dead INTEGER NOT NULL DEFAULT 0,
+    dl_reason TEXT, dl_description TEXT
+);
+CREATE INDEX IF NOT EXISTS ix_ready ON messages (queue, dead, seq);
+CREATE TABLE IF NOT EXISTS seen_ids (
+    queue TEXT NOT NULL, message_id TEXT NOT NULL, expires_at REAL NOT NULL,
+    PRIMARY KEY (queue, message_id)
+) WITHOUT ROWID;
+"""
+
+_COLUMNS = (
+    "seq, message_id, subject, correlation_id, content_type, props, body, enqueued_at, "
+    "delivery_count, lock_token, dl_reason, dl_description"
+)
+
+
+def _ts(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)
+
+
+class _Tx:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on error."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> Any:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+class SqliteBus:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        lock_duration: float = 60.0,
+        max_delivery_count: int = 10,
+        duplicate_window: float = 600.0,
+        clock: Any = time.time,
+    ) -> None:
+        self.path = str(path)
+        self.lock_duration = lock_duration
+        self.max_delivery_count = max_delivery_count
+        self.duplicate_window = duplicate_window
+        self._clock = clock
+        self._local = threading.local()
+        self._conn().executescript(_SCHEMA)
+
+    def _conn(self) -> Any:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = connect(self.path)
+        return conn
+
+    # -- sending ---------------------------------------------------------------------------------
+    def send(self, queue: str, envelopes: Sequence[Envelope]) -> None:
+        if not envelopes:
+            return
+        now = self._clock()
+        unique = list({e.message_id: e for e in reversed(envelopes)}.values())[::-1]
+        with _Tx(self._conn()) as conn:
+            seen = self._recently_seen(conn, queue, [e.message_id for e in unique], now)
+            fresh = [e for e in unique if e.message_id not in seen]
+            conn.executemany(
+                "INSERT OR REPLACE INTO seen_ids VALUES (?,?,?)",
+                [(queue, e.message_id, now + self.duplicate_window) for e in fresh],
+            )
+            conn.executemany(
+                "INSERT INTO messages (queue, message_id, subject, correlation_id, content_type, props, body,"
+                " enqueued_at, due_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                [
+                    (
+                        queue, e.message_id, e.subject, e.correlation_id, e.content_type,
+                        json.dumps(e.application_properties), e.body, now,
+                        e.scheduled_enqueue_time_utc.timestamp() if e.scheduled_enqueue_time_utc else now,
+                    )
+                    for e in fresh
+                ],
+            )
+
+    @staticmethod
+    def _recently_seen(conn: Any, queue: str, ids: list[str], now: float) -> set[str]:
+        seen: set[str] = set()
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = conn.execute(
+                f"SELECT message_id FROM seen_ids WHERE queue=? AND expires_at>? AND message_id IN ({marks})",
+                (queue, now, *chunk),
+            ).fetchall()
+            seen.update(r[0] for r in rows)
+        return seen
+
+    # -- receiving -------------------------------------------------------------------------------
+    def receive(self, queue: str, max_messages: int = 100, max_wait: float = 1.0) -> list[Received]:
+        return self._receive(queue, max_messages, max_wait, dead=0)
+
+    def receive_dead_letters(self, queue: str, max_messages: int = 100, max_wait: float = 1.0) -> list[Received]:
+        return self._receive(queue, max_messages, max_wait, dead=1)
+
+    def _receive(self, queue: str, max_messages: int, max_wait: float, dead: int) -> list[Received]:
+        deadline = time.monotonic() + max_wait
+        while True:
+            got = self._lock_batch(queue, max_messages, dead)
+            if got or time.monotonic() >= deadline:
+                return got
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+
+    def _lock_batch(self, queue: str, max_messages: int, dead: int) -> list[Received]:
+        now = self._clock()
+        with _Tx(self._conn()) as conn:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM messages WHERE queue=? AND dead=? AND due_at<=? AND locked_until<=?"
+                " ORDER BY seq LIMIT ?",
+                (queue, dead, now, now, max_messages),
+            ).fetchall()
+            if not dead:
+                exhausted = [r for r in rows if r[8] >= self.max_delivery_count]
+                conn.executemany(
+                    "UPDATE messages SET dead=1, lock_token=NULL, locked_until=0, dl_reason=?, dl_description=?"
+                    " WHERE seq=?",
+                    [(MAX_DELIVERY_EXCEEDED, f"delivered {r[8]} times", r[0]) for r in exhausted],
+                )
+                rows = [r for r in rows if r[8] < self.max_delivery_count]
+            token = uuid.uuid4().hex
+            conn.executemany(
+                "UPDATE messages SET lock_token=?, locked_until=?, delivery_count=delivery_count+1 WHERE seq=?",
+                [(token, now + self.lock_duration, r[0]) for r in rows],
+            )
+        return [self._received(r, token, delivered=True) for r in rows]
+
+    def peek_dead_letters(self, queue: str, max_messages: int = 100, from_sequence: int = 0) -> list[Received]:
+        rows = self._conn().execute(
+            f"SELECT {_COLUMNS} FROM messages WHERE queue=? AND dead=1 AND seq>=? ORDER BY seq LIMIT ?",
+            (queue, from_sequence, max_messages),
+        ).fetchall()
+        return [self._received(r, "", delivered=False) for r in rows]
+
+    @staticmethod
+    def _received(row: tuple[Any, ...], token: str, delivered: bool) -> Received:
+        seq, mid, subject, corr, ctype, props, body, enq, count, _tok, reason, desc = row
+        envelope = Envelope(
+            message_id=mid, body=body, subject=subject or "", correlation_id=corr or "",
+            content_type=ctype or "", application_properties=json.loads(props or "{}"),
+        )
+        return Received(
+            envelope=envelope, delivery_count=count + (1 if delivered else 0), enqueued_at=_ts(enq),
+            sequence_number=seq, lock_token=token, dead_letter_reason=reason, dead_letter_description=desc,
+            handle=seq,
+        )
+
+    # -- settling --------------------------------------------------------------------------------
+    def settler(self, queue: str) -> _SqliteSettler:
+        return _SqliteSettler(self)
+
+    def _held(self, conn: Any, messages: Sequence[Received]) -> None:
+        now = self._clock()
+        for m in messages:
+            row = conn.execute("SELECT lock_token, locked_until FROM messages WHERE seq=?", (m.handle,)).fetchone()
+            if row is None or row[0] != m.lock_token or row[1] < now:
+                raise LockLostError(f"lock lost on message {m.envelope.message_id} (seq {m.handle})")
+
+    def _complete(self, messages: Sequence[Received]) -> None:
+        with _Tx(self._conn()) as conn:
+            self._held(conn, messages)
+            conn.executemany("DELETE FROM messages WHERE seq=?", [(m.handle,) for m in messages])
+
+    def complete_dead_letters(self, queue: str, messages: Sequence[Received]) -> None:
+        self._complete(messages)
+
+    def _abandon(self, message: Received) -> None:
+        with _Tx(self._conn()) as conn:
+            self._held(conn, [message])
+            if message.delivery_count >= self.max_delivery_count:
+                conn.execute(
+                    "UPDATE messages SET dead=1, lock_token=NULL, locked_until=0, dl_reason=?, dl_description=?"
+                    " WHERE seq=?",
+                    (MAX_DELIVERY_EXCEEDED, f"delivered {message.delivery_count} times", message.handle),
+                )
+            else:
+                conn.execute("UPDATE messages SET lock_token=NULL, locked_until=0 WHERE seq=?", (message.handle,))
+
+    def _dead_letter(self, message: Received, reason: str, description: str) -> None:
+        with _Tx(self._conn()) as conn:
+            self._held(conn, [message])
+            conn.execute(
+                "UPDATE messages SET dead=1, lock_token=NULL, locked_until=0, dl_reason=?, dl_description=?"
+                " WHERE seq=?",
+                (reason, description, message.handle),
+            )
+
+    # -- inspection ------------------------------------------------------------------------------
+    def counts(self, queue: str) -> QueueCounts:
+        now = self._clock()
+        active, scheduled, dead = self._conn().execute(
+            "SELECT COALESCE(SUM(dead=0 AND due_at<=?),0), COALESCE(SUM(dead=0 AND due_at>?),0),"
+            " COALESCE(SUM(dead=1),0) FROM messages WHERE queue=?",
+            (now, now, queue),
+        ).fetchone()
+        return QueueCounts(active=active, scheduled=scheduled, dead_letter=dead)
+
+    def next_due(self, queue: str) -> datetime | None:
+        """When the next scheduled (not yet due) message becomes receivable: the local runtime's drain bound."""
+        row = self._conn().execute(
+            "SELECT MIN(due_at) FROM messages WHERE queue=? AND dead=0", (queue,)
+        ).fetchone()
+        return _ts(row[0]) if row and row[0] is not None else None
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+
+class _SqliteSettler:
+    def __init__(self, bus: SqliteBus) -> None:
+        self._bus = bus
+
+    def complete(self, messages: Sequence[Received]) -> None:
+        self._bus._complete(messages)
+
+    def abandon(self, message: Received) -> None:
+        self._bus._abandon(message)
+
+    def dead_letter(self, message: Received, reason: str, description: str) -> None:
+        self._bus._dead_letter(message, reason, description)
