@@ -93,9 +93,10 @@ class SqliteBus:
         return conn
 
     # -- sending ---------------------------------------------------------------------------------
-    def send(self, queue: str, envelopes: Sequence[Envelope]) -> None:
+    def send(self, queue: str, envelopes: Sequence[Envelope]) -> int:
+        """Returns how many were enqueued; the rest were duplicates within the window."""
         if not envelopes:
-            return
+            return 0
         now = self._clock()
         unique = list({e.message_id: e for e in reversed(envelopes)}.values())[::-1]
         with _Tx(self._conn()) as conn:
@@ -117,6 +118,7 @@ class SqliteBus:
                     for e in fresh
                 ],
             )
+        return len(fresh)
 
     @staticmethod
     def _recently_seen(conn: Any, queue: str, ids: list[str], now: float) -> set[str]:
@@ -238,6 +240,13 @@ class SqliteBus:
             (now, now, queue),
         ).fetchone()
         return QueueCounts(active=active, scheduled=scheduled, dead_letter=dead)
+
+    def counts_by_flow(self, queue: str) -> dict[str, int]:
+        """Messages not yet settled (active, locked or scheduled) per flow, i.e. per subject."""
+        rows = self._conn().execute(
+            "SELECT subject, COUNT(*) FROM messages WHERE queue=? AND dead=0 GROUP BY subject", (queue,)
+        ).fetchall()
+        return {subject: n for subject, n in rows}
 
     def next_due(self, queue: str) -> datetime | None:
         """When the next scheduled (not yet due) message becomes receivable: the local runtime's drain bound."""

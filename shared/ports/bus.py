@@ -45,9 +45,10 @@ class Settler(Protocol):
 
 
 class MessageBus(Protocol):
-    def send(self, queue: str, envelopes: Sequence[Envelope]) -> None:
+    def send(self, queue: str, envelopes: Sequence[Envelope]) -> int | None:
         """Send (or schedule, per envelope.scheduled_enqueue_time_utc) in batches; a message_id seen within
-        the duplicate-detection window is dropped silently, as Service Bus does."""
+        the duplicate-detection window is dropped silently, as Service Bus does. Returns how many were
+        enqueued when the bus can tell (the embedded one can; Service Bus cannot), else None."""
         ...
 
     def receive(self, queue: str, max_messages: int = 100, max_wait: float = 1.0) -> list[Received]:

@@ -1,0 +1,41 @@
+"""Settle outcomes on the bus: the one place that decides complete / schedule / dead-letter.
+
+Order matters: a retry clone (or deferred copy) is sent *before* its original completes, so a crash in
+between leaves a duplicate that duplicate detection or the version check drops, never a lost change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+
+from shared.app import SyncApp
+from shared.engine.outcome import Kind, Outcome
+from shared.messages import bounded_id, to_envelope
+from shared.ports.bus import Settler
+from shared.engine.cursor_lease import pause_flow
+
+PAUSED_RECHECK = timedelta(minutes=5)
+
+
+def settle(app: SyncApp, settler: Settler, outcomes: Sequence[Outcome]) -> None:
+    resend = []
+    for o in outcomes:
+        if o.kind is Kind.RETRY and o.message is not None:
+            clone = o.message.retry_clone()
+            resend.append(to_envelope(clone, scheduled_at=o.retry_at))
+        elif o.kind is Kind.DEFERRED and o.message is not None:
+            later = app.clock() + PAUSED_RECHECK
+            stamp = int(later.timestamp())
+            resend.append(to_envelope(o.message, message_id=bounded_id(f"{o.message.message_id()}:p{stamp}"),
+                                      scheduled_at=later))
+    if resend:
+        app.bus.send(app.queue, resend)
+    for flow, reason in {(o.flow, o.description) for o in outcomes if o.reason == "auth_failed"}:
+        pause_flow(app.state, flow, f"auth failure: {reason}")
+    done = [o.received for o in outcomes if o.kind is not Kind.DEAD_LETTER]
+    if done:
+        settler.complete(done)
+    for o in outcomes:
+        if o.kind is Kind.DEAD_LETTER:
+            settler.dead_letter(o.received, str(o.reason), o.description[:4096])
