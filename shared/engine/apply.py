@@ -20,7 +20,7 @@ from shared.config import Flow
 from shared.engine.backoff import retry_at
 from shared.engine.mapping import Lookups, lookup_requests, map_record
 from shared.engine.outcome import Kind, Outcome
-from shared.engine.values import canonical, canonical_row
+from shared.engine.values import canonical_row, same_value
 from shared.errors import AuthError, MissingReferenceError, PermanentError, Reason, SyncError, TransientError
 from shared.keys import key_of, parse_key
 from shared.messages import ChangeMessage, fingerprint, parse_body
@@ -124,7 +124,7 @@ def _skip_reason(message: ChangeMessage, state: RecordState | None) -> str | Non
         return "already_applied"
     written = state.values.get(message.source_system)
     if message.op == "upsert" and written and all(
-        canonical(message.payload.get(field)) == value for field, value in written.items()
+        same_value(message.payload.get(field), value) for field, value in written.items()
     ):
         # Every field we manage on the source equals what we last wrote there: our own write coming back.
         return "echo"

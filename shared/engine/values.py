@@ -81,3 +81,17 @@ def canonical(value: Any) -> Any:
 
 def canonical_row(values: dict[str, Any]) -> dict[str, Any]:
     return {k: canonical(v) for k, v in values.items()}
+
+
+def same_value(incoming: Any, stored_canonical: Any) -> bool:
+    """Does a raw incoming value equal a stored canonical one? Numbers compare by value, since one
+    side's '10.00' is another side's 10."""
+    mine = canonical(incoming)
+    if mine == stored_canonical:
+        return True
+    if isinstance(mine, str) and isinstance(stored_canonical, str):
+        try:
+            return Decimal(mine) == Decimal(stored_canonical)
+        except InvalidOperation:
+            return False
+    return False

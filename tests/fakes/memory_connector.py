@@ -1,0 +1,75 @@
+"""An in-memory connector for unit tests: rows in dicts, changes by a version counter, scripted failures."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from shared.config import SourceSpec, TargetSpec
+from shared.errors import SyncError
+from shared.keys import format_key, key_of
+from shared.ports.connector import ChangePage, SourceRecord, WriteOp, WriteResult
+
+
+class MemoryConnector:
+    def __init__(self) -> None:
+        self.tables: dict[str, dict[str, dict[str, Any]]] = {}
+        self.versions: dict[tuple[str, str], int] = {}
+        self.counter = 0
+        self.fail_next: list[SyncError] = []  # raised by the next write_batch calls, whole batch
+        self.fail_keys: dict[str, SyncError] = {}  # per-op failures by formatted key
+        self.writes = 0
+
+    def put(self, entity: str, key: str, row: dict[str, Any]) -> None:
+        self.counter += 1
+        self.tables.setdefault(entity, {})[key] = dict(row)
+        self.versions[(entity, key)] = self.counter
+
+    def read_changes(self, source: SourceSpec, position: dict | None, page_size: int) -> Iterator[ChangePage]:
+        since = (position or {}).get("version", 0)
+        changed = sorted(
+            (v, k) for (entity, k), v in self.versions.items() if entity == source.entity and v > since
+        )
+        for start in range(0, len(changed), page_size):
+            chunk = changed[start : start + page_size]
+            records = [self._record(source.entity, k) for _, k in chunk]
+            yield ChangePage(records, {"version": chunk[-1][0]}, snapshot=position is None)
+
+    def _record(self, entity: str, key: str) -> SourceRecord:
+        version = self.versions[(entity, key)]
+        return SourceRecord(key, dict(self.tables[entity][key]), f"{version:020d}", datetime.now(UTC))
+
+    def read_record(self, source: SourceSpec, key: str) -> SourceRecord | None:
+        return self._record(source.entity, key) if key in self.tables.get(source.entity, {}) else None
+
+    def read_records(self, entity: str, key_fields: Sequence[str], keys: Sequence[str]) -> dict[str, SourceRecord]:
+        return {k: self._record(entity, k) for k in keys if k in self.tables.get(entity, {})}
+
+    def write_batch(self, target: TargetSpec, ops: Sequence[WriteOp]) -> list[WriteResult]:
+        self.writes += 1
+        if self.fail_next:
+            raise self.fail_next.pop(0)
+        results = []
+        rows = self.tables.setdefault(target.entity, {})
+        for op in ops:
+            key = format_key([op.key[f] for f in target.key])
+            if key in self.fail_keys:
+                results.append(WriteResult(op, ok=False, error=self.fail_keys[key]))
+                continue
+            if op.kind == "delete":
+                rows.pop(key, None)
+                self.versions.pop((target.entity, key), None)
+            elif op.kind == "update":
+                rows[key].update(op.values)
+                self.put(target.entity, key, rows[key])
+            else:
+                self.put(target.entity, key, {**rows.get(key, {}), **op.values})
+            results.append(WriteResult(op, ok=True, key=key_of(target.key, op.key)))
+        return results
+
+    def acknowledge(self, source: SourceSpec, keys: Sequence[str], failed: dict[str, str]) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
