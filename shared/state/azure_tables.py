@@ -200,9 +200,15 @@ def to_entity(table: str, pk: str, rk: str, data: dict[str, Any]) -> dict[str, A
         if value is None:
             null_names.append(name)
             continue
-        if isinstance(value, bool | float | str):
-            stored: Any = value
+        # Subclasses (StrEnum, IntEnum, ...) are stored as their plain value, as json.dumps would.
+        if isinstance(value, bool):
+            stored: Any = bool(value)
+        elif isinstance(value, str):
+            stored = str.__str__(value)
+        elif isinstance(value, float):
+            stored = float(value)
         elif isinstance(value, int):
+            value = int(value)
             if value in _INT32:
                 stored = value
             elif value in _INT64:
@@ -214,7 +220,8 @@ def to_entity(table: str, pk: str, rk: str, data: dict[str, Any]) -> dict[str, A
             try:
                 stored = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
             except (TypeError, ValueError) as exc:
-                raise TypeError(f"property {name!r} is not JSON-serialisable ({_where(table, pk, rk)}): {exc}") from None
+                where = _where(table, pk, rk)
+                raise TypeError(f"property {name!r} is not JSON-serialisable ({where}): {exc}") from None
             json_names.append(name)
         else:
             raise TypeError(
@@ -272,6 +279,20 @@ def _approx_size(entity: dict[str, Any]) -> int:
         if isinstance(value, str):
             total += len(value.encode("utf-8"))
     return total
+
+
+def _error_code(exc: HttpResponseError) -> str | None:
+    """The service's error code (x-ms-error-code header, else the OData error body)."""
+    code = getattr(exc, "error_code", None)
+    response = getattr(exc, "response", None)
+    if not code and response is not None:
+        code = response.headers.get("x-ms-error-code")
+        if not code:
+            try:
+                code = json.loads(response.text())["odata.error"]["code"]
+            except Exception:  # noqa: BLE001 - no parsable error body
+                code = None
+    return code
 
 
 # -- backend -------------------------------------------------------------------------------------
@@ -358,7 +379,7 @@ class AzureTables:
         try:
             return op(self._client(table))
         except ResourceNotFoundError as exc:
-            if getattr(exc, "error_code", None) != "TableNotFound":
+            if _error_code(exc) != "TableNotFound":
                 raise
         self._forget(table)
         return op(self._client(table))

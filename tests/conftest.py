@@ -1,0 +1,3 @@
+"""Session-wide test plugins."""
+
+pytest_plugins = ["tests.fixtures.azurite", "tests.fixtures.postgres"]
