@@ -135,13 +135,13 @@ class ServiceBusBus:
             client = ServiceBusClient.from_connection_string(conn)
             admin = ServiceBusAdministrationClient.from_connection_string(conn)
         except Exception as exc:  # noqa: BLE001 - replaced by an error that cannot leak the secret
-            kind = type(exc).__name__
+            detail = f"{type(exc).__name__}: {_redact(str(exc), conn)}"
         else:
             return cls(client, admin=admin)
         # Raised outside the except block so the original (which may quote the string) is not even chained.
         raise ConfigError(
             [
-                f"ServiceBusConnection: not a usable Service Bus connection string ({kind}); expected "
+                f"ServiceBusConnection: not a usable Service Bus connection string ({detail}); expected "
                 "Endpoint=sb://<namespace>.servicebus.windows.net/;SharedAccessKeyName=...;SharedAccessKey=... "
                 "(value not shown)"
             ]
@@ -193,7 +193,11 @@ class ServiceBusBus:
     # -- sending --------------------------------------------------------------------------------
     def send(self, queue: str, envelopes: Sequence[Envelope]) -> None:
         """Send in as few SDK batches as fit (256 KB each on Standard); a scheduled envelope carries
-        ``scheduled_enqueue_time_utc``, which is how the service schedules a normally sent message."""
+        ``scheduled_enqueue_time_utc``, which is how the service schedules a normally sent message.
+
+        A message too large to travel even alone raises MessageTooLargeError naming it, before anything of this
+        call is sent (the check is exact for any message near the limit). A failure while sending later batches
+        leaves the earlier ones sent: re-sending the call is safe, duplicate detection drops what arrived."""
         if not envelopes:
             return
         messages = [to_service_bus_message(e) for e in envelopes]
@@ -201,15 +205,21 @@ class ServiceBusBus:
         with handler.lock:
             sender = handler.sdk
             batch = sender.create_message_batch()
+            limit = batch.max_size_in_bytes
+            for envelope, message in zip(envelopes, messages, strict=True):
+                if _rough_size(envelope) > limit - _ROUGH_MARGIN and not self._try_add(
+                    ServiceBusMessageBatch(max_size_in_bytes=limit), message
+                ):
+                    raise MessageTooLargeError(envelope.message_id, _encoded_size(message), limit)
             for envelope, message in zip(envelopes, messages, strict=True):
                 if self._try_add(batch, message):
                     continue
                 if len(batch) == 0:
-                    raise MessageTooLargeError(envelope.message_id, _encoded_size(message), batch.max_size_in_bytes)
+                    raise MessageTooLargeError(envelope.message_id, _encoded_size(message), limit)
                 sender.send_messages(batch)
                 batch = sender.create_message_batch()
                 if not self._try_add(batch, message):
-                    raise MessageTooLargeError(envelope.message_id, _encoded_size(message), batch.max_size_in_bytes)
+                    raise MessageTooLargeError(envelope.message_id, _encoded_size(message), limit)
             if len(batch):
                 sender.send_messages(batch)
 
@@ -421,13 +431,36 @@ def _as_utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+# Encoded size is at least the raw bytes below; AMQP framing adds a few hundred bytes at most for our messages.
+_ROUGH_MARGIN = 8 * 1024
+
+
+def _rough_size(envelope: Envelope) -> int:
+    props = sum(len(str(k)) + len(str(v)) for k, v in envelope.application_properties.items())
+    return (
+        len(envelope.body) + len(envelope.message_id) + len(envelope.subject) + len(envelope.correlation_id)
+        + len(envelope.content_type) + props
+    )
+
+
 def _encoded_size(message: ServiceBusMessage) -> int | None:
     try:
         from azure.servicebus._transport._pyamqp_transport import PyamqpTransport
 
-        return PyamqpTransport.get_message_encoded_size(PyamqpTransport.to_outgoing_amqp_message(message.raw_amqp_message))
+        outgoing = PyamqpTransport.to_outgoing_amqp_message(message.raw_amqp_message)
+        return PyamqpTransport.get_message_encoded_size(outgoing)
     except Exception:  # noqa: BLE001 - the size is only for the error text
         return None
+
+
+def _redact(text: str, conn: str) -> str:
+    """Remove the connection string and every value in it (key, key name, endpoint) from a message."""
+    text = text.replace(conn, "***")
+    for part in conn.split(";"):
+        value = part.partition("=")[2].strip()
+        if len(value) >= 3:
+            text = text.replace(value, "***")
+    return text
 
 
 def _quietly(fn: Any) -> None:
