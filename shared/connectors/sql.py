@@ -1,0 +1,834 @@
+"""The SQL implementation of the Connector port: any database SQLAlchemy 2 speaks, through Core (no ORM).
+
+Tables are reflected on first use and cached. Values always travel as bound parameters; table and column
+names come from reflection and are quoted by SQLAlchemy.
+
+Reading changes (`SourceSpec.changes`):
+
+- ``watermark``: keyset paging on (watermark, key...). The position after each page is
+  ``{"watermark": <last row's watermark, JSON-friendly>, "last_key": [<its key values>]}``; the next query asks
+  for ``wm > :w OR (wm = :w AND key > :k)`` (the row-value comparison expanded into OR/AND terms so SQLite
+  and PostgreSQL both run it), ordered by (wm, key...), so rows sharing a timestamp across a page boundary
+  are read exactly once. A read that starts from no position (None, ``{}`` or a null watermark) is a full
+  read: every page it yields has ``snapshot=True`` so the engine may infer deletes when the iterator is
+  exhausted; an empty full read yields one empty snapshot page. An incremental read with nothing new yields
+  no page. Rows whose watermark is NULL are never read (a full read says how many in ``notes``).
+  On SQLite, a date/time watermark is compared as the text SQLite stores (``CURRENT_TIMESTAMP`` and
+  SQLAlchemy write different text for the same instant), so the position holds that text.
+  Like every watermark scheme, a row committed late with an older watermark than the position is missed.
+- ``status_flag``: rows whose ``status_field`` is 'N' (new) or 'U' (updated), paged by key. The flags are
+  the cursor: every read starts from the lowest flagged key, the position (``{"last_key": [...]}``) only
+  records progress within a read. `acknowledge` sets 'P' (processed, reason cleared) or 'E' with the reason;
+  a row the source re-flags between our read and our acknowledge is marked 'P' anyway (the port passes keys,
+  not versions). The status and reason columns are left out of the record's values.
+- ``change_tracking`` is a Dataverse feature: refused with a ConfigError.
+
+Record versions (`shared.versions.sortable_version`): the ``source.version`` column when set (and not
+NULL), else the watermark. A status-flag table without a watermark column has no change marker at all, so
+its version is the time of the read: a row flagged again and read later always gets a newer version, and a
+stale redelivery an older one (clock skew between hosts can blur re-flags closer together than the skew).
+`changed_at` is the watermark as an aware UTC datetime (naive values are taken as UTC); when the watermark
+is not a date/time (a counter) or absent, it is the time of the read.
+
+Record values are JSON-friendly: Decimal -> its exact digits as a string ('12.50'), datetime -> ISO 8601
+(naive stays naive, aware is converted to UTC), date/time -> ISO, UUID -> str, bytes -> base64, JSON
+columns recursively; None, bool, int, float and str as they are. The record key is
+``shared.keys.key_of(source.key, values)``, so keys and values agree.
+
+Writing (`write_batch`): ops are validated and coerced to the reflected column types first (unknown
+column, missing key, over-length text, an unconvertible value -> that op alone is rejected). The rest run in
+one transaction, in "generations" (the n-th op on a key runs in the n-th generation, so per-key order is
+kept), each generation grouped by (kind, create_only, column set) and each group sent as one executemany:
+native upserts on PostgreSQL and SQLite (``INSERT ... ON CONFLICT (key) DO UPDATE`` of the group's
+columns; partial column sets leave other columns alone) when the key has a unique index, else
+select-then-update/insert. If the batch fails with anything but a transient error, it is rolled back and
+the ops run again one by one, each inside a savepoint, so one bad row fails only itself. Transient errors
+(OperationalError, lost connections, timeouts) fail every op with a TransientError. ``if_match`` is ignored:
+SQL tables carry no etag.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import re
+import threading
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    MetaData,
+    String,
+    Table,
+    UniqueConstraint,
+    and_,
+    bindparam,
+    create_engine,
+    delete,
+    func,
+    insert,
+    inspect,
+    or_,
+    select,
+    type_coerce,
+    update,
+)
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import types as sqltypes
+from sqlalchemy.engine import Connection, Engine, make_url
+
+from shared.config import SourceSpec, TargetSpec
+from shared.errors import ConfigError, PermanentError, Reason, SyncError, TransientError
+from shared.keys import format_key, key_of, parse_key
+from shared.ports.connector import ChangePage, SourceRecord, WriteOp, WriteResult
+from shared.versions import sortable_version
+
+CHUNK = 500  # keys per IN / OR query
+FLAGGED = ("N", "U")
+PROCESSED = "P"
+FAILED = "E"
+_WM_TEXT = "_dualsync_wm_text"
+_SQLITE_PERMANENT = re.compile(r"^(no such |near |.* has no column |ON CONFLICT clause |.*syntax error)", re.I)
+_TRUE = {"true", "1", "yes", "y", "t"}
+_FALSE = {"false", "0", "no", "n", "f"}
+
+
+class _Reject(ValueError):
+    """An op the connector refuses before it reaches the database."""
+
+
+class _Regroup(Exception):
+    """The grouped statements could not be trusted (e.g. a row vanished mid-batch): redo one by one."""
+
+
+@dataclass
+class _TableInfo:
+    table: Table
+    unique_sets: list[frozenset[str]]
+
+
+@dataclass
+class _Item:
+    index: int
+    op: WriteOp
+    key_text: str
+    key: dict[str, Any]  # column -> database-typed value
+    row: dict[str, Any] = field(default_factory=dict)  # column -> database-typed value, key included
+
+
+# ---------------------------------------------------------------------------------------------- values
+
+
+def plain_value(value: Any) -> Any:
+    """A JSON-friendly copy of a database value (see the module docstring)."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, Decimal):
+        return format(value, "f") if value.is_finite() else str(value)
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat() if value.tzinfo else value.isoformat()
+    if isinstance(value, date | time):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, enum.Enum):
+        return plain_value(value.value)
+    if isinstance(value, dict):
+        return {str(k): plain_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain_value(v) for v in value]
+    return str(value)
+
+
+def _moment(value: Any) -> datetime | None:
+    """An aware UTC datetime for a watermark value, or None when it is not a point in time."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    if isinstance(value, datetime):
+        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
+    return None
+
+
+def _to_db(column: Column, value: Any) -> Any:
+    """`value` converted to what `column`'s type binds; raises _Reject with the rule it broke."""
+    if value is None:
+        return None
+    kind = column.type
+    try:
+        if isinstance(kind, sqltypes.Boolean):
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, int) and value in (0, 1):
+                return bool(value)
+            text = str(value).strip().lower()
+            if text in _TRUE:
+                return True
+            if text in _FALSE:
+                return False
+            raise _Reject(f"{value!r} is not a boolean")
+        if isinstance(kind, sqltypes.DateTime):
+            if isinstance(value, str):
+                value = datetime.fromisoformat(value.strip())
+            elif isinstance(value, date) and not isinstance(value, datetime):
+                value = datetime(value.year, value.month, value.day)
+            if not isinstance(value, datetime):
+                raise _Reject(f"{value!r} is not a date-time")
+            if getattr(kind, "timezone", False):
+                return value if value.tzinfo else value.replace(tzinfo=UTC)
+            return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
+        if isinstance(kind, sqltypes.Date):
+            if isinstance(value, datetime):
+                return value.date()
+            if isinstance(value, date):
+                return value
+            if isinstance(value, str):
+                text = value.strip()
+                return datetime.fromisoformat(text).date() if len(text) > 10 else date.fromisoformat(text)
+            raise _Reject(f"{value!r} is not a date")
+        if isinstance(kind, sqltypes.Time):
+            if isinstance(value, time):
+                return value
+            if isinstance(value, str):
+                return time.fromisoformat(value.strip())
+            raise _Reject(f"{value!r} is not a time of day")
+        if isinstance(kind, sqltypes.Integer):
+            if isinstance(value, bool):
+                return int(value)
+            if isinstance(value, int):
+                return value
+            number = Decimal(value.strip() if isinstance(value, str) else str(value))
+            if not number.is_finite() or number != number.to_integral_value():
+                raise _Reject(f"{value!r} is not a whole number")
+            return int(number)
+        if isinstance(kind, sqltypes.Numeric):  # Float included
+            if isinstance(value, bool) or not isinstance(value, int | float | Decimal | str):
+                raise _Reject(f"{value!r} is not a number")
+            number = Decimal(value.strip() if isinstance(value, str) else str(value))
+            return float(number) if isinstance(kind, sqltypes.Float) else number
+        if isinstance(kind, sqltypes.String):
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, str):
+                text = value
+            elif isinstance(value, int | float | Decimal | uuid.UUID | date | time):
+                text = str(plain_value(value))
+            else:
+                raise _Reject(f"a {type(value).__name__} is not text")
+            length = getattr(kind, "length", None)
+            if length and not isinstance(kind, sqltypes.Enum) and len(text) > length:
+                raise _Reject(f"value is {len(text)} characters, the column allows {length}")
+            return text
+        if isinstance(kind, sqltypes.Uuid):
+            if isinstance(value, str) and getattr(kind, "as_uuid", True):
+                return uuid.UUID(value)
+            return value
+        if isinstance(kind, sqltypes.LargeBinary):
+            if isinstance(value, str):
+                return base64.b64decode(value, validate=True)
+            return value
+    except (ValueError, TypeError, ArithmeticError) as exc:
+        if isinstance(exc, _Reject):
+            raise
+        raise _Reject(f"{value!r} is not a valid {type(kind).__name__.lower()}") from None
+    return value
+
+
+def _after(columns: Sequence[Any], values: Sequence[Any]) -> Any:
+    """(c1, c2, ...) > (v1, v2, ...), expanded: c1 > v1 OR (c1 = v1 AND c2 > v2) OR ..."""
+    terms = []
+    for i, (column, value) in enumerate(zip(columns, values, strict=True)):
+        equal = [c == v for c, v in zip(columns[:i], values[:i], strict=True)]
+        terms.append(and_(*equal, column > value))
+    return or_(*terms)
+
+
+def _key_match(columns: Sequence[Column], keys: Sequence[Sequence[Any]]) -> Any:
+    if len(columns) == 1:
+        return columns[0].in_([k[0] for k in keys])
+    return or_(*[and_(*[c == v for c, v in zip(columns, k, strict=True)]) for k in keys])
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# ---------------------------------------------------------------------------------------------- connector
+
+
+class SqlConnector:
+    """Connector over one database URL (a SQLAlchemy URL; resolve `env:NAME` before calling)."""
+
+    def __init__(self, url: str, *, engine: Engine | None = None) -> None:
+        if engine is None:
+            try:
+                parsed = make_url(url)
+            except Exception:  # noqa: BLE001 - the message may quote the URL, which may hold a password
+                raise ConfigError(
+                    ["sql url: not a valid SQLAlchemy database URL (dialect+driver://user@host/db)"]
+                ) from None
+            options: dict[str, Any] = {"pool_pre_ping": True}
+            if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
+                options["connect_args"] = {"connect_timeout": 10}
+            try:
+                engine = create_engine(parsed, **options)
+            except Exception as exc:  # noqa: BLE001
+                raise ConfigError(
+                    [f"sql url: SQLAlchemy cannot use dialect {parsed.drivername!r}: {type(exc).__name__}"]
+                ) from None
+        self._engine = engine
+        self._password = engine.url.password or ""
+        self.database = engine.url.render_as_string(hide_password=True)
+        self._tables: dict[str, _TableInfo] = {}
+        self._lock = threading.Lock()
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._password, "***") if self._password else text
+
+    def _first_line(self, exc: BaseException) -> str:
+        orig = getattr(exc, "orig", None)
+        text = str(orig if orig is not None else exc).strip()
+        return self._scrub(text.splitlines()[0] if text else type(exc).__name__)
+
+    def _is_transient(self, exc: BaseException) -> bool:
+        if isinstance(exc, sa_exc.TimeoutError | sa_exc.DisconnectionError):
+            return True
+        if isinstance(exc, sa_exc.DBAPIError):
+            if exc.connection_invalidated:
+                return True
+            if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError):
+                return not (self._engine.dialect.name == "sqlite" and _SQLITE_PERMANENT.match(self._first_line(exc)))
+        return False
+
+    def _transient(self, exc: BaseException) -> TransientError:
+        return TransientError(f"database {self.database} unavailable: {self._first_line(exc)}")
+
+    def _table_info(self, entity: str) -> _TableInfo:
+        with self._lock:
+            info = self._tables.get(entity)
+        if info is not None:
+            return info
+        schema, _, name = entity.rpartition(".")
+        try:
+            table = Table(name, MetaData(), schema=schema or None, autoload_with=self._engine)
+            unique_sets = self._unique_sets(table)
+        except sa_exc.NoSuchTableError:
+            raise ConfigError([f"{entity}: no such table in {self.database}"]) from None
+        except sa_exc.SQLAlchemyError as exc:
+            if self._is_transient(exc):
+                raise self._transient(exc) from None
+            raise ConfigError([f"{entity}: cannot read the table's definition: {self._first_line(exc)}"]) from None
+        info = _TableInfo(table, unique_sets)
+        with self._lock:
+            self._tables[entity] = info
+        return info
+
+    def _unique_sets(self, table: Table) -> list[frozenset[str]]:
+        sets = [frozenset(c.name for c in table.primary_key.columns)]
+        for constraint in table.constraints:
+            if isinstance(constraint, UniqueConstraint):
+                sets.append(frozenset(c.name for c in constraint.columns))
+        for index in table.indexes:
+            if index.unique and not any(opts.get("where") for opts in index.dialect_options.values()):
+                sets.append(frozenset(c.name for c in index.columns))
+        if self._engine.dialect.name == "sqlite":  # UNIQUE column constraints show up only as auto-indexes
+            for index in inspect(self._engine).get_indexes(table.name, schema=table.schema, include_auto_indexes=True):
+                if index.get("unique"):
+                    sets.append(frozenset(index["column_names"]))
+        return [s for s in sets if s]
+
+    @staticmethod
+    def _column(table: Table, name: str, entity: str, role: str) -> Column:
+        column = table.c.get(name)
+        if column is None:
+            raise ConfigError([f"{entity}: {role} column {name!r} does not exist"])
+        return column
+
+    def _fetch(self, stmt: Any, entity: str) -> list[Any]:
+        try:
+            with self._engine.connect() as conn:
+                return list(conn.execute(stmt).mappings())
+        except sa_exc.SQLAlchemyError as exc:
+            if self._is_transient(exc):
+                raise self._transient(exc) from None
+            raise PermanentError(Reason.VALIDATION_FAILED, f"{entity}: query failed: {self._first_line(exc)}") from None
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
+        with self._engine.connect() as conn, conn.begin():
+            if conn.dialect.name == "sqlite":
+                # pysqlite defers BEGIN until the first DML, which breaks SAVEPOINT; begin explicitly.
+                raw = conn.connection.dbapi_connection
+                if not getattr(raw, "in_transaction", True):
+                    conn.exec_driver_sql("BEGIN IMMEDIATE")
+            yield conn
+
+    def _db_key(self, columns: Sequence[Column], key: str) -> tuple[Any, ...] | None:
+        """A formatted key as database-typed values, or None when it cannot exist in these columns."""
+        try:
+            parts = parse_key([c.name for c in columns], key)
+            return tuple(_to_db(c, parts[c.name]) for c in columns)
+        except (ValueError, TypeError):
+            return None
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def read_changes(
+        self, source: SourceSpec, position: dict[str, Any] | None, page_size: int
+    ) -> Iterator[ChangePage]:
+        if page_size < 1:
+            raise ValueError("page_size must be at least 1")
+        if source.changes == "watermark":
+            return self._read_watermark(source, position, page_size)
+        if source.changes == "status_flag":
+            return self._read_flagged(source, page_size)
+        raise ConfigError(
+            [f"{source.entity}: changes={source.changes!r} is not supported by SQL systems "
+             "(use watermark or status_flag)"]
+        )
+
+    def _record(
+        self, source: SourceSpec, row: Any, read_at: datetime, *, watermark: str | None, skip: Sequence[str] = ()
+    ) -> SourceRecord:
+        values = {name: plain_value(value) for name, value in row.items() if name != _WM_TEXT and name not in skip}
+        stamp = row.get(watermark) if watermark else None
+        marker = row.get(source.version) if source.version else None
+        if marker is None:
+            marker = stamp if stamp is not None else read_at
+        try:
+            version = sortable_version(marker)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError([f"{source.entity}: cannot use {marker!r} as a version: {exc}"]) from None
+        return SourceRecord(
+            key=key_of(source.key, values), values=values, version=version, changed_at=_moment(stamp) or read_at
+        )
+
+    def _read_watermark(
+        self, source: SourceSpec, position: dict[str, Any] | None, page_size: int
+    ) -> Iterator[ChangePage]:
+        table = self._table_info(source.entity).table
+        wm = self._column(table, source.watermark, source.entity, "watermark")
+        keys = [self._column(table, k, source.entity, "key") for k in source.key]
+        if source.version:
+            self._column(table, source.version, source.entity, "version")
+        as_text = self._engine.dialect.name == "sqlite" and isinstance(
+            wm.type, sqltypes.DateTime | sqltypes.Date | sqltypes.Time
+        )
+        wm_expr = type_coerce(wm, String()) if as_text else wm
+        full = not position or position.get("watermark") is None
+        after: list[Any] | None = None
+        if not full:
+            assert position is not None
+            last_key = position.get("last_key") or []
+            if len(last_key) != len(keys):
+                raise ConfigError([f"{source.entity}: the stored position does not match the key {source.key}"])
+            try:
+                start = position["watermark"] if as_text else _to_db(wm, position["watermark"])
+                after = [start, *(_to_db(c, v) for c, v in zip(keys, last_key, strict=True))]
+            except _Reject as exc:
+                raise ConfigError([f"{source.entity}: the stored position is not valid here: {exc}"]) from None
+        notes: list[str] = []
+        if full:
+            missing = self._fetch(select(func.count().label("n")).select_from(table).where(wm.is_(None)), source.entity)
+            if missing and missing[0]["n"]:
+                notes.append(f"{source.entity}: {missing[0]['n']} rows have no {source.watermark} and are not read")
+        columns = [*table.c, wm_expr.label(_WM_TEXT)] if as_text else list(table.c)
+        read_at = datetime.now(UTC)
+        yielded = False
+        while True:
+            stmt = select(*columns).where(wm.is_not(None))
+            if after is not None:
+                # The redundant `wm >= :w` lets the planner start an index range scan at the position.
+                stmt = stmt.where(wm_expr >= after[0], _after([wm_expr, *keys], after))
+            stmt = stmt.order_by(wm, *keys).limit(page_size)
+            rows = self._fetch(stmt, source.entity)
+            if not rows:
+                if full and not yielded:
+                    yield ChangePage([], {"watermark": None, "last_key": None}, snapshot=True, notes=notes)
+                return
+            records = [self._record(source, row, read_at, watermark=wm.name) for row in rows]
+            last = rows[-1]
+            after = [last[_WM_TEXT] if as_text else last[wm.name], *(last[c.name] for c in keys)]
+            page_position = {"watermark": plain_value(after[0]), "last_key": [plain_value(v) for v in after[1:]]}
+            yield ChangePage(records, page_position, snapshot=full, notes=notes if not yielded else [])
+            yielded = True
+            if len(rows) < page_size:
+                return
+
+    def _read_flagged(self, source: SourceSpec, page_size: int) -> Iterator[ChangePage]:
+        table = self._table_info(source.entity).table
+        status = self._column(table, source.status_field, source.entity, "status")
+        keys = [self._column(table, k, source.entity, "key") for k in source.key]
+        if source.version:
+            self._column(table, source.version, source.entity, "version")
+        watermark = source.watermark if source.watermark in table.c else None
+        skip = [source.status_field, source.reason_field]
+        read_at = datetime.now(UTC)
+        after: list[Any] | None = None
+        while True:
+            stmt = select(table).where(status.in_(FLAGGED))
+            if after is not None:
+                stmt = stmt.where(_after(keys, after))
+            rows = self._fetch(stmt.order_by(*keys).limit(page_size), source.entity)
+            if not rows:
+                return
+            records = [self._record(source, row, read_at, watermark=watermark, skip=skip) for row in rows]
+            after = [rows[-1][c.name] for c in keys]
+            yield ChangePage(records, {"last_key": [plain_value(v) for v in after]})
+            if len(rows) < page_size:
+                return
+
+    def read_record(self, source: SourceSpec, key: str) -> SourceRecord | None:
+        table = self._table_info(source.entity).table
+        keys = [self._column(table, k, source.entity, "key") for k in source.key]
+        db_key = self._db_key(keys, key)
+        if db_key is None:
+            return None
+        rows = self._fetch(select(table).where(_key_match(keys, [db_key])), source.entity)
+        if not rows:
+            return None
+        if source.changes == "status_flag":
+            watermark = source.watermark if source.watermark in table.c else None
+            skip = [source.status_field, source.reason_field]
+        else:
+            watermark = self._column(table, source.watermark, source.entity, "watermark").name
+            skip = []
+        return self._record(source, rows[0], datetime.now(UTC), watermark=watermark, skip=skip)
+
+    def read_records(self, entity: str, key_fields: Sequence[str], keys: Sequence[str]) -> dict[str, SourceRecord]:
+        """Current rows by key. These are target-side reads without a change marker: version is '' and
+        changed_at the time of the read; compare values, not versions."""
+        table = self._table_info(entity).table
+        columns = [self._column(table, k, entity, "key") for k in key_fields]
+        wanted = [k for k in (self._db_key(columns, key) for key in dict.fromkeys(keys)) if k is not None]
+        size = max(1, min(CHUNK, 900 // len(columns)))  # stay under old SQLite's 999 bound parameters
+        read_at = datetime.now(UTC)
+        found: dict[str, SourceRecord] = {}
+        for chunk in _chunks(wanted, size):
+            for row in self._fetch(select(table).where(_key_match(columns, chunk)), entity):
+                values = {name: plain_value(value) for name, value in row.items()}
+                key = key_of(key_fields, values)
+                found[key] = SourceRecord(key=key, values=values, version="", changed_at=read_at)
+        return found
+
+    def acknowledge(self, source: SourceSpec, keys: Sequence[str], failed: dict[str, str]) -> None:
+        if source.changes != "status_flag" or not (keys or failed):
+            return
+        table = self._table_info(source.entity).table
+        status = self._column(table, source.status_field, source.entity, "status")
+        columns = [self._column(table, k, source.entity, "key") for k in source.key]
+        reason = table.c.get(source.reason_field)
+        reason_length = getattr(reason.type, "length", None) if reason is not None else None
+        sent = [self._db_key(columns, key) for key in dict.fromkeys(keys) if key not in failed]
+        sent = [k for k in sent if k is not None]
+        bad = []
+        for key, why in failed.items():
+            db_key = self._db_key(columns, key)
+            if db_key is not None:
+                text = why if not reason_length else why[:reason_length]
+                bad.append({**{f"ds__k{i}": v for i, v in enumerate(db_key)}, "ds__reason": text})
+        done: dict[str, Any] = {status.name: PROCESSED}
+        if reason is not None:
+            done[reason.name] = None
+        try:
+            with self._transaction() as conn:
+                if len(columns) == 1:
+                    for chunk in _chunks(sent, CHUNK):
+                        conn.execute(update(table).where(columns[0].in_([k[0] for k in chunk])).values(done))
+                elif sent:
+                    conn.execute(self._update_by_key(table, columns, done), [
+                        {f"ds__k{i}": v for i, v in enumerate(k)} for k in sent
+                    ])
+                if bad:
+                    values: dict[str, Any] = {status.name: FAILED}
+                    if reason is not None:
+                        values[reason.name] = bindparam("ds__reason")
+                    conn.execute(self._update_by_key(table, columns, values), bad)
+        except sa_exc.SQLAlchemyError as exc:
+            if self._is_transient(exc):
+                raise self._transient(exc) from None
+            raise PermanentError(
+                Reason.TARGET_REJECTED, f"{source.entity}: cannot set sync status: {self._first_line(exc)}"
+            ) from None
+
+    @staticmethod
+    def _update_by_key(table: Table, columns: Sequence[Column], values: dict[str, Any]) -> Any:
+        return update(table).where(*[c == bindparam(f"ds__k{i}") for i, c in enumerate(columns)]).values(values)
+
+    # -- writing ----------------------------------------------------------------------------------
+
+    def write_batch(self, target: TargetSpec, ops: Sequence[WriteOp]) -> list[WriteResult]:
+        ops = list(ops)
+        if not ops:
+            return []
+        try:
+            info = self._table_info(target.entity)
+            key_columns = [self._column(info.table, k, target.entity, "key") for k in target.key]
+        except ConfigError as exc:
+            error = PermanentError(Reason.TARGET_REJECTED, str(exc))
+            return [WriteResult(op, ok=False, key=self._op_key(target, op), error=error) for op in ops]
+        except TransientError as exc:
+            return [WriteResult(op, ok=False, key=self._op_key(target, op), error=exc) for op in ops]
+        results: list[WriteResult | None] = [None] * len(ops)
+        items: list[_Item] = []
+        for index, op in enumerate(ops):
+            try:
+                items.append(self._prepare(info.table, target, key_columns, index, op))
+            except _Reject as exc:
+                results[index] = self._failed(target, op, f"{target.entity} key {self._op_key(target, op)}: {exc}")
+        failures: dict[int, str] = {}
+        batch_error: SyncError | None = None
+        if items:
+            try:
+                with self._transaction() as conn:
+                    failures = self._run_grouped(conn, info, key_columns, items)
+            except (sa_exc.SQLAlchemyError, _Regroup) as exc:
+                if self._is_transient(exc):
+                    batch_error = self._transient(exc)
+                else:
+                    try:
+                        with self._transaction() as conn:
+                            failures = self._run_one_by_one(conn, info, key_columns, items)
+                    except sa_exc.SQLAlchemyError as again:
+                        batch_error = (
+                            self._transient(again)
+                            if self._is_transient(again)
+                            else PermanentError(
+                                Reason.TARGET_REJECTED, f"{target.entity}: batch failed: {self._first_line(again)}"
+                            )
+                        )
+        for item in items:
+            if batch_error is not None:
+                results[item.index] = WriteResult(item.op, ok=False, key=item.key_text, error=batch_error)
+            elif item.index in failures:
+                message = f"{target.entity} key {item.key_text}: {failures[item.index]}"
+                results[item.index] = WriteResult(
+                    item.op, ok=False, key=item.key_text, error=PermanentError(Reason.TARGET_REJECTED, message)
+                )
+            else:
+                results[item.index] = WriteResult(item.op, ok=True, key=item.key_text)
+        return [r for r in results if r is not None]
+
+    @staticmethod
+    def _op_key(target: TargetSpec, op: WriteOp) -> str:
+        return format_key([op.key.get(k) for k in target.key])
+
+    def _failed(self, target: TargetSpec, op: WriteOp, message: str) -> WriteResult:
+        return WriteResult(
+            op, ok=False, key=self._op_key(target, op), error=PermanentError(Reason.TARGET_REJECTED, message)
+        )
+
+    def _prepare(
+        self, table: Table, target: TargetSpec, key_columns: Sequence[Column], index: int, op: WriteOp
+    ) -> _Item:
+        if op.kind not in ("upsert", "update", "delete"):
+            raise _Reject(f"unknown write kind {op.kind!r}")
+        absent = [k for k in target.key if op.key.get(k) is None]
+        if absent:
+            raise _Reject(f"key field(s) {absent} missing")
+        key: dict[str, Any] = {}
+        for column in key_columns:
+            try:
+                key[column.name] = _to_db(column, op.key[column.name])
+            except _Reject as exc:
+                raise _Reject(f"column {column.name}: {exc}") from None
+        row: dict[str, Any] = {}
+        if op.kind != "delete":
+            for name, value in op.values.items():
+                if name in key:
+                    continue
+                column = table.c.get(name)
+                if column is None:
+                    raise _Reject(f"column {name!r} does not exist in {table.name}")
+                try:
+                    row[name] = _to_db(column, value)
+                except _Reject as exc:
+                    raise _Reject(f"column {name}: {exc}") from None
+        row.update(key)
+        key_text = format_key([plain_value(key[c.name]) for c in key_columns])
+        return _Item(index, op, key_text, key, row)
+
+    def _native_upsert(self, info: _TableInfo, key_columns: Sequence[Column]) -> Any:
+        """The dialect's INSERT ... ON CONFLICT construct, or None when it cannot be used here."""
+        name = self._engine.dialect.name
+        if frozenset(c.name for c in key_columns) not in info.unique_sets:
+            return None
+        if name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        elif name == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        else:
+            return None
+        return dialect_insert
+
+    def _upsert_statement(self, info: _TableInfo, key_columns: Sequence[Column], columns: Sequence[str]) -> Any:
+        dialect_insert = self._native_upsert(info, key_columns)
+        if dialect_insert is None:
+            return None
+        stmt = dialect_insert(info.table)
+        keys = {c.name for c in key_columns}
+        changes = {name: stmt.excluded[name] for name in columns if name not in keys}
+        if not changes:
+            return stmt.on_conflict_do_nothing(index_elements=list(key_columns))
+        return stmt.on_conflict_do_update(index_elements=list(key_columns), set_=changes)
+
+    def _existing(self, conn: Connection, table: Table, key_columns: Sequence[Column], items: Sequence[_Item]) -> set:
+        found: set[tuple[Any, ...]] = set()
+        size = max(1, min(CHUNK, 900 // len(key_columns)))
+        for chunk in _chunks(items, size):
+            wanted = [tuple(item.key[c.name] for c in key_columns) for item in chunk]
+            stmt = select(*key_columns).where(_key_match(key_columns, wanted))
+            found.update(tuple(row) for row in conn.execute(stmt))
+        return found
+
+    @staticmethod
+    def _key_tuple(item: _Item, key_columns: Sequence[Column]) -> tuple[Any, ...]:
+        return tuple(item.key[c.name] for c in key_columns)
+
+    def _set_by_key(self, table: Table, key_columns: Sequence[Column], columns: Sequence[str]) -> tuple[Any, list[str]]:
+        keys = {c.name for c in key_columns}
+        changed = [name for name in columns if name not in keys]
+        stmt = update(table).where(*[c == bindparam(f"ds__k{i}") for i, c in enumerate(key_columns)])
+        stmt = stmt.values({name: bindparam(f"ds__v{i}") for i, name in enumerate(changed)})
+        return stmt, changed
+
+    def _update_rows(
+        self,
+        conn: Connection,
+        table: Table,
+        key_columns: Sequence[Column],
+        columns: Sequence[str],
+        items: Sequence[_Item],
+    ) -> int:
+        """UPDATE each item's row; returns the number of rows matched (-1 when the driver cannot tell)."""
+        stmt, changed = self._set_by_key(table, key_columns, columns)
+        if not changed:  # nothing to set: count the rows that exist instead
+            return len(self._existing(conn, table, key_columns, items))
+        params = [
+            {**{f"ds__k{i}": item.key[c.name] for i, c in enumerate(key_columns)},
+             **{f"ds__v{i}": item.row[name] for i, name in enumerate(changed)}}
+            for item in items
+        ]
+        result = conn.execute(stmt, params)
+        sane = self._engine.dialect.supports_sane_multi_rowcount if len(params) > 1 else True
+        return result.rowcount if sane else -1
+
+    def _run_grouped(
+        self, conn: Connection, info: _TableInfo, key_columns: Sequence[Column], items: Sequence[_Item]
+    ) -> dict[int, str]:
+        table = info.table
+        failures: dict[int, str] = {}
+        seen: dict[tuple[Any, ...], int] = defaultdict(int)
+        generations: list[list[_Item]] = []
+        for item in items:
+            key = self._key_tuple(item, key_columns)
+            level = seen[key]
+            seen[key] += 1
+            if level == len(generations):
+                generations.append([])
+            generations[level].append(item)
+        for generation in generations:
+            groups: dict[tuple[Any, ...], list[_Item]] = defaultdict(list)
+            for item in generation:
+                kind = item.op.kind
+                create_only = kind == "upsert" and item.op.create_only
+                columns = () if kind == "delete" else tuple(sorted(item.row))
+                groups[(kind, create_only, columns)].append(item)
+            for (kind, create_only, columns), group in groups.items():
+                if kind == "delete":
+                    stmt = delete(table).where(*[c == bindparam(f"ds__k{i}") for i, c in enumerate(key_columns)])
+                    params = [{f"ds__k{i}": item.key[c.name] for i, c in enumerate(key_columns)} for item in group]
+                    conn.execute(stmt, params)
+                elif kind == "update":
+                    if self._update_rows(conn, table, key_columns, columns, group) != len(group):
+                        # Some rows are missing (or the driver cannot say): find out row by row.
+                        for item in group:
+                            if self._update_rows(conn, table, key_columns, columns, [item]) == 0:
+                                failures[item.index] = "not found"
+                elif create_only:
+                    existing = self._existing(conn, table, key_columns, group)
+                    fresh = []
+                    for item in group:
+                        if self._key_tuple(item, key_columns) in existing:
+                            failures[item.index] = "already exists"
+                        else:
+                            fresh.append(item)
+                    if fresh:
+                        conn.execute(insert(table), [item.row for item in fresh])
+                else:
+                    stmt = self._upsert_statement(info, key_columns, columns)
+                    if stmt is not None:
+                        conn.execute(stmt, [item.row for item in group])
+                        continue
+                    existing = self._existing(conn, table, key_columns, group)
+                    old = [item for item in group if self._key_tuple(item, key_columns) in existing]
+                    new = [item for item in group if self._key_tuple(item, key_columns) not in existing]
+                    if old and self._update_rows(conn, table, key_columns, columns, old) not in (len(old), -1):
+                        raise _Regroup("a row changed while the batch ran")
+                    if new:
+                        conn.execute(insert(table), [item.row for item in new])
+        return failures
+
+    def _run_single(self, conn: Connection, info: _TableInfo, key_columns: Sequence[Column], item: _Item) -> str | None:
+        """One op; returns why it failed when that is not a database error."""
+        table = info.table
+        kind = item.op.kind
+        columns = sorted(item.row)
+        if kind == "delete":
+            conn.execute(delete(table).where(_key_match(key_columns, [self._key_tuple(item, key_columns)])))
+            return None
+        if kind == "update":
+            return "not found" if self._update_rows(conn, table, key_columns, columns, [item]) == 0 else None
+        if item.op.create_only:
+            if self._existing(conn, table, key_columns, [item]):
+                return "already exists"
+            conn.execute(insert(table), [item.row])
+            return None
+        stmt = self._upsert_statement(info, key_columns, columns)
+        if stmt is not None:
+            conn.execute(stmt, [item.row])
+        elif self._update_rows(conn, table, key_columns, columns, [item]) == 0:
+            conn.execute(insert(table), [item.row])
+        return None
+
+    def _run_one_by_one(
+        self, conn: Connection, info: _TableInfo, key_columns: Sequence[Column], items: Sequence[_Item]
+    ) -> dict[int, str]:
+        failures: dict[int, str] = {}
+        for item in items:
+            savepoint = conn.begin_nested()
+            try:
+                why = self._run_single(conn, info, key_columns, item)
+            except sa_exc.SQLAlchemyError as exc:
+                savepoint.rollback()
+                if self._is_transient(exc):
+                    raise
+                failures[item.index] = self._first_line(exc)
+                continue
+            if why is None:
+                savepoint.commit()
+            else:
+                savepoint.rollback()
+                failures[item.index] = why
+        return failures
+
+    def close(self) -> None:
+        self._engine.dispose()
