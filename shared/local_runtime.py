@@ -83,6 +83,7 @@ def run_once(
     """Pull every enabled flow once, apply everything, wait for retries due within the bound, report."""
     options = options or RunOptions()
     tally = Tally()
+    _recover(app)
     for flow, n in _unsettled(app).items():
         tally.flows[flow].backlog = n
     workers = ApplyWorkers(app, tally, options)
@@ -113,6 +114,12 @@ def run_once(
     return tally
 
 
+def _recover(app: SyncApp) -> None:
+    release = getattr(app.bus, "release_orphaned_locks", None)
+    if release:
+        release(app.queue)
+
+
 def _drained(app: SyncApp, bound: float) -> bool:
     counts = app.bus.counts(app.queue)
     if counts.active:
@@ -130,6 +137,7 @@ def run_forever(app: SyncApp, options: RunOptions, stop: threading.Event,
                 on_progress: Callable[[Tally], None] | None = None) -> Tally:
     """Pull each flow on its NCRONTAB schedule while workers apply continuously, until `stop` is set."""
     tally = Tally()
+    _recover(app)
     workers = ApplyWorkers(app, tally, options)
     now = datetime.now(UTC)
     schedules = {name: _schedule(flow.schedule, now) for name, flow in app.config.flows.items()}

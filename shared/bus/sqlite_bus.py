@@ -19,6 +19,7 @@ from typing import Any
 from shared.errors import LockLostError
 from shared.messages import Envelope
 from shared.ports.bus import QueueCounts, Received
+from shared.process_identity import current_holder, holder_is_gone
 from shared.state.sqlite_tables import connect
 
 MAX_DELIVERY_EXCEEDED = "MaxDeliveryCountExceeded"
@@ -164,7 +165,7 @@ class SqliteBus:
                     [(MAX_DELIVERY_EXCEEDED, f"delivered {r[8]} times", r[0]) for r in exhausted],
                 )
                 rows = [r for r in rows if r[8] < self.max_delivery_count]
-            token = uuid.uuid4().hex
+            token = f"{current_holder()}:{uuid.uuid4().hex}"
             conn.executemany(
                 "UPDATE messages SET lock_token=?, locked_until=?, delivery_count=delivery_count+1 WHERE seq=?",
                 [(token, now + self.lock_duration, r[0]) for r in rows],
@@ -240,6 +241,22 @@ class SqliteBus:
             (now, now, queue),
         ).fetchone()
         return QueueCounts(active=active, scheduled=scheduled, dead_letter=dead)
+
+    def release_orphaned_locks(self, queue: str) -> int:
+        """Unlock messages whose receiver process died on this host, instead of waiting out the lock
+        (after a crashed `dualsync run`). Their delivery count stays raised, as Service Bus keeps it."""
+        now = self._clock()
+        with _Tx(self._conn()) as conn:
+            tokens = [row[0] for row in conn.execute(
+                "SELECT DISTINCT lock_token FROM messages WHERE queue=? AND locked_until>? AND lock_token IS NOT NULL",
+                (queue, now)).fetchall()]
+            orphaned = [t for t in tokens if holder_is_gone(t.rpartition(":")[0])]
+            released = 0
+            for token in orphaned:
+                released += conn.execute(
+                    "UPDATE messages SET lock_token=NULL, locked_until=0 WHERE queue=? AND lock_token=?",
+                    (queue, token)).rowcount
+        return released
 
     def counts_by_flow(self, queue: str) -> dict[str, int]:
         """Messages not yet settled (active, locked or scheduled) per flow, i.e. per subject."""

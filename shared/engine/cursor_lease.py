@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from shared.errors import ConcurrencyError
+from shared.process_identity import holder_is_gone
 from shared.state.store import Cursor, StateStore
 
 LEASE_TTL = timedelta(minutes=10)
@@ -22,7 +23,12 @@ def acquire(state: StateStore, flow: str, owner: str, now: datetime, ttl: timede
     try:
         if cursor is None:
             return state.create_cursor(Cursor(flow, lease_owner=owner, lease_expires=now + ttl))
-        if cursor.lease_owner not in (None, owner) and cursor.lease_expires and cursor.lease_expires > now:
+        if (
+            cursor.lease_owner not in (None, owner)
+            and cursor.lease_expires
+            and cursor.lease_expires > now
+            and not holder_is_gone(cursor.lease_owner)  # a crashed `dualsync run` on this host
+        ):
             return None
         cursor.lease_owner, cursor.lease_expires = owner, now + ttl
         return state.save_cursor(cursor)

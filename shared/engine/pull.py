@@ -6,8 +6,6 @@ or the version check), it never skips one.
 
 from __future__ import annotations
 
-import socket
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -16,6 +14,7 @@ from shared.app import SyncApp
 from shared.config import Flow
 from shared.engine import cursor_lease
 from shared.errors import ConcurrencyError
+from shared.process_identity import current_holder
 from shared.messages import ChangeMessage, Envelope, new_run_id, to_envelope
 from shared.ports.connector import SourceRecord
 
@@ -34,10 +33,6 @@ class PullResult:
     notes: list[str] = field(default_factory=list)
 
 
-def default_owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 def pull_flow(
     app: SyncApp, flow_name: str, owner: str | None = None,
     on_page: Callable[[int], None] | None = None,
@@ -47,7 +42,7 @@ def pull_flow(
     if not flow.enabled:
         result.status = "disabled"
         return result
-    cursor = cursor_lease.acquire(app.state, flow_name, owner or default_owner(), app.clock())
+    cursor = cursor_lease.acquire(app.state, flow_name, owner or current_holder(), app.clock())
     if cursor is None:
         result.status = "leased"
         return result

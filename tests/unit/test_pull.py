@@ -7,6 +7,7 @@ from datetime import timedelta
 import pytest
 
 from shared.engine import cursor_lease
+from shared.process_identity import current_holder
 from shared.engine.pull import pull_flow
 from shared.engine.schedule import is_due, pull_due_flows
 from shared.messages import parse_body
@@ -107,3 +108,17 @@ def test_schedule_due(app, memory):
     results = pull_due_flows(app, owner="t")
     assert sorted(r.flow for r in results) == ["accounts", "contacts"]
     assert pull_due_flows(app, owner="t") == []  # both ran moments ago; next slot not reached
+
+
+def test_lease_of_a_dead_process_on_this_host_is_taken_over(app):
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    ghost = f"{socket.gethostname()}:{dead.stdout.strip()}"
+    now = app.clock()
+    assert cursor_lease.acquire(app.state, "accounts", ghost, now) is not None
+    assert cursor_lease.acquire(app.state, "accounts", current_holder(), now) is not None
+    # We are alive, so nobody takes the lease before it expires; a holder on another host is never judged.
+    assert cursor_lease.acquire(app.state, "accounts", "otherhost:1", now) is None

@@ -1,0 +1,76 @@
+// The function app's storage account: host storage (AzureWebJobsStorage, identity-based), the Flex
+// Consumption deployment container, and the sync state tables. Shared-key access is disabled, so only
+// Entra ID (the managed identity's roles in app/rbac.bicep) can reach the data.
+param name string
+param location string
+param tags object = {}
+
+@description('Blob container the Flex Consumption app is deployed from.')
+param deploymentContainerName string
+
+@description('Prefix of the state table names (app setting STATE_TABLE_PREFIX).')
+param tablePrefix string
+
+@description('State table names without the prefix (shared/state/store.py TABLES).')
+param tableNames array
+
+resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
+  name: name
+  location: location
+  tags: tags
+  kind: 'StorageV2'
+  sku: {
+    name: 'Standard_LRS'
+  }
+  properties: {
+    accessTier: 'Hot'
+    allowSharedKeyAccess: false
+    defaultToOAuthAuthentication: true
+    allowBlobPublicAccess: false
+    allowCrossTenantReplication: false
+    minimumTlsVersion: 'TLS1_2'
+    supportsHttpsTrafficOnly: true
+    publicNetworkAccess: 'Enabled'
+    networkAcls: {
+      defaultAction: 'Allow'
+      bypass: 'AzureServices'
+    }
+  }
+
+  resource blobService 'blobServices' = {
+    name: 'default'
+    properties: {
+      deleteRetentionPolicy: {
+        enabled: true
+        days: 7
+      }
+      containerDeleteRetentionPolicy: {
+        enabled: true
+        days: 7
+      }
+    }
+
+    resource deploymentContainer 'containers' = {
+      name: deploymentContainerName
+      properties: {
+        publicAccess: 'None'
+      }
+    }
+  }
+
+  resource tableService 'tableServices' = {
+    name: 'default'
+  }
+}
+
+// The code also creates a missing table on first use; declaring them here makes the state visible and lets a
+// deployment fail early on a bad prefix.
+resource stateTables 'Microsoft.Storage/storageAccounts/tableServices/tables@2023-05-01' = [for table in tableNames: {
+  parent: storage::tableService
+  name: '${tablePrefix}${table}'
+}]
+
+output id string = storage.id
+output name string = storage.name
+output blobEndpoint string = storage.properties.primaryEndpoints.blob
+output tableEndpoint string = storage.properties.primaryEndpoints.table
