@@ -24,7 +24,7 @@ from shared.engine.settle import settle
 from shared.engine.tally import Tally
 from shared.ports.bus import Received
 
-APPLY_BATCH = 500
+APPLY_BATCH = 1000
 
 
 @dataclass

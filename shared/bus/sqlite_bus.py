@@ -198,10 +198,19 @@ class SqliteBus:
 
     def _held(self, conn: Any, messages: Sequence[Received]) -> None:
         now = self._clock()
-        for m in messages:
-            row = conn.execute("SELECT lock_token, locked_until FROM messages WHERE seq=?", (m.handle,)).fetchone()
-            if row is None or row[0] != m.lock_token or row[1] < now:
-                raise LockLostError(f"lock lost on message {m.envelope.message_id} (seq {m.handle})")
+        wanted = {m.handle: m.lock_token for m in messages}
+        held: set[int] = set()
+        seqs = list(wanted)
+        for start in range(0, len(seqs), 500):
+            chunk = seqs[start : start + 500]
+            rows = conn.execute(
+                f"SELECT seq, lock_token, locked_until FROM messages WHERE seq IN ({','.join('?' * len(chunk))})",
+                chunk,
+            ).fetchall()
+            held.update(seq for seq, token, until in rows if token == wanted[seq] and until >= now)
+        lost = [m for m in messages if m.handle not in held]
+        if lost:
+            raise LockLostError(f"lock lost on message {lost[0].envelope.message_id} (and {len(lost) - 1} more)")
 
     def _complete(self, messages: Sequence[Received]) -> None:
         with _Tx(self._conn()) as conn:

@@ -6,6 +6,7 @@ WAL mode and a busy timeout let several worker threads and processes share one f
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 import threading
@@ -36,8 +37,12 @@ def connect(path: str | Path) -> sqlite3.Connection:
     return conn
 
 
+_ETAG_PREFIX = uuid.uuid4().hex[:12]  # unique per process; the counter makes it unique per write
+_etag_counter = itertools.count()
+
+
 def _etag() -> str:
-    return uuid.uuid4().hex
+    return f"{_ETAG_PREFIX}-{next(_etag_counter):x}"
 
 
 class SqliteTables:
