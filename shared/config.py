@@ -155,15 +155,22 @@ class Flow(Strict):
     master: str | None = None
     deletes: Literal["delete", "deactivate", "ignore"] = "ignore"
     fields: list[FieldMap] = Field(min_length=1)
-    pair: str | None = None
+    pair: str | None = None  # two flows with one pair name (crm->erp, erp->crm) share key map and record state
+    conflicts: Literal["master_wins", "last_writer_wins", "manual"] = "master_wins"
+    review: bool = False  # incoming changes become change requests an operator approves or rejects
+    match_on: list[str] = Field(default_factory=list)  # target fields that identify one record at initial sync
+    reconcile: str | None = None  # NCRONTAB: a key-set comparison that finds deletes (no change tracking)
+    fetch_missing_parents: bool = False  # pull a missing lookup parent on demand instead of waiting
     max_attempts: int = Field(default=8, ge=1, le=100)
     missing_reference_attempts: int = Field(default=5, ge=1, le=100)
     page_size: int = Field(default=1000, ge=1, le=10000)
     enabled: bool = True
 
-    @field_validator("schedule")
+    @field_validator("schedule", "reconcile")
     @classmethod
-    def _ncrontab(cls, value: str) -> str:
+    def _ncrontab(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
         parts = value.split()
         if len(parts) != 6:
             raise ValueError("schedule must be a 6-field NCRONTAB expression: sec min hour day month weekday")
@@ -181,6 +188,20 @@ class Config(Strict):
 
     def pair_of(self, name: str) -> str:
         return self.flows[name].pair or name
+
+    def reverse_of(self, name: str) -> str | None:
+        """The other flow of a bidirectional pair, if any."""
+        pair = self.flows[name].pair
+        if pair is None:
+            return None
+        return next((other for other, f in self.flows.items() if other != name and f.pair == pair), None)
+
+    def anchor_of(self, name: str) -> str:
+        """The system whose keys identify a pair's records in the record state (stable for both flows)."""
+        flow = self.flows[name]
+        if self.reverse_of(name) is None:
+            return flow.source.system
+        return min(flow.source.system, flow.target.system)
 
 
 def _loc_path(loc: tuple[Any, ...]) -> str:
@@ -214,6 +235,32 @@ def _cross_check(config: Config) -> list[str]:
         for key in flow.target.key:
             if key not in mapped:
                 problems.append(f"{base}.target.key: {key!r} is not the 'to' of any field")
+        for i, field_name in enumerate(flow.match_on):
+            if field_name not in mapped:
+                problems.append(f"{base}.match_on[{i}]: {field_name!r} is not the 'to' of any field")
+    problems += _check_pairs(config)
+    return problems
+
+
+def _check_pairs(config: Config) -> list[str]:
+    problems = []
+    pairs: dict[str, list[str]] = {}
+    for name, flow in config.flows.items():
+        if flow.pair is not None:
+            pairs.setdefault(flow.pair, []).append(name)
+    for pair, names in pairs.items():
+        if len(names) > 2:
+            problems.append(f"flows: pair {pair!r} has {len(names)} flows; a pair is two flows, one each way")
+            continue
+        if len(names) == 1:
+            continue
+        a, b = (config.flows[n] for n in names)
+        if (a.source.system, a.source.entity) != (b.target.system, b.target.entity) or (
+            a.target.system, a.target.entity) != (b.source.system, b.source.entity):
+            problems.append(f"flows.{names[1]}.pair: {pair!r} must run the reverse way of flow {names[0]}")
+        if a.master != b.master:
+            problems.append(f"flows.{names[1]}.master: both flows of pair {pair!r} must name the same master "
+                            "(otherwise each side would keep its own value forever)")
     return problems
 
 

@@ -31,6 +31,10 @@ class ChangeMessage(BaseModel):
     payload: dict[str, Any] = Field(default_factory=dict)
     fingerprint: str = ""
     attempt: int = Field(default=1, ge=1)
+    # Operator decisions: `force` re-applies whatever the version, echo and conflict checks say (resync,
+    # a conflict resolved for this side); `approved` carries a reviewed change request past review.
+    force: bool = False
+    approved: bool = False
     correlation_id: str = ""
     first_enqueued_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 

@@ -1,16 +1,20 @@
 """Apply: delivered ChangeMessages -> writes on the target, each message ending in one Outcome.
 
-Per flow, a batch is: parse -> drop stale and superseded versions -> drop echoes -> resolve lookups in
-one key-map read -> map and validate -> one connector write_batch -> key map and record state in
-one batched write each. The target is written before the state, so a crash in between re-applies an
-idempotent upsert on redelivery rather than losing the change.
+Per flow, a batch is: parse -> drop stale and superseded versions -> (pairs) re-read the source rows, so a
+message overtaken by our own write is recognised -> drop echoes -> park changes that need review ->
+resolve lookups in one key-map read -> map and validate -> (pairs) read the target rows and settle field
+conflicts -> one connector write_batch -> key map and record state in one batched write each.
+
+The target is written before the state, so a crash in between re-applies an idempotent upsert on
+redelivery rather than losing the change.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -18,23 +22,51 @@ from pydantic import ValidationError
 from shared.app import SyncApp
 from shared.config import Flow
 from shared.engine.backoff import retry_at
+from shared.engine.conflicts import Decision, decide
 from shared.engine.mapping import Lookups, lookup_requests, map_record
 from shared.engine.outcome import Kind, Outcome
-from shared.engine.values import canonical_row, same_value
+from shared.engine.values import canonical, canonical_row, coerce, same_value
 from shared.errors import AuthError, MissingReferenceError, PermanentError, Reason, SyncError, TransientError
 from shared.keys import key_of, parse_key
-from shared.messages import ChangeMessage, fingerprint, parse_body
+from shared.messages import ChangeMessage, fingerprint, parse_body, to_envelope
 from shared.ports.bus import Received
-from shared.ports.connector import WriteOp, WriteResult
-from shared.state.store import KeyLink, RecordState
+from shared.ports.connector import SourceRecord, WriteOp, WriteResult
+from shared.state.store import CONFLICTS, REQUESTS, KeyLink, RecordState
 
 
 @dataclass
 class _Item:
     received: Received
     message: ChangeMessage
-    record_id: str
-    values: dict[str, Any] | None = None
+    record_id: str = ""
+    payload: dict[str, Any] = field(default_factory=dict)
+    values: dict[str, Any] | None = None  # mapped values
+    decision: Decision | None = None
+
+
+@dataclass
+class _Flow:
+    """A flow as one apply batch needs it."""
+
+    name: str
+    flow: Flow
+    pair: str
+    anchor: str
+    bidirectional: bool
+
+    @classmethod
+    def of(cls, app: SyncApp, name: str) -> _Flow:
+        return cls(name, app.config.flows[name], app.config.pair_of(name), app.config.anchor_of(name),
+                   app.config.reverse_of(name) is not None)
+
+    def record_id(self, key: str, links: dict[str, str]) -> str:
+        """Both flows of a pair name a record by its key in the anchor system; before the first sync of a
+        record created on the other side, its own key stands in."""
+        source = self.flow.source.system
+        if source == self.anchor:
+            return f"{source}|{key}"
+        linked = links.get(key)
+        return f"{self.anchor}|{linked}" if linked else f"{source}|{key}"
 
 
 def apply_batch(app: SyncApp, batch: Sequence[Received]) -> list[Outcome]:
@@ -54,10 +86,11 @@ def apply_batch(app: SyncApp, batch: Sequence[Received]) -> list[Outcome]:
         elif message.flow in paused:
             outcomes.append(Outcome(received, message, Kind.DEFERRED, "flow_paused"))
         else:
-            record_id = f"{message.source_system}|{message.key}"
-            by_flow[message.flow].append(_Item(received, message, record_id))
+            by_flow[message.flow].append(_Item(received, message, payload=message.payload))
     for flow_name, items in by_flow.items():
-        outcomes.extend(_apply_flow(app, flow_name, items))
+        flow_outcomes = _apply_flow(app, _Flow.of(app, flow_name), items)
+        _flag_failed_sources(app, app.config.flows[flow_name], flow_outcomes)
+        outcomes.extend(flow_outcomes)
     return outcomes
 
 
@@ -68,37 +101,45 @@ def _malformed(received: Received, exc: Exception) -> Outcome:
                    f"message {received.envelope.message_id}: {where}: {first['msg']}")
 
 
-def _apply_flow(app: SyncApp, flow_name: str, items: list[_Item]) -> list[Outcome]:
-    flow = app.config.flows[flow_name]
-    pair = app.config.pair_of(flow_name)
+def _apply_flow(app: SyncApp, f: _Flow, items: list[_Item]) -> list[Outcome]:
+    flow = f.flow
     outcomes: list[Outcome] = []
+    links = app.state.lookup_keys(f.pair, flow.source.system, [i.message.key for i in items])
+    for item in items:
+        item.record_id = f.record_id(item.message.key, links)
     items = _newest_per_record(items, outcomes)
-    states = app.state.get_records(pair, [i.record_id for i in items])
+    states = app.state.get_records(f.pair, [i.record_id for i in items])
+    current = _current_sources(app, f, items) if f.bidirectional else {}
     live: list[_Item] = []
     for item in items:
-        state = states.get(item.record_id)
-        skip = _skip_reason(item.message, state)
+        skip = _screen(app, f, item, states.get(item.record_id), current)
         if skip:
             outcomes.append(Outcome(item.received, item.message, Kind.SKIPPED, skip))
         else:
             live.append(item)
     lookups = _resolve_lookups(app, flow, live)
-    target_keys = app.state.lookup_keys(pair, flow.source.system, [i.message.key for i in live])
     ops: list[WriteOp] = []
+    mapped: list[_Item] = []
     for item in live:
         try:
-            op = _write_op(flow_name, flow, item, lookups, target_keys)
+            op = _write_op(f, item, lookups, links)
+        except MissingReferenceError as exc:
+            outcomes.append(_missing_parent(app, f, item, exc))
+            continue
         except SyncError as exc:
             outcomes.append(_failure(app, flow, item, exc))
             continue
         if op is None:
             reason = "deletes_ignored" if flow.deletes == "ignore" else "never_synced"
             outcomes.append(Outcome(item.received, item.message, Kind.SKIPPED, reason))
+        elif op.kind == "upsert" and f.bidirectional:
+            mapped.append(item)
         else:
             ops.append(op)
+    ops += _settle_conflicts(app, f, mapped, states, outcomes)
     if ops:
         results = _write(app, flow, ops)
-        outcomes.extend(_record_results(app, flow_name, flow, pair, results, states))
+        outcomes.extend(_record_results(app, f, results, states))
     return outcomes
 
 
@@ -116,26 +157,51 @@ def _newest_per_record(items: list[_Item], outcomes: list[Outcome]) -> list[_Ite
     return list(newest.values())
 
 
-def _skip_reason(message: ChangeMessage, state: RecordState | None) -> str | None:
-    if state is None:
+def _current_sources(app: SyncApp, f: _Flow, items: list[_Item]) -> dict[str, SourceRecord]:
+    """Pairs re-read their source rows: a change that our own write has overtaken must not travel on."""
+    keys = [i.message.key for i in items if i.message.op == "upsert"]
+    if not keys:
+        return {}
+    source = f.flow.source
+    return app.connector(source.system).read_records(source.entity, source.key, keys)
+
+
+def _screen(app: SyncApp, f: _Flow, item: _Item, state: RecordState | None,
+            current: dict[str, SourceRecord]) -> str | None:
+    """The reason to skip this change, or None to apply it."""
+    message, source = item.message, f.flow.source.system
+    if message.force:
         return None
-    applied = state.versions.get(message.source_system)
+    applied = state.versions.get(source) if state else None
     if applied is not None and message.version <= applied:
         return "already_applied"
-    written = state.values.get(message.source_system)
-    if message.op == "upsert" and written and all(
-        same_value(message.payload.get(field), value) for field, value in written.items()
-    ):
-        # Every field we manage on the source equals what we last wrote there: our own write coming back.
-        return "echo"
+    if f.bidirectional and message.op == "upsert":
+        row = current.get(message.key)
+        if row is None:
+            return "source_gone"  # its delete travels as a change of its own
+        item.payload = row.values
+    if message.op == "upsert" and state and _unchanged(item.payload, state.values.get(source)):
+        # Every field we manage equals what was last synced for this side: in a pair, our own write coming
+        # back; otherwise a change to fields we do not sync.
+        return "echo" if f.bidirectional else "unchanged"
+    if f.flow.review and not message.approved and message.op == "upsert":
+        app.state.park(REQUESTS, f.name, message.key, {
+            "message": message.model_copy(update={"payload": item.payload}).model_dump(mode="json"),
+            "status": "pending", "created_at": app.clock().isoformat(),
+        })
+        return "awaiting_review"
     return None
+
+
+def _unchanged(payload: dict[str, Any], known: dict[str, Any] | None) -> bool:
+    return bool(known) and all(same_value(payload.get(name), value) for name, value in known.items())
 
 
 def _resolve_lookups(app: SyncApp, flow: Flow, items: list[_Item]) -> Lookups:
     wanted: dict[str, set[str]] = defaultdict(set)
     for item in items:
         if item.message.op == "upsert":
-            for lookup_flow, parent_key in lookup_requests(flow, item.message.payload):
+            for lookup_flow, parent_key in lookup_requests(flow, item.payload):
                 wanted[lookup_flow].add(parent_key)
     lookups: Lookups = {}
     for lookup_flow, keys in wanted.items():
@@ -145,12 +211,10 @@ def _resolve_lookups(app: SyncApp, flow: Flow, items: list[_Item]) -> Lookups:
     return lookups
 
 
-def _write_op(
-    flow_name: str, flow: Flow, item: _Item, lookups: Lookups, target_keys: dict[str, str]
-) -> WriteOp | None:
-    message = item.message
+def _write_op(f: _Flow, item: _Item, lookups: Lookups, links: dict[str, str]) -> WriteOp | None:
+    flow, message = f.flow, item.message
     if message.op == "delete":
-        target_key = target_keys.get(message.key)
+        target_key = links.get(message.key)
         if flow.deletes == "ignore" or target_key is None:
             return None
         key = parse_key(flow.target.key, target_key)
@@ -158,9 +222,49 @@ def _write_op(
             return WriteOp("delete", key, ref=item)
         item.values = {flow.target.deactivate_field: flow.target.deactivate_value}
         return WriteOp("update", key, dict(item.values), ref=item)
-    item.values = map_record(flow_name, flow, message.key, message.payload, lookups)
+    item.values = map_record(f.name, flow, message.key, item.payload, lookups)
     key = {k: item.values[k] for k in flow.target.key}
     return WriteOp("upsert", key, item.values, ref=item)
+
+
+def _settle_conflicts(app: SyncApp, f: _Flow, items: list[_Item], states: dict[str, RecordState],
+                      outcomes: list[Outcome]) -> list[WriteOp]:
+    """Pairs only: compare with the target as it is now, keep what it changed, settle what both changed."""
+    if not items:
+        return []
+    flow = f.flow
+    target = flow.target
+    target_keys = [key_of(target.key, i.values or {}) for i in items]
+    rows = app.connector(target.system).read_records(target.entity, target.key, target_keys)
+    watermark = app.config.flows[app.config.reverse_of(f.name) or f.name].source.watermark
+    ops: list[WriteOp] = []
+    for item, target_key in zip(items, target_keys, strict=True):
+        state = states.get(item.record_id)
+        row = rows.get(target_key)
+        current = row.values if row else None
+        target_at = _moment(current.get(watermark)) if current else None
+        item.decision = decide(flow, item.values or {}, state.values.get(target.system) if state else None,
+                               current, item.message.changed_at, target_at)
+        if item.decision.park:
+            app.state.park(CONFLICTS, f.name, item.message.key, {
+                "message": item.message.model_copy(update={"payload": item.payload}).model_dump(mode="json"),
+                "fields": item.decision.conflicts,
+                "incoming": canonical_row({k: (item.values or {})[k] for k in item.decision.conflicts}),
+                "target": canonical_row({k: (current or {}).get(k) for k in item.decision.conflicts}),
+                "detected_at": app.clock().isoformat(),
+            })
+            outcomes.append(Outcome(item.received, item.message, Kind.SKIPPED, "conflict_parked",
+                                    f"fields {', '.join(item.decision.conflicts)} changed on both sides"))
+            continue
+        ops.append(WriteOp("upsert", {k: item.values[k] for k in target.key}, item.decision.write, ref=item))
+    return ops
+
+
+def _moment(value: Any) -> datetime | None:
+    try:
+        return coerce(value, "datetime") if value not in (None, "") else None
+    except ValueError:
+        return None
 
 
 def _write(app: SyncApp, flow: Flow, ops: list[WriteOp]) -> list[WriteResult]:
@@ -170,14 +274,15 @@ def _write(app: SyncApp, flow: Flow, ops: list[WriteOp]) -> list[WriteResult]:
         return [WriteResult(op, ok=False, error=exc) for op in ops]
 
 
-def _record_results(
-    app: SyncApp, flow_name: str, flow: Flow, pair: str, results: list[WriteResult], states: dict[str, RecordState]
-) -> list[Outcome]:
+def _record_results(app: SyncApp, f: _Flow, results: list[WriteResult], states: dict[str, RecordState]
+                    ) -> list[Outcome]:
+    flow = f.flow
     outcomes: list[Outcome] = []
     links: list[KeyLink] = []
     unlinks: list[KeyLink] = []
     records: list[RecordState] = []
     now = app.clock()
+    observed_fields = [fm.from_ for fm in flow.fields]
     for result in results:
         item: _Item = result.op.ref
         message = item.message
@@ -187,21 +292,58 @@ def _record_results(
         target_key = result.key or key_of(flow.target.key, result.op.key)
         link = KeyLink(flow.source.system, message.key, flow.target.system, target_key)
         (unlinks if result.op.kind == "delete" else links).append(link)
-        state = states.get(item.record_id) or RecordState(item.record_id)
+        record_id = f"{f.anchor}|{message.key if flow.source.system == f.anchor else target_key}"
+        state = states.get(item.record_id) or RecordState(record_id)
+        state.record_id = record_id
         state.versions[flow.source.system] = message.version
-        written = canonical_row(item.values or {})
-        state.values[flow.target.system] = written
-        state.fingerprints[flow.target.system] = fingerprint(written)
+        _remember(state, flow.target.system, canonical_row(result.op.values))
+        if message.op == "upsert":
+            _remember(state, flow.source.system, {n: canonical(item.payload.get(n)) for n in observed_fields})
         state.synced_at = now
         records.append(state)
-        outcomes.append(Outcome(item.received, message, Kind.APPLIED, result.op.kind))
+        outcomes.append(_applied(item, result.op.kind))
     if links:
-        app.state.link_keys(pair, links)
+        app.state.link_keys(f.pair, links)
     if unlinks:
-        app.state.unlink_keys(pair, unlinks)
+        app.state.unlink_keys(f.pair, unlinks)
     if records:
-        app.state.put_records(pair, records)
+        app.state.put_records(f.pair, records)
     return outcomes
+
+
+def _remember(state: RecordState, system: str, values: dict[str, Any]) -> None:
+    """The record state holds, per side, the field values both sides last agreed on."""
+    known = state.values.setdefault(system, {})
+    known.update(values)
+    state.fingerprints[system] = fingerprint(known)
+
+
+def _applied(item: _Item, kind: str) -> Outcome:
+    decision = item.decision
+    if decision is None or not (decision.conflicts or decision.kept):
+        return Outcome(item.received, item.message, Kind.APPLIED, kind)
+    parts = [f"{name}: {winner} wins" for name, winner in decision.winners.items()]
+    parts += [f"{name}: target's change kept" for name in decision.kept if name not in decision.winners]
+    return Outcome(item.received, item.message, Kind.APPLIED, kind, "; ".join(parts),
+                   conflicts=len(decision.conflicts))
+
+
+def _missing_parent(app: SyncApp, f: _Flow, item: _Item, exc: MissingReferenceError) -> Outcome:
+    """Wait for the parent with backoff, or (fetch_missing_parents) ask its flow for it right away."""
+    if f.flow.fetch_missing_parents and item.message.attempt < f.flow.missing_reference_attempts:
+        _request_parent(app, exc)
+    return _failure(app, f.flow, item, exc)
+
+
+def _request_parent(app: SyncApp, exc: MissingReferenceError) -> None:
+    parent = app.config.flows[exc.flow]
+    record = app.connector(parent.source.system).read_record(parent.source, exc.key)
+    if record is None:
+        return
+    message = ChangeMessage(flow=exc.flow, op="upsert", source_system=parent.source.system,
+                            entity=parent.source.entity, key=record.key, version=record.version,
+                            changed_at=record.changed_at, payload=record.values)
+    app.bus.send(app.queue, [to_envelope(message)])  # deterministic id: asking twice sends once
 
 
 def _failure(app: SyncApp, flow: Flow, item: _Item, exc: BaseException) -> Outcome:
@@ -226,3 +368,13 @@ def _failure(app: SyncApp, flow: Flow, item: _Item, exc: BaseException) -> Outco
 def _retry(app: SyncApp, item: _Item, reason: str, description: str, retry_after: float | None) -> Outcome:
     when = retry_at(app.clock(), item.message.attempt, retry_after, app.retry_base)
     return Outcome(item.received, item.message, Kind.RETRY, reason, description, retry_at=when)
+
+
+def _flag_failed_sources(app: SyncApp, flow: Flow, outcomes: list[Outcome]) -> None:
+    """Status-flag sources learn which rows failed for good: E and the reason, on the source row."""
+    if flow.source.changes != "status_flag":
+        return
+    failed = {o.message.key: f"{o.reason}: {o.description}"[:2000]
+              for o in outcomes if o.kind is Kind.DEAD_LETTER and o.message is not None}
+    if failed:
+        app.connector(flow.source.system).acknowledge(flow.source, [], failed)

@@ -26,6 +26,7 @@ class Outcome:
     reason: str = ""
     description: str = ""
     retry_at: datetime | None = None
+    conflicts: int = 0  # fields both sides had changed, settled by the flow's policy
 
     @property
     def flow(self) -> str:

@@ -20,7 +20,9 @@ KEYMAP = "keymap"
 RECORDS = "records"
 RUNS = "runs"
 FAILURES = "failures"
-TABLES = (CURSORS, KEYMAP, RECORDS, RUNS, FAILURES)
+CONFLICTS = "conflicts"
+REQUESTS = "changerequests"
+TABLES = (CURSORS, KEYMAP, RECORDS, RUNS, FAILURES, CONFLICTS, REQUESTS)
 
 RECORD_BUCKETS = 16
 _CURSOR_RK = "cursor"
@@ -201,6 +203,22 @@ class StateStore:
     def get_failure(self, queue: str, message_id: str) -> dict[str, Any] | None:
         entity = self.tables.get(FAILURES, queue, message_id)
         return entity.data if entity else None
+
+    # -- parked decisions: conflicts (policy manual) and change requests (review: true) -------------
+    def park(self, table: str, flow: str, key: str, data: dict[str, Any]) -> None:
+        """One open item per record: a newer change replaces the older one, which it supersedes."""
+        self.tables.upsert_many(table, [(flow, key, data)])
+
+    def parked(self, table: str, flow: str | None = None) -> Iterator[tuple[str, str, dict[str, Any]]]:
+        for entity in self.tables.query(table, flow):
+            yield entity.pk, entity.rk, entity.data
+
+    def get_parked(self, table: str, flow: str, key: str) -> dict[str, Any] | None:
+        entity = self.tables.get(table, flow, key)
+        return entity.data if entity else None
+
+    def unpark(self, table: str, flow: str, key: str) -> None:
+        self.tables.delete(table, flow, key)
 
     def close(self) -> None:
         self.tables.close()
