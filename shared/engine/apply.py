@@ -243,8 +243,8 @@ def _settle_conflicts(app: SyncApp, f: _Flow, items: list[_Item], states: dict[s
         row = rows.get(target_key)
         current = row.values if row else None
         target_at = _moment(current.get(watermark)) if current else None
-        item.decision = decide(flow, item.values or {}, state.values.get(target.system) if state else None,
-                               current, item.message.changed_at, target_at)
+        baseline = state.values.get(target.system) if state and not item.message.force else None
+        item.decision = decide(flow, item.values or {}, baseline, current, item.message.changed_at, target_at)
         if item.decision.park:
             app.state.park(CONFLICTS, f.name, item.message.key, {
                 "message": item.message.model_copy(update={"payload": item.payload}).model_dump(mode="json"),

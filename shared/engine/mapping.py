@@ -6,11 +6,13 @@ what an operator reads in the dead-letter queue.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from shared.config import Flow
 from shared.engine.values import CoercionError, coerce
 from shared.errors import MissingReferenceError, PermanentError, Reason
+from shared.keys import parse_key
 
 # (lookup flow name, source key) -> target key; filled in one batch before mapping
 Lookups = dict[tuple[str, str], str]
@@ -60,5 +62,36 @@ def map_record(flow_name: str, flow: Flow, key: str, payload: dict[str, Any], lo
                 Reason.VALIDATION_FAILED,
                 f"{where}: {name}: is {len(value)} characters, longer than max_length {field.max_length}",
             )
+        if field.bind is not None and value not in (None, ""):
+            try:
+                value = bind_reference(field.bind, value)
+            except ValueError as exc:
+                raise PermanentError(Reason.MAPPING_FAILED, f"{where}: {name}: {exc}") from None
         values[field.to] = value
     return values
+
+
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+def bind_reference(bind: str, value: Any) -> str:
+    """An `@odata.bind` value: bind "accounts" + a GUID -> "/accounts(<guid>)"; bind "accounts(accountnumber)"
+    + "A-1" -> "/accounts(accountnumber='A-1')" (quotes doubled); a multi-part key takes a composite key."""
+    entity_set, _, names = bind.partition("(")
+    if not names:
+        text = str(value)
+        if not _GUID.match(text):
+            raise ValueError(f"value {text!r} is not a GUID, so it cannot bind to /{entity_set}(<id>)")
+        return f"/{entity_set}({text.lower()})"
+    fields = names.rstrip(")").split(",")
+    parts = parse_key(fields, str(value))
+    predicate = ",".join(f"{name}={_literal(parts[name])}" for name in fields)
+    return f"/{entity_set}({predicate})"
+
+
+def _literal(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return "'" + str(value).replace("'", "''") + "'"

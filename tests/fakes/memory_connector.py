@@ -38,7 +38,10 @@ class MemoryConnector:
 
     def _record(self, entity: str, key: str) -> SourceRecord:
         version = self.versions[(entity, key)]
-        return SourceRecord(key, dict(self.tables[entity][key]), f"{version:020d}", datetime.now(UTC))
+        row = dict(self.tables[entity][key])
+        modified = row.get("modified")
+        changed_at = datetime.fromisoformat(modified) if isinstance(modified, str) else datetime.now(UTC)
+        return SourceRecord(key, row, f"{version:020d}", changed_at)
 
     def read_record(self, source: SourceSpec, key: str) -> SourceRecord | None:
         return self._record(source.entity, key) if key in self.tables.get(source.entity, {}) else None

@@ -1,0 +1,186 @@
+"""A pair of flows (crm -> erp, erp -> crm): no ping-pong, merges, conflicts by policy, review."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.app import SyncApp
+from shared.bus.sqlite_bus import SqliteBus
+from shared.config import parse_config
+from shared.engine.decisions import DecisionError, approve_request, list_parked, reject_request, resolve_conflict
+from shared.engine.apply import apply_batch
+from shared.engine.settle import settle
+from shared.engine.pull import pull_flow
+from shared.engine.tally import Tally
+from shared.state.sqlite_tables import SqliteTables
+from shared.state.store import CONFLICTS, REQUESTS, StateStore
+from tests.fakes.memory_connector import MemoryConnector
+
+
+def pair_config(conflicts: str = "master_wins", review: bool = False, owner_phone: str | None = None) -> dict:
+    phone_a = {"from": "telephone1", "to": "phone"} | ({"owner": owner_phone} if owner_phone else {})
+    phone_b = {"from": "phone", "to": "telephone1"} | ({"owner": owner_phone} if owner_phone else {})
+    common = {"pair": "accounts", "master": "crm", "conflicts": conflicts}
+    return {
+        "systems": {"crm": {"kind": "sql", "url": "sqlite://"}, "erp": {"kind": "sql", "url": "sqlite://"}},
+        "flows": {
+            "accounts-to-erp": common | {
+                "source": {"system": "crm", "entity": "accounts", "key": "accountnumber", "watermark": "modified"},
+                "target": {"system": "erp", "entity": "customers", "key": "account_number"},
+                "fields": [{"from": "accountnumber", "to": "account_number"}, {"from": "name", "to": "name"},
+                           phone_a]},
+            "customers-to-crm": common | {
+                "review": review,
+                "source": {"system": "erp", "entity": "customers", "key": "account_number", "watermark": "modified"},
+                "target": {"system": "crm", "entity": "accounts", "key": "accountnumber"},
+                "fields": [{"from": "account_number", "to": "accountnumber"}, {"from": "name", "to": "name"},
+                           phone_b]},
+        },
+    }
+
+
+@pytest.fixture
+def make(tmp_path):
+    apps = []
+
+    def build(**kw) -> tuple[SyncApp, dict[str, MemoryConnector]]:
+        memory = {"crm": MemoryConnector(), "erp": MemoryConnector()}
+        app = SyncApp(config=parse_config(pair_config(**kw)), state=StateStore(SqliteTables(":memory:")),
+                      bus=SqliteBus(tmp_path / f"bus{len(apps)}.db"), retry_base=0.01,
+                      connector_factory=lambda name: memory[name])
+        apps.append(app)
+        return app, memory
+
+    yield build
+    for app in apps:
+        app.close()
+
+
+def drain(app: SyncApp) -> Tally:
+    tally = Tally()
+    while batch := app.bus.receive(app.queue, max_messages=500, max_wait=0.05):
+        outcomes = apply_batch(app, batch)
+        settle(app, app.bus.settler(app.queue), outcomes)
+        tally.record(outcomes)
+    return tally
+
+
+def sync(app: SyncApp, *flows: str) -> Tally:
+    for flow in flows or ("accounts-to-erp", "customers-to-crm"):
+        pull_flow(app, flow, owner="test")
+    return drain(app)
+
+
+def seed(app, memory, n: int = 3) -> None:
+    for i in range(n):
+        memory["crm"].put("accounts", f"A{i}", {"accountnumber": f"A{i}", "name": f"n{i}", "telephone1": f"t{i}"})
+    sync(app, "accounts-to-erp")
+    sync(app, "customers-to-crm")
+
+
+def test_our_own_write_coming_back_is_an_echo_not_a_write(make):
+    app, memory = make()
+    memory["crm"].put("accounts", "A1", {"accountnumber": "A1", "name": "Acme", "telephone1": "1"})
+    first = sync(app, "accounts-to-erp")
+    assert first.flows["accounts-to-erp"].applied == 1
+    crm_writes = memory["crm"].writes
+    back = sync(app, "customers-to-crm")
+    assert dict(back.flows["customers-to-crm"].skipped) == {"echo": 1}
+    assert memory["crm"].writes == crm_writes
+    settled = sync(app)
+    assert sum(c.applied for c in settled.flows.values()) == 0 and memory["crm"].writes == crm_writes
+
+
+@pytest.mark.parametrize("order", [("accounts-to-erp", "customers-to-crm"), ("customers-to-crm", "accounts-to-erp")])
+def test_different_fields_changed_on_both_sides_are_merged(make, order):
+    app, memory = make()
+    seed(app, memory)
+    memory["crm"].put("accounts", "A1", {**memory["crm"].tables["accounts"]["A1"], "name": "crm-name"})
+    memory["erp"].put("customers", "A1", {**memory["erp"].tables["customers"]["A1"], "phone": "erp-phone"})
+    pull_flow(app, "accounts-to-erp", owner="t")
+    pull_flow(app, "customers-to-crm", owner="t")
+    tally = drain(app)
+    for _ in range(2):
+        tally = sync(app)
+    assert memory["crm"].tables["accounts"]["A1"]["name"] == "crm-name" == memory["erp"].tables["customers"]["A1"]["name"]
+    assert memory["crm"].tables["accounts"]["A1"]["telephone1"] == "erp-phone" == memory["erp"].tables["customers"]["A1"]["phone"]
+    assert sum(c.applied for c in tally.flows.values()) == 0  # settled: nothing left to write, no ping-pong
+
+
+@pytest.mark.parametrize("first", ["accounts-to-erp", "customers-to-crm"])
+def test_same_field_changed_on_both_sides_master_wins(make, first):
+    app, memory = make()
+    seed(app, memory)
+    memory["crm"].put("accounts", "A1", {**memory["crm"].tables["accounts"]["A1"], "name": "from-crm"})
+    memory["erp"].put("customers", "A1", {**memory["erp"].tables["customers"]["A1"], "name": "from-erp"})
+    second = "customers-to-crm" if first == "accounts-to-erp" else "accounts-to-erp"
+    pull_flow(app, first, owner="t")
+    pull_flow(app, second, owner="t")
+    tally = drain(app)
+    sync(app)
+    sync(app)
+    assert memory["crm"].tables["accounts"]["A1"]["name"] == "from-crm"
+    assert memory["erp"].tables["customers"]["A1"]["name"] == "from-crm"
+    assert sum(c.conflicts for c in tally.flows.values()) == 1
+
+
+def test_field_owner_overrides_the_flow_master(make):
+    app, memory = make(owner_phone="erp")
+    seed(app, memory)
+    memory["crm"].put("accounts", "A1", {**memory["crm"].tables["accounts"]["A1"], "telephone1": "crm-phone"})
+    memory["erp"].put("customers", "A1", {**memory["erp"].tables["customers"]["A1"], "phone": "erp-phone"})
+    sync(app)
+    sync(app)
+    assert memory["crm"].tables["accounts"]["A1"]["telephone1"] == "erp-phone"
+    assert memory["erp"].tables["customers"]["A1"]["phone"] == "erp-phone"
+
+
+def test_last_writer_wins_by_change_time(make):
+    app, memory = make(conflicts="last_writer_wins")
+    seed(app, memory)
+    memory["crm"].put("accounts", "A1", {**memory["crm"].tables["accounts"]["A1"], "name": "older",
+                                         "modified": "2026-05-01T10:00:00+00:00"})
+    memory["erp"].put("customers", "A1", {**memory["erp"].tables["customers"]["A1"], "name": "newer",
+                                          "modified": "2026-05-01T10:05:00+00:00"})
+    sync(app)
+    sync(app)
+    assert memory["crm"].tables["accounts"]["A1"]["name"] == "newer" == memory["erp"].tables["customers"]["A1"]["name"]
+
+
+def test_manual_policy_parks_the_conflict_until_an_operator_takes_a_side(make):
+    app, memory = make(conflicts="manual")
+    seed(app, memory)
+    memory["crm"].put("accounts", "A1", {**memory["crm"].tables["accounts"]["A1"], "name": "crm-says"})
+    memory["erp"].put("customers", "A1", {**memory["erp"].tables["customers"]["A1"], "name": "erp-says"})
+    pull_flow(app, "accounts-to-erp", owner="t")
+    tally = drain(app)
+    assert dict(tally.flows["accounts-to-erp"].skipped) == {"conflict_parked": 1}
+    [parked] = list_parked(app, CONFLICTS)
+    assert (parked.flow, parked.key, parked.data["fields"]) == ("accounts-to-erp", "A1", ["name"])
+    assert parked.data["incoming"] == {"name": "crm-says"} and parked.data["target"] == {"name": "erp-says"}
+    assert memory["erp"].tables["customers"]["A1"]["name"] == "erp-says"
+    with pytest.raises(DecisionError, match="--take must be crm or erp"):
+        resolve_conflict(app, "A1", take="sap")
+    resolve_conflict(app, "A1", take="erp")
+    drain(app)
+    assert memory["crm"].tables["accounts"]["A1"]["name"] == "erp-says"
+    assert list_parked(app, CONFLICTS) == []
+    sync(app)
+    assert memory["erp"].tables["customers"]["A1"]["name"] == "erp-says"
+
+
+def test_review_turns_changes_into_requests_until_approved(make):
+    app, memory = make(review=True)
+    seed(app, memory)
+    memory["erp"].put("customers", "A2", {**memory["erp"].tables["customers"]["A2"], "name": "web shop edit"})
+    memory["erp"].put("customers", "A0", {**memory["erp"].tables["customers"]["A0"], "name": "spam"})
+    tally = sync(app, "customers-to-crm")
+    assert dict(tally.flows["customers-to-crm"].skipped) == {"awaiting_review": 2}
+    assert memory["crm"].tables["accounts"]["A2"]["name"] == "n2"
+    assert sorted(p.key for p in list_parked(app, REQUESTS)) == ["A0", "A2"]
+    approve_request(app, "A2")
+    reject_request(app, "A0", reason="spam")
+    drain(app)
+    assert memory["crm"].tables["accounts"]["A2"]["name"] == "web shop edit"
+    assert memory["crm"].tables["accounts"]["A0"]["name"] == "n0"
+    assert list_parked(app, REQUESTS) == []
