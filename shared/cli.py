@@ -111,6 +111,224 @@ def dead_letters(
                       f"{m.dead_letter_description}")
 
 
+def _open(config: Path, workdir: Path):  # noqa: ANN202 - a SyncApp
+    """The embedded stores under --workdir, or Azure's when the app settings choose them."""
+    from shared.app import SyncApp
+    from shared.settings import setting
+
+    cfg = _load(config)
+    if setting("BUS_BACKEND") == "servicebus" or setting("STATE_BACKEND") == "tables":
+        return SyncApp.from_settings(cfg)
+    return SyncApp.local(cfg, workdir)
+
+
+@app.command()
+def status(
+    config: ConfigOption = Path("flows.yaml"),
+    workdir: WorkdirOption = Path(".dualsync"),
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON (what the admin endpoint returns)")] = False,
+) -> None:
+    """Per flow: cursor, lag, queue depth, scheduled retries, dead letters by reason, last run, paused."""
+    from rich.table import Table
+
+    from shared.engine.status import collect_status
+
+    sync = _open(config, workdir)
+    try:
+        report = collect_status(sync)
+    finally:
+        sync.close()
+    if as_json:
+        console.print_json(report.model_dump_json())
+        return
+    console.print(f"queue {report.queue}: {report.active} active, {report.scheduled} scheduled, "
+                  f"{report.dead_letter} dead-lettered")
+    table = Table()
+    for column in ("flow", "state", "queued", "lag", "dead letters", "last run", "cursor"):
+        table.add_column(column)
+    for f in report.flows:
+        state = f"[red]paused[/red]: {f.paused_reason}" if f.paused else "running"
+        lag = "-" if f.lag_seconds is None else f"{f.lag_seconds:.0f}s"
+        dead = ", ".join(f"{n} {why}" for why, n in sorted(f.dead_letters.items())) or "0"
+        last = f.last_run
+        run = f"{last.get('status', '-')} pulled {last.get('pulled', 0)} at {last.get('finished_at', '-')}" if last else "-"
+        table.add_row(f.flow, state, str(f.queued if f.queued is not None else "?"), lag, dead, run,
+                      json.dumps(f.cursor) if f.cursor else "-")
+    console.print(table)
+
+
+@app.command()
+def pause(flow: str, config: ConfigOption = Path("flows.yaml"), workdir: WorkdirOption = Path(".dualsync"),
+          reason: str = "paused by operator") -> None:
+    """Stop pulling and applying FLOW; its messages wait on the bus."""
+    from shared.engine.cursor_lease import pause_flow
+
+    sync = _open(config, workdir)
+    try:
+        _known_flow(sync, flow)
+        pause_flow(sync.state, flow, reason)
+    finally:
+        sync.close()
+    console.print(f"{flow} paused")
+
+
+@app.command()
+def resume(flow: str, config: ConfigOption = Path("flows.yaml"), workdir: WorkdirOption = Path(".dualsync")) -> None:
+    """Resume FLOW after a pause (an auth failure pauses its flow automatically)."""
+    from shared.engine.cursor_lease import resume_flow
+
+    sync = _open(config, workdir)
+    try:
+        _known_flow(sync, flow)
+        resume_flow(sync.state, flow)
+    finally:
+        sync.close()
+    console.print(f"{flow} resumed")
+
+
+def _known_flow(sync, flow: str) -> None:  # noqa: ANN001
+    if flow not in sync.config.flows:
+        err_console.print(f"[red]error[/red] no flow named {flow!r}; flows: {', '.join(sync.config.flows)}")
+        raise typer.Exit(2)
+
+
+@app.command()
+def replay(
+    config: ConfigOption = Path("flows.yaml"),
+    workdir: WorkdirOption = Path(".dualsync"),
+    flow: Annotated[str | None, typer.Option(help="only this flow")] = None,
+    reason: Annotated[str | None, typer.Option(help="only this dead-letter reason")] = None,
+    key: Annotated[str | None, typer.Option(help="only this record key")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="show what would be replayed")] = False,
+) -> None:
+    """Send dead-lettered changes again, re-reading each record from its source first."""
+    from shared.engine.replay import ReplayFilter, replay_dead_letters
+
+    sync = _open(config, workdir)
+    try:
+        if flow is not None:
+            _known_flow(sync, flow)
+        with Progress(TextColumn("replaying"), BarColumn(), TextColumn("{task.completed:>6.0f} matched"),
+                      console=console, transient=True) as progress:
+            task = progress.add_task("replay", total=None)
+            result = replay_dead_letters(sync, ReplayFilter(flow, reason, key), dry_run=dry_run,
+                                         on_progress=lambda r: progress.update(task, completed=r.matched))
+    finally:
+        sync.close()
+    skipped = ", ".join(f"{n} {why}" for why, n in sorted(result.skipped.items())) or "0"
+    verb = "would replay" if dry_run else "replayed"
+    console.print(f"matched {result.matched}, {verb} {result.matched if dry_run else result.replayed}, "
+                  f"skipped {skipped}, left in the dead-letter queue {result.left}")
+    for k in result.keys[:50]:
+        console.print(f"  {k}")
+
+
+conflicts_app = typer.Typer(no_args_is_help=True, help="Field conflicts parked by flows with conflicts: manual.")
+requests_app = typer.Typer(no_args_is_help=True, help="Change requests from flows with review: true.")
+app.add_typer(conflicts_app, name="conflicts")
+app.add_typer(requests_app, name="requests")
+
+
+def _print_parked(table_name: str, flow: str | None, config: Path, workdir: Path, title: str) -> None:
+    from rich.table import Table
+
+    from shared.engine.decisions import list_parked
+
+    sync = _open(config, workdir)
+    try:
+        items = list_parked(sync, table_name, flow)
+    finally:
+        sync.close()
+    table = Table(title=f"{title}: {len(items)}")
+    for column in ("flow", "record", "detail", "since"):
+        table.add_column(column)
+    for item in items:
+        data = item.data
+        if "fields" in data:
+            detail = "; ".join(f"{f}: incoming {data['incoming'].get(f)!r} vs target {data['target'].get(f)!r}"
+                               for f in data["fields"])
+            since = data.get("detected_at", "")
+        else:
+            detail = json.dumps(data["message"].get("payload", {}), default=str)[:120]
+            since = data.get("created_at", "")
+        table.add_row(item.flow, item.key, detail, since)
+    console.print(table)
+
+
+def _decide(action) -> None:  # noqa: ANN001 - a callable taking the SyncApp
+    from shared.engine.decisions import DecisionError
+
+    try:
+        action()
+    except DecisionError as exc:
+        err_console.print(f"[red]error[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+@conflicts_app.command("list")
+def conflicts_list(flow: Annotated[str | None, typer.Option()] = None, config: ConfigOption = Path("flows.yaml"),
+                   workdir: WorkdirOption = Path(".dualsync")) -> None:
+    """Records whose same fields changed on both sides, waiting for an operator."""
+    from shared.state.store import CONFLICTS
+
+    _print_parked(CONFLICTS, flow, config, workdir, "open conflicts")
+
+
+@conflicts_app.command("resolve")
+def conflicts_resolve(
+    key: str,
+    take: Annotated[str, typer.Option("--take", help="the system whose values win, e.g. crm or erp")],
+    flow: Annotated[str | None, typer.Option()] = None,
+    config: ConfigOption = Path("flows.yaml"),
+    workdir: WorkdirOption = Path(".dualsync"),
+) -> None:
+    """Settle a parked conflict: TAKE's values are written to the other side."""
+    from shared.engine.decisions import resolve_conflict
+
+    sync = _open(config, workdir)
+    try:
+        _decide(lambda: console.print(f"sent {resolve_conflict(sync, key, take, flow)}"))
+    finally:
+        sync.close()
+
+
+@requests_app.command("list")
+def requests_list(flow: Annotated[str | None, typer.Option()] = None, config: ConfigOption = Path("flows.yaml"),
+                  workdir: WorkdirOption = Path(".dualsync")) -> None:
+    """Changes waiting for approval before they are written into the master."""
+    from shared.state.store import REQUESTS
+
+    _print_parked(REQUESTS, flow, config, workdir, "pending change requests")
+
+
+@requests_app.command("approve")
+def requests_approve(key: str, flow: Annotated[str | None, typer.Option()] = None,
+                     config: ConfigOption = Path("flows.yaml"), workdir: WorkdirOption = Path(".dualsync")) -> None:
+    """Apply a pending change request."""
+    from shared.engine.decisions import approve_request
+
+    sync = _open(config, workdir)
+    try:
+        _decide(lambda: console.print(f"approved; sent {approve_request(sync, key, flow)}"))
+    finally:
+        sync.close()
+
+
+@requests_app.command("reject")
+def requests_reject(key: str, reason: Annotated[str, typer.Option(help="why, kept in the run history")],
+                    flow: Annotated[str | None, typer.Option()] = None,
+                    config: ConfigOption = Path("flows.yaml"), workdir: WorkdirOption = Path(".dualsync")) -> None:
+    """Drop a pending change request; nothing is written."""
+    from shared.engine.decisions import reject_request
+
+    sync = _open(config, workdir)
+    try:
+        _decide(lambda: reject_request(sync, key, reason, flow))
+    finally:
+        sync.close()
+    console.print(f"rejected {key}")
+
+
 def main() -> None:
     try:
         app()

@@ -77,6 +77,8 @@ class DataverseSystem(Strict):
     batch_size: int = Field(default=1000, ge=1, le=1000)
     max_concurrency: int = Field(default=4, ge=1, le=52)
     timeout_seconds: float = Field(default=60, gt=0)
+    # Sent as the `tag` query parameter on every write; plug-ins see it as the shared variable "tag".
+    tag: str | None = Field(default="dualsync", min_length=1, max_length=100)
 
 
 class SqlSystem(Strict):
@@ -109,6 +111,9 @@ class SourceSpec(Strict):
     version: str | None = None  # a rowversion-like column; the watermark is the version when absent
     status_field: str = "sync_status"
     reason_field: str = "sync_error"
+    # Dataverse: the columns to read ($select); the key, modifiedon and versionnumber are always added.
+    # None reads every column.
+    select: list[str] | None = None
 
     _key_list = field_validator("key", mode="before")(_as_list)
 
@@ -123,6 +128,8 @@ class TargetSpec(Strict):
     _key_list = field_validator("key", mode="before")(_as_list)
 
 
+_BIND = r"^[A-Za-z_][A-Za-z0-9_]*(\([A-Za-z_][A-Za-z0-9_]*(,[A-Za-z_][A-Za-z0-9_]*)*\))?$"
+
 FieldType = Literal["string", "int", "decimal", "bool", "datetime", "date"]
 
 
@@ -136,8 +143,18 @@ class FieldMap(Strict):
     default: Any = None
     lookup: str | None = None
     owner: str | None = None
+    # Dataverse lookups written as `to: <nav>@odata.bind`: "accounts" (the value is the primary id GUID) or
+    # "accounts(accountnumber)" (an alternate key); the value becomes /accounts(<guid>) or
+    # /accounts(accountnumber='<value>').
+    bind: str | None = Field(default=None, pattern=_BIND)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _bind_target(self) -> FieldMap:
+        if self.bind is not None and not self.to.endswith("@odata.bind"):
+            raise ValueError("bind needs a 'to' of the form <navigation property>@odata.bind")
+        return self
 
     @field_validator("map", mode="before")
     @classmethod

@@ -246,15 +246,21 @@ class ServiceBusBus:
             got = handler.sdk.receive_messages(max_message_count=max_messages, max_wait_time=max(max_wait, 0.01))
         return [to_received(m, _Delivery(handler, m), dead_letter=dead_letter) for m in got]
 
+    def peek(self, queue: str, max_messages: int = 100, from_sequence: int = 0) -> list[Received]:
+        return self._peek(queue, max_messages, from_sequence, dead_letter=False)
+
     def peek_dead_letters(self, queue: str, max_messages: int = 100, from_sequence: int = 0) -> list[Received]:
+        return self._peek(queue, max_messages, from_sequence, dead_letter=True)
+
+    def _peek(self, queue: str, max_messages: int, from_sequence: int, dead_letter: bool) -> list[Received]:
         if max_messages <= 0:
             return []
-        handler = self._receiver(queue, dead_letter=True)
+        handler = self._receiver(queue, dead_letter=dead_letter)
         # sequence_number=0 would make the SDK continue after the *last message this receiver saw*; browsing
         # must start where the caller says (Service Bus sequence numbers start at 1).
         with handler.lock:
             got = handler.sdk.peek_messages(max_message_count=max_messages, sequence_number=max(from_sequence, 1))
-        return [to_received(m, None, dead_letter=True, peeked=True) for m in got]
+        return [to_received(m, None, dead_letter=dead_letter, peeked=True) for m in got]
 
     # -- settling -------------------------------------------------------------------------------
     def settler(self, queue: str) -> _ServiceBusSettler:

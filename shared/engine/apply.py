@@ -42,6 +42,7 @@ class _Item:
     payload: dict[str, Any] = field(default_factory=dict)
     values: dict[str, Any] | None = None  # mapped values
     decision: Decision | None = None
+    noop: bool = False  # the target already holds every value we would write
 
 
 @dataclass
@@ -136,9 +137,12 @@ def _apply_flow(app: SyncApp, f: _Flow, items: list[_Item]) -> list[Outcome]:
             mapped.append(item)
         else:
             ops.append(op)
-    ops += _settle_conflicts(app, f, mapped, states, outcomes)
-    if ops:
-        results = _write(app, flow, ops)
+    settled = _settle_conflicts(app, f, mapped, states, outcomes)
+    ops += [op for op in settled if not op.ref.noop]
+    results = _write(app, flow, ops) if ops else []
+    # A write that would change nothing is not sent, but its versions and values are still recorded.
+    results += [WriteResult(op, ok=True, key=key_of(flow.target.key, op.key)) for op in settled if op.ref.noop]
+    if results:
         outcomes.extend(_record_results(app, f, results, states))
     return outcomes
 
@@ -256,7 +260,10 @@ def _settle_conflicts(app: SyncApp, f: _Flow, items: list[_Item], states: dict[s
             outcomes.append(Outcome(item.received, item.message, Kind.SKIPPED, "conflict_parked",
                                     f"fields {', '.join(item.decision.conflicts)} changed on both sides"))
             continue
-        ops.append(WriteOp("upsert", {k: item.values[k] for k in target.key}, item.decision.write, ref=item))
+        write = item.decision.write
+        item.noop = current is not None and all(
+            name in current and same_value(value, canonical(current[name])) for name, value in write.items())
+        ops.append(WriteOp("upsert", {k: item.values[k] for k in target.key}, write, ref=item))
     return ops
 
 
@@ -320,6 +327,10 @@ def _remember(state: RecordState, system: str, values: dict[str, Any]) -> None:
 
 def _applied(item: _Item, kind: str) -> Outcome:
     decision = item.decision
+    if item.noop:
+        conflicts = len(decision.conflicts) if decision else 0
+        return Outcome(item.received, item.message, Kind.SKIPPED, "target_wins" if conflicts else "target_has_it",
+                       conflicts=conflicts)
     if decision is None or not (decision.conflicts or decision.kept):
         return Outcome(item.received, item.message, Kind.APPLIED, kind)
     parts = [f"{name}: {winner} wins" for name, winner in decision.winners.items()]

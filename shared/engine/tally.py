@@ -20,7 +20,7 @@ class FlowCounts:
     retried: int = 0  # retry clones scheduled (an attempt, not a final outcome)
     dead_lettered: Counter[str] = field(default_factory=Counter)
     waiting: int = 0  # still on the bus (scheduled retry, deferred) when the run ended
-    conflicts: int = 0  # fields settled by the conflict policy (within applied)
+    conflicts: int = 0  # fields both sides changed, settled by the policy (within applied or skipped)
 
     @property
     def settled(self) -> int:
@@ -44,9 +44,9 @@ class Tally:
         with self._lock:
             for o in outcomes:
                 counts = self.flows[o.flow]
+                counts.conflicts += o.conflicts
                 if o.kind is Kind.APPLIED:
                     counts.applied += 1
-                    counts.conflicts += o.conflicts
                 elif o.kind is Kind.SKIPPED:
                     counts.skipped[o.reason] += 1
                 elif o.kind is Kind.DEAD_LETTER:
