@@ -5,8 +5,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 AZURITE := node_modules/.bin/azurite-table
+# checkov pins many packages of its own, so it lives in a venv of its own.
+CHECKOV_VENV := .venv-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 
-.PHONY: demo test test-fast bench install clean
+.PHONY: demo test test-fast bench install checkov clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,10 +23,18 @@ $(AZURITE): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $(AZURITE)
 
+$(CHECKOV_STAMP): requirements-checkov.txt
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-checkov.txt
+	touch $(CHECKOV_STAMP)
+
+checkov: $(CHECKOV_STAMP)
+	$(CHECKOV_VENV)/bin/checkov --directory infra --framework bicep --skip-download --compact
+
 demo: $(STAMP)
 	$(PY) -m demo
 
-test: $(STAMP) $(AZURITE)
+test: $(STAMP) $(AZURITE) $(CHECKOV_STAMP)
 	bash scripts/ensure-postgres.sh
 	$(PY) -m pytest
 
@@ -34,4 +45,4 @@ bench: $(STAMP)
 	$(PY) bench/initial_sync.py
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache .dualsync
+	rm -rf $(VENV) $(CHECKOV_VENV) node_modules .pytest_cache .dualsync

@@ -61,6 +61,15 @@ param instanceMemoryMB int = 2048
 @description('App setting STATE_TABLE_PREFIX: the state tables are named <prefix><table>, e.g. dualsynccursors.')
 param stateTablePrefix string = 'dualsync'
 
+@allowed([
+  'Standard_LRS'
+  'Standard_ZRS'
+  'Standard_GRS'
+  'Standard_GZRS'
+])
+@description('Redundancy of the storage account that holds the sync state (cursors, key map). LRS: a lost state means a full resync.')
+param storageSkuName string = 'Standard_LRS'
+
 @description('App setting APPLY_QUEUE: the queue that carries ChangeMessages.')
 param applyQueueName string = 'dualsync-changes'
 
@@ -108,6 +117,8 @@ var stateTables = [
   'records'
   'runs'
   'failures'
+  'conflicts'
+  'changerequests'
 ]
 
 // Every queue the code uses (the APPLY_QUEUE setting).
@@ -140,6 +151,7 @@ module storage 'core/storage/storage-account.bicep' = {
     name: 'st${resourceToken}'
     location: location
     tags: tags
+    skuName: storageSkuName
     deploymentContainerName: deploymentContainerName
     tablePrefix: stateTablePrefix
     tableNames: stateTables

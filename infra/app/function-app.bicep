@@ -45,6 +45,99 @@ param erpDbUrlSecretName string
 // <namespace>.servicebus.windows.net, in whatever cloud the namespace lives.
 var serviceBusFqdn = replace(replace(serviceBusEndpoint, 'https://', ''), ':443/', '')
 
+var appSettings = [
+  // ---- read by the Functions host and the platform --------------------------------------------------
+  // Identity-based host storage: no connection string, the account has shared-key access disabled.
+  {
+    name: 'AzureWebJobsStorage__accountName'
+    value: storageAccountName
+  }
+  {
+    name: 'AzureWebJobsStorage__credential'
+    value: 'managedidentity'
+  }
+  {
+    name: 'AzureWebJobsStorage__clientId'
+    value: identityClientId
+  }
+  // The apply trigger's connection (connection="ServiceBusConnection"), identity-based.
+  {
+    name: 'ServiceBusConnection__credential'
+    value: 'managedidentity'
+  }
+  {
+    name: 'ServiceBusConnection__clientId'
+    value: identityClientId
+  }
+  // Entra ID-authenticated telemetry (Application Insights has local auth disabled).
+  {
+    name: 'APPLICATIONINSIGHTS_AUTHENTICATION_STRING'
+    value: 'ClientId=${identityClientId};Authorization=AAD'
+  }
+
+  // ---- read by dualsync (shared/settings.py APP_SETTINGS) -------------------------------------------
+  {
+    name: 'APPLICATIONINSIGHTS_CONNECTION_STRING'
+    value: applicationInsightsConnectionString
+  }
+  {
+    name: 'AZURE_CLIENT_ID'
+    value: identityClientId
+  }
+  {
+    name: 'DUALSYNC_CONFIG'
+    value: flowsFile
+  }
+  {
+    name: 'PULL_SCHEDULE'
+    value: pullSchedule
+  }
+  {
+    name: 'SETTLEMENT_MODE'
+    value: settlementMode
+  }
+  {
+    name: 'MAX_ATTEMPTS'
+    value: string(maxAttempts)
+  }
+  {
+    name: 'STATE_BACKEND'
+    value: 'tables'
+  }
+  {
+    name: 'STATE_TABLES_ENDPOINT'
+    value: tableEndpoint
+  }
+  {
+    name: 'STATE_TABLE_PREFIX'
+    value: stateTablePrefix
+  }
+  {
+    name: 'BUS_BACKEND'
+    value: 'servicebus'
+  }
+  {
+    name: 'APPLY_QUEUE'
+    value: applyQueueName
+  }
+  // Also read by the host for the trigger (with __credential and __clientId above).
+  {
+    name: 'ServiceBusConnection__fullyQualifiedNamespace'
+    value: serviceBusFqdn
+  }
+
+  // ---- connector secrets: Key Vault references, referenced from flows.yaml as env:NAME ----------------
+  // Versionless: the app picks up a new secret version within a day, or at once on restart.
+  {
+    name: 'CRM_CLIENT_SECRET'
+    value: '@Microsoft.KeyVault(SecretUri=${keyVaultUri}secrets/${crmClientSecretName})'
+  }
+  {
+    name: 'ERP_DB_URL'
+    value: '@Microsoft.KeyVault(SecretUri=${keyVaultUri}secrets/${erpDbUrlSecretName})'
+  }
+]
+
 resource plan 'Microsoft.Web/serverfarms@2023-12-01' = {
   name: planName
   location: location
@@ -81,6 +174,7 @@ resource functionApp 'Microsoft.Web/sites@2023-12-01' = {
     siteConfig: {
       minTlsVersion: '1.2'
       http20Enabled: true
+      appSettings: appSettings
     }
     functionAppConfig: {
       deployment: {
@@ -102,43 +196,6 @@ resource functionApp 'Microsoft.Web/sites@2023-12-01' = {
         version: '3.11'
       }
     }
-  }
-}
-
-resource appSettings 'Microsoft.Web/sites/config@2023-12-01' = {
-  parent: functionApp
-  name: 'appsettings'
-  properties: {
-    // ---- read by the Functions host and the platform --------------------------------------------------
-    // Identity-based host storage: no connection string, the account has shared-key access disabled.
-    AzureWebJobsStorage__accountName: storageAccountName
-    AzureWebJobsStorage__credential: 'managedidentity'
-    AzureWebJobsStorage__clientId: identityClientId
-    // The apply trigger's connection (connection="ServiceBusConnection"), identity-based.
-    ServiceBusConnection__credential: 'managedidentity'
-    ServiceBusConnection__clientId: identityClientId
-    // Entra ID-authenticated telemetry (Application Insights has local auth disabled).
-    APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
-
-    // ---- read by dualsync (shared/settings.py APP_SETTINGS) -------------------------------------------
-    APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsightsConnectionString
-    AZURE_CLIENT_ID: identityClientId
-    DUALSYNC_CONFIG: flowsFile
-    PULL_SCHEDULE: pullSchedule
-    SETTLEMENT_MODE: settlementMode
-    MAX_ATTEMPTS: string(maxAttempts)
-    STATE_BACKEND: 'tables'
-    STATE_TABLES_ENDPOINT: tableEndpoint
-    STATE_TABLE_PREFIX: stateTablePrefix
-    BUS_BACKEND: 'servicebus'
-    APPLY_QUEUE: applyQueueName
-    // Also read by the host for the trigger (with __credential and __clientId above).
-    ServiceBusConnection__fullyQualifiedNamespace: serviceBusFqdn
-
-    // ---- connector secrets: Key Vault references, referenced from flows.yaml as env:NAME ----------------
-    // Versionless: the app picks up a new secret version within a day, or at once on restart.
-    CRM_CLIENT_SECRET: '@Microsoft.KeyVault(SecretUri=${keyVaultUri}secrets/${crmClientSecretName})'
-    ERP_DB_URL: '@Microsoft.KeyVault(SecretUri=${keyVaultUri}secrets/${erpDbUrlSecretName})'
   }
 }
 

@@ -54,21 +54,38 @@ def _is_os_environ(node: ast.AST) -> bool:
     return isinstance(node, ast.Name) and node.id == "environ"
 
 
-def _literal(node: ast.AST | None) -> str | None:
-    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+def module_constants(tree: ast.Module) -> dict[str, str]:
+    """Module-level `NAME = "text"` assignments, so `queue_name=QUEUE` reads as the text it names."""
+    constants: dict[str, str] = {}
+    for statement in tree.body:
+        targets = statement.targets if isinstance(statement, ast.Assign) else (
+            [statement.target] if isinstance(statement, ast.AnnAssign) else []
+        )
+        value = getattr(statement, "value", None)
+        if isinstance(value, ast.Constant) and isinstance(value.value, str):
+            constants.update({t.id: value.value for t in targets if isinstance(t, ast.Name)})
+    return constants
 
 
 class _Scanner(ast.NodeVisitor):
-    def __init__(self, relpath: str, reads: Reads) -> None:
+    def __init__(self, relpath: str, reads: Reads, constants: dict[str, str]) -> None:
         self.relpath = relpath
         self.reads = reads
+        self.constants = constants
         self.functions: list[str] = []
+
+    def _literal(self, node: ast.AST | None) -> str | None:
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            return node.value
+        if isinstance(node, ast.Name):
+            return self.constants.get(node.id)
+        return None
 
     def _where(self, node: ast.AST) -> str:
         return f"{self.relpath}:{node.lineno}"
 
     def _read(self, arg: ast.AST | None, node: ast.AST) -> None:
-        name = _literal(arg)
+        name = self._literal(arg)
         if name is not None:
             self.reads.add(self.reads.names, name, self._where(node))
         else:
@@ -87,12 +104,13 @@ class _Scanner(ast.NodeVisitor):
         if isinstance(func, ast.Name) and func.id in {"setting", "getenv"}:
             self._read(first, node)
         elif isinstance(func, ast.Attribute):
-            if func.attr == "setting" or (func.attr == "getenv" and isinstance(func.value, ast.Name) and func.value.id == "os"):
+            os_getenv = func.attr == "getenv" and isinstance(func.value, ast.Name) and func.value.id == "os"
+            if func.attr == "setting" or os_getenv:
                 self._read(first, node)
             elif func.attr in {"get", "pop", "setdefault"} and _is_os_environ(func.value):
                 self._read(first, node)
         for keyword in node.keywords:
-            value = _literal(keyword.value)
+            value = self._literal(keyword.value)
             if value is None:
                 continue
             if keyword.arg == "connection":
@@ -109,7 +127,8 @@ class _Scanner(ast.NodeVisitor):
 
 def scan_source(relpath: str, source: str, reads: Reads | None = None) -> Reads:
     reads = reads if reads is not None else Reads()
-    _Scanner(relpath, reads).visit(ast.parse(source, filename=relpath))
+    tree = ast.parse(source, filename=relpath)
+    _Scanner(relpath, reads, module_constants(tree)).visit(tree)
     return reads
 
 
@@ -140,14 +159,19 @@ D = os.environ.get("E2", "x")
 E = os.getenv("E3")
 F = environ.get("E4")
 
-@bp.service_bus_queue_trigger(arg_name="msg", queue_name="%Q1%", connection="CONN")
+QUEUE = "%Q1%"
+CONNECTION: str = "CONN"
+NAME = "S3"
+G = setting(NAME)
+
+@bp.service_bus_queue_trigger(arg_name="msg", queue_name=QUEUE, connection=CONNECTION)
 @bp.timer_trigger(arg_name="t", schedule="%T1%")
 def handler(name):
     log.info("%s done", name)      # a format string is not a binding expression
     return os.environ.get(name)    # dynamic
 '''
     reads = scan_source("x.py", source)
-    assert set(reads.names) == {"S1", "S2", "E1", "E2", "E3", "E4", "Q1", "T1"}
+    assert set(reads.names) == {"S1", "S2", "S3", "E1", "E2", "E3", "E4", "Q1", "T1"}
     assert set(reads.connections) == {"CONN"}
     assert reads.dynamic == {("x.py", "handler")}
 

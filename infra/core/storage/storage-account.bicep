@@ -5,6 +5,15 @@ param name string
 param location string
 param tags object = {}
 
+@allowed([
+  'Standard_LRS'
+  'Standard_ZRS'
+  'Standard_GRS'
+  'Standard_GZRS'
+])
+@description('Redundancy of the account (host storage, deployment package, sync state).')
+param skuName string = 'Standard_LRS'
+
 @description('Blob container the Flex Consumption app is deployed from.')
 param deploymentContainerName string
 
@@ -20,7 +29,7 @@ resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   tags: tags
   kind: 'StorageV2'
   sku: {
-    name: 'Standard_LRS'
+    name: skuName
   }
   properties: {
     accessTier: 'Hot'
@@ -36,37 +45,41 @@ resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
       bypass: 'AzureServices'
     }
   }
+}
 
-  resource blobService 'blobServices' = {
-    name: 'default'
-    properties: {
-      deleteRetentionPolicy: {
-        enabled: true
-        days: 7
-      }
-      containerDeleteRetentionPolicy: {
-        enabled: true
-        days: 7
-      }
+// Child resources are declared top-level with `parent:` (not nested), which every Bicep parser reads alike.
+resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' = {
+  parent: storage
+  name: 'default'
+  properties: {
+    deleteRetentionPolicy: {
+      enabled: true
+      days: 7
     }
-
-    resource deploymentContainer 'containers' = {
-      name: deploymentContainerName
-      properties: {
-        publicAccess: 'None'
-      }
+    containerDeleteRetentionPolicy: {
+      enabled: true
+      days: 7
     }
   }
+}
 
-  resource tableService 'tableServices' = {
-    name: 'default'
+resource deploymentContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
+  parent: blobService
+  name: deploymentContainerName
+  properties: {
+    publicAccess: 'None'
   }
+}
+
+resource tableService 'Microsoft.Storage/storageAccounts/tableServices@2023-05-01' = {
+  parent: storage
+  name: 'default'
 }
 
 // The code also creates a missing table on first use; declaring them here makes the state visible and lets a
 // deployment fail early on a bad prefix.
 resource stateTables 'Microsoft.Storage/storageAccounts/tableServices/tables@2023-05-01' = [for table in tableNames: {
-  parent: storage::tableService
+  parent: tableService
   name: '${tablePrefix}${table}'
 }]
 
