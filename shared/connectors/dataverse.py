@@ -1,0 +1,854 @@
+"""The Dataverse implementation of the Connector port: the Web API (OData v4, ``/api/data/v9.2/``) over httpx.
+
+Formats follow Microsoft's Dataverse documentation: *Use change tracking to synchronize data with external
+systems*, *Execute batch operations using the Web API*, *Use Upsert to Create or Update a record*, *Perform
+conditional operations using the Web API*, *Use an alternate key to reference a record*, *Work with
+alternate keys*, *Service protection API limits*, *Compose HTTP requests and handle errors* (the ``tag``
+shared variable) and *Use optional parameters*.
+
+Reading changes (`SourceSpec.changes`):
+
+- ``change_tracking``: ``GET <set>?$select=...`` with ``Prefer: odata.track-changes,odata.maxpagesize=N``.
+  ``@odata.nextLink`` is followed exactly as given; the ``@odata.deltaLink`` (last page only) is the cursor.
+  The position after a page is ``{"next_link": <link>, "delta_link": None}`` while more pages follow and
+  ``{"next_link": None, "delta_link": <link>}`` after the last one, so a crash resumes where it stopped.
+  A read from no position is a full read: its pages are ``snapshot=True``. A read that resumes from a stored
+  next link is not, even if that link belongs to a full read: the engine infers deletes from a snapshot's
+  key set, and a resumed read holds only part of it. A delta read with nothing new still yields one empty
+  page, so the cursor moves to the fresh delta link (a token left unused ages towards its expiry).
+  ``$deletedEntity`` rows (``reason: deleted``) become ``SourceRecord(deleted=True)`` keyed by their ``id``,
+  which is the primary id: a change-tracked source should be keyed by its primary id (a composite key cannot
+  be rebuilt from an id; such deletes are skipped with a note). Their version is the version number of the
+  delta token they were read from plus ``~deleted`` (the delete happened after the token, and a record later
+  re-created under the same id gets a higher version). An expired delta token (``0x80044352`` "Version stamp
+  associated with the client has expired") starts a fresh full read at once: its pages are snapshots, with
+  the note "delta token expired: re-baselined with a full read", so the engine emits every current row
+  (unchanged ones are skipped by the version check) and infers the deletes from the key map. A table without
+  change tracking enabled answers without ``odata.track-changes`` in ``Preference-Applied``: a ConfigError.
+- ``watermark``: ``$filter=modifiedon gt X or (modifiedon eq X and key gt K)``, ``$orderby=modifiedon
+  asc,key asc``, pages by ``@odata.nextLink``; the position is ``{"watermark": ..., "last_key": [...]}``.
+  Literals are typed: strings quoted with ``''`` doubling, the primary id as a bare GUID, numbers bare,
+  date-times bare ISO 8601. The watermark column is ``source.watermark`` when the flow sets it, else
+  ``modifiedon``. Same snapshot rules as the SQL connector (a read from no position is a full read).
+
+Every record: ``key`` = ``shared.keys.key_of(source.key, row)``, ``version`` = ``sortable_version(versionnumber)``
+(or the number in ``@odata.etag``), ``changed_at`` = ``modifiedon``; values are the row minus ``@``
+annotations (lookups stay ``_x_value`` fields). ``SourceSpec.select`` sets ``$select`` (key, ``modifiedon``
+and ``versionnumber`` are always added); without it every column is read.
+
+Writing (`write_batch`): upsert by key (``PATCH /accounts(accountnumber='A-1')``, the key left out of the
+body as *Use Upsert* advises; by ``/accounts(<guid>)`` when the key is the primary id), ``create_only`` ->
+``If-None-Match: *``, kind ``update`` -> ``If-Match: *`` (404 = not found), ``op.if_match`` -> ``If-Match:
+<etag>`` (412 -> ``PermanentError(Reason.CONFLICT)``), ``delete`` -> ``DELETE`` (404 = already gone = done).
+Ops go out in ``$batch`` requests of up to ``batch_size`` (<= 1000) independent operations (no change sets:
+the records do not depend on each other) with ``Prefer: odata.continue-on-error``; each response part is
+mapped back to its op by position, so one bad record never fails its neighbours. A single op is sent as a
+plain request. Every write carries ``?tag=<tag>`` (the plug-in shared variable), inside a batch too.
+Alternate key values containing ``/ < > * % & : \\ ? +`` cannot be addressed (*Work with alternate keys*):
+such an op is rejected on its own with that reason.
+
+Errors: 429 -> TransientError(retry_after=Retry-After seconds); 5xx, timeouts, lost connections ->
+TransientError; 400 and other refusals -> ``PermanentError(Reason.TARGET_REJECTED, "<set> key <k>: <code>
+<message>")``; 401 -> one token refresh and one retry, then AuthError; 403 -> AuthError. Reads raise; writes
+return one result per op (a whole ``$batch`` that fails gives every op that error).
+
+Requests per connector are capped by ``max_concurrency`` (a semaphore, and the httpx pool size);
+``timeout_seconds`` bounds each request. Tokens come from a `TokenProvider` (``dataverse_auth``); neither
+the token nor a secret is ever logged or put in an error message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from email.message import Message
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
+
+import httpx
+
+from shared.config import DataverseSystem, SourceSpec, TargetSpec, resolve_secret
+from shared.connectors.dataverse_auth import TokenProvider, token_provider_for
+from shared.errors import AuthError, ConfigError, PermanentError, Reason, SyncError, TransientError
+from shared.keys import format_key, key_of, parse_key
+from shared.ports.connector import ChangePage, SourceRecord, WriteOp, WriteResult
+from shared.versions import sortable_version
+
+log = logging.getLogger(__name__)
+
+MAX_PAGE_SIZE = 5000  # Dataverse ignores odata.maxpagesize above 5,000
+MAX_BATCH = 1000  # operations per $batch
+EXPIRED_VERSION_STAMP = "0x80044352"
+_EXPIRED_TEXT = "version stamp associated with the client has expired"
+REBASELINE_NOTE = "delta token expired: re-baselined with a full read"
+DELETED_SUFFIX = "~deleted"
+UNADDRESSABLE = set("/<>*%&:\\?+")  # "Work with alternate keys": GET/PATCH by such a key value does not work
+_FILTER_CHARS = 6000  # keep $filter URLs far below the 32 KB URL limit
+_FILTER_KEYS = 100
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_ISO_MOMENT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})$")
+_ETAG_NUMBER = re.compile(r'^(?:W/)?"(\d+)"$')
+_QUERY_SAFE = "$,()'/:*@"
+_KEY_SAFE = "(),='"
+_BASE_HEADERS = {
+    "Accept": "application/json",
+    "OData-MaxVersion": "4.0",
+    "OData-Version": "4.0",
+}
+
+
+class _ApiError(Exception):
+    """A non-2xx answer, with Dataverse's error code and message."""
+
+    def __init__(self, status: int, code: str, message: str, retry_after: float | None = None) -> None:
+        super().__init__(f"{status} {code} {message}".strip())
+        self.status = status
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+
+    @property
+    def expired_token(self) -> bool:
+        return self.code.lower() == EXPIRED_VERSION_STAMP or _EXPIRED_TEXT in self.message.lower()
+
+    def text(self) -> str:
+        return " ".join(f"{self.code} {self.message}".split()) or f"HTTP {self.status}"
+
+
+class _Reject(ValueError):
+    """An op refused before it is sent."""
+
+
+@dataclass
+class _Prepared:
+    index: int
+    op: WriteOp
+    key_text: str
+    method: str
+    path: str  # relative to the service root, query included
+    headers: dict[str, str]
+    body: bytes | None
+
+
+@dataclass
+class _Part:
+    status: int
+    headers: dict[str, str]  # lower-cased names
+    body: bytes
+    content_id: str | None
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def is_guid(value: Any) -> bool:
+    return isinstance(value, str) and bool(_GUID.match(value))
+
+
+def primary_id_of(entity_set: str) -> str:
+    """The primary id column Dataverse conventionally gives an entity set (accounts -> accountid)."""
+    name = entity_set
+    if name.endswith("ies"):
+        base = name[:-3] + "y"
+    elif name.endswith(("sses", "xes", "ches", "shes", "zes")):
+        base = name[:-2]
+    elif name.endswith("s"):
+        base = name[:-1]
+    else:
+        base = name
+    return base + "id"
+
+
+def odata_literal(value: Any, *, guid: bool = False) -> str:
+    """A value as an OData URL literal: strings quoted (quotes doubled), GUIDs and numbers bare."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float | Decimal):
+        return str(value)
+    if isinstance(value, datetime):
+        moment = value if value.tzinfo else value.replace(tzinfo=UTC)
+        return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    text = str(value)
+    if guid and is_guid(text):
+        return text.lower()
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() and abs(value) < 2**53 else float(value)
+    if isinstance(value, datetime):
+        moment = value if value.tzinfo else value.replace(tzinfo=UTC)
+        return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    raise TypeError(f"a {type(value).__name__} cannot be sent as JSON")
+
+
+def _moment(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _error_of(status: int, headers: Any, body: bytes) -> _ApiError:
+    code, message = "", ""
+    try:
+        data = json.loads(body) if body and body.strip() else None
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("error"), dict):
+        code = str(data["error"].get("code") or "")
+        message = str(data["error"].get("message") or "")
+    elif body and body.strip():
+        message = body.decode("utf-8", "replace").strip().splitlines()[0][:500]
+    retry = _retry_after(headers.get("retry-after") or headers.get("Retry-After")) if headers else None
+    return _ApiError(status, code, message, retry)
+
+
+def _boundary(content_type: str) -> str | None:
+    msg = Message()
+    msg["content-type"] = content_type
+    if msg.get_content_type() != "multipart/mixed":
+        return None
+    value = msg.get_param("boundary")
+    return value if isinstance(value, str) else None
+
+
+def _split_multipart(body: bytes, boundary: str) -> list[bytes]:
+    delimiter = b"--" + boundary.encode()
+    parts: list[list[bytes]] = []
+    current: list[bytes] | None = None
+    for line in body.split(b"\n"):
+        line = line.rstrip(b"\r")
+        marker = line.rstrip()
+        if marker == delimiter + b"--":
+            break
+        if marker == delimiter:
+            current = []
+            parts.append(current)
+        elif current is not None:
+            current.append(line)
+    return [b"\r\n".join(p) for p in parts]
+
+
+def _split_headers(block: bytes) -> tuple[dict[str, str], bytes]:
+    lines = block.split(b"\r\n")
+    headers: dict[str, str] = {}
+    i = 0
+    while i < len(lines) and lines[i].strip():
+        name, _, value = lines[i].decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+        i += 1
+    return headers, b"\r\n".join(lines[i + 1:])
+
+
+def parse_batch_response(body: bytes, content_type: str) -> list[_Part]:
+    """Every operation response of a ``$batch`` in order (change set responses flattened)."""
+    boundary = _boundary(content_type)
+    if boundary is None:
+        raise ValueError(f"not a multipart/mixed response: {content_type!r}")
+    result: list[_Part] = []
+    for part in _split_multipart(body, boundary):
+        mime, content = _split_headers(part)
+        inner = _boundary(mime.get("content-type", ""))
+        if inner:
+            for sub in _split_multipart(content, inner):
+                sub_mime, sub_content = _split_headers(sub)
+                result.append(_http_part(sub_mime, sub_content))
+        else:
+            result.append(_http_part(mime, content))
+    return result
+
+
+def _http_part(mime: dict[str, str], content: bytes) -> _Part:
+    content = content.lstrip(b"\r\n")
+    start, _, rest = content.partition(b"\r\n")
+    headers, body = _split_headers(rest)
+    words = start.decode("latin-1").split()
+    if len(words) < 2 or not words[1].isdigit():
+        raise ValueError(f"malformed status line in a batch response: {start[:80]!r}")
+    return _Part(int(words[1]), headers, body.strip(), mime.get("content-id"))
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+# ---------------------------------------------------------------------------------------------- connector
+
+
+class DataverseConnector:
+    """Connector over one Dataverse organization (its URL, e.g. ``https://contoso.crm.dynamics.com``)."""
+
+    def __init__(
+        self,
+        url: str,
+        token_provider: TokenProvider,
+        *,
+        name: str = "dataverse",
+        api_version: str = "v9.2",
+        page_size: int = MAX_PAGE_SIZE,
+        batch_size: int = MAX_BATCH,
+        max_concurrency: int = 4,
+        timeout_seconds: float = 60,
+        tag: str | None = "dualsync",
+        transport: httpx.BaseTransport | None = None,
+        primary_ids: dict[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self.url = url.rstrip("/")
+        self.api = f"{self.url}/api/data/{api_version}/"
+        self._api_path = urlsplit(self.api).path
+        self.page_size = max(1, min(page_size, MAX_PAGE_SIZE))
+        self.batch_size = max(1, min(batch_size, MAX_BATCH))
+        self.timeout_seconds = timeout_seconds
+        self.tag = tag
+        self._tokens = token_provider
+        self._primary_ids = dict(primary_ids or {})
+        self._slots = threading.BoundedSemaphore(max_concurrency)
+        self._client = httpx.Client(
+            transport=transport,
+            timeout=httpx.Timeout(timeout_seconds),
+            limits=httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency),
+            headers=_BASE_HEADERS,
+        )
+
+    @classmethod
+    def from_config(
+        cls,
+        name: str,
+        system: DataverseSystem,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        token_provider: TokenProvider | None = None,
+        msal_http_client: Any = None,
+        instance_discovery: bool | None = None,
+        primary_ids: dict[str, str] | None = None,
+    ) -> DataverseConnector:
+        url = resolve_secret(system.url).rstrip("/")
+        tokens = token_provider or token_provider_for(
+            system.auth, url, http_client=msal_http_client, instance_discovery=instance_discovery
+        )
+        return cls(
+            url, tokens, name=name, api_version=system.api_version, page_size=system.page_size,
+            batch_size=system.batch_size, max_concurrency=system.max_concurrency,
+            timeout_seconds=system.timeout_seconds, tag=system.tag, transport=transport, primary_ids=primary_ids,
+        )
+
+    def __repr__(self) -> str:
+        return f"DataverseConnector(name={self.name!r}, url={self.url!r})"
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    def primary_id(self, entity_set: str) -> str:
+        return self._primary_ids.get(entity_set) or primary_id_of(entity_set)
+
+    def _send(self, method: str, url: str, what: str, headers: dict[str, str] | None = None,
+              content: bytes | None = None) -> httpx.Response:
+        """One request with a bearer token; a 401 refreshes the token and tries once more.
+
+        Raises TransientError (transport), AuthError (401 twice, 403). Other statuses are the caller's."""
+        refreshed = False
+        while True:
+            token = self._tokens.refresh() if refreshed else self._tokens.token()
+            request_headers = {**(headers or {}), "Authorization": f"Bearer {token}"}
+            started = time.perf_counter()
+            try:
+                with self._slots:
+                    response = self._client.request(method, url, headers=request_headers, content=content)
+            except httpx.TimeoutException:
+                raise TransientError(f"{what}: no answer within {self.timeout_seconds:g}s") from None
+            except httpx.TransportError as exc:
+                raise TransientError(f"{what}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                                     .rstrip(": ")) from None
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%s %s -> %s (%.0f ms)", method, url, response.status_code,
+                          (time.perf_counter() - started) * 1000)
+            if response.status_code == 401:
+                if not refreshed:
+                    refreshed = True
+                    continue
+                raise AuthError(f"{what}: 401 Unauthorized: the bearer token was refused, also after a refresh")
+            if response.status_code == 403:
+                err = _error_of(403, response.headers, response.content)
+                raise AuthError(f"{what}: 403 Forbidden: {err.text()}")
+            return response
+
+    def _get_json(self, url: str, what: str, prefer: str | None = None) -> tuple[dict[str, Any], httpx.Response]:
+        headers = {"If-None-Match": "null"}
+        if prefer:
+            headers["Prefer"] = prefer
+        response = self._send("GET", url, what, headers)
+        if response.status_code >= 400:
+            raise _error_of(response.status_code, response.headers, response.content)
+        try:
+            data = response.json()
+        except ValueError:
+            raise TransientError(f"{what}: the answer is not JSON (HTTP {response.status_code})") from None
+        if not isinstance(data, dict):
+            raise TransientError(f"{what}: unexpected answer shape")
+        return data, response
+
+    @staticmethod
+    def _sync_error(err: _ApiError, what: str) -> SyncError:
+        if err.status == 429:
+            return TransientError(f"{what}: 429 Too Many Requests: {err.text()}", retry_after=err.retry_after)
+        if err.status >= 500 or err.status == 408:
+            return TransientError(f"{what}: {err.status}: {err.text()}", retry_after=err.retry_after)
+        if err.status in (401, 403):
+            return AuthError(f"{what}: {err.status}: {err.text()}")
+        return PermanentError(Reason.TARGET_REJECTED, f"{what}: {err.text()}")
+
+    def _query(self, entity: str, options: list[tuple[str, str]]) -> str:
+        query = "&".join(f"{name}={quote(value, safe=_QUERY_SAFE)}" for name, value in options)
+        return f"{self.api}{entity}" + (f"?{query}" if query else "")
+
+    def _select(self, source: SourceSpec, extra: Sequence[str] = ()) -> str | None:
+        if source.select is None:
+            return None
+        names = [*source.select, *source.key, "modifiedon", "versionnumber", *extra]
+        return ",".join(dict.fromkeys(names))
+
+    def _record(self, source_key: Sequence[str], entity: str, row: dict[str, Any],
+                watermark: str = "modifiedon") -> SourceRecord:
+        values = {k: v for k, v in row.items() if "@" not in k}
+        try:
+            key = key_of(source_key, values)
+        except KeyError as exc:
+            raise ConfigError([f"{entity}: key column {exc.args[0]!r} is not in the rows Dataverse returns"]) from None
+        return SourceRecord(key, values, self._version(row), _moment(values.get(watermark))
+                            or _moment(values.get("modifiedon")) or datetime.now(UTC))
+
+    @staticmethod
+    def _version(row: dict[str, Any]) -> str:
+        number = row.get("versionnumber")
+        if number is None:
+            match = _ETAG_NUMBER.match(str(row.get("@odata.etag", "")))
+            number = match.group(1) if match else None
+        if number is None:
+            raise ConfigError(["dataverse rows carry neither versionnumber nor a numeric @odata.etag"])
+        return sortable_version(int(number))
+
+    # -- reading changes --------------------------------------------------------------------------
+
+    def read_changes(
+        self, source: SourceSpec, position: dict[str, Any] | None, page_size: int
+    ) -> Iterator[ChangePage]:
+        size = max(1, min(page_size, self.page_size))
+        if source.changes == "change_tracking":
+            return self._read_tracked(source, position or {}, size)
+        if source.changes == "watermark":
+            return self._read_watermark(source, position or {}, size)
+        raise ConfigError([f"{source.entity}: changes {source.changes!r} is not supported by Dataverse "
+                           "(use change_tracking or watermark)"])
+
+    def _read_tracked(self, source: SourceSpec, position: dict[str, Any], size: int) -> Iterator[ChangePage]:
+        prefer = f"odata.track-changes,odata.maxpagesize={size}"
+        link = position.get("next_link") or position.get("delta_link")
+        if not link:
+            yield from self._baseline(source, prefer, [])
+            return
+        try:
+            yield from self._follow(source, link, prefer, snapshot=False, notes=[])
+        except _ApiError as err:
+            if not err.expired_token:
+                raise self._sync_error(err, f"{source.entity}: reading changes") from None
+            log.info("%s: %s", source.entity, REBASELINE_NOTE)
+            yield from self._baseline(source, prefer, [REBASELINE_NOTE])
+
+    def _baseline(self, source: SourceSpec, prefer: str, notes: list[str]) -> Iterator[ChangePage]:
+        select = self._select(source)
+        url = self._query(source.entity, [("$select", select)] if select else [])
+        try:
+            yield from self._follow(source, url, prefer, snapshot=True, notes=notes)
+        except _ApiError as err:
+            raise self._sync_error(err, f"{source.entity}: full change-tracking read") from None
+
+    def _follow(self, source: SourceSpec, url: str, prefer: str, snapshot: bool,
+                notes: list[str]) -> Iterator[ChangePage]:
+        what = f"{source.entity}: reading changes"
+        deleted_version = self._deleted_version(url)
+        first = True
+        while url:
+            data, response = self._get_json(url, what, prefer)
+            next_link = data.get("@odata.nextLink")
+            delta_link = data.get("@odata.deltaLink")
+            if first and snapshot and "odata.track-changes" not in response.headers.get("preference-applied", ""):
+                if not delta_link:
+                    raise ConfigError([f"{source.entity}: change tracking is not enabled for this table "
+                                       "(no odata.track-changes in Preference-Applied); use changes: watermark"])
+            records: list[SourceRecord] = []
+            page_notes = list(notes) if first else []
+            skipped = 0
+            for row in data.get("value", []):
+                if self._is_deleted(row):
+                    if len(source.key) != 1:
+                        skipped += 1
+                        continue
+                    records.append(SourceRecord(str(row.get("id")), {}, deleted_version, datetime.now(UTC),
+                                                deleted=True))
+                else:
+                    records.append(self._record(source.key, source.entity, row))
+            if skipped:
+                page_notes.append(f"{skipped} deleted rows skipped: a composite key cannot be rebuilt from an id")
+            if not next_link and not delta_link:
+                raise TransientError(f"{what}: the page has neither @odata.nextLink nor @odata.deltaLink")
+            yield ChangePage(records, {"next_link": next_link, "delta_link": None if next_link else delta_link},
+                             snapshot=snapshot, notes=page_notes)
+            first = False
+            url = next_link
+
+    @staticmethod
+    def _is_deleted(row: dict[str, Any]) -> bool:
+        context = str(row.get("@odata.context", ""))
+        return context.endswith("$deletedEntity") or ("reason" in row and "id" in row and len(row) <= 3)
+
+    @staticmethod
+    def _deleted_version(url: str) -> str:
+        """The version for deletes read from a delta link: its token's version number + '~deleted'."""
+        token = dict(parse_qsl(urlsplit(url).query)).get("$deltatoken", "")
+        number = unquote(token).split("!")[0]
+        if number.isdigit():
+            return sortable_version(int(number)) + DELETED_SUFFIX
+        return DELETED_SUFFIX  # an opaque token: a delete sorts after every version
+
+    def _watermark_column(self, source: SourceSpec) -> str:
+        return source.watermark if "watermark" in source.model_fields_set else "modifiedon"
+
+    def _read_watermark(self, source: SourceSpec, position: dict[str, Any], size: int) -> Iterator[ChangePage]:
+        column = self._watermark_column(source)
+        watermark, last_key = position.get("watermark"), position.get("last_key")
+        snapshot = watermark is None
+        options: list[tuple[str, str]] = []
+        select = self._select(source, [column])
+        if select:
+            options.append(("$select", select))
+        if not snapshot:
+            options.append(("$filter", self._after(source.entity, column, watermark, source.key, last_key or [])))
+        options.append(("$orderby", ",".join(f"{c} asc" for c in dict.fromkeys([column, *source.key]))))
+        url: str | None = self._query(source.entity, options)
+        prefer = f"odata.maxpagesize={size}"
+        what = f"{source.entity}: reading changes since {watermark}" if watermark else f"{source.entity}: full read"
+        yielded = False
+        while url:
+            try:
+                data, _ = self._get_json(url, what, prefer)
+            except _ApiError as err:
+                raise self._sync_error(err, what) from None
+            rows = data.get("value", [])
+            url = data.get("@odata.nextLink")
+            if not rows:
+                continue
+            records = [self._record(source.key, source.entity, row, column) for row in rows]
+            last = rows[-1]
+            yield ChangePage(records, {"watermark": last.get(column), "last_key": [last.get(k) for k in source.key]},
+                             snapshot=snapshot)
+            yielded = True
+        if snapshot and not yielded:
+            yield ChangePage([], {"watermark": None, "last_key": None}, snapshot=True)
+
+    def _after(self, entity: str, column: str, watermark: Any, key: Sequence[str], last_key: Sequence[Any]) -> str:
+        """(column, key...) > (watermark, last_key...) as OData: c > w or (c eq w and k1 gt v1) or ..."""
+        columns = [column, *key]
+        values = [watermark, *last_key] if len(last_key) == len(key) else [watermark]
+        primary = self.primary_id(entity)
+        literals = [self._filter_literal(c, v, primary, moment=(i == 0))
+                    for i, (c, v) in enumerate(zip(columns, values, strict=False))]
+        terms = []
+        for i in range(len(values)):
+            equal = [f"{columns[j]} eq {literals[j]}" for j in range(i)]
+            terms.append(" and ".join([*equal, f"{columns[i]} gt {literals[i]}"]))
+        return " or ".join(f"({t})" if " and " in t else t for t in terms)
+
+    @staticmethod
+    def _filter_literal(column: str, value: Any, primary: str, moment: bool = False) -> str:
+        if isinstance(value, str) and (column == primary or (column.startswith("_") and column.endswith("_value"))):
+            return odata_literal(value, guid=True)
+        if isinstance(value, str) and moment and _ISO_MOMENT.match(value):
+            return value  # a date-time (the watermark as Dataverse returned it) is a bare literal
+        return odata_literal(value)
+
+    # -- reading records --------------------------------------------------------------------------
+
+    def read_record(self, source: SourceSpec, key: str) -> SourceRecord | None:
+        found = self._fetch(source.entity, source.key, [key], self._select(source))
+        return found.get(key)
+
+    def read_records(self, entity: str, key_fields: Sequence[str], keys: Sequence[str]) -> dict[str, SourceRecord]:
+        return self._fetch(entity, key_fields, keys, None)
+
+    def _fetch(self, entity: str, key_fields: Sequence[str], keys: Sequence[str],
+               select: str | None) -> dict[str, SourceRecord]:
+        wanted = list(dict.fromkeys(keys))
+        if not wanted:
+            return {}
+        primary = self.primary_id(entity)
+        by_fold: dict[str, list[str]] = {}
+        for k in wanted:
+            by_fold.setdefault(k.casefold(), []).append(k)
+        found: dict[str, SourceRecord] = {}
+        what = f"{entity}: reading {len(wanted)} records by key"
+        for chunk in self._filter_chunks(key_fields, wanted, primary):
+            options = [("$filter", chunk)]
+            if select:
+                options.insert(0, ("$select", select))
+            url: str | None = self._query(entity, options)
+            while url:
+                try:
+                    data, _ = self._get_json(url, what, f"odata.maxpagesize={MAX_PAGE_SIZE}")
+                except _ApiError as err:
+                    raise self._sync_error(err, what) from None
+                for row in data.get("value", []):
+                    record = self._record(key_fields, entity, row)
+                    # Dataverse compares text case-insensitively: map a row back to the keys that asked for it.
+                    for asked in by_fold.get(record.key.casefold(), ()):
+                        found[asked] = SourceRecord(asked, record.values, record.version, record.changed_at)
+                url = data.get("@odata.nextLink")
+        return found
+
+    def iter_keys(self, source: SourceSpec) -> Iterator[str]:
+        """Every key of the entity in Python string order: ``$select`` of the key columns only, rows whose
+        key is (partly) null left out (they cannot be addressed by that key), pages of 5,000 streamed into
+        `shared.connectors.keysort.sorted_keys` (Dataverse orders GUIDs as SQL Server does, and text by its
+        collation, neither of which is code point order, so the sort is always ours)."""
+        from shared.connectors.keysort import sorted_keys
+
+        return sorted_keys(self._all_keys(source))
+
+    def _all_keys(self, source: SourceSpec) -> Iterator[str]:
+        not_null = " and ".join(f"{k} ne null" for k in source.key)
+        url: str | None = self._query(source.entity, [("$select", ",".join(source.key)), ("$filter", not_null)])
+        what = f"{source.entity}: listing keys"
+        while url:
+            try:
+                data, _ = self._get_json(url, what, f"odata.maxpagesize={MAX_PAGE_SIZE}")
+            except _ApiError as err:
+                raise self._sync_error(err, what) from None
+            for row in data.get("value", []):
+                values = [row.get(k) for k in source.key]
+                if None not in values:
+                    yield format_key(values)
+            url = data.get("@odata.nextLink")
+
+    def _filter_chunks(self, key_fields: Sequence[str], keys: Sequence[str], primary: str) -> Iterator[str]:
+        terms: list[str] = []
+        length = 0
+        for key in keys:
+            try:
+                parts = parse_key(key_fields, key)
+            except ValueError:
+                continue
+            if any(v is None for v in parts.values()):
+                continue
+            pieces = [f"{f} eq {self._filter_literal(f, parts[f], primary)}" for f in key_fields]
+            term = pieces[0] if len(pieces) == 1 else "(" + " and ".join(pieces) + ")"
+            if terms and (length + len(term) > _FILTER_CHARS or len(terms) >= _FILTER_KEYS):
+                yield " or ".join(terms)
+                terms, length = [], 0
+            terms.append(term)
+            length += len(term) + 4
+        if terms:
+            yield " or ".join(terms)
+
+    # -- writing ----------------------------------------------------------------------------------
+
+    def write_batch(self, target: TargetSpec, ops: Sequence[WriteOp]) -> list[WriteResult]:
+        ops = list(ops)
+        results: list[WriteResult | None] = [None] * len(ops)
+        prepared: list[_Prepared] = []
+        for index, op in enumerate(ops):
+            try:
+                prepared.append(self._prepare(target, index, op))
+            except _Reject as exc:
+                results[index] = WriteResult(op, ok=False, key=self._op_key(target, op), error=PermanentError(
+                    Reason.TARGET_REJECTED, f"{target.entity} key {self._op_key(target, op)}: {exc}"))
+        for chunk in _chunks(prepared, self.batch_size):
+            for item, result in zip(chunk, self._run(target, chunk), strict=True):
+                results[item.index] = result
+        return [r for r in results if r is not None]
+
+    @staticmethod
+    def _op_key(target: TargetSpec, op: WriteOp) -> str:
+        return format_key([op.key.get(k) for k in target.key])
+
+    def _address(self, entity: str, key_fields: Sequence[str], key: dict[str, Any]) -> str:
+        """``accounts(<guid>)`` or ``accounts(accountnumber='A-1')``, percent-encoded for a URL path."""
+        primary = self.primary_id(entity)
+        if list(key_fields) == [primary]:
+            value = key[primary]
+            if not is_guid(str(value)):
+                raise _Reject(f"{primary} {value!r} is not a GUID")
+            return f"{entity}({str(value).lower()})"
+        parts = []
+        for name in key_fields:
+            value = key[name]
+            if isinstance(value, str):
+                bad = sorted(set(value) & UNADDRESSABLE)
+                if bad:
+                    raise _Reject(f"alternate key value {value!r} contains {' '.join(bad)}, which Dataverse cannot "
+                                  "address by key (see 'Work with alternate keys')")
+            parts.append(f"{name}={odata_literal(value)}")
+        return quote(f"{entity}({','.join(parts)})", safe=_KEY_SAFE)
+
+    def _prepare(self, target: TargetSpec, index: int, op: WriteOp) -> _Prepared:
+        if op.kind not in ("upsert", "update", "delete"):
+            raise _Reject(f"unknown write kind {op.kind!r}")
+        absent = [k for k in target.key if op.key.get(k) in (None, "")]
+        if absent:
+            raise _Reject(f"key field(s) {absent} missing")
+        path = self._address(target.entity, target.key, op.key)
+        if self.tag:
+            path += f"?tag={quote(self.tag, safe='')}"
+        headers: dict[str, str] = {}
+        body: bytes | None = None
+        if op.kind == "delete":
+            method = "DELETE"
+            if op.if_match:
+                headers["If-Match"] = op.if_match
+        else:
+            method = "PATCH"
+            headers["Content-Type"] = "application/json"
+            if op.kind == "update":
+                headers["If-Match"] = op.if_match or "*"
+            elif op.if_match:
+                headers["If-Match"] = op.if_match
+            elif op.create_only:
+                headers["If-None-Match"] = "*"
+            # The key is in the URL; Dataverse advises leaving it out of the body ("Use Upsert").
+            payload = {k: v for k, v in op.values.items() if k not in target.key}
+            try:
+                body = json.dumps(payload, default=_json_default, separators=(",", ":")).encode()
+            except (TypeError, ValueError) as exc:
+                raise _Reject(str(exc)) from None
+        return _Prepared(index, op, self._op_key(target, op), method, path, headers, body)
+
+    def _run(self, target: TargetSpec, chunk: Sequence[_Prepared]) -> list[WriteResult]:
+        if len(chunk) == 1:
+            item = chunk[0]
+            what = f"{target.entity} key {item.key_text}"
+            try:
+                response = self._send(item.method, self.api + item.path, what, item.headers, item.body)
+            except SyncError as exc:
+                return [WriteResult(item.op, ok=False, key=item.key_text, error=exc)]
+            return [self._result(target, item, response.status_code, response.headers, response.content)]
+        return self._run_batch(target, chunk)
+
+    def _run_batch(self, target: TargetSpec, chunk: Sequence[_Prepared]) -> list[WriteResult]:
+        boundary = f"batch_{uuid.uuid4()}"
+        body = self._batch_body(chunk, boundary)
+        what = f"{target.entity}: $batch of {len(chunk)}"
+        headers = {
+            "Content-Type": f'multipart/mixed; boundary="{boundary}"',
+            "Prefer": "odata.continue-on-error",
+            "If-None-Match": "null",
+        }
+
+        def everyone(error: SyncError) -> list[WriteResult]:
+            return [WriteResult(item.op, ok=False, key=item.key_text, error=error) for item in chunk]
+
+        try:
+            response = self._send("POST", self.api + "$batch", what, headers, body)
+        except SyncError as exc:
+            return everyone(exc)
+        content_type = response.headers.get("content-type", "")
+        if _boundary(content_type) is None:
+            err = _error_of(response.status_code, response.headers, response.content)
+            if response.status_code < 400:
+                return everyone(TransientError(f"{what}: the answer is not multipart/mixed"))
+            return everyone(self._sync_error(err, f"{what} refused"))
+        try:
+            parts = parse_batch_response(response.content, content_type)
+        except ValueError as exc:
+            return everyone(TransientError(f"{what}: unreadable answer: {exc}"))
+        by_id = {p.content_id: p for p in parts if p.content_id}
+        results = []
+        for position, item in enumerate(chunk):
+            part = by_id.get(str(position + 1)) if len(by_id) == len(parts) == len(chunk) else (
+                parts[position] if position < len(parts) else None)
+            if part is None:  # the batch stopped before this op: it was not run
+                results.append(WriteResult(item.op, ok=False, key=item.key_text,
+                                           error=TransientError(f"{what}: no answer for this operation")))
+            else:
+                results.append(self._result(target, item, part.status, part.headers, part.body))
+        return results
+
+    def _batch_body(self, chunk: Sequence[_Prepared], boundary: str) -> bytes:
+        out: list[bytes] = []
+        for number, item in enumerate(chunk, start=1):
+            lines = [
+                f"--{boundary}",
+                "Content-Type: application/http",
+                "Content-Transfer-Encoding: binary",
+                f"Content-ID: {number}",
+                "",
+                f"{item.method} {self._api_path}{item.path} HTTP/1.1",
+            ]
+            for name, value in item.headers.items():
+                is_json = name == "Content-Type"
+                lines.append("Content-Type: application/json; type=entry" if is_json else f"{name}: {value}")
+            lines.append("")
+            out.append("\r\n".join(lines).encode() + b"\r\n" + (item.body or b"") + b"\r\n")
+        out.append(f"--{boundary}--\r\n".encode())
+        return b"".join(out)
+
+    def _result(self, target: TargetSpec, item: _Prepared, status: int, headers: Any, body: bytes) -> WriteResult:
+        op = item.op
+        if 200 <= status < 300:
+            return WriteResult(op, ok=True, key=item.key_text, etag=headers.get("etag") if headers else None)
+        if status == 404 and op.kind == "delete":
+            return WriteResult(op, ok=True, key=item.key_text)  # already gone
+        err = _error_of(status, headers, body)
+        where = f"{target.entity} key {item.key_text}"
+        error: SyncError
+        if status == 412 and op.if_match and op.if_match != "*":
+            error = PermanentError(Reason.CONFLICT, f"{where}: changed since it was read: {err.text()}")
+        elif status == 412 and op.create_only:
+            error = PermanentError(Reason.TARGET_REJECTED, f"{where}: already exists: {err.text()}")
+        elif status == 404 and op.kind == "update":
+            error = PermanentError(Reason.TARGET_REJECTED, f"{where}: not found: {err.text()}")
+        else:
+            error = self._sync_error(err, where)
+        return WriteResult(op, ok=False, key=item.key_text, error=error)
+
+    # -- the rest ---------------------------------------------------------------------------------
+
+    def acknowledge(self, source: SourceSpec, keys: Sequence[str], failed: dict[str, str]) -> None:
+        return None
+
+    def close(self) -> None:
+        self._client.close()

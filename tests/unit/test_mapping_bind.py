@@ -1,0 +1,73 @@
+"""`bind:` on a field map: a looked-up key becomes a Dataverse `@odata.bind` reference."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.config import parse_config
+from shared.engine.mapping import bind_reference, map_record
+from shared.errors import ConfigError, MissingReferenceError, PermanentError, Reason
+
+GUID = "6F9619FF-8B86-D011-B42D-00C04FC964FF"
+
+
+def config(bind: str, to: str = "parentcustomerid_account@odata.bind"):
+    return parse_config({
+        "systems": {"erp": {"kind": "sql", "url": "sqlite://"},
+                    "crm": {"kind": "dataverse", "url": "https://org.example", "auth": {"static_token": "env:T"}}},
+        "flows": {
+            "customers": {
+                "source": {"system": "erp", "entity": "customers", "key": "no"},
+                "target": {"system": "crm", "entity": "accounts", "key": "accountnumber"},
+                "fields": [{"from": "no", "to": "accountnumber"}],
+            },
+            "contacts": {
+                "source": {"system": "erp", "entity": "contacts", "key": "no"},
+                "target": {"system": "crm", "entity": "contacts", "key": "dualsync_externalid"},
+                "fields": [{"from": "no", "to": "dualsync_externalid"},
+                           {"from": "customer", "to": to, "lookup": "customers", "bind": bind}],
+            },
+        },
+    })
+
+
+def test_bind_by_alternate_key_doubles_quotes():
+    flow = config("accounts(accountnumber)").flows["contacts"]
+    values = map_record("contacts", flow, "K1", {"no": "K1", "customer": "c-1"}, {("customers", "c-1"): "O'Neil"})
+    assert values == {"dualsync_externalid": "K1",
+                      "parentcustomerid_account@odata.bind": "/accounts(accountnumber='O''Neil')"}
+
+
+def test_bind_by_primary_id_is_a_bare_guid():
+    flow = config("accounts").flows["contacts"]
+    values = map_record("contacts", flow, "K1", {"no": "K1", "customer": "c-1"}, {("customers", "c-1"): GUID})
+    assert values["parentcustomerid_account@odata.bind"] == f"/accounts({GUID.lower()})"
+
+
+def test_bind_to_a_primary_id_that_is_not_a_guid_is_a_mapping_error():
+    flow = config("accounts").flows["contacts"]
+    with pytest.raises(PermanentError) as raised:
+        map_record("contacts", flow, "K1", {"no": "K1", "customer": "c-1"}, {("customers", "c-1"): "A-1"})
+    assert raised.value.reason == Reason.MAPPING_FAILED
+    message = str(raised.value)
+    assert "field parentcustomerid_account@odata.bind (from customer)" in message and "GUID" in message
+
+
+def test_empty_lookup_stays_empty_and_a_missing_parent_still_waits():
+    flow = config("accounts(accountnumber)").flows["contacts"]
+    assert map_record("contacts", flow, "K1", {"no": "K1", "customer": None}, {})[
+        "parentcustomerid_account@odata.bind"] is None
+    with pytest.raises(MissingReferenceError):
+        map_record("contacts", flow, "K1", {"no": "K1", "customer": "c-9"}, {})
+
+
+def test_multi_part_alternate_key():
+    assert bind_reference("contacts(lastname,emailaddress1)", '["Lee","lee@example.com"]') == (
+        "/contacts(lastname='Lee',emailaddress1='lee@example.com')")
+
+
+def test_bind_config_is_checked():
+    with pytest.raises(ConfigError, match="bind needs a 'to' of the form"):
+        config("accounts", to="parent_id")
+    with pytest.raises(ConfigError, match="bind"):
+        config("accounts(accountnumber")
