@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
+from shared import telemetry
 from shared.app import SyncApp
 from shared.config import Flow
 from shared.engine import cursor_lease
@@ -78,6 +79,7 @@ def pull_flow(
         "notes": "; ".join(result.notes), "finished_at": app.clock().isoformat()}
     cursor_lease.release(app.state, cursor, summary)
     app.state.add_run(flow_name, {"kind": "pull", **summary})
+    telemetry.record_pull(flow_name, result.pulled, result.run_id, result.status)
     return result
 
 

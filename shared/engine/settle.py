@@ -6,19 +6,22 @@ between leaves a duplicate that duplicate detection or the version check drops, 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from datetime import timedelta
 
 from shared.app import SyncApp
 from shared.engine.outcome import Kind, Outcome
 from shared.messages import bounded_id, to_envelope
-from shared.ports.bus import Settler
+from shared import telemetry
 from shared.engine.cursor_lease import pause_flow
+from shared.ports.bus import Settler
 
 PAUSED_RECHECK = timedelta(minutes=5)
 
 
-def settle(app: SyncApp, settler: Settler, outcomes: Sequence[Outcome]) -> None:
+def settle(app: SyncApp, settler: Settler, outcomes: Sequence[Outcome], started: float | None = None) -> None:
+    """`started` (time.perf_counter() before apply) lets the batch's apply latency be measured."""
     resend = []
     for o in outcomes:
         if o.kind is Kind.RETRY and o.message is not None:
@@ -39,3 +42,4 @@ def settle(app: SyncApp, settler: Settler, outcomes: Sequence[Outcome]) -> None:
     for o in outcomes:
         if o.kind is Kind.DEAD_LETTER:
             settler.dead_letter(o.received, str(o.reason), o.description[:4096])
+    telemetry.record_outcomes(outcomes, started, time.perf_counter() if started is not None else None)
