@@ -23,6 +23,17 @@ Reading changes (`SourceSpec.changes`):
   not versions). The status and reason columns are left out of the record's values.
 - ``change_tracking`` is a Dataverse feature: refused with a ConfigError.
 
+Listing keys (`iter_keys`, for key-set reconciliation and the initial-sync target scan): one SELECT of the
+key columns, streamed (``stream_results`` + ``yield_per``: a server-side cursor on PostgreSQL), so memory
+stays flat. Keys must come out in Python's string order of the *formatted* key. The database sorts for
+us only where its order provably equals that: a single text key column (not CHAR, whose comparison pads
+blanks, nor ENUM) on PostgreSQL ordered ``COLLATE "C"`` (byte order of UTF-8 = code point order) or on
+SQLite ordered ``COLLATE BINARY`` (memcmp of UTF-8), whatever collation the column itself declares; the
+stream is checked as it goes and a step backwards raises ConfigError (e.g. a non-UTF-8 database). Every
+other key (integers, whose text order differs from numeric order, dates, composite keys formatted as
+JSON lists, other dialects) is read in index order and sorted by `shared.connectors.keysort.sorted_keys`:
+sorted runs of 100,000 keys spilled to temporary files and merged, so memory is bounded by one run.
+
 Record versions (`shared.versions.sortable_version`): the ``source.version`` column when set (and not
 NULL), else the watermark. A status-flag table without a watermark column has no change marker at all, so
 its version is the time of the read: a row flagged again and read later always gets a newer version, and a
@@ -87,6 +98,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from shared.config import SourceSpec, TargetSpec
 from shared.errors import ConfigError, PermanentError, Reason, SyncError, TransientError
 from shared.keys import format_key, key_of, parse_key
+from shared.connectors.keysort import ascending, sorted_keys
 from shared.ports.connector import ChangePage, SourceRecord, WriteOp, WriteResult
 from shared.versions import sortable_version
 
@@ -528,6 +540,42 @@ class SqlConnector:
                 key = key_of(key_fields, values)
                 found[key] = SourceRecord(key=key, values=values, version="", changed_at=read_at)
         return found
+
+    def iter_keys(self, source: SourceSpec) -> Iterator[str]:
+        table = self._table_info(source.entity).table
+        columns = [self._column(table, k, source.entity, "key") for k in source.key]
+        collation = self._binary_collation(columns)
+        if collation is not None and columns[0].nullable and self._fetch(
+            select(columns[0]).where(columns[0].is_(None)).limit(1), source.entity
+        ):
+            collation = None  # NULL keys (formatted 'None') sort where the database puts NULLs: sort here
+        if collation is None:
+            keys = (format_key([plain_value(v) for v in row]) for row in self._stream(
+                select(*columns).order_by(*columns), source.entity))
+            return sorted_keys(keys)
+        stmt = select(columns[0]).order_by(columns[0].collate(collation))
+        keys = (str(plain_value(row[0])) for row in self._stream(stmt, source.entity))
+        return ascending(keys, f"{self.database} {source.entity}")
+
+    def _binary_collation(self, columns: Sequence[Column]) -> str | None:
+        """The collation under which the database orders this key like Python orders its text, if any."""
+        if len(columns) != 1:
+            return None
+        kind = columns[0].type
+        if not isinstance(kind, sqltypes.String) or isinstance(kind, sqltypes.Enum | sqltypes.CHAR):
+            return None
+        return {"postgresql": "C", "sqlite": "BINARY"}.get(self._engine.dialect.name)
+
+    def _stream(self, stmt: Any, entity: str, batch: int = 2000) -> Iterator[Any]:
+        """Rows of `stmt` as the database sends them, `batch` at a time, on one connection."""
+        try:
+            with self._engine.connect() as conn:
+                result = conn.execution_options(stream_results=True, yield_per=batch).execute(stmt)
+                yield from result
+        except sa_exc.SQLAlchemyError as exc:
+            if self._is_transient(exc):
+                raise self._transient(exc) from None
+            raise PermanentError(Reason.VALIDATION_FAILED, f"{entity}: query failed: {self._first_line(exc)}") from None
 
     def acknowledge(self, source: SourceSpec, keys: Sequence[str], failed: dict[str, str]) -> None:
         if source.changes != "status_flag" or not (keys or failed):

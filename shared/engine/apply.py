@@ -23,6 +23,8 @@ from shared.app import SyncApp
 from shared.config import Flow
 from shared.engine.backoff import retry_at
 from shared.engine.conflicts import Decision, decide
+from shared.engine.identity import record_id
+from shared.engine.verdicts import verdict_outcome
 from shared.engine.mapping import Lookups, lookup_requests, map_record
 from shared.engine.outcome import Kind, Outcome
 from shared.engine.values import canonical, canonical_row, coerce, same_value
@@ -60,14 +62,6 @@ class _Flow:
         return cls(name, app.config.flows[name], app.config.pair_of(name), app.config.anchor_of(name),
                    app.config.reverse_of(name) is not None)
 
-    def record_id(self, key: str, links: dict[str, str]) -> str:
-        """Both flows of a pair name a record by its key in the anchor system; before the first sync of a
-        record created on the other side, its own key stands in."""
-        source = self.flow.source.system
-        if source == self.anchor:
-            return f"{source}|{key}"
-        linked = links.get(key)
-        return f"{self.anchor}|{linked}" if linked else f"{source}|{key}"
 
 
 def apply_batch(app: SyncApp, batch: Sequence[Received]) -> list[Outcome]:
@@ -81,7 +75,10 @@ def apply_batch(app: SyncApp, batch: Sequence[Received]) -> list[Outcome]:
         except (ValidationError, ValueError) as exc:
             outcomes.append(_malformed(received, exc))
             continue
-        if message.flow not in app.config.flows:
+        condemned = verdict_outcome(received, message)  # e.g. an ambiguous match found by initial sync
+        if condemned is not None:
+            outcomes.append(condemned)
+        elif message.flow not in app.config.flows:
             outcomes.append(Outcome(received, message, Kind.DEAD_LETTER, Reason.UNKNOWN_FLOW,
                                     f"flow {message.flow} record {message.key}: no such flow in the config"))
         elif message.flow in paused:
@@ -107,7 +104,7 @@ def _apply_flow(app: SyncApp, f: _Flow, items: list[_Item]) -> list[Outcome]:
     outcomes: list[Outcome] = []
     links = app.state.lookup_keys(f.pair, flow.source.system, [i.message.key for i in items])
     for item in items:
-        item.record_id = f.record_id(item.message.key, links)
+        item.record_id = record_id(app.config, f.name, item.message.key, links)
     items = _newest_per_record(items, outcomes)
     states = app.state.get_records(f.pair, [i.record_id for i in items])
     current = _current_sources(app, f, items) if f.bidirectional else {}
@@ -227,6 +224,10 @@ def _write_op(f: _Flow, item: _Item, lookups: Lookups, links: dict[str, str]) ->
         item.values = {flow.target.deactivate_field: flow.target.deactivate_value}
         return WriteOp("update", key, dict(item.values), ref=item)
     item.values = map_record(f.name, flow, message.key, item.payload, lookups)
+    linked = links.get(message.key)
+    if linked is not None:
+        # A record matched on other fields (initial sync by e-mail, say) keeps the target key it was linked to.
+        item.values.update(parse_key(flow.target.key, linked))
     key = {k: item.values[k] for k in flow.target.key}
     return WriteOp("upsert", key, item.values, ref=item)
 

@@ -14,13 +14,11 @@ from shared import telemetry
 from shared.app import SyncApp
 from shared.config import Flow
 from shared.engine import cursor_lease
+from shared.engine.deletes import delete_messages
 from shared.errors import ConcurrencyError
 from shared.process_identity import current_holder
-from shared.messages import ChangeMessage, Envelope, new_run_id, to_envelope
+from shared.messages import ChangeMessage, new_run_id, to_envelope
 from shared.ports.connector import SourceRecord
-
-DELETE_SUFFIX = "~deleted"
-
 
 @dataclass
 class PullResult:
@@ -101,22 +99,11 @@ def _message(flow_name: str, flow: Flow, record: SourceRecord, run_id: str, now:
 def _send_inferred_deletes(app: SyncApp, flow_name: str, flow: Flow, seen: set[str], run_id: str) -> int:
     """A full read is authoritative: keys we linked before but the source no longer has were deleted."""
     pair = app.config.pair_of(flow_name)
-    batch: list[Envelope] = []
     sent = 0
     gone = (key for key in app.state.linked_keys(pair, flow.source.system) if key not in seen)
     for chunk in _chunks(gone, 500):
-        states = app.state.get_records(pair, [f"{flow.source.system}|{k}" for k in chunk])
-        for key in chunk:
-            state = states.get(f"{flow.source.system}|{key}")
-            last = state.versions.get(flow.source.system, "") if state else ""
-            message = ChangeMessage(
-                flow=flow_name, op="delete", source_system=flow.source.system, entity=flow.source.entity,
-                key=key, version=last + DELETE_SUFFIX, changed_at=app.clock(), correlation_id=run_id,
-            )
-            batch.append(to_envelope(message))
-        app.bus.send(app.queue, batch)
-        sent += len(batch)
-        batch = []
+        app.bus.send(app.queue, [to_envelope(m) for m in delete_messages(app, flow_name, chunk, run_id)])
+        sent += len(chunk)
     return sent
 
 

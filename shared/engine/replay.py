@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pydantic import ValidationError
 
 from shared.app import SyncApp
+from shared.errors import Reason
 from shared.messages import ChangeMessage, bounded_id, parse_body, to_envelope
 from shared.ports.bus import Received
 
@@ -57,6 +58,11 @@ def replay_dead_letters(
             for received in batch:
                 message = _parse(app, received)
                 if message is None or not which.matches(received, message):
+                    held_back.append(received)
+                    continue
+                if received.dead_letter_reason == Reason.AMBIGUOUS_MATCH:
+                    # Sending it again would create a second record: fix the data, then run initial-sync.
+                    result.skipped["needs_initial_sync"] += 1
                     held_back.append(received)
                     continue
                 result.matched += 1

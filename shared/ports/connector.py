@@ -56,6 +56,12 @@ class Connector(Protocol):
 
     def read_record(self, source: SourceSpec, key: str) -> SourceRecord | None: ...
 
+    def iter_keys(self, source: SourceSpec) -> Iterator[str]:
+        """Every key of `source.entity` (formatted with shared.keys.format_key, each once), in ascending
+        Python string order (code point order). Streamed: memory must not grow with the table, since key-set
+        reconciliation merge-joins this with the key map (and initial sync scans a target with it)."""
+        ...
+
     def read_records(self, entity: str, key_fields: Sequence[str], keys: Sequence[str]) -> dict[str, SourceRecord]:
         """Current rows by key (target-side reads for conflict detection and matching)."""
         ...

@@ -20,6 +20,7 @@ class MemoryConnector:
         self.fail_next: list[SyncError] = []  # raised by the next write_batch calls, whole batch
         self.fail_keys: dict[str, SyncError] = {}  # per-op failures by formatted key
         self.writes = 0
+        self.key_scans = 0
 
     def put(self, entity: str, key: str, row: dict[str, Any]) -> None:
         self.counter += 1
@@ -45,6 +46,10 @@ class MemoryConnector:
 
     def read_record(self, source: SourceSpec, key: str) -> SourceRecord | None:
         return self._record(source.entity, key) if key in self.tables.get(source.entity, {}) else None
+
+    def iter_keys(self, source: SourceSpec) -> Iterator[str]:
+        self.key_scans += 1
+        yield from sorted(self.tables.get(source.entity, {}))
 
     def read_records(self, entity: str, key_fields: Sequence[str], keys: Sequence[str]) -> dict[str, SourceRecord]:
         return {k: self._record(entity, k) for k in keys if k in self.tables.get(entity, {})}
