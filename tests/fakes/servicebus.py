@@ -246,7 +246,8 @@ class FakeBroker:
             q = self.queue(queue)
             self._sweep(q, self.clock())
             pool = q.dead if dead else q.active
-            return [s for s in pool.values() if s.seq >= from_sequence][:max_count]
+            # The service browses in sequence-number order, whatever order messages entered the pool.
+            return sorted((s for s in pool.values() if s.seq >= from_sequence), key=lambda s: s.seq)[:max_count]
 
     def settle(self, queue: str, dead: bool, token: uuid.UUID, action: str, reason: Any = None, desc: Any = None):
         with self.cond:

@@ -1,0 +1,228 @@
+"""The admin HTTP functions, invoked with `azure.functions.HttpRequest` as the host does, and the dead-letter
+core they share with the CLI (shared/engine/dead_letters.py), on the SQLite bus and on Service Bus (fake SDK)."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import azure.functions as func
+import pytest
+
+import functions.admin
+from shared.app import SyncApp
+from shared.config import parse_config
+from shared.engine.dead_letters import DeadLetterFilter, list_dead_letters, purge_dead_letters
+from shared.state.sqlite_tables import SqliteTables
+from shared.state.store import StateStore
+from tests.unit.conftest import CONFIG, account, change, deliver
+from tests.unit.test_function_app import indexed
+
+# -- invoking the functions -------------------------------------------------------------------------------------
+
+
+def call(name: str, method: str = "GET", body: object = None, route: dict | None = None,
+         params: dict | None = None, raw: bytes | None = None) -> tuple[int, dict]:
+    data = raw if raw is not None else (b"" if body is None else json.dumps(body).encode())
+    req = func.HttpRequest(method=method, url=f"/api/{name}", headers={"content-type": "application/json"},
+                           params=params or {}, route_params=route or {}, body=data)
+    resp = indexed()[name].get_user_function()(req=req)
+    assert resp.mimetype == "application/json"
+    return resp.status_code, json.loads(resp.get_body())
+
+
+@pytest.fixture
+def wired(tmp_path, memory, monkeypatch):
+    """The function app's production bus: Service Bus (over the fake SDK client)."""
+    sync = make_app(_servicebus_fake(tmp_path), memory)
+    monkeypatch.setattr(functions.admin, "sync_app", lambda: sync)
+    yield sync
+    sync.close()
+
+
+def make_app(bus, memory) -> SyncApp:
+    return SyncApp(config=parse_config(CONFIG), state=StateStore(SqliteTables(":memory:")), bus=bus,
+                   retry_base=0.01, connector_factory=lambda name: memory[name])
+
+
+def seed_dead_letters(app) -> None:
+    """Four dead letters: two ValidationFailed (one per flow), one UnknownFlow, one MalformedMessage."""
+    deliver(app, account("a1", 1, name="x" * 50), change("c1", 1, flow="contacts", contactid="c1"),
+            change("g1", 1, flow="ghost"), raw=[b"{oops"])
+    assert app.bus.counts(app.queue).dead_letter == 4
+
+
+# -- status, pause, resume ---------------------------------------------------------------------------------------
+
+
+def test_flows_reports_every_flow(wired):
+    status, body = call("flows")
+    assert status == 200
+    assert body["queue"] == wired.queue
+    assert [f["flow"] for f in body["flows"]] == ["accounts", "contacts"]
+    assert {"paused", "lag_seconds", "dead_letters", "last_run"} <= set(body["flows"][0])
+
+
+def test_pause_and_resume_a_flow(wired):
+    status, body = call("pause_flow", "POST", {"reason": "ERP maintenance"}, route={"flow": "accounts"})
+    assert (status, body) == (200, {"flow": "accounts", "paused": True, "paused_reason": "ERP maintenance"})
+    assert wired.state.get_cursor("accounts").paused
+    _, listed = call("flows")
+    assert listed["flows"][0]["paused"] is True and listed["flows"][0]["paused_reason"] == "ERP maintenance"
+    status, body = call("resume_flow", "POST", route={"flow": "accounts"})
+    assert (status, body) == (200, {"flow": "accounts", "paused": False, "paused_reason": None})
+    assert not wired.state.get_cursor("accounts").paused
+
+
+def test_pause_without_a_body_gives_a_default_reason(wired):
+    status, body = call("pause_flow", "POST", route={"flow": "contacts"})
+    assert status == 200 and body["paused_reason"] == "paused by an operator"
+
+
+@pytest.mark.parametrize("name", ["pause_flow", "resume_flow"])
+def test_unknown_flow_is_404_naming_the_known_ones(wired, name):
+    status, body = call(name, "POST", route={"flow": "nope"})
+    assert status == 404
+    assert body == {"error": "unknown flow 'nope'", "flows": ["accounts", "contacts"]}
+    assert wired.state.get_cursor("nope") is None
+
+
+def test_bad_bodies_are_400(wired):
+    assert call("pause_flow", "POST", raw=b"{nope", route={"flow": "accounts"})[0] == 400
+    assert call("pause_flow", "POST", body=["a"], route={"flow": "accounts"})[0] == 400
+    status, body = call("pause_flow", "POST", body={"reason": 5}, route={"flow": "accounts"})
+    assert status == 400 and body["error"] == "'reason' must be a string"
+
+
+# -- replay -----------------------------------------------------------------------------------------------------
+
+
+def test_replay_dry_run_then_for_real(wired, memory):
+    deliver(wired, account("a1", 1, name="x" * 50))
+    memory["crm"].put("accounts", "a1", {"accountid": "a1", "accountnumber": "N-a1", "name": "Fixed", "statecode": 0})
+    status, body = call("replay", "POST", {"flow": "accounts", "dry_run": True})
+    assert status == 200
+    assert body == {"dry_run": True, "matched": 1, "replayed": 0, "skipped": {}, "left": 0, "keys": ["accounts:a1"]}
+    assert wired.bus.counts(wired.queue).dead_letter == 1
+    status, body = call("replay", "POST", {"flow": "accounts", "reason": "ValidationFailed"})
+    assert status == 200 and (body["replayed"], body["keys"]) == (1, ["accounts:a1"])
+    counts = wired.bus.counts(wired.queue)
+    assert (counts.dead_letter, counts.active) == (0, 1)
+
+
+def test_replay_filters_are_validated(wired):
+    assert call("replay", "POST", {"flow": "ghost"})[0] == 404
+    status, body = call("replay", "POST", {"dry_run": "yes"})
+    assert status == 400 and body["error"] == "'dry_run' must be true or false"
+
+
+# -- dead letters -----------------------------------------------------------------------------------------------
+
+
+def test_dead_letters_lists_reason_description_flow_key_attempt_and_time(wired):
+    seed_dead_letters(wired)
+    status, body = call("dead_letters")
+    assert status == 200 and body["count"] == 4 and body["truncated"] is False
+    by_key = {d["key"]: d for d in body["dead_letters"]}
+    a1 = by_key["a1"]
+    assert (a1["flow"], a1["reason"], a1["attempt"]) == ("accounts", "ValidationFailed", 1)
+    assert "record a1" in a1["description"] and "field name" in a1["description"]
+    assert a1["enqueued_at"] and a1["message_id"].startswith("accounts:a1:")
+    assert by_key["g1"]["reason"] == "UnknownFlow" and by_key["g1"]["flow"] == "ghost"
+    assert by_key[None]["reason"] == "MalformedMessage" and by_key[None]["flow"] is None
+
+
+def test_dead_letters_filters_and_limit(wired):
+    seed_dead_letters(wired)
+    _, body = call("dead_letters", params={"reason": "ValidationFailed"})
+    assert sorted(d["key"] for d in body["dead_letters"]) == ["a1", "c1"]
+    _, body = call("dead_letters", params={"flow": "contacts"})
+    assert [d["key"] for d in body["dead_letters"]] == ["c1"]
+    _, body = call("dead_letters", params={"key": "a1", "reason": "ValidationFailed", "flow": "accounts"})
+    assert [d["key"] for d in body["dead_letters"]] == ["a1"]
+    _, body = call("dead_letters", params={"limit": "2"})
+    assert body["count"] == 2 and body["truncated"] is True and len(body["dead_letters"]) == 2
+    for bad in ("0", "1001", "x"):
+        assert call("dead_letters", params={"limit": bad})[0] == 400
+    assert call("dead_letters", params={"flow": "ghost"})[0] == 404
+    assert wired.bus.counts(wired.queue).dead_letter == 4  # browsing changes nothing
+
+
+def test_purge_requires_the_queue_name_as_confirmation(wired):
+    seed_dead_letters(wired)
+    for body in (None, {}, {"confirm": "yes"}, {"confirm": True}):
+        status, answer = call("purge_dead_letters", "POST", body)
+        assert status == 400, body
+    status, answer = call("purge_dead_letters", "POST", {"confirm": "nope"})
+    assert f'{{"confirm": "{wired.queue}"}}' in answer["error"] and "for good" in answer["error"]
+    assert wired.bus.counts(wired.queue).dead_letter == 4
+
+
+def test_purge_with_a_filter_then_everything(wired):
+    seed_dead_letters(wired)
+    status, body = call("purge_dead_letters", "POST", {"confirm": wired.queue, "reason": "ValidationFailed"})
+    assert (status, body) == (200, {"queue": wired.queue, "purged": 2, "left": 2})
+    _, listed = call("dead_letters")
+    assert sorted(d["reason"] for d in listed["dead_letters"]) == ["MalformedMessage", "UnknownFlow"]
+    status, body = call("purge_dead_letters", "POST", {"confirm": wired.queue})
+    assert (status, body) == (200, {"queue": wired.queue, "purged": 2, "left": 0})
+    assert wired.bus.counts(wired.queue).dead_letter == 0
+
+
+def test_an_unexpected_error_is_a_500_without_details(wired, monkeypatch):
+    def boom(app):
+        raise RuntimeError("secret connection string in here")
+
+    monkeypatch.setattr(functions.admin, "collect_status", boom)
+    status, body = call("flows")
+    assert status == 500 and "RuntimeError" in body["error"] and "secret" not in body["error"]
+
+
+# -- the core, on both buses ------------------------------------------------------------------------------------
+
+
+def _sqlite_bus(tmp_path):
+    from shared.bus.sqlite_bus import SqliteBus
+
+    return SqliteBus(tmp_path / "bus.db", lock_duration=30)
+
+
+def _servicebus_fake(tmp_path):
+    from shared.bus.servicebus import ServiceBusBus
+    from tests.fakes.servicebus import fake_service_bus
+
+    client, admin = fake_service_bus()
+    admin.create_queue("dualsync-changes", lock_duration=timedelta(seconds=30), max_delivery_count=5)
+    return ServiceBusBus(client, admin=admin)
+
+
+@pytest.fixture(params=["sqlite", "servicebus-fake"])
+def any_bus_app(request, tmp_path, memory):
+    bus = {"sqlite": _sqlite_bus, "servicebus-fake": _servicebus_fake}[request.param](tmp_path)
+    sync = make_app(bus, memory)
+    yield sync
+    sync.close()
+
+
+def test_list_pages_through_the_dead_letter_queue(any_bus_app, monkeypatch):
+    import shared.engine.dead_letters as dl
+
+    monkeypatch.setattr(dl, "PAGE", 3)  # several browse pages
+    deliver(any_bus_app, *[account(f"a{i}", 1, name="x" * 50) for i in range(8)])
+    letters = list_dead_letters(any_bus_app)
+    assert [d.key for d in letters] == [f"a{i}" for i in range(8)]
+    assert [d.key for d in list_dead_letters(any_bus_app, limit=5)] == [f"a{i}" for i in range(5)]
+    assert [d.key for d in list_dead_letters(any_bus_app, DeadLetterFilter(key="a6"))] == ["a6"]
+
+
+def test_purge_in_batches_leaves_what_does_not_match(any_bus_app):
+    deliver(any_bus_app, *[account(f"a{i}", 1, name="x" * 50) for i in range(7)],
+            change("c1", 1, flow="contacts", contactid="c1"))
+    progress = []
+    result = purge_dead_letters(any_bus_app, DeadLetterFilter(flow="accounts"), batch=3, max_wait=0.2,
+                                on_progress=lambda r: progress.append(r.purged))
+    assert (result.purged, result.left) == (7, 1) and progress[-1] == 7 and len(progress) >= 3
+    assert [d.key for d in list_dead_letters(any_bus_app)] == ["c1"]
+    # What was held back is receivable again at once, not only after its lock expires.
+    assert purge_dead_letters(any_bus_app, max_wait=0.2).purged == 1
+    assert any_bus_app.bus.counts(any_bus_app.queue).dead_letter == 0
