@@ -9,6 +9,9 @@ import azure.functions as func
 from functions.admin import bp as admin_bp
 from functions.apply import bp as apply_bp
 from functions.pull import bp as pull_bp
+from shared import telemetry
+
+telemetry.configure()  # once per worker, before any function runs; see shared/telemetry.py
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 app.register_functions(pull_bp)

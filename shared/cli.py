@@ -19,6 +19,8 @@ from shared.errors import ConfigError
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 console = Console()
 err_console = Console(stderr=True)
+if not console.is_terminal:  # piped into a log or CI: keep table rows on one line
+    console.width = err_console.width = 200
 
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="flows file")]
 WorkdirOption = Annotated[Path, typer.Option("--workdir", help="where the embedded state and queue live")]
@@ -63,7 +65,10 @@ def run(
     from shared.local_runtime import RunOptions, run_forever, run_once
     from shared.report import summary_table
 
+    from shared import telemetry
+
     cfg = _load(config)
+    telemetry.configure(console=not once)  # a long run reports metrics every minute; --once prints a table
     sync = SyncApp.local(cfg, workdir, retry_base=retry_base)
     options = RunOptions(workers=workers, drain_bound=drain_bound)
     try:
@@ -96,19 +101,73 @@ def run(
         raise typer.Exit(1)
 
 
-@app.command("dead-letters")
-def dead_letters(
-    workdir: WorkdirOption = Path(".dualsync"),
-    limit: int = 50,
-) -> None:
-    """List dead-lettered messages of the embedded queue with their reasons."""
-    from shared.bus.sqlite_bus import SqliteBus
+dead_letters_app = typer.Typer(no_args_is_help=True, help="The dead-letter queue: what failed and why.")
+app.add_typer(dead_letters_app, name="dead-letters")
+simulate_app = typer.Typer(no_args_is_help=True, help="Local stand-ins for the systems dualsync connects.")
+app.add_typer(simulate_app, name="simulate")
 
-    bus = SqliteBus(workdir / "bus.db")
-    for m in bus.peek_dead_letters("dualsync-changes", max_messages=limit):
-        props = m.envelope.application_properties
-        console.print(f"{props.get('flow')} {props.get('key')} [red]{m.dead_letter_reason}[/red]: "
-                      f"{m.dead_letter_description}")
+
+@dead_letters_app.command("list")
+def dead_letters_list(
+    config: ConfigOption = Path("flows.yaml"),
+    workdir: WorkdirOption = Path(".dualsync"),
+    flow: Annotated[str | None, typer.Option()] = None,
+    reason: Annotated[str | None, typer.Option()] = None,
+    key: Annotated[str | None, typer.Option()] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10000)] = 100,
+) -> None:
+    """Dead-lettered changes with reason, description, flow, key, attempt and enqueued time."""
+    from rich.table import Table
+
+    from shared.engine.dead_letters import DeadLetterFilter, list_dead_letters
+
+    sync = _open(config, workdir)
+    try:
+        found = list_dead_letters(sync, DeadLetterFilter(flow, reason, key), limit=limit)
+    finally:
+        sync.close()
+    table = Table(title=f"dead letters: {len(found)}")
+    for column in ("flow", "key", "reason", "description", "attempt", "enqueued"):
+        table.add_column(column, overflow="fold")
+    for d in found:
+        table.add_row(d.flow, d.key, d.reason, d.description, str(d.attempt), str(d.enqueued_at))
+    console.print(table)
+
+
+@dead_letters_app.command("purge")
+def dead_letters_purge(
+    config: ConfigOption = Path("flows.yaml"),
+    workdir: WorkdirOption = Path(".dualsync"),
+    flow: Annotated[str | None, typer.Option()] = None,
+    reason: Annotated[str | None, typer.Option()] = None,
+    key: Annotated[str | None, typer.Option()] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="confirm: purged changes are gone for good")] = False,
+) -> None:
+    """Delete dead-lettered changes for good (replay is usually what you want)."""
+    from shared.engine.dead_letters import DeadLetterFilter, purge_dead_letters
+
+    if not yes:
+        err_console.print("[red]refusing[/red]: purging deletes dead-lettered changes for good; add --yes to confirm "
+                          "(or use `dualsync replay` to send them again)")
+        raise typer.Exit(2)
+    sync = _open(config, workdir)
+    try:
+        result = purge_dead_letters(sync, DeadLetterFilter(flow, reason, key))
+    finally:
+        sync.close()
+    console.print(f"purged {result.purged}, left {result.left}")
+
+
+@simulate_app.command("dataverse")
+def simulate_dataverse(
+    port: Annotated[int, typer.Option(help="loopback port")] = 5555,
+    db: Annotated[str, typer.Option(help="SQLite file for the simulated org (default: in memory)")] = ":memory:",
+    rate_429: Annotated[float, typer.Option(help="share of requests answered 429")] = 0.0,
+) -> None:
+    """Serve the Dataverse Web API simulator (the demo's CRM) until interrupted."""
+    import dvsim
+
+    dvsim.serve(port=port, db_path=db, rate_429=rate_429)
 
 
 def _open(config: Path, workdir: Path):  # noqa: ANN202 - a SyncApp
@@ -327,6 +386,81 @@ def requests_reject(key: str, reason: Annotated[str, typer.Option(help="why, kep
     finally:
         sync.close()
     console.print(f"rejected {key}")
+
+
+@app.command()
+def reconcile(flow: str, config: ConfigOption = Path("flows.yaml"), workdir: WorkdirOption = Path(".dualsync")) -> None:
+    """Compare FLOW's source keys with the linked keys and send a delete for every record the source lost."""
+    from shared.engine.reconcile import reconcile_deletes
+    from shared.errors import SyncError
+
+    sync = _open(config, workdir)
+    try:
+        _known_flow(sync, flow)
+        try:
+            result = reconcile_deletes(sync, flow)
+        except SyncError as exc:
+            err_console.print(f"[red]error[/red] {exc}")
+            raise typer.Exit(1) from None
+    finally:
+        sync.close()
+    if result.status != "ok":
+        console.print(f"{flow}: not reconciled ({result.status})")
+        return
+    console.print(f"{flow}: scanned {result.scanned} source keys, {result.known} linked, "
+                  f"sent {result.deleted} deletes" + (f" ({result.present_on_recheck} reappeared on recheck)"
+                                                      if result.present_on_recheck else ""))
+
+
+@app.command("initial-sync")
+def initial_sync_command(
+    flow: str, config: ConfigOption = Path("flows.yaml"), workdir: WorkdirOption = Path(".dualsync"),
+) -> None:
+    """Link records that already exist on both sides by FLOW's match_on fields; create only the rest."""
+    from shared.engine.initial_sync import initial_sync
+    from shared.errors import SyncError
+
+    sync = _open(config, workdir)
+    try:
+        _known_flow(sync, flow)
+        try:
+            result = initial_sync(sync, flow)
+        except SyncError as exc:
+            err_console.print(f"[red]error[/red] {exc}")
+            raise typer.Exit(1) from None
+    finally:
+        sync.close()
+    if result.status != "ok":
+        err_console.print(f"[yellow]{flow}: initial sync did not run ({result.status})[/yellow]")
+        raise typer.Exit(1)
+    console.print(f"{flow}: matched {result.matched} (of which {result.aligned} sent to align values), "
+                  f"created {result.created}, ambiguous {result.ambiguous}, already linked {result.already_linked}, "
+                  f"failed {result.failed} ({result.targets} target records scanned)")
+    for line in result.examples[:10]:
+        console.print(f"  [red]dead-lettered[/red] {line}")
+    for note in result.notes:
+        console.print(f"  [yellow]note[/yellow] {note}")
+
+
+@app.command()
+def resync(
+    flow: str, key: str, config: ConfigOption = Path("flows.yaml"), workdir: WorkdirOption = Path(".dualsync"),
+) -> None:
+    """Re-read one record of FLOW from its source and send it again, forced past version, echo and conflicts."""
+    from shared.engine.resync import resync as resync_record
+    from shared.errors import SyncError
+
+    sync = _open(config, workdir)
+    try:
+        _known_flow(sync, flow)
+        try:
+            result = resync_record(sync, flow, key)
+        except SyncError as exc:
+            err_console.print(f"[red]error[/red] {exc}")
+            raise typer.Exit(1) from None
+    finally:
+        sync.close()
+    console.print(f"{flow} {result.key}: sent version {result.version} as {result.message_id}")
 
 
 def main() -> None:

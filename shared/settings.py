@@ -26,6 +26,8 @@ APP_SETTINGS: dict[str, tuple[str | None, str]] = {
     "SETTLEMENT_MODE": ("extension", "extension | ledger: how the apply trigger dead-letters"),
     "MAX_ATTEMPTS": ("8", "default max apply attempts before RetriesExhausted"),
     "APPLICATIONINSIGHTS_CONNECTION_STRING": (None, "Application Insights; console telemetry when unset"),
+    "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY": (
+        None, "true in Azure: the Python worker streams OpenTelemetry (with host.json telemetryMode OpenTelemetry)"),
 }
 
 

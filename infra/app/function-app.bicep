@@ -81,6 +81,12 @@ var appSettings = [
     value: applicationInsightsConnectionString
   }
   {
+    // With host.json telemetryMode OpenTelemetry: the worker streams our OpenTelemetry data and the host stops
+    // forwarding worker logs itself, so nothing reaches Application Insights twice.
+    name: 'PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY'
+    value: 'true'
+  }
+  {
     name: 'AZURE_CLIENT_ID'
     value: identityClientId
   }
