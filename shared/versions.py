@@ -8,7 +8,6 @@ lexical order is the value's order. `sortable_version` is that one conversion, s
 from __future__ import annotations
 
 import re
-
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any

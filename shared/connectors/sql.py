@@ -96,9 +96,9 @@ from sqlalchemy import types as sqltypes
 from sqlalchemy.engine import Connection, Engine, make_url
 
 from shared.config import SourceSpec, TargetSpec
+from shared.connectors.keysort import ascending, sorted_keys
 from shared.errors import ConfigError, PermanentError, Reason, SyncError, TransientError
 from shared.keys import format_key, key_of, parse_key
-from shared.connectors.keysort import ascending, sorted_keys
 from shared.ports.connector import ChangePage, SourceRecord, WriteOp, WriteResult
 from shared.versions import sortable_version
 

@@ -24,10 +24,10 @@ from shared.config import Flow
 from shared.engine.backoff import retry_at
 from shared.engine.conflicts import Decision, decide
 from shared.engine.identity import record_id
-from shared.engine.verdicts import verdict_outcome
 from shared.engine.mapping import Lookups, lookup_requests, map_record
 from shared.engine.outcome import Kind, Outcome
 from shared.engine.values import canonical, canonical_row, coerce, same_value
+from shared.engine.verdicts import verdict_outcome
 from shared.errors import AuthError, MissingReferenceError, PermanentError, Reason, SyncError, TransientError
 from shared.keys import key_of, parse_key
 from shared.messages import ChangeMessage, fingerprint, parse_body, to_envelope

@@ -36,6 +36,19 @@ def acquire(state: StateStore, flow: str, owner: str, now: datetime, ttl: timede
         return None
 
 
+def start_run(state: StateStore, flow: str, enabled: bool, owner: str, now: datetime) -> tuple[Cursor | None, str]:
+    """Lease a flow's cursor for one run, or say why the run must not start: disabled, leased or paused."""
+    if not enabled:
+        return None, "disabled"
+    cursor = acquire(state, flow, owner, now)
+    if cursor is None:
+        return None, "leased"
+    if cursor.paused:
+        release(state, cursor, cursor.last_run)
+        return None, "paused"
+    return cursor, "ok"
+
+
 def advance(state: StateStore, cursor: Cursor, position: dict[str, Any], now: datetime,
             ttl: timedelta = LEASE_TTL) -> Cursor:
     """Store the new position and extend the lease; ConcurrencyError means the lease was lost."""

@@ -48,6 +48,7 @@ from typing import Any
 from shared.app import SyncApp
 from shared.config import Flow, SourceSpec
 from shared.engine import cursor_lease
+from shared.engine.batching import chunked
 from shared.engine.mapping import Lookups, lookup_requests, map_record
 from shared.engine.values import CoercionError, canonical, canonical_row, coerce, same_value
 from shared.engine.verdicts import condemned, record_verdicts
@@ -90,16 +91,9 @@ def initial_sync(app: SyncApp, flow_name: str, owner: str | None = None) -> Init
         raise ConfigError([f"flows.{flow_name}.match_on: initial sync needs the target fields that identify "
                            "a record on both sides (e.g. [account_number] or [email])"])
     result = InitialSyncResult(flow_name, new_run_id())
-    if not flow.enabled:
-        result.status = "disabled"
-        return result
-    cursor = cursor_lease.acquire(app.state, flow_name, owner or current_holder(), app.clock())
+    cursor, result.status = cursor_lease.start_run(app.state, flow_name, flow.enabled, owner or current_holder(),
+                                                   app.clock())
     if cursor is None:
-        result.status = "leased"
-        return result
-    if cursor.paused:
-        cursor_lease.release(app.state, cursor, cursor.last_run)
-        result.status = "paused"
         return result
     run = _Run(app, flow_name, cursor, result)
     try:
@@ -184,7 +178,7 @@ class _Run:
     def index_targets(self) -> None:
         connector = self.app.connector(self.target.system)
         spec = SourceSpec(system=self.target.system, entity=self.target.entity, key=list(self.target.key))
-        for chunk in _chunks(connector.iter_keys(spec), TARGET_CHUNK):
+        for chunk in chunked(connector.iter_keys(spec), TARGET_CHUNK):
             rows = connector.read_records(self.target.entity, self.target.key, chunk)
             for key, row in rows.items():
                 self.result.targets += 1
@@ -466,14 +460,3 @@ def _remember(state: RecordState, system: str, values: dict[str, Any]) -> None:
 def _named(keys: list[str]) -> str:
     shown = ", ".join(keys[:MAX_NAMED])
     return shown + (f" and {len(keys) - MAX_NAMED} more" if len(keys) > MAX_NAMED else "")
-
-
-def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
-    chunk: list[str] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk

@@ -14,11 +14,13 @@ from shared import telemetry
 from shared.app import SyncApp
 from shared.config import Flow
 from shared.engine import cursor_lease
+from shared.engine.batching import chunked
 from shared.engine.deletes import delete_messages
 from shared.errors import ConcurrencyError
-from shared.process_identity import current_holder
 from shared.messages import ChangeMessage, new_run_id, to_envelope
 from shared.ports.connector import SourceRecord
+from shared.process_identity import current_holder
+
 
 @dataclass
 class PullResult:
@@ -38,16 +40,9 @@ def pull_flow(
 ) -> PullResult:
     flow = app.config.flows[flow_name]
     result = PullResult(flow_name, new_run_id())
-    if not flow.enabled:
-        result.status = "disabled"
-        return result
-    cursor = cursor_lease.acquire(app.state, flow_name, owner or current_holder(), app.clock())
+    cursor, result.status = cursor_lease.start_run(app.state, flow_name, flow.enabled, owner or current_holder(),
+                                                   app.clock())
     if cursor is None:
-        result.status = "leased"
-        return result
-    if cursor.paused:
-        cursor_lease.release(app.state, cursor, cursor.last_run)
-        result.status = "paused"
         return result
     connector = app.connector(flow.source.system)
     snapshot_keys: set[str] | None = None
@@ -101,18 +96,7 @@ def _send_inferred_deletes(app: SyncApp, flow_name: str, flow: Flow, seen: set[s
     pair = app.config.pair_of(flow_name)
     sent = 0
     gone = (key for key in app.state.linked_keys(pair, flow.source.system) if key not in seen)
-    for chunk in _chunks(gone, 500):
+    for chunk in chunked(gone, 500):
         app.bus.send(app.queue, [to_envelope(m) for m in delete_messages(app, flow_name, chunk, run_id)])
         sent += len(chunk)
     return sent
-
-
-def _chunks(items, size: int):  # noqa: ANN001, ANN202 - a plain generator helper
-    chunk: list[str] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk

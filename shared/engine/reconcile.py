@@ -22,14 +22,15 @@ reconcile would soon fall out of `recent_runs`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
 from shared.app import SyncApp
 from shared.connectors.keysort import ascending
+from shared.engine.batching import chunked
 from shared.engine.deletes import delete_messages
-from shared.messages import ChangeMessage, new_run_id, to_envelope
+from shared.messages import new_run_id, to_envelope
 
 BATCH = 500
 
@@ -69,7 +70,7 @@ def reconcile_deletes(app: SyncApp, flow_name: str, batch_size: int = BATCH) -> 
     connector = app.connector(system)
     source = _counted(ascending(connector.iter_keys(flow.source), f"{system} {flow.source.entity}"), result, "scanned")
     known = _counted(ascending(app.state.linked_keys(pair, system), f"key map {pair}/{system}"), result, "known")
-    for candidates in _chunks(_missing(source, known), batch_size):
+    for candidates in chunked(_missing(source, known), batch_size):
         still_there = connector.read_records(flow.source.entity, flow.source.key, candidates)
         gone = [key for key in candidates if key not in still_there]
         result.present_on_recheck += len(candidates) - len(gone)
@@ -105,17 +106,6 @@ def _counted(keys: Iterable[str], result: ReconcileResult, attribute: str) -> It
     for key in keys:
         setattr(result, attribute, getattr(result, attribute) + 1)
         yield key
-
-
-def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
-    chunk: list[str] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
 
 
 def record_run(app: SyncApp, result: ReconcileResult) -> None:

@@ -10,11 +10,11 @@ import time
 from collections.abc import Sequence
 from datetime import timedelta
 
+from shared import telemetry
 from shared.app import SyncApp
+from shared.engine.cursor_lease import pause_flow
 from shared.engine.outcome import Kind, Outcome
 from shared.messages import bounded_id, to_envelope
-from shared import telemetry
-from shared.engine.cursor_lease import pause_flow
 from shared.ports.bus import Settler
 
 PAUSED_RECHECK = timedelta(minutes=5)

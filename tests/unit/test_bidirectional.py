@@ -7,10 +7,10 @@ import pytest
 from shared.app import SyncApp
 from shared.bus.sqlite_bus import SqliteBus
 from shared.config import parse_config
-from shared.engine.decisions import DecisionError, approve_request, list_parked, reject_request, resolve_conflict
 from shared.engine.apply import apply_batch
-from shared.engine.settle import settle
+from shared.engine.decisions import DecisionError, approve_request, list_parked, reject_request, resolve_conflict
 from shared.engine.pull import pull_flow
+from shared.engine.settle import settle
 from shared.engine.tally import Tally
 from shared.state.sqlite_tables import SqliteTables
 from shared.state.store import CONFLICTS, REQUESTS, StateStore

@@ -7,10 +7,10 @@ from datetime import timedelta
 import pytest
 
 from shared.engine import cursor_lease
-from shared.process_identity import current_holder
 from shared.engine.pull import pull_flow
 from shared.engine.schedule import is_due, pull_due_flows
 from shared.messages import parse_body
+from shared.process_identity import current_holder
 
 
 def seed(memory, n: int) -> None:

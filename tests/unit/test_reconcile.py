@@ -16,8 +16,8 @@ from shared.bus.sqlite_bus import SqliteBus
 from shared.config import parse_config
 from shared.connectors.sql import SqlConnector
 from shared.engine.cursor_lease import pause_flow
-from shared.engine.delivery import handle_delivery
 from shared.engine.deletes import DELETE_SUFFIX
+from shared.engine.delivery import handle_delivery
 from shared.engine.reconcile import reconcile_deletes, runs_partition
 from shared.engine.schedule import pull_due_flows, reconcile_due_flows
 from shared.errors import ConfigError

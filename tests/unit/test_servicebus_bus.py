@@ -25,9 +25,8 @@ from azure.servicebus._common.constants import (
     _X_OPT_SEQUENCE_NUMBER,
     MAX_BATCH_SIZE_STANDARD,
 )
-from azure.servicebus._pyamqp.message import Header
+from azure.servicebus._pyamqp.message import Header, Properties
 from azure.servicebus._pyamqp.message import Message as AmqpMessage
-from azure.servicebus._pyamqp.message import Properties
 from azure.servicebus.exceptions import MessageAlreadySettled, MessageLockLostError, MessageSizeExceededError
 
 from shared.bus import servicebus as sb
