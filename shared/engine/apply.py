@@ -63,7 +63,6 @@ class _Flow:
                    app.config.reverse_of(name) is not None)
 
 
-
 def apply_batch(app: SyncApp, batch: Sequence[Received]) -> list[Outcome]:
     """Decide the outcome of every delivered message; writes to the target but settles nothing."""
     outcomes: list[Outcome] = []
@@ -107,7 +106,10 @@ def _apply_flow(app: SyncApp, f: _Flow, items: list[_Item]) -> list[Outcome]:
         item.record_id = record_id(app.config, f.name, item.message.key, links)
     items = _newest_per_record(items, outcomes)
     states = app.state.get_records(f.pair, [i.record_id for i in items])
-    current = _current_sources(app, f, items) if f.bidirectional else {}
+    try:
+        current = _current_sources(app, f, items) if f.bidirectional else {}
+    except SyncError as exc:  # the source is throttled or down: the whole batch waits, nothing is lost
+        return outcomes + [_failure(app, flow, item, exc) for item in items]
     live: list[_Item] = []
     for item in items:
         skip = _screen(app, f, item, states.get(item.record_id), current)
@@ -134,7 +136,11 @@ def _apply_flow(app: SyncApp, f: _Flow, items: list[_Item]) -> list[Outcome]:
             mapped.append(item)
         else:
             ops.append(op)
-    settled = _settle_conflicts(app, f, mapped, states, outcomes)
+    try:
+        settled = _settle_conflicts(app, f, mapped, states, outcomes)
+    except SyncError as exc:  # reading the target failed: these wait, the one-way ops still go
+        outcomes += [_failure(app, flow, item, exc) for item in mapped]
+        settled = []
     ops += [op for op in settled if not op.ref.noop]
     results = _write(app, flow, ops) if ops else []
     # A write that would change nothing is not sent, but its versions and values are still recorded.

@@ -184,3 +184,27 @@ def test_review_turns_changes_into_requests_until_approved(make):
     assert memory["crm"].tables["accounts"]["A2"]["name"] == "web shop edit"
     assert memory["crm"].tables["accounts"]["A0"]["name"] == "n0"
     assert list_parked(app, REQUESTS) == []
+
+
+def test_a_throttled_source_read_retries_the_batch_instead_of_failing_it(make):
+    from shared.errors import TransientError
+
+    app, memory = make()
+    seed(app, memory)
+    memory["crm"].put("accounts", "A1", {**memory["crm"].tables["accounts"]["A1"], "name": "later"})
+    pull_flow(app, "accounts-to-erp", owner="t")
+
+    def throttled(*args, **kwargs):
+        raise TransientError("429 Too Many Requests", retry_after=0.2)
+
+    memory["crm"].read_records = throttled
+    batch = app.bus.receive(app.queue, max_messages=10, max_wait=0.5)
+    outcomes = apply_batch(app, batch)
+    settle(app, app.bus.settler(app.queue), outcomes)
+    assert [(o.kind.value, str(o.reason)) for o in outcomes] == [("retry", "transient")]
+    del memory["crm"].read_records
+    import time
+
+    time.sleep(0.3)
+    drain(app)
+    assert memory["erp"].tables["customers"]["A1"]["name"] == "later"
