@@ -55,22 +55,25 @@ def schema() -> None:
 def run(
     config: ConfigOption = Path("flows.yaml"),
     once: Annotated[bool, typer.Option(help="pull every flow once, drain the queue, exit")] = False,
-    workers: Annotated[int, typer.Option(min=1, max=32)] = 2,
+    workers: Annotated[int | None, typer.Option(
+        min=0, max=32, help="apply worker processes (default: one per core, at most 4); 0 applies in this process",
+        show_default=False)] = None,
     workdir: WorkdirOption = Path(".dualsync"),
     retry_base: Annotated[float, typer.Option(help="backoff base in seconds")] = 2.0,
     drain_bound: Annotated[float, typer.Option(help="--once waits for retries due within this many seconds")] = 60,
 ) -> None:
     """Run the sync on this machine with the embedded SQLite state and queue."""
+    from shared import telemetry
     from shared.app import SyncApp
     from shared.local_runtime import RunOptions, run_forever, run_once
     from shared.report import summary_table
 
-    from shared import telemetry
-
     cfg = _load(config)
     telemetry.configure(console=not once)  # a long run reports metrics every minute; --once prints a table
     sync = SyncApp.local(cfg, workdir, retry_base=retry_base)
-    options = RunOptions(workers=workers, drain_bound=drain_bound)
+    options = RunOptions(drain_bound=drain_bound, telemetry_console=not once)
+    if workers is not None:
+        options.workers = workers
     try:
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:>8.0f} settled"),
                       TextColumn("{task.fields[pulled]:>8} pulled"), TimeElapsedColumn(), console=console,

@@ -3,6 +3,16 @@
 Peek-lock with a lock duration, delivery count, max delivery count -> DLQ (MaxDeliveryCountExceeded),
 dead-letter with reason and description, scheduled delivery, duplicate detection by message_id within a
 window. Each thread gets its own connection; BEGIN IMMEDIATE serialises receivers across processes.
+
+Sharded receive, for the local runtime's worker processes: every message is stored with
+`shard = crc32(flow|key) % SHARDS` (flow and key from its application properties), and
+`receive(..., shard=(i, n))` takes only messages with `shard % n == i`, so two receivers with different
+`i` never hold two versions of one record. Retry clones keep flow and key, so they stay in their shard.
+Two receiver-side settings refine it (the runtime sets them from the config; other receivers leave them
+empty): `shard_groups` puts every message of some flows into one shard (the two flows of a
+bidirectional pair share record state, but a record's keys differ per side), and `receive_after` holds a
+flow's messages back until the earlier messages of the flows it looks up are settled (children after
+their parents, as a single in-order receiver would apply them).
 """
 
 from __future__ import annotations
@@ -11,6 +21,7 @@ import json
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +34,7 @@ from shared.process_identity import current_holder, holder_is_gone
 from shared.state.sqlite_tables import connect
 
 MAX_DELIVERY_EXCEEDED = "MaxDeliveryCountExceeded"
+SHARDS = 64  # stored shard numbers; any receiver count up to this splits them evenly enough
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -36,9 +48,11 @@ CREATE TABLE IF NOT EXISTS messages (
     lock_token TEXT,
     delivery_count INTEGER NOT NULL DEFAULT 0,
     dead INTEGER NOT NULL DEFAULT 0,
-    dl_reason TEXT, dl_description TEXT
+    dl_reason TEXT, dl_description TEXT,
+    shard INTEGER NOT NULL DEFAULT 0  -- crc32(flow|key) % SHARDS, see sharded receive
 );
 CREATE INDEX IF NOT EXISTS ix_ready ON messages (queue, dead, seq);
+CREATE INDEX IF NOT EXISTS ix_subject ON messages (queue, subject, dead, seq);  -- receive_after, counts_by_flow
 CREATE TABLE IF NOT EXISTS seen_ids (
     queue TEXT NOT NULL, message_id TEXT NOT NULL, expires_at REAL NOT NULL,
     PRIMARY KEY (queue, message_id)
@@ -53,6 +67,19 @@ _COLUMNS = (
 
 def _ts(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
+
+
+def shard_of(flow: str, key: str) -> int:
+    return zlib.crc32(f"{flow}|{key}".encode()) % SHARDS
+
+
+def _chunks(items: list[Any], size: int = 500) -> list[list[Any]]:
+    """SQLite allows at most 999 parameters per statement in old builds: IN lists go in chunks."""
+    return [items[start : start + size] for start in range(0, len(items), size)]
+
+
+def _props_shard(props: dict[str, Any], subject: str, message_id: str) -> int:
+    return shard_of(str(props.get("flow", subject)), str(props.get("key", message_id)))
 
 
 class _Tx:
@@ -85,7 +112,12 @@ class SqliteBus:
         self.duplicate_window = duplicate_window
         self._clock = clock
         self._local = threading.local()
-        self._conn().executescript(_SCHEMA)
+        # Receiver-side sharding refinements (see the module docstring): flow -> group name, and
+        # flow -> the flows whose earlier messages must be settled before its own are received.
+        self.shard_groups: dict[str, str] = {}
+        self.receive_after: dict[str, tuple[str, ...]] = {}
+        conn = self._conn()
+        conn.executescript(_SCHEMA)
 
     def _conn(self) -> Any:
         conn = getattr(self._local, "conn", None)
@@ -109,12 +141,13 @@ class SqliteBus:
             )
             conn.executemany(
                 "INSERT INTO messages (queue, message_id, subject, correlation_id, content_type, props, body,"
-                " enqueued_at, due_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                " enqueued_at, due_at, shard) VALUES (?,?,?,?,?,?,?,?,?,?)",
                 [
                     (
                         queue, e.message_id, e.subject, e.correlation_id, e.content_type,
                         json.dumps(e.application_properties), e.body, now,
                         e.scheduled_enqueue_time_utc.timestamp() if e.scheduled_enqueue_time_utc else now,
+                        _props_shard(e.application_properties, e.subject, e.message_id),
                     )
                     for e in fresh
                 ],
@@ -135,27 +168,62 @@ class SqliteBus:
         return seen
 
     # -- receiving -------------------------------------------------------------------------------
-    def receive(self, queue: str, max_messages: int = 100, max_wait: float = 1.0) -> list[Received]:
-        return self._receive(queue, max_messages, max_wait, dead=0)
+    def receive(
+        self, queue: str, max_messages: int = 100, max_wait: float = 1.0, *, shard: tuple[int, int] | None = None
+    ) -> list[Received]:
+        """shard=(i, n): only messages whose shard is i modulo n (see the module docstring)."""
+        if shard is not None and not (shard[1] >= 1 and 0 <= shard[0] < shard[1]):
+            raise ValueError(f"shard must be (i, n) with 0 <= i < n, not {shard!r}")
+        return self._receive(queue, max_messages, max_wait, dead=0, shard=shard)
 
     def receive_dead_letters(self, queue: str, max_messages: int = 100, max_wait: float = 1.0) -> list[Received]:
         return self._receive(queue, max_messages, max_wait, dead=1)
 
-    def _receive(self, queue: str, max_messages: int, max_wait: float, dead: int) -> list[Received]:
+    def _receive(self, queue: str, max_messages: int, max_wait: float, dead: int,
+                 shard: tuple[int, int] | None = None) -> list[Received]:
         deadline = time.monotonic() + max_wait
         while True:
-            got = self._lock_batch(queue, max_messages, dead)
+            got = self._lock_batch(queue, max_messages, dead, shard)
             if got or time.monotonic() >= deadline:
                 return got
             time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
 
-    def _lock_batch(self, queue: str, max_messages: int, dead: int) -> list[Received]:
+    def _ready_filter(self, conn: Any, queue: str, now: float, shard: tuple[int, int] | None
+                      ) -> tuple[str, list[Any]]:
+        """The extra WHERE terms (and their parameters) of a sharded, ordered receive."""
+        sql, params = "", []
+        if shard is not None and shard[1] > 1:
+            if self.shard_groups:
+                cases = " ".join("WHEN ? THEN ?" for _ in self.shard_groups)
+                sql += f" AND (CASE subject {cases} ELSE shard END) % ? = ?"
+                for flow, group in self.shard_groups.items():
+                    params += [flow, zlib.crc32(group.encode()) % SHARDS]
+            else:
+                sql += " AND shard % ? = ?"
+            params += [shard[1], shard[0]]
+        first: dict[str, int | None] = {}  # parent flow -> its oldest unsettled (due or locked) message
+        for flow, parents in self.receive_after.items():
+            for parent in parents:
+                if parent not in first:
+                    row = conn.execute(
+                        "SELECT seq FROM messages WHERE queue=? AND subject=? AND dead=0 AND due_at<=?"
+                        " ORDER BY seq LIMIT 1", (queue, parent, now)).fetchone()
+                    first[parent] = row[0] if row else None
+            barrier = min((first[p] for p in parents if first[p] is not None), default=None)
+            if barrier is not None:
+                sql += " AND NOT (subject=? AND seq>?)"
+                params += [flow, barrier]
+        return sql, params
+
+    def _lock_batch(self, queue: str, max_messages: int, dead: int, shard: tuple[int, int] | None = None
+                    ) -> list[Received]:
         now = self._clock()
         with _Tx(self._conn()) as conn:
+            extra, params = self._ready_filter(conn, queue, now, shard) if not dead else ("", [])
             rows = conn.execute(
                 f"SELECT {_COLUMNS} FROM messages WHERE queue=? AND dead=? AND due_at<=? AND locked_until<=?"
-                " ORDER BY seq LIMIT ?",
-                (queue, dead, now, now, max_messages),
+                f"{extra} ORDER BY seq LIMIT ?",
+                (queue, dead, now, now, *params, max_messages),
             ).fetchall()
             if not dead:
                 exhausted = [r for r in rows if r[8] >= self.max_delivery_count]
@@ -166,16 +234,25 @@ class SqliteBus:
                 )
                 rows = [r for r in rows if r[8] < self.max_delivery_count]
             token = f"{current_holder()}:{uuid.uuid4().hex}"
-            conn.executemany(
-                "UPDATE messages SET lock_token=?, locked_until=?, delivery_count=delivery_count+1 WHERE seq=?",
-                [(token, now + self.lock_duration, r[0]) for r in rows],
-            )
+            for chunk in _chunks([r[0] for r in rows]):
+                conn.execute(
+                    "UPDATE messages SET lock_token=?, locked_until=?, delivery_count=delivery_count+1"
+                    f" WHERE seq IN ({','.join('?' * len(chunk))})",
+                    (token, now + self.lock_duration, *chunk),
+                )
         return [self._received(r, token, delivered=True) for r in rows]
 
+    def peek(self, queue: str, max_messages: int = 100, from_sequence: int = 0) -> list[Received]:
+        """Browse active and scheduled messages, oldest first, without locking them."""
+        return self._peek(queue, max_messages, from_sequence, dead=0)
+
     def peek_dead_letters(self, queue: str, max_messages: int = 100, from_sequence: int = 0) -> list[Received]:
+        return self._peek(queue, max_messages, from_sequence, dead=1)
+
+    def _peek(self, queue: str, max_messages: int, from_sequence: int, dead: int) -> list[Received]:
         rows = self._conn().execute(
-            f"SELECT {_COLUMNS} FROM messages WHERE queue=? AND dead=1 AND seq>=? ORDER BY seq LIMIT ?",
-            (queue, from_sequence, max_messages),
+            f"SELECT {_COLUMNS} FROM messages WHERE queue=? AND dead=? AND seq>=? ORDER BY seq LIMIT ?",
+            (queue, dead, from_sequence, max_messages),
         ).fetchall()
         return [self._received(r, "", delivered=False) for r in rows]
 
@@ -215,7 +292,8 @@ class SqliteBus:
     def _complete(self, messages: Sequence[Received]) -> None:
         with _Tx(self._conn()) as conn:
             self._held(conn, messages)
-            conn.executemany("DELETE FROM messages WHERE seq=?", [(m.handle,) for m in messages])
+            for chunk in _chunks([m.handle for m in messages]):
+                conn.execute(f"DELETE FROM messages WHERE seq IN ({','.join('?' * len(chunk))})", chunk)
 
     def complete_dead_letters(self, queue: str, messages: Sequence[Received]) -> None:
         self._complete(messages)
@@ -251,6 +329,12 @@ class SqliteBus:
         ).fetchone()
         return QueueCounts(active=active, scheduled=scheduled, dead_letter=dead)
 
+    def has_active(self, queue: str) -> bool:
+        """counts(queue).active > 0, without counting: the local runtime asks it often while draining."""
+        return bool(self._conn().execute(
+            "SELECT EXISTS(SELECT 1 FROM messages WHERE queue=? AND dead=0 AND due_at<=?)", (queue, self._clock())
+        ).fetchone()[0])
+
     def release_orphaned_locks(self, queue: str) -> int:
         """Unlock messages whose receiver process died on this host, instead of waiting out the lock
         (after a crashed `dualsync run`). Their delivery count stays raised, as Service Bus keeps it."""
@@ -266,6 +350,18 @@ class SqliteBus:
                     "UPDATE messages SET lock_token=NULL, locked_until=0 WHERE queue=? AND lock_token=?",
                     (queue, token)).rowcount
         return released
+
+    def message_states(self, queue: str, seqs: Sequence[int]) -> dict[int, bool]:
+        """For the given sequence numbers still stored: seq -> dead-lettered. A seq that is missing was
+        completed. The local runtime uses it to learn how far a crashed worker got in settling a batch."""
+        found: dict[int, bool] = {}
+        for chunk in _chunks(list(seqs)):
+            rows = self._conn().execute(
+                f"SELECT seq, dead FROM messages WHERE queue=? AND seq IN ({','.join('?' * len(chunk))})",
+                (queue, *chunk),
+            ).fetchall()
+            found.update((seq, bool(dead)) for seq, dead in rows)
+        return found
 
     def counts_by_flow(self, queue: str) -> dict[str, int]:
         """Messages not yet settled (active, locked or scheduled) per flow, i.e. per subject."""

@@ -130,3 +130,12 @@ def test_concurrent_receivers_never_share_a_message(bus, queue):
     for t in threads:
         t.join()
     assert sorted(seen) == sorted(f"m-{i}" for i in range(200))
+
+
+def test_peek_browses_without_locking(bus, queue):
+    bus.send(queue, [env(i) for i in range(5)])
+    peeked = bus.peek(queue, max_messages=10)
+    assert [m.envelope.message_id for m in peeked] == [f"m-{i}" for i in range(5)]
+    assert len(drain(bus, queue, 5)) == 5  # nothing was locked by peeking
+    later = bus.peek(queue, max_messages=10, from_sequence=peeked[2].sequence_number)
+    assert [m.envelope.message_id for m in later][:1] == ["m-2"]
