@@ -87,23 +87,26 @@ class _Counted(NamedTuple):
     kind: Kind
     reason: str
     conflicts: int
+    fetched_parent: str | None
 
 
-# A batch's outcomes as they travel to the parent: (flow, kind, reason, conflicts) -> sequence numbers.
-Groups = dict[tuple[str, str, str, int], list[int]]
+# A batch's outcomes as they travel to the parent: (flow, kind, reason, conflicts, fetched parent's flow)
+# -> sequence numbers.
+Groups = dict[tuple[str, str, str, int, str | None], list[int]]
 
 
 def _groups(outcomes: Iterable[Outcome]) -> Groups:
     groups: Groups = {}
     for o in outcomes:
-        groups.setdefault((o.flow, str(o.kind), str(o.reason), o.conflicts), []).append(o.received.sequence_number)
+        group = (o.flow, str(o.kind), str(o.reason), o.conflicts, o.fetched_parent)
+        groups.setdefault(group, []).append(o.received.sequence_number)
     return groups
 
 
 def _record(tally: Tally, groups: Groups) -> int:
-    counted = [_Counted(flow, Kind(kind), reason, conflicts)
-               for (flow, kind, reason, conflicts), seqs in groups.items() for _ in seqs]
-    tally.record(counted)  # type: ignore[arg-type] - Tally.record reads flow, kind, reason, conflicts
+    counted = [_Counted(flow, Kind(kind), reason, conflicts, parent)
+               for (flow, kind, reason, conflicts, parent), seqs in groups.items() for _ in seqs]
+    tally.record(counted)  # type: ignore[arg-type] - Tally.record reads the fields an Outcome has
     return len(counted)
 
 

@@ -348,20 +348,23 @@ def _applied(item: _Item, kind: str) -> Outcome:
 
 def _missing_parent(app: SyncApp, f: _Flow, item: _Item, exc: MissingReferenceError) -> Outcome:
     """Wait for the parent with backoff, or (fetch_missing_parents) ask its flow for it right away."""
-    if f.flow.fetch_missing_parents and item.message.attempt < f.flow.missing_reference_attempts:
-        _request_parent(app, exc)
-    return _failure(app, f.flow, item, exc)
+    outcome = _failure(app, f.flow, item, exc)
+    if f.flow.fetch_missing_parents and outcome.kind is Kind.RETRY and _request_parent(app, exc):
+        outcome.fetched_parent = exc.flow
+    return outcome
 
 
-def _request_parent(app: SyncApp, exc: MissingReferenceError) -> None:
+def _request_parent(app: SyncApp, exc: MissingReferenceError) -> bool:
+    """True when the parent was read from its source and put on the bus for its own flow."""
     parent = app.config.flows[exc.flow]
     record = app.connector(parent.source.system).read_record(parent.source, exc.key)
     if record is None:
-        return
+        return False
     message = ChangeMessage(flow=exc.flow, op="upsert", source_system=parent.source.system,
                             entity=parent.source.entity, key=record.key, version=record.version,
                             changed_at=record.changed_at, payload=record.values)
-    app.bus.send(app.queue, [to_envelope(message)])  # deterministic id: asking twice sends once
+    accepted = app.bus.send(app.queue, [to_envelope(message)])  # deterministic id: asking twice sends once
+    return accepted != 0
 
 
 def _failure(app: SyncApp, flow: Flow, item: _Item, exc: BaseException) -> Outcome:

@@ -27,6 +27,7 @@ class Outcome:
     description: str = ""
     retry_at: datetime | None = None
     conflicts: int = 0  # fields both sides had changed, settled by the flow's policy
+    fetched_parent: str | None = None  # the flow a missing parent was read and sent through, on demand
 
     @property
     def flow(self) -> str:

@@ -45,6 +45,8 @@ class Tally:
             for o in outcomes:
                 counts = self.flows[o.flow]
                 counts.conflicts += o.conflicts
+                if o.fetched_parent:  # read from its source on demand: counted like a pulled change
+                    self.flows[o.fetched_parent].pulled += 1
                 if o.kind is Kind.APPLIED:
                     counts.applied += 1
                 elif o.kind is Kind.SKIPPED:
