@@ -44,7 +44,7 @@ from shared.config import Config
 from shared.engine.apply import apply_batch
 from shared.engine.outcome import Kind, Outcome
 from shared.engine.pull import pull_flow
-from shared.engine.schedule import to_croniter
+from shared.engine.schedule import reconcile_due_flows, to_croniter
 from shared.engine.settle import settle
 from shared.engine.tally import Tally
 from shared.ports.bus import Received
@@ -579,6 +579,7 @@ def run_forever(app: SyncApp, options: RunOptions, stop: threading.Event,
     due = {name: next(iter_) for name, iter_ in schedules.items()}
 
     def pull_due() -> None:
+        reconciled_at = 0.0
         while not stop.is_set():
             now = datetime.now(UTC)
             for name, when in due.items():
@@ -589,6 +590,13 @@ def run_forever(app: SyncApp, options: RunOptions, stop: threading.Event,
                     except Exception as exc:  # noqa: BLE001 - the next schedule tries again
                         errors.append(f"pull {name}: {_describe(exc)}")
                     due[name] = next(schedules[name])
+            if time.monotonic() - reconciled_at >= 60:  # reconcile schedules are coarse; a check a minute will do
+                reconciled_at = time.monotonic()
+                try:
+                    for result in reconcile_due_flows(app):
+                        tally.pulled(result.flow, result.deleted)
+                except Exception as exc:  # noqa: BLE001 - the next check tries again
+                    errors.append(f"reconcile: {_describe(exc)}")
             stop.wait(0.5)
 
     puller = threading.Thread(target=pull_due, name="pull")

@@ -248,3 +248,37 @@ def test_workers_do_not_outlive_a_killed_parent(sample, tmp_path, monkeypatch):
     workers = [int(p.name.split("-")[1]) for p in markers.glob("started-*")]
     assert len(workers) == 2
     wait_for(lambda: all(gone(pid) for pid in workers), timeout=5)
+
+
+def test_run_forever_reconciles_deletes_on_its_schedule(tmp_path, monkeypatch):
+    import threading
+
+    from sqlalchemy import create_engine, text
+
+    from demo import sample_data
+    from shared.app import SyncApp
+    from shared.config import load_config
+    from shared.local_runtime import RunOptions, run_forever, run_once
+
+    crm_url, erp_url = sample_data.build(tmp_path / "data", accounts=50, contacts=0, with_bad_rows=False)
+    monkeypatch.setenv("CRM_DB_URL", crm_url)
+    monkeypatch.setenv("ERP_DB_URL", erp_url)
+    flows = sample_data.write_flows(tmp_path)
+    flows.write_text(flows.read_text().replace("    deletes: deactivate\n",
+                                               "    deletes: deactivate\n    reconcile: \"0 0 3 * * *\"\n"))
+    app = SyncApp.local(load_config(flows), tmp_path / "state", retry_base=0.01)
+    try:
+        run_once(app, RunOptions(workers=0, drain_bound=1))
+        with create_engine(crm_url).begin() as conn:
+            conn.execute(text("DELETE FROM accounts WHERE accountid IN ('acc-0000007', 'acc-0000008')"))
+        stop = threading.Event()
+        threading.Timer(3.0, stop.set).start()
+        tally = run_forever(app, RunOptions(workers=0), stop)
+    finally:
+        app.close()
+    assert tally.flows["accounts-to-customers"].pulled == 2
+    assert tally.flows["accounts-to-customers"].applied == 2
+    with create_engine(erp_url).connect() as conn:
+        statuses = dict(conn.execute(text("SELECT account_number, status FROM customers "
+                                          "WHERE account_number IN ('C000007', 'C000008')")).all())
+    assert statuses == {"C000007": "inactive", "C000008": "inactive"}
