@@ -26,6 +26,7 @@ Tests point MSAL at a local OpenID endpoint: MSAL accepts only https authorities
 from __future__ import annotations
 
 import threading
+from abc import ABC, abstractmethod
 from typing import Any, Protocol
 
 from shared.config import DataverseAuth, resolve_secret
@@ -68,7 +69,7 @@ class StaticTokenProvider:
         return f"StaticTokenProvider(ref={self._ref!r})"  # the reference names a variable, not the value
 
 
-class _MsalProvider:
+class _MsalProvider(ABC):
     """Shared plumbing: a lock (one token request at a time), lazy client, result checking."""
 
     kind = "msal"
@@ -81,15 +82,17 @@ class _MsalProvider:
         self._secrets: tuple[str, ...] = ()  # what to scrub from messages (set when the client is built)
         self._last_token: str | None = None
 
-    # subclasses
+    @abstractmethod
     def _build(self) -> Any:
-        raise NotImplementedError
+        """The MSAL client (its token cache lives as long as it does)."""
 
+    @abstractmethod
     def _acquire(self, client: Any) -> dict[str, Any]:
-        raise NotImplementedError
+        """An MSAL token result, from the cache when it can be."""
 
+    @abstractmethod
     def _forget(self, client: Any) -> None:
-        raise NotImplementedError
+        """Drop the cached token, so the next acquire asks the identity provider."""
 
     def _client_or_build(self) -> Any:
         if self._client is None:
