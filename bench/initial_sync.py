@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from demo import sample_data  # noqa: E402
 from shared.app import SyncApp  # noqa: E402
 from shared.config import load_config  # noqa: E402
-from shared.local_runtime import APPLY_BATCH, RunOptions, run_once  # noqa: E402
+from shared.apply_workers import APPLY_BATCH  # noqa: E402
+from shared.local_runtime import RunOptions, run_once  # noqa: E402
 
 
 class CountingTables:

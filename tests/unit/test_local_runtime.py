@@ -152,7 +152,7 @@ def slow_settle(app: SyncApp) -> None:
 
 def failing_first_batch(app: SyncApp) -> None:
     """worker_init: the first apply of each worker raises, as a bug or an outage would."""
-    import shared.local_runtime as runtime
+    import shared.apply_workers as runtime
 
     real = runtime.apply_batch
     calls = []
