@@ -6,8 +6,10 @@ import json
 import signal
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -15,6 +17,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from shared.config import Config, load_config
 from shared.errors import ConfigError
+
+if TYPE_CHECKING:
+    from shared.app import SyncApp
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 console = Console()
@@ -124,11 +129,8 @@ def dead_letters_list(
 
     from shared.engine.dead_letters import DeadLetterFilter, list_dead_letters
 
-    sync = _open(config, workdir)
-    try:
+    with _session(config, workdir) as sync:
         found = list_dead_letters(sync, DeadLetterFilter(flow, reason, key), limit=limit)
-    finally:
-        sync.close()
     table = Table(title=f"dead letters: {len(found)}")
     for column in ("flow", "key", "reason", "description", "attempt", "enqueued"):
         table.add_column(column, overflow="fold")
@@ -153,11 +155,8 @@ def dead_letters_purge(
         err_console.print("[red]refusing[/red]: purging deletes dead-lettered changes for good; add --yes to confirm "
                           "(or use `dualsync replay` to send them again)")
         raise typer.Exit(2)
-    sync = _open(config, workdir)
-    try:
+    with _session(config, workdir) as sync:
         result = purge_dead_letters(sync, DeadLetterFilter(flow, reason, key))
-    finally:
-        sync.close()
     console.print(f"purged {result.purged}, left {result.left}")
 
 
@@ -173,15 +172,21 @@ def simulate_dataverse(
     dvsim.serve(port=port, db_path=db, rate_429=rate_429)
 
 
-def _open(config: Path, workdir: Path):  # noqa: ANN202 - a SyncApp
-    """The embedded stores under --workdir, or Azure's when the app settings choose them."""
+@contextmanager
+def _session(config: Path, workdir: Path) -> Iterator[SyncApp]:
+    """The embedded stores under --workdir, or Azure's when the app settings choose them; closed after."""
     from shared.app import SyncApp
     from shared.settings import setting
 
     cfg = _load(config)
     if setting("BUS_BACKEND") == "servicebus" or setting("STATE_BACKEND") == "tables":
-        return SyncApp.from_settings(cfg)
-    return SyncApp.local(cfg, workdir)
+        sync = SyncApp.from_settings(cfg)
+    else:
+        sync = SyncApp.local(cfg, workdir)
+    try:
+        yield sync
+    finally:
+        sync.close()
 
 
 @app.command()
@@ -195,11 +200,8 @@ def status(
 
     from shared.engine.status import collect_status
 
-    sync = _open(config, workdir)
-    try:
+    with _session(config, workdir) as sync:
         report = collect_status(sync)
-    finally:
-        sync.close()
     if as_json:
         console.print_json(report.model_dump_json())
         return
@@ -225,12 +227,9 @@ def pause(flow: str, config: ConfigOption = Path("flows.yaml"), workdir: Workdir
     """Stop pulling and applying FLOW; its messages wait on the bus."""
     from shared.engine.cursor_lease import pause_flow
 
-    sync = _open(config, workdir)
-    try:
+    with _session(config, workdir) as sync:
         _known_flow(sync, flow)
         pause_flow(sync.state, flow, reason)
-    finally:
-        sync.close()
     console.print(f"{flow} paused")
 
 
@@ -239,12 +238,9 @@ def resume(flow: str, config: ConfigOption = Path("flows.yaml"), workdir: Workdi
     """Resume FLOW after a pause (an auth failure pauses its flow automatically)."""
     from shared.engine.cursor_lease import resume_flow
 
-    sync = _open(config, workdir)
-    try:
+    with _session(config, workdir) as sync:
         _known_flow(sync, flow)
         resume_flow(sync.state, flow)
-    finally:
-        sync.close()
     console.print(f"{flow} resumed")
 
 
@@ -266,8 +262,7 @@ def replay(
     """Send dead-lettered changes again, re-reading each record from its source first."""
     from shared.engine.replay import ReplayFilter, replay_dead_letters
 
-    sync = _open(config, workdir)
-    try:
+    with _session(config, workdir) as sync:
         if flow is not None:
             _known_flow(sync, flow)
         with Progress(TextColumn("replaying"), BarColumn(), TextColumn("{task.completed:>6.0f} matched"),
@@ -275,8 +270,6 @@ def replay(
             task = progress.add_task("replay", total=None)
             result = replay_dead_letters(sync, ReplayFilter(flow, reason, key), dry_run=dry_run,
                                          on_progress=lambda r: progress.update(task, completed=r.matched))
-    finally:
-        sync.close()
     skipped = ", ".join(f"{n} {why}" for why, n in sorted(result.skipped.items())) or "0"
     verb = "would replay" if dry_run else "replayed"
     console.print(f"matched {result.matched}, {verb} {result.matched if dry_run else result.replayed}, "
@@ -296,11 +289,8 @@ def _print_parked(table_name: str, flow: str | None, config: Path, workdir: Path
 
     from shared.engine.decisions import list_parked
 
-    sync = _open(config, workdir)
-    try:
+    with _session(config, workdir) as sync:
         items = list_parked(sync, table_name, flow)
-    finally:
-        sync.close()
     table = Table(title=f"{title}: {len(items)}")
     for column in ("flow", "record", "detail", "since"):
         table.add_column(column)
@@ -347,11 +337,8 @@ def conflicts_resolve(
     """Settle a parked conflict: TAKE's values are written to the other side."""
     from shared.engine.decisions import resolve_conflict
 
-    sync = _open(config, workdir)
-    try:
+    with _session(config, workdir) as sync:
         _decide(lambda: console.print(f"sent {resolve_conflict(sync, key, take, flow)}"))
-    finally:
-        sync.close()
 
 
 @requests_app.command("list")
@@ -369,11 +356,8 @@ def requests_approve(key: str, flow: Annotated[str | None, typer.Option()] = Non
     """Apply a pending change request."""
     from shared.engine.decisions import approve_request
 
-    sync = _open(config, workdir)
-    try:
+    with _session(config, workdir) as sync:
         _decide(lambda: console.print(f"approved; sent {approve_request(sync, key, flow)}"))
-    finally:
-        sync.close()
 
 
 @requests_app.command("reject")
@@ -383,11 +367,8 @@ def requests_reject(key: str, reason: Annotated[str, typer.Option(help="why, kep
     """Drop a pending change request; nothing is written."""
     from shared.engine.decisions import reject_request
 
-    sync = _open(config, workdir)
-    try:
+    with _session(config, workdir) as sync:
         _decide(lambda: reject_request(sync, key, reason, flow))
-    finally:
-        sync.close()
     console.print(f"rejected {key}")
 
 
@@ -397,16 +378,13 @@ def reconcile(flow: str, config: ConfigOption = Path("flows.yaml"), workdir: Wor
     from shared.engine.reconcile import reconcile_deletes
     from shared.errors import SyncError
 
-    sync = _open(config, workdir)
-    try:
+    with _session(config, workdir) as sync:
         _known_flow(sync, flow)
         try:
             result = reconcile_deletes(sync, flow)
         except SyncError as exc:
             err_console.print(f"[red]error[/red] {exc}")
             raise typer.Exit(1) from None
-    finally:
-        sync.close()
     if result.status != "ok":
         console.print(f"{flow}: not reconciled ({result.status})")
         return
@@ -423,16 +401,13 @@ def initial_sync_command(
     from shared.engine.initial_sync import initial_sync
     from shared.errors import SyncError
 
-    sync = _open(config, workdir)
-    try:
+    with _session(config, workdir) as sync:
         _known_flow(sync, flow)
         try:
             result = initial_sync(sync, flow)
         except SyncError as exc:
             err_console.print(f"[red]error[/red] {exc}")
             raise typer.Exit(1) from None
-    finally:
-        sync.close()
     if result.status != "ok":
         err_console.print(f"[yellow]{flow}: initial sync did not run ({result.status})[/yellow]")
         raise typer.Exit(1)
@@ -453,16 +428,13 @@ def resync(
     from shared.engine.resync import resync as resync_record
     from shared.errors import SyncError
 
-    sync = _open(config, workdir)
-    try:
+    with _session(config, workdir) as sync:
         _known_flow(sync, flow)
         try:
             result = resync_record(sync, flow, key)
         except SyncError as exc:
             err_console.print(f"[red]error[/red] {exc}")
             raise typer.Exit(1) from None
-    finally:
-        sync.close()
     console.print(f"{flow} {result.key}: sent version {result.version} as {result.message_id}")
 
 
