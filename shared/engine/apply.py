@@ -30,7 +30,7 @@ from shared.engine.values import canonical, canonical_row, coerce, same_value
 from shared.engine.verdicts import verdict_outcome
 from shared.errors import AuthError, MissingReferenceError, PermanentError, Reason, SyncError, TransientError
 from shared.keys import key_of, parse_key
-from shared.messages import ChangeMessage, fingerprint, parse_body, to_envelope
+from shared.messages import ChangeMessage, parse_body, to_envelope
 from shared.ports.bus import Received
 from shared.ports.connector import SourceRecord, WriteOp, WriteResult
 from shared.state.store import CONFLICTS, REQUESTS, KeyLink, RecordState
@@ -310,9 +310,9 @@ def _record_results(app: SyncApp, f: _Flow, results: list[WriteResult], states: 
         state = states.get(item.record_id) or RecordState(record_id)
         state.record_id = record_id
         state.versions[flow.source.system] = message.version
-        _remember(state, flow.target.system, canonical_row(result.op.values))
+        state.remember(flow.target.system, canonical_row(result.op.values))
         if message.op == "upsert":
-            _remember(state, flow.source.system, {n: canonical(item.payload.get(n)) for n in observed_fields})
+            state.remember(flow.source.system, {n: canonical(item.payload.get(n)) for n in observed_fields})
         state.synced_at = now
         records.append(state)
         outcomes.append(_applied(item, result.op.kind))
@@ -324,12 +324,6 @@ def _record_results(app: SyncApp, f: _Flow, results: list[WriteResult], states: 
         app.state.put_records(f.pair, records)
     return outcomes
 
-
-def _remember(state: RecordState, system: str, values: dict[str, Any]) -> None:
-    """The record state holds, per side, the field values both sides last agreed on."""
-    known = state.values.setdefault(system, {})
-    known.update(values)
-    state.fingerprints[system] = fingerprint(known)
 
 
 def _applied(item: _Item, kind: str) -> Outcome:

@@ -12,7 +12,7 @@ pull does, reads the whole source, and decides every record by the flow's `match
    - already_linked: the key map knows it (a re-run, or the pull got there first): left alone;
    - matched: exactly one candidate target, claimed by no other source record and linked to nothing:
      keys linked and record state written without writing to the target (versions[source], the values
-     of both sides, their fingerprints). When the mapped values differ from what the target holds, the
+     of both sides). When the mapped values differ from what the target holds, the
      master's side is sent through its flow as a normal upsert to bring the other side in line (`aligned`;
      the record state's baseline is then the receiving side as it is, so the conflict check sees only the
      incoming side as changed): master = source or none -> this flow; master = target and the pair has a
@@ -54,7 +54,7 @@ from shared.engine.values import CoercionError, canonical, canonical_row, coerce
 from shared.engine.verdicts import condemned, record_verdicts
 from shared.errors import ConcurrencyError, ConfigError, MissingReferenceError, PermanentError, Reason
 from shared.keys import key_of
-from shared.messages import ChangeMessage, Envelope, fingerprint, new_run_id, to_envelope
+from shared.messages import ChangeMessage, Envelope, new_run_id, to_envelope
 from shared.ports.connector import SourceRecord
 from shared.process_identity import current_holder
 from shared.state.store import Cursor, KeyLink, RecordState
@@ -388,23 +388,23 @@ class _Run:
             observed = {name: canonical(record.values.get(name)) for name in self.source_fields}
             if mapped is not None and _holds(current, mapped):
                 state.versions[source] = record.version
-                _remember(state, target, canonical_row(mapped))
-                _remember(state, source, observed)
+                state.remember(target, canonical_row(mapped))
+                state.remember(source, observed)
             elif winner == source or mapped is None:
                 # The target's values are the baseline, so apply sees only the source side as changed.
-                _remember(state, target, canonical_row({n: current.get(n) for n in (mapped or self.target_fields)}))
+                state.remember(target, canonical_row({n: current.get(n) for n in (mapped or self.target_fields)}))
                 out.envelopes.append(to_envelope(self._message(record)))
                 self.result.aligned += 1
             else:
                 state.versions[source] = record.version
-                _remember(state, source, observed)
+                state.remember(source, observed)
                 self._send_target_side(out, state, target_key, current, mapped)
 
     def _send_target_side(self, out: _Decided, state: RecordState, target_key: str, current: dict[str, Any],
                           mapped: dict[str, Any]) -> None:
         """The target is the master: its record goes through the reverse flow, if the pair has one."""
         if self.reverse_name is None:
-            _remember(state, self.target.system, canonical_row({n: current.get(n) for n in mapped}))
+            state.remember(self.target.system, canonical_row({n: current.get(n) for n in mapped}))
             return
         reverse = self.app.config.flows[self.reverse_name]
         record = self.app.connector(reverse.source.system).read_record(reverse.source, target_key)
@@ -449,12 +449,6 @@ def _holds(current: dict[str, Any], mapped: dict[str, Any]) -> bool:
     """Does the target already hold every mapped value?"""
     return all(name in current and same_value(current[name], canonical(value)) for name, value in mapped.items())
 
-
-def _remember(state: RecordState, system: str, values: dict[str, Any]) -> None:
-    """As apply records it: per side, the values both sides last agreed on, and their fingerprint."""
-    known = state.values.setdefault(system, {})
-    known.update(values)
-    state.fingerprints[system] = fingerprint(known)
 
 
 def _named(keys: list[str]) -> str:

@@ -17,7 +17,7 @@ from shared.engine import cursor_lease
 from shared.engine.batching import chunked
 from shared.engine.deletes import delete_messages
 from shared.errors import ConcurrencyError
-from shared.messages import ChangeMessage, new_run_id, to_envelope
+from shared.messages import ChangeMessage, fingerprint, new_run_id, to_envelope
 from shared.ports.connector import SourceRecord
 from shared.process_identity import current_holder
 
@@ -86,6 +86,7 @@ def _message(flow_name: str, flow: Flow, record: SourceRecord, run_id: str, now:
         version=record.version,
         changed_at=record.changed_at,
         payload={} if record.deleted else record.values,
+        fingerprint="" if record.deleted else fingerprint(record.values),
         correlation_id=run_id,
         first_enqueued_at=now,
     )

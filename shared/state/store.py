@@ -87,14 +87,17 @@ class KeyLink:
 class RecordState:
     record_id: str  # "<system>|<key>" of the side the pair treats as canonical
     versions: dict[str, str] = field(default_factory=dict)  # system -> last applied version from it
-    fingerprints: dict[str, str] = field(default_factory=dict)  # system -> fingerprint we last wrote there
-    values: dict[str, dict[str, Any]] = field(default_factory=dict)  # system -> mapped values last written
+    # system -> field -> canonical value both sides last agreed on (written there by us, or seen there and
+    # synced). An incoming change equal to it is an echo; a target differing from it changed since.
+    values: dict[str, dict[str, Any]] = field(default_factory=dict)
     synced_at: datetime | None = None
+
+    def remember(self, system: str, values: dict[str, Any]) -> None:
+        self.values.setdefault(system, {}).update(values)
 
     def to_data(self) -> dict[str, Any]:
         return {
             "versions": self.versions,
-            "fingerprints": self.fingerprints,
             "values": self.values,
             "synced_at": _iso(self.synced_at),
         }
@@ -105,7 +108,6 @@ class RecordState:
         return cls(
             record_id=entity.rk,
             versions=d.get("versions") or {},
-            fingerprints=d.get("fingerprints") or {},
             values=d.get("values") or {},
             synced_at=_from_iso(d.get("synced_at")),
         )

@@ -114,7 +114,7 @@ def test_key_map_both_directions(store):
 
 def test_record_state_round_trip_across_buckets(store):
     now = datetime.now(UTC)
-    records = [RecordState(f"crm|{i}", versions={"crm": f"{i:020d}"}, fingerprints={"erp": f"fp{i}"},
+    records = [RecordState(f"crm|{i}", versions={"crm": f"{i:020d}"},
                            values={"erp": {"name": f"n{i}", "limit": 2**40}}, synced_at=now) for i in range(300)]
     store.put_records("pair", records)
     got = store.get_records("pair", [f"crm|{i}" for i in range(0, 300, 7)] + ["crm|missing"])
