@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pytest
 from azure.functions.timer import TimerRequest
-from sqlalchemy import create_engine, func, select, text
 
 import functions.apply
 import functions.pull
@@ -35,6 +34,7 @@ from shared.engine.pull import pull_flow
 from shared.engine.tally import Tally
 from shared.state.azure_tables import AzureTables
 from shared.state.store import StateStore
+from tests.e2e.scenario import assert_demo_scenario, erp_count
 from tests.fakes.servicebus import fake_service_bus
 from tests.unit.test_function_app import indexed
 from tests.unit.test_functions_apply import RecordingActions, host_delivered, user_function
@@ -44,13 +44,6 @@ MAX_BATCH = json.loads((Path(__file__).resolve().parents[2] / "host.json").read_
     "extensions"]["serviceBus"]["maxMessageBatchSize"]
 
 
-def erp_count(url: str, table: str) -> int:
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            return conn.execute(select(func.count()).select_from(text(table))).scalar_one()
-    finally:
-        engine.dispose()
 
 
 class HostLoop:
@@ -119,22 +112,7 @@ def test_demo_scenario_on_service_bus_and_table_storage(azure_sample):
     for flow, n in host.waiting_by_flow().items():
         host.tally.flows[flow].waiting = n
 
-    tally = host.tally
-    accounts, contacts = tally.flows["accounts-to-customers"], tally.flows["contacts-to-erp"]
-    assert (accounts.pulled, accounts.applied, accounts.waiting) == (2000, 1996, 0)
-    assert dict(accounts.dead_lettered) == {"ValidationFailed": 3, "MappingFailed": 1}
-    assert (contacts.pulled, contacts.applied, contacts.waiting) == (3000, 2997, 0)
-    assert dict(contacts.dead_lettered) == {"ValidationFailed": 2, "MissingReference": 1}
-    assert contacts.retried == 3  # the missing parent waited missing_reference_attempts - 1 times
-    assert accounts.adds_up() and contacts.adds_up()
-    assert erp_count(erp_url, "customers") == 1996 == app.state.count_keys("accounts-to-customers", "erp")
-    assert erp_count(erp_url, "contacts") == 2997 == app.state.count_keys("contacts-to-erp", "erp")
-    dead = {(m.envelope.application_properties["flow"], m.envelope.application_properties["key"]):
-            (m.dead_letter_reason, m.dead_letter_description) for m in app.bus.peek_dead_letters(app.queue)}
-    for bad in sample_data.bad_rows(2000, 3000):
-        reason, description = dead[(bad.flow, bad.key)]
-        assert reason == bad.reason
-        assert f"record {bad.key}" in description and f"field {bad.field} " in description
+    assert_demo_scenario(app, host.tally, erp_url)
     # A second run finds nothing new and changes nothing.
     assert sum(pull_flow(app, name).pulled for name in app.config.flows) == 0
     host.drain(bound=5)
