@@ -38,6 +38,7 @@ def run_once(
     release_orphaned_locks(app)
     for flow, n in _unsettled(app).items():
         tally.flows[flow].backlog = n
+    exhausted_before = _exhausted(app)
     errors: list[str] = []
     appliers = start_appliers(app, tally, options)
     pulling = threading.Event()
@@ -66,6 +67,10 @@ def run_once(
         appliers.close()
     for flow, n in _unsettled(app).items():
         tally.flows[flow].waiting = n
+    for flow, n in _exhausted(app).items():
+        # Redelivered until the bus gave up (crashes, lost locks): no apply step saw its end, but it counts.
+        if n > exhausted_before.get(flow, 0):
+            tally.flows[flow].dead_lettered["MaxDeliveryCountExceeded"] += n - exhausted_before.get(flow, 0)
     finish_run(tally, appliers, errors)
     if on_progress:
         on_progress(tally)
@@ -81,6 +86,11 @@ def _drained(app: SyncApp, bound: float) -> bool:
 
 def _unsettled(app: SyncApp) -> dict[str, int]:
     by_flow = getattr(app.bus, "counts_by_flow", None)
+    return by_flow(app.queue) if by_flow else {}
+
+
+def _exhausted(app: SyncApp) -> dict[str, int]:
+    by_flow = getattr(app.bus, "exhausted_by_flow", None)
     return by_flow(app.queue) if by_flow else {}
 
 

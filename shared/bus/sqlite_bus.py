@@ -370,6 +370,14 @@ class SqliteBus:
         ).fetchall()
         return {subject: n for subject, n in rows}
 
+    def exhausted_by_flow(self, queue: str) -> dict[str, int]:
+        """Dead letters per flow that the bus itself moved (MaxDeliveryCountExceeded), not an apply step."""
+        rows = self._conn().execute(
+            "SELECT subject, COUNT(*) FROM messages WHERE queue=? AND dead=1 AND dl_reason=? GROUP BY subject",
+            (queue, MAX_DELIVERY_EXCEEDED),
+        ).fetchall()
+        return {subject: n for subject, n in rows}
+
     def next_due(self, queue: str) -> datetime | None:
         """When the next scheduled (not yet due) message becomes receivable: the local runtime's drain bound."""
         row = self._conn().execute(

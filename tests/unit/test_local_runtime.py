@@ -282,3 +282,32 @@ def test_run_forever_reconciles_deletes_on_its_schedule(tmp_path, monkeypatch):
         statuses = dict(conn.execute(text("SELECT account_number, status FROM customers "
                                           "WHERE account_number IN ('C000007', 'C000008')")).all())
     assert statuses == {"C000007": "inactive", "C000008": "inactive"}
+
+
+def test_a_message_the_bus_gives_up_on_is_counted_as_dead_lettered(tmp_path, monkeypatch):
+    from demo import sample_data
+    from shared.app import SyncApp
+    from shared.config import load_config
+    from shared.messages import ChangeMessage, to_envelope
+
+    crm_url, erp_url = sample_data.build(tmp_path / "data", accounts=3, contacts=0, with_bad_rows=False)
+    monkeypatch.setenv("CRM_DB_URL", crm_url)
+    monkeypatch.setenv("ERP_DB_URL", erp_url)
+    app = SyncApp.local(load_config(sample_data.write_flows(tmp_path)), tmp_path / "state", retry_base=0.01)
+    try:
+        run_once(app, RunOptions(workers=0, drain_bound=1))
+        # A message whose every delivery so far ended in a crash: the next receive moves it to the DLQ.
+        poisoned = ChangeMessage(flow="accounts-to-customers", op="upsert", source_system="crm", entity="accounts",
+                                 key="acc-0000001", version="9999", changed_at="2026-01-01T00:00:00Z", payload={})
+        app.bus.send(app.queue, [to_envelope(poisoned)])
+        for _ in range(app.bus.max_delivery_count - 1):
+            [held] = app.bus.receive(app.queue, max_messages=1, max_wait=1)
+            app.bus.settler(app.queue).abandon(held)
+        app.bus.receive(app.queue, max_messages=1, max_wait=1)  # the last delivery: its worker dies holding it
+        app.bus._conn().execute("UPDATE messages SET locked_until=0, lock_token=NULL")  # the lock runs out
+        tally = run_once(app, RunOptions(workers=0, drain_bound=1))
+    finally:
+        app.close()
+    counts = tally.flows["accounts-to-customers"]
+    assert dict(counts.dead_lettered) == {"MaxDeliveryCountExceeded": 1}
+    assert counts.backlog == 1 and counts.adds_up()
