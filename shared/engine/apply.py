@@ -201,7 +201,10 @@ def _screen(app: SyncApp, f: _Flow, item: _Item, state: RecordState | None,
 
 
 def _unchanged(payload: dict[str, Any], known: dict[str, Any] | None) -> bool:
-    return bool(known) and all(same_value(payload.get(name), value) for name, value in known.items())
+    # Write-only names (Dataverse's `x@odata.bind`) never come back in a read; the read-side name of the same
+    # lookup (`_x_value`) is remembered from the rows we saw, and compared instead.
+    return bool(known) and all(
+        same_value(payload.get(name), value) for name, value in known.items() if "@" not in name)
 
 
 def _resolve_lookups(app: SyncApp, flow: Flow, items: list[_Item]) -> Lookups:
