@@ -627,19 +627,22 @@ class DataverseConnector:
             options = [("$filter", chunk)]
             if select:
                 options.insert(0, ("$select", select))
-            url: str | None = self._query(entity, options)
-            while url:
-                try:
-                    data, _ = self._get_json(url, what, f"odata.maxpagesize={MAX_PAGE_SIZE}")
-                except _ApiError as err:
-                    raise self._sync_error(err, what) from None
-                for row in data.get("value", []):
-                    record = self._record(key_fields, entity, row)
-                    # Dataverse compares text case-insensitively: map a row back to the keys that asked for it.
-                    for asked in by_fold.get(record.key.casefold(), ()):
-                        found[asked] = SourceRecord(asked, record.values, record.version, record.changed_at)
-                url = data.get("@odata.nextLink")
+            for row in self._rows(self._query(entity, options), what):
+                record = self._record(key_fields, entity, row)
+                # Dataverse compares text case-insensitively: map a row back to the keys that asked for it.
+                for asked in by_fold.get(record.key.casefold(), ()):
+                    found[asked] = SourceRecord(asked, record.values, record.version, record.changed_at)
         return found
+
+    def _rows(self, url: str | None, what: str) -> Iterator[dict[str, Any]]:
+        """Every row of a query, following @odata.nextLink page by page."""
+        while url:
+            try:
+                data, _ = self._get_json(url, what, f"odata.maxpagesize={MAX_PAGE_SIZE}")
+            except _ApiError as err:
+                raise self._sync_error(err, what) from None
+            yield from data.get("value", [])
+            url = data.get("@odata.nextLink")
 
     def iter_keys(self, source: SourceSpec) -> Iterator[str]:
         """Every key of the entity in Python string order: ``$select`` of the key columns only, rows whose
@@ -652,18 +655,11 @@ class DataverseConnector:
 
     def _all_keys(self, source: SourceSpec) -> Iterator[str]:
         not_null = " and ".join(f"{k} ne null" for k in source.key)
-        url: str | None = self._query(source.entity, [("$select", ",".join(source.key)), ("$filter", not_null)])
-        what = f"{source.entity}: listing keys"
-        while url:
-            try:
-                data, _ = self._get_json(url, what, f"odata.maxpagesize={MAX_PAGE_SIZE}")
-            except _ApiError as err:
-                raise self._sync_error(err, what) from None
-            for row in data.get("value", []):
-                values = [row.get(k) for k in source.key]
-                if None not in values:
-                    yield format_key(values)
-            url = data.get("@odata.nextLink")
+        url = self._query(source.entity, [("$select", ",".join(source.key)), ("$filter", not_null)])
+        for row in self._rows(url, f"{source.entity}: listing keys"):
+            values = [row.get(k) for k in source.key]
+            if None not in values:
+                yield format_key(values)
 
     def _filter_chunks(self, key_fields: Sequence[str], keys: Sequence[str], primary: str) -> Iterator[str]:
         terms: list[str] = []

@@ -23,6 +23,7 @@ from shared.errors import ConfigError, PermanentError, Reason, TransientError
 from shared.keys import format_key
 from shared.ports.connector import WriteOp
 from shared.versions import sortable_version
+from tests.contracts.connector_helpers import keys_of, read_all
 
 T0 = datetime(2024, 3, 1, 12, 0, 0)
 
@@ -147,15 +148,6 @@ SOURCE = SourceSpec(system="erp", entity="customers", key=["id"], watermark="mod
 TARGET = TargetSpec(system="erp", entity="customers", key=["id"])
 
 
-def read_all(connector, source, position, page_size):
-    pages = list(connector.read_changes(source, position, page_size))
-    for page in pages:  # positions are stored as JSON: they must survive the round trip
-        assert json.loads(json.dumps(page.position)) == page.position
-    return pages
-
-
-def keys_of(pages) -> list[str]:
-    return [r.key for page in pages for r in page.records]
 
 
 def upsert(key: Any, **values: Any) -> WriteOp:

@@ -45,6 +45,7 @@ from shared.errors import AuthError, ConfigError, PermanentError, Reason, Transi
 from shared.ports.connector import WriteOp
 from shared.state.sqlite_tables import SqliteTables
 from shared.state.store import StateStore
+from tests.contracts.connector_helpers import keys_of, read_all
 
 TOKEN = "static-test-token-7f3a"
 SECRET = "s3cr3t-Value-4242-xyz"
@@ -83,15 +84,6 @@ def seed(sim: DataverseSimulator, n: int, prefix: str = "A") -> list[dict[str, A
     return [sim.insert("accounts", {"name": f"Account {i}", "accountnumber": f"{prefix}-{i:04d}"}) for i in range(n)]
 
 
-def read_all(connector, source, position, page_size):
-    pages = list(connector.read_changes(source, position, page_size))
-    for page in pages:  # positions are stored as JSON: they must survive the round trip
-        assert json.loads(json.dumps(page.position)) == page.position
-    return pages
-
-
-def keys_of(pages) -> list[str]:
-    return [r.key for page in pages for r in page.records]
 
 
 # ------------------------------------------------------------------------------------------ change tracking
