@@ -36,9 +36,7 @@ def run_once(
     options = options or RunOptions()
     tally = Tally()
     release_orphaned_locks(app)
-    for flow, n in _unsettled(app).items():
-        tally.flows[flow].backlog = n
-    exhausted_before = _exhausted(app)
+    exhausted_before = _open_counts(app, tally)
     errors: list[str] = []
     appliers = start_appliers(app, tally, options)
     pulling = threading.Event()
@@ -65,12 +63,7 @@ def run_once(
     finally:
         puller.join()
         appliers.close()
-    for flow, n in _unsettled(app).items():
-        tally.flows[flow].waiting = n
-    for flow, n in _exhausted(app).items():
-        # Redelivered until the bus gave up (crashes, lost locks): no apply step saw its end, but it counts.
-        if n > exhausted_before.get(flow, 0):
-            tally.flows[flow].dead_lettered["MaxDeliveryCountExceeded"] += n - exhausted_before.get(flow, 0)
+    _close_counts(app, tally, exhausted_before)
     finish_run(tally, appliers, errors)
     if on_progress:
         on_progress(tally)
@@ -89,6 +82,23 @@ def _unsettled(app: SyncApp) -> dict[str, int]:
     return by_flow(app.queue) if by_flow else {}
 
 
+def _open_counts(app: SyncApp, tally: Tally) -> dict[str, int]:
+    """What is on the bus as a run starts; returns the bus's own dead letters so far, per flow."""
+    for flow, n in _unsettled(app).items():
+        tally.flows[flow].backlog = n
+    return _exhausted(app)
+
+
+def _close_counts(app: SyncApp, tally: Tally, exhausted_before: dict[str, int]) -> None:
+    """What is still on the bus as a run ends, so every flow's counts add up."""
+    for flow, n in _unsettled(app).items():
+        tally.flows[flow].waiting = n
+    for flow, n in _exhausted(app).items():
+        # Redelivered until the bus gave up (crashes, lost locks): no apply step saw its end, but it counts.
+        if n > exhausted_before.get(flow, 0):
+            tally.flows[flow].dead_lettered["MaxDeliveryCountExceeded"] += n - exhausted_before.get(flow, 0)
+
+
 def _exhausted(app: SyncApp) -> dict[str, int]:
     by_flow = getattr(app.bus, "exhausted_by_flow", None)
     return by_flow(app.queue) if by_flow else {}
@@ -99,11 +109,12 @@ def run_forever(app: SyncApp, options: RunOptions, stop: threading.Event,
     """Pull each flow on its NCRONTAB schedule while workers apply continuously, until `stop` is set."""
     tally = Tally()
     release_orphaned_locks(app)
+    exhausted_before = _open_counts(app, tally)
     errors: list[str] = []
     appliers = start_appliers(app, tally, options)
     now = datetime.now(UTC)
     schedules = {name: _schedule(flow.schedule, now) for name, flow in app.config.flows.items()}
-    due = {name: next(iter_) for name, iter_ in schedules.items()}
+    due = {name: now for name in schedules}  # every flow once at start, then on its schedule
 
     def pull_due() -> None:
         reconciled_at = 0.0
@@ -138,6 +149,7 @@ def run_forever(app: SyncApp, options: RunOptions, stop: threading.Event,
         stop.set()
         puller.join()
         appliers.close()
+        _close_counts(app, tally, exhausted_before)
         finish_run(tally, appliers, errors)
     return tally
 

@@ -63,10 +63,25 @@ def configure(console: bool = False) -> str:
             from opentelemetry.sdk.metrics import MeterProvider
             from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, PeriodicExportingMetricReader
 
-            reader = PeriodicExportingMetricReader(ConsoleMetricExporter(), export_interval_millis=60_000)
+            exporter = ConsoleMetricExporter(formatter=_one_line_per_point)
+            reader = PeriodicExportingMetricReader(exporter, export_interval_millis=60_000)
             metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
             return "console"
         return "none"
+
+
+def _one_line_per_point(data) -> str:  # noqa: ANN001 - opentelemetry MetricsData
+    """`dualsync.applied flow=accounts 1200` rather than the exporter's page of JSON per minute."""
+    lines = []
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                for point in metric.data.data_points:
+                    attrs = " ".join(f"{k}={v}" for k, v in sorted(point.attributes.items()))
+                    value = getattr(point, "value", None)
+                    shown = value if value is not None else f"count={point.count} sum={point.sum:.3f}"
+                    lines.append(f"metric {metric.name} {attrs} {shown}".replace("  ", " "))
+    return "\n".join(lines) + ("\n" if lines else "")
 
 
 def record_pull(flow: str, pulled: int, run_id: str, status: str) -> None:
