@@ -31,6 +31,7 @@ class SyncApp:
     bus: MessageBus
     queue: str = "dualsync-changes"
     retry_base: float = BASE_SECONDS
+    max_attempts: int = 8  # for flows that do not set their own
     clock: Callable[[], datetime] = utcnow
     connector_factory: Callable[[str], Connector] | None = None
     _connectors: dict[str, Connector] = field(default_factory=dict, repr=False)
@@ -58,6 +59,7 @@ class SyncApp:
             state=StateStore(_tables_from_settings()),
             bus=_bus_from_settings(),
             queue=setting("APPLY_QUEUE") or "dualsync-changes",
+            max_attempts=int(setting("MAX_ATTEMPTS") or 8),
         )
 
     @classmethod

@@ -178,7 +178,7 @@ class Flow(Strict):
     match_on: list[str] = Field(default_factory=list)  # target fields that identify one record at initial sync
     reconcile: str | None = None  # NCRONTAB: a key-set comparison that finds deletes (no change tracking)
     fetch_missing_parents: bool = False  # pull a missing lookup parent on demand instead of waiting
-    max_attempts: int = Field(default=8, ge=1, le=100)
+    max_attempts: int | None = Field(default=None, ge=1, le=100)  # None: the MAX_ATTEMPTS app setting
     missing_reference_attempts: int = Field(default=5, ge=1, le=100)
     page_size: int = Field(default=1000, ge=1, le=10000)
     enabled: bool = True

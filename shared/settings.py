@@ -24,10 +24,8 @@ APP_SETTINGS: dict[str, tuple[str | None, str]] = {
     "ServiceBusConnection__fullyQualifiedNamespace": (None, "Service Bus namespace for identity-based access"),
     "AZURE_CLIENT_ID": (None, "client id of the user-assigned managed identity"),
     "SETTLEMENT_MODE": ("extension", "extension | ledger: how the apply trigger dead-letters"),
-    "MAX_ATTEMPTS": ("8", "default max apply attempts before RetriesExhausted"),
+    "MAX_ATTEMPTS": ("8", "apply attempts before RetriesExhausted, for flows that set no max_attempts"),
     "APPLICATIONINSIGHTS_CONNECTION_STRING": (None, "Application Insights; console telemetry when unset"),
-    "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY": (
-        None, "true in Azure: the Python worker streams OpenTelemetry (with host.json telemetryMode OpenTelemetry)"),
 }
 
 

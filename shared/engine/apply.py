@@ -377,7 +377,7 @@ def _failure(app: SyncApp, flow: Flow, item: _Item, exc: BaseException) -> Outco
         return Outcome(item.received, message, Kind.DEAD_LETTER, exc.reason, str(exc))
     retry_after = exc.retry_after if isinstance(exc, TransientError) else None
     description = f"flow {message.flow} record {message.key}: {type(exc).__name__}: {exc}"
-    if message.attempt >= flow.max_attempts:
+    if message.attempt >= (flow.max_attempts or app.max_attempts):
         return Outcome(item.received, message, Kind.DEAD_LETTER, Reason.RETRIES_EXHAUSTED,
                        f"{description} (after {message.attempt} attempts)")
     return _retry(app, item, "transient", description, retry_after)

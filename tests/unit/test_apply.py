@@ -140,3 +140,11 @@ def test_a_change_to_unmanaged_fields_only_is_skipped_as_unchanged(app, memory):
     deliver(app, account("a1", 1, name="Acme", creditlimit="10"))
     [o] = deliver(app, account("a1", 2, name="Acme", creditlimit="10.00", telephone="555"))
     assert (o.kind, o.reason) == (Kind.SKIPPED, "unchanged")
+
+
+def test_flows_without_their_own_max_attempts_use_the_app_setting(app, memory):
+    assert app.config.flows["contacts"].max_attempts is None  # the fixture sets one on accounts only
+    app.max_attempts = 2
+    memory["erp"].fail_next.append(TransientError("503"))
+    [o] = deliver(app, change("c1", 1, flow="contacts", attempt=2, contactid="c1", lastname="L"))
+    assert (o.kind, o.reason) == (Kind.DEAD_LETTER, Reason.RETRIES_EXHAUSTED)
