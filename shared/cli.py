@@ -215,7 +215,9 @@ def status(
         lag = "-" if f.lag_seconds is None else f"{f.lag_seconds:.0f}s"
         dead = ", ".join(f"{n} {why}" for why, n in sorted(f.dead_letters.items())) or "0"
         last = f.last_run
-        run = f"{last.get('status', '-')} pulled {last.get('pulled', 0)} at {last.get('finished_at', '-')}" if last else "-"
+        run = "-"
+        if last:
+            run = f"{last.get('status', '-')} pulled {last.get('pulled', 0)} at {last.get('finished_at', '-')}"
         table.add_row(f.flow, state, str(f.queued if f.queued is not None else "?"), lag, dead, run,
                       json.dumps(f.cursor) if f.cursor else "-")
     console.print(table)

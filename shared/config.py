@@ -58,7 +58,8 @@ class DataverseAuth(Strict):
 
     @model_validator(mode="after")
     def _one_method(self) -> DataverseAuth:
-        methods = [bool(self.client_secret), bool(self.certificate_path), self.managed_identity, bool(self.static_token)]
+        methods = [bool(self.client_secret), bool(self.certificate_path), self.managed_identity,
+                   bool(self.static_token)]
         if sum(methods) != 1:
             raise ValueError(
                 "choose exactly one of client_secret, certificate_path, managed_identity, static_token"

@@ -149,9 +149,9 @@ class StateStore:
 
     def link_keys(self, pair: str, links: Sequence[KeyLink]) -> None:
         rows = []
-        for link in links:
-            rows.append((pair, f"{link.system_a}|{link.key_a}", {"other_system": link.system_b, "other_key": link.key_b}))
-            rows.append((pair, f"{link.system_b}|{link.key_b}", {"other_system": link.system_a, "other_key": link.key_a}))
+        for a in links:
+            rows.append((pair, f"{a.system_a}|{a.key_a}", {"other_system": a.system_b, "other_key": a.key_b}))
+            rows.append((pair, f"{a.system_b}|{a.key_b}", {"other_system": a.system_a, "other_key": a.key_a}))
         self.tables.upsert_many(KEYMAP, rows)
 
     def unlink_keys(self, pair: str, links: Sequence[KeyLink]) -> None:
