@@ -1,0 +1,27 @@
+"""SyncApp.from_settings: the app settings choose the stores, the queue and the retry limit."""
+
+from __future__ import annotations
+
+from demo.sample_data import FLOWS_YAML
+from shared.app import SyncApp
+from shared.bus.sqlite_bus import SqliteBus
+from shared.config import load_config
+from shared.state.sqlite_tables import SqliteTables
+
+
+def test_embedded_backends_and_settings(tmp_path, monkeypatch):
+    flows = tmp_path / "flows.yaml"
+    flows.write_text(FLOWS_YAML)
+    monkeypatch.setenv("DUALSYNC_CONFIG", str(flows))
+    monkeypatch.setenv("STATE_SQLITE_PATH", str(tmp_path / "s" / "state.db"))
+    monkeypatch.setenv("BUS_SQLITE_PATH", str(tmp_path / "b" / "bus.db"))
+    monkeypatch.setenv("APPLY_QUEUE", "orders-queue")
+    monkeypatch.setenv("MAX_ATTEMPTS", "3")
+    app = SyncApp.from_settings()
+    try:
+        assert isinstance(app.state.tables, SqliteTables) and isinstance(app.bus, SqliteBus)
+        assert (app.queue, app.max_attempts) == ("orders-queue", 3)
+        assert set(app.config.flows) == set(load_config(flows).flows)
+        assert (tmp_path / "s" / "state.db").exists() and (tmp_path / "b" / "bus.db").exists()
+    finally:
+        app.close()
