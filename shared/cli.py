@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from shared.config import Config, load_config
-from shared.errors import ConfigError
+from shared.errors import ConfigError, SyncError
 
 if TYPE_CHECKING:
     from shared.app import SyncApp
@@ -176,6 +176,7 @@ def simulate_dataverse(
 def _session(config: Path, workdir: Path) -> Iterator[SyncApp]:
     """The embedded stores under --workdir, or Azure's when the app settings choose them; closed after."""
     from shared.app import SyncApp
+    from shared.engine.decisions import DecisionError
     from shared.settings import setting
 
     cfg = _load(config)
@@ -185,6 +186,16 @@ def _session(config: Path, workdir: Path) -> Iterator[SyncApp]:
         sync = SyncApp.local(cfg, workdir)
     try:
         yield sync
+    except DecisionError as exc:  # the operator asked for something that cannot be done as asked
+        err_console.print(f"[red]error[/red] {exc}")
+        raise typer.Exit(2) from None
+    except ConfigError as exc:
+        for problem in exc.problems:
+            err_console.print(f"[red]error[/red] {problem}")
+        raise typer.Exit(2) from None
+    except SyncError as exc:  # the systems said no (missing record, throttled, unreachable)
+        err_console.print(f"[red]error[/red] {exc}")
+        raise typer.Exit(1) from None
     finally:
         sync.close()
 
@@ -309,15 +320,6 @@ def _print_parked(table_name: str, flow: str | None, config: Path, workdir: Path
     console.print(table)
 
 
-def _decide(action) -> None:  # noqa: ANN001 - a callable taking the SyncApp
-    from shared.engine.decisions import DecisionError
-
-    try:
-        action()
-    except DecisionError as exc:
-        err_console.print(f"[red]error[/red] {exc}")
-        raise typer.Exit(2) from None
-
 
 @conflicts_app.command("list")
 def conflicts_list(flow: Annotated[str | None, typer.Option()] = None, config: ConfigOption = Path("flows.yaml"),
@@ -340,7 +342,7 @@ def conflicts_resolve(
     from shared.engine.decisions import resolve_conflict
 
     with _session(config, workdir) as sync:
-        _decide(lambda: console.print(f"sent {resolve_conflict(sync, key, take, flow)}"))
+        console.print(f"sent {resolve_conflict(sync, key, take, flow)}")
 
 
 @requests_app.command("list")
@@ -359,7 +361,7 @@ def requests_approve(key: str, flow: Annotated[str | None, typer.Option()] = Non
     from shared.engine.decisions import approve_request
 
     with _session(config, workdir) as sync:
-        _decide(lambda: console.print(f"approved; sent {approve_request(sync, key, flow)}"))
+        console.print(f"approved; sent {approve_request(sync, key, flow)}")
 
 
 @requests_app.command("reject")
@@ -370,7 +372,7 @@ def requests_reject(key: str, reason: Annotated[str, typer.Option(help="why, kep
     from shared.engine.decisions import reject_request
 
     with _session(config, workdir) as sync:
-        _decide(lambda: reject_request(sync, key, reason, flow))
+        reject_request(sync, key, reason, flow)
     console.print(f"rejected {key}")
 
 
@@ -378,15 +380,10 @@ def requests_reject(key: str, reason: Annotated[str, typer.Option(help="why, kep
 def reconcile(flow: str, config: ConfigOption = Path("flows.yaml"), workdir: WorkdirOption = Path(".dualsync")) -> None:
     """Compare FLOW's source keys with the linked keys and send a delete for every record the source lost."""
     from shared.engine.reconcile import reconcile_deletes
-    from shared.errors import SyncError
 
     with _session(config, workdir) as sync:
         _known_flow(sync, flow)
-        try:
-            result = reconcile_deletes(sync, flow)
-        except SyncError as exc:
-            err_console.print(f"[red]error[/red] {exc}")
-            raise typer.Exit(1) from None
+        result = reconcile_deletes(sync, flow)
     if result.status != "ok":
         console.print(f"{flow}: not reconciled ({result.status})")
         return
@@ -401,15 +398,10 @@ def initial_sync_command(
 ) -> None:
     """Link records that already exist on both sides by FLOW's match_on fields; create only the rest."""
     from shared.engine.initial_sync import initial_sync
-    from shared.errors import SyncError
 
     with _session(config, workdir) as sync:
         _known_flow(sync, flow)
-        try:
-            result = initial_sync(sync, flow)
-        except SyncError as exc:
-            err_console.print(f"[red]error[/red] {exc}")
-            raise typer.Exit(1) from None
+        result = initial_sync(sync, flow)
     if result.status != "ok":
         err_console.print(f"[yellow]{flow}: initial sync did not run ({result.status})[/yellow]")
         raise typer.Exit(1)
@@ -428,15 +420,10 @@ def resync(
 ) -> None:
     """Re-read one record of FLOW from its source and send it again, forced past version, echo and conflicts."""
     from shared.engine.resync import resync as resync_record
-    from shared.errors import SyncError
 
     with _session(config, workdir) as sync:
         _known_flow(sync, flow)
-        try:
-            result = resync_record(sync, flow, key)
-        except SyncError as exc:
-            err_console.print(f"[red]error[/red] {exc}")
-            raise typer.Exit(1) from None
+        result = resync_record(sync, flow, key)
     console.print(f"{flow} {result.key}: sent version {result.version} as {result.message_id}")
 
 

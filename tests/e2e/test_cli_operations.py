@@ -56,6 +56,9 @@ def test_operator_walkthrough(tmp_path, monkeypatch):
     erp.dispose()
     assert json.loads(runner.invoke(cli, ["status", "--json", *common]).output)["dead_letter"] == 6
 
+    nothing = runner.invoke(cli, ["conflicts", "resolve", "acc-0000001", "--take", "crm", *common])
+    assert nothing.exit_code == 2 and "no open conflict for record acc-0000001" in nothing.output
+
     refused = runner.invoke(cli, ["dead-letters", "purge", *common])
     assert refused.exit_code == 2
     purged = runner.invoke(cli, ["dead-letters", "purge", "--yes", "--flow", "contacts-to-erp", *common])

@@ -100,4 +100,4 @@ def test_cli_initial_sync_reconcile_and_resync(sample):
 
 def test_cli_initial_sync_needs_match_on(sample):
     code, out = _run("initial-sync", "contacts-to-erp", "--config", sample["config"], "--workdir", sample["workdir"])
-    assert code == 1 and "match_on" in out
+    assert code == 2 and "match_on" in out  # a config problem: exit 2, as `dualsync validate` does
