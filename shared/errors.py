@@ -21,6 +21,7 @@ class Reason(StrEnum):
     RETRIES_EXHAUSTED = "RetriesExhausted"
     CONFLICT = "Conflict"
     AMBIGUOUS_MATCH = "AmbiguousMatch"
+    DUPLICATE_TARGET_KEY = "DuplicateTargetKey"  # two source records map to one target row
 
 
 class SyncError(Exception):

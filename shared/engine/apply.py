@@ -27,6 +27,7 @@ from shared.engine.delete_races import changed_since, settle_race
 from shared.engine.identity import record_id
 from shared.engine.mapping import Lookups, lookup_requests, map_record
 from shared.engine.outcome import Kind, Outcome
+from shared.engine.target_claims import Claim, rivals
 from shared.engine.values import canonical, canonical_row, coerce, same_value
 from shared.engine.verdicts import verdict_outcome
 from shared.errors import AuthError, MissingReferenceError, PermanentError, Reason, SyncError, TransientError
@@ -120,9 +121,7 @@ def _apply_flow(app: SyncApp, f: _Flow, items: list[_Item]) -> list[Outcome]:
         else:
             live.append(item)
     lookups = _resolve_lookups(app, flow, live)
-    ops: list[WriteOp] = []
-    mapped: list[_Item] = []
-    deletes: list[WriteOp] = []
+    planned: list[WriteOp] = []
     for item in live:
         try:
             op = _write_op(f, item, lookups, links)
@@ -135,7 +134,14 @@ def _apply_flow(app: SyncApp, f: _Flow, items: list[_Item]) -> list[Outcome]:
         if op is None:
             reason = "deletes_ignored" if flow.deletes == "ignore" else "never_synced"
             outcomes.append(Outcome(item.received, item.message, Kind.SKIPPED, reason))
-        elif op.kind == "upsert" and f.bidirectional:
+        else:
+            planned.append(op)
+    ops: list[WriteOp] = []
+    mapped: list[_Item] = []
+    deletes: list[WriteOp] = []
+    for op in _claim_target_keys(app, f, planned, links, outcomes):
+        item = op.ref
+        if op.kind == "upsert" and f.bidirectional:
             mapped.append(item)
         elif item.message.op == "delete" and f.bidirectional and not item.message.force:
             deletes.append(op)
@@ -255,6 +261,30 @@ def _write_op(f: _Flow, item: _Item, lookups: Lookups, links: dict[str, str]) ->
         item.values.update(parse_key(flow.target.key, linked))
     key = {k: item.values[k] for k in flow.target.key}
     return WriteOp("upsert", key, item.values, ref=item)
+
+
+def _claim_target_keys(app: SyncApp, f: _Flow, ops: list[WriteOp], links: dict[str, str],
+                       outcomes: list[Outcome]) -> list[WriteOp]:
+    """Dead-letter a change whose target row already belongs to another source record (see target_claims)."""
+    target = f.flow.target
+    claims = [Claim(op.ref.message.key, key_of(target.key, op.key))
+              for op in ops if op.kind == "upsert" and op.ref.message.key not in links]
+    refused = rivals(app.state, f.pair, target.system, claims)
+    if not refused:
+        return ops
+    kept: list[WriteOp] = []
+    for op in ops:
+        item: _Item = op.ref
+        rival = refused.get(item.message.key) if op.kind == "upsert" else None
+        if rival is None:
+            kept.append(op)
+            continue
+        holder = "an earlier change of the same batch, for source record" if rival.same_batch else "source record"
+        outcomes.append(Outcome(item.received, item.message, Kind.DEAD_LETTER, Reason.DUPLICATE_TARGET_KEY,
+                                f"flow {f.name} record {item.message.key}: target key {key_of(target.key, op.key)} "
+                                f"({target.system} {target.entity}) already belongs to {holder} {rival.owner}; "
+                                "two source records cannot share one target row"))
+    return kept
 
 
 def _settle_conflicts(app: SyncApp, f: _Flow, items: list[_Item], states: dict[str, RecordState],
