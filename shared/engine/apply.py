@@ -23,7 +23,7 @@ from shared.app import SyncApp
 from shared.config import Flow
 from shared.engine.backoff import retry_at
 from shared.engine.conflicts import Decision, decide
-from shared.engine.delete_races import changed_since, settle_race
+from shared.engine.delete_races import carry_delete, carry_record, changed_since, settle_race
 from shared.engine.identity import record_id
 from shared.engine.mapping import Lookups, lookup_requests, map_record
 from shared.engine.outcome import Kind, Outcome
@@ -328,8 +328,8 @@ def _settle_conflicts(app: SyncApp, f: _Flow, items: list[_Item], states: dict[s
 def _deleted_by_target(app: SyncApp, f: _Flow, item: _Item, outcomes: list[Outcome]) -> bool:
     """The target no longer has a record the pair synced: it was deleted there while this update was on its
     way. True when the race is settled against this update (the delete wins, or it is parked)."""
-    reverse = app.config.flows[app.config.reverse_of(f.name) or f.name]
-    if reverse.deletes == "ignore":
+    reverse_name = app.config.reverse_of(f.name) or f.name
+    if app.config.flows[reverse_name].deletes == "ignore":
         return False  # the delete never travels back: re-creating the record is the only way to agree
     race = settle_race(f.flow, f.anchor, deleted_in=f.flow.target.system, updated_in=f.flow.source.system)
     if race.winner is None:
@@ -338,8 +338,11 @@ def _deleted_by_target(app: SyncApp, f: _Flow, item: _Item, outcomes: list[Outco
                                 conflicts=1))
         return True
     if race.delete_wins:
-        outcomes.append(Outcome(item.received, item.message, Kind.SKIPPED, "target_deleted", race.note,
-                                conflicts=1))
+        outcome = Outcome(item.received, item.message, Kind.SKIPPED, "target_deleted", race.note, conflicts=1)
+        target_key = key_of(f.flow.target.key, item.values or {})
+        if carry_delete(app, reverse_name, target_key, item.message.correlation_id):
+            outcome.fetched_parent = reverse_name
+        outcomes.append(outcome)
         return True
     item.race = race.note  # the update re-creates the record
     return False
@@ -370,8 +373,11 @@ def _settle_delete_races(app: SyncApp, f: _Flow, ops: list[WriteOp], states: dic
             item.race = race.note
             kept.append(op)
         else:
-            outcomes.append(Outcome(item.received, item.message, Kind.SKIPPED, "target_updated", race.note,
-                                    conflicts=1))
+            outcome = Outcome(item.received, item.message, Kind.SKIPPED, "target_updated", race.note, conflicts=1)
+            reverse_name = app.config.reverse_of(f.name) or f.name
+            if carry_record(app, reverse_name, key, item.message.correlation_id):
+                outcome.fetched_parent = reverse_name
+            outcomes.append(outcome)
     return kept
 
 

@@ -17,6 +17,13 @@ The flow's conflict policy settles it; a per-field `owner:` does not apply, sinc
 - `manual`: parked as a conflict; `dualsync conflicts resolve KEY --take SYSTEM` sends the delete or the
   re-creation.
 
+The side that settles the race also sends the winner's change through the other flow (`carry_delete`,
+`carry_record`) rather than count on the other change being in flight: a source without delete detection
+never reports its delete, and an update seen only because a value came back in another form has no change
+of its own. Both messages get the message_id the other flow's own change would have (inferred-delete version,
+the record's version), so when that change is in flight too, duplicate detection or the version check drops
+one of them.
+
 A pair without `master:` lets its anchor system (the one whose keys name the pair's records) decide, so
 both flows give the same answer.
 """
@@ -27,8 +34,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from shared.app import SyncApp
 from shared.config import Flow
+from shared.engine.deletes import delete_messages
 from shared.engine.values import same_value
+from shared.messages import ChangeMessage, to_envelope
 
 
 @dataclass(frozen=True)
@@ -60,3 +70,21 @@ def changed_since(baseline: Mapping[str, Any] | None, current: Mapping[str, Any]
     # Write-only names (Dataverse's `x@odata.bind`) never come back in a read; see apply._unchanged.
     return bool(baseline) and any(
         not same_value(current.get(name), value) for name, value in baseline.items() if "@" not in name)
+
+
+def carry_delete(app: SyncApp, flow_name: str, key: str, run_id: str) -> bool:
+    """Send `flow_name` the delete of its source record `key`; False when the bus already had it."""
+    return app.bus.send(app.queue, [to_envelope(m) for m in delete_messages(app, flow_name, [key], run_id)]) != 0
+
+
+def carry_record(app: SyncApp, flow_name: str, key: str, run_id: str) -> bool:
+    """Send `flow_name` its source record `key` as it is now; False when it is gone or the bus had it."""
+    flow = app.config.flows[flow_name]
+    record = app.connector(flow.source.system).read_record(flow.source, key)
+    if record is None:
+        return False
+    message = ChangeMessage(flow=flow_name, op="upsert", source_system=flow.source.system,
+                            entity=flow.source.entity, key=record.key, version=record.version,
+                            changed_at=record.changed_at, payload=record.values, correlation_id=run_id,
+                            first_enqueued_at=app.clock())
+    return app.bus.send(app.queue, [to_envelope(message)]) != 0

@@ -19,6 +19,7 @@ from shared.engine.outcome import Outcome
 from shared.engine.pull import pull_flow
 from shared.engine.reconcile import reconcile_deletes
 from shared.engine.settle import settle
+from shared.engine.tally import Tally
 from shared.messages import parse_body
 from shared.state.sqlite_tables import SqliteTables
 from shared.state.store import CONFLICTS, StateStore
@@ -218,3 +219,41 @@ def test_manual_policy_parks_a_delete_race_until_an_operator_takes_a_side(sides,
     expected = {"A2": "Bystander"} if take == "crm" else {"A1": "Renamed", "A2": "Bystander"}
     assert crm.rows() == erp.rows() == expected
     assert list_parked(app, CONFLICTS) == []  # taking a side closes the race in both flows
+
+
+def test_a_losing_update_carries_the_delete_when_the_deleting_side_never_reports_it(sides):
+    """No reconciliation on the CRM flow: its delete is only ever seen from the other end."""
+    app, crm, erp = sides(master="crm")
+    crm.insert("A1", "Acme")
+    sync(app)
+    crm.delete("A1")
+    erp.rename("A1", "Renamed")
+    outcomes: list[Outcome] = []
+    tally = Tally()
+    for _ in range(2):
+        for flow in app.config.flows:
+            pulled = pull_flow(app, flow, owner="test")
+            tally.pulled(flow, pulled.pulled, pulled.duplicates)
+        outcomes += deliver(app)
+    tally.record(outcomes)
+    assert crm.rows() == erp.rows() == {}
+    assert all(counts.adds_up() for counts in tally.flows.values())  # the carried delete is counted in
+    assert [(o.flow, o.reason, o.fetched_parent) for o in outcomes if o.conflicts] == [
+        (TO_CRM, "target_deleted", TO_ERP), (TO_ERP, "delete", None)]
+
+
+def test_a_losing_delete_carries_the_record_back_when_its_update_is_not_on_the_way(sides):
+    """The ERP flow is never pulled: only the delete's own apply can bring the record back to the CRM."""
+    app, crm, erp = sides(master="erp")
+    crm.insert("A1", "Acme")
+    sync(app)
+    crm.delete("A1")
+    erp.rename("A1", "Renamed")
+    tally = Tally()
+    tally.pulled(TO_ERP, reconcile_deletes(app, TO_ERP).deleted)
+    outcomes = deliver(app)
+    tally.record(outcomes)
+    assert all(counts.adds_up() for counts in tally.flows.values())
+    assert [(o.flow, o.reason, o.fetched_parent) for o in outcomes if o.conflicts] == [
+        (TO_ERP, "target_updated", TO_CRM), (TO_CRM, "upsert", None)]
+    assert crm.rows() == erp.rows() == {"A1": "Renamed"}
