@@ -67,9 +67,10 @@ def settle_race(flow: Flow, anchor: str, deleted_in: str, updated_in: str) -> De
 
 def changed_since(baseline: Mapping[str, Any] | None, current: Mapping[str, Any]) -> bool:
     """Does a row differ from the values both sides last agreed on (so someone changed it since)?"""
-    # Write-only names (Dataverse's `x@odata.bind`) never come back in a read; see apply._unchanged.
+    # Only fields the row reports are compared, as conflicts.decide does: write-only names (Dataverse's
+    # `x@odata.bind`) never come back in a read, and a field the target does not report cannot tell.
     return bool(baseline) and any(
-        not same_value(current.get(name), value) for name, value in baseline.items() if "@" not in name)
+        not same_value(current[name], value) for name, value in baseline.items() if name in current)
 
 
 def carry_delete(app: SyncApp, flow_name: str, key: str, run_id: str) -> bool:
