@@ -25,6 +25,7 @@ from shared.state.sqlite_tables import SqliteTables
 from shared.state.store import CONFLICTS, StateStore
 
 TO_ERP, TO_CRM = "accounts-to-erp", "customers-to-crm"
+ONE_BATCH = "one-batch"
 
 
 class Db:
@@ -99,12 +100,13 @@ def sides(tmp_path) -> Iterator[Callable[..., tuple[SyncApp, Db, Db]]]:
 
 
 def deliver(app: SyncApp, first: str | None = None) -> list[Outcome]:
-    """Everything on the queue, one message per batch; `first`'s messages before the other flow's."""
+    """Everything on the queue, one message per batch, `first`'s messages before the other flow's; with
+    `first` ONE_BATCH, everything received in one batch."""
     outcomes: list[Outcome] = []
     while batch := app.bus.receive(app.queue, max_messages=500, max_wait=0.05):
         batch.sort(key=lambda r: parse_body(r.envelope.body).flow != first)
-        for received in batch:
-            result = apply_batch(app, [received])
+        for group in [batch] if first == ONE_BATCH else [[received] for received in batch]:
+            result = apply_batch(app, group)
             settle(app, app.bus.settler(app.queue), result)
             outcomes += result
     return outcomes
@@ -162,7 +164,7 @@ def race(app: SyncApp, crm: Db, erp: Db, deleting: Db, updating: Db, first: str)
     return deliver(app, first=first) + sync(app)
 
 
-ORDERS = [TO_ERP, TO_CRM]
+ORDERS = [TO_ERP, TO_CRM, ONE_BATCH]
 
 
 @pytest.mark.parametrize("first", ORDERS)
