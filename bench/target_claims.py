@@ -62,7 +62,8 @@ def run(workdir: Path, rows: int, batch_size: int, claims: bool) -> tuple[float,
     with create_engine(f"sqlite:///{erp}").begin() as conn:
         conn.execute(text("CREATE TABLE customers (account_number TEXT PRIMARY KEY, name TEXT)"))
     config = parse_config({
-        "systems": {"crm": {"kind": "sql", "url": f"sqlite:///{crm}"}, "erp": {"kind": "sql", "url": f"sqlite:///{erp}"}},
+        "systems": {"crm": {"kind": "sql", "url": f"sqlite:///{crm}"},
+                    "erp": {"kind": "sql", "url": f"sqlite:///{erp}"}},
         "flows": {"accounts": {
             "source": {"system": "crm", "entity": "accounts", "key": "accountid", "watermark": "modified"},
             "target": {"system": "erp", "entity": "customers", "key": "account_number"},
