@@ -78,6 +78,8 @@ class DataverseSystem(Strict):
     batch_size: int = Field(default=1000, ge=1, le=1000)
     max_concurrency: int = Field(default=4, ge=1, le=52)
     timeout_seconds: float = Field(default=60, gt=0)
+    # One pull reads at most this many pages (5,000 rows each by default); the next run resumes from the link.
+    max_pages_per_run: int = Field(default=2000, ge=1)
     # Sent as the `tag` query parameter on every write; plug-ins see it as the shared variable "tag".
     tag: str | None = Field(default="dualsync", min_length=1, max_length=100)
 
