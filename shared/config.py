@@ -19,6 +19,9 @@ from shared.errors import ConfigError
 
 SECRET_REF = re.compile(r"^env:[A-Za-z_][A-Za-z0-9_]*$")
 _URL_PASSWORD = re.compile(r"^[a-z0-9+]+://[^/:@]*:[^/@]+@", re.IGNORECASE)
+# A password in the query string (`?password=`, `sslpassword=`, ODBC `PWD=` inside `odbc_connect`), URL-encoded
+# or not.
+_QUERY_SECRET = re.compile(r"(pass(word)?|pwd|secret|token|access_?key|sslkey)\s*(=|%3d)", re.IGNORECASE)
 
 
 class Strict(BaseModel):
@@ -91,8 +94,13 @@ class SqlSystem(Strict):
     @field_validator("url")
     @classmethod
     def _no_literal_password(cls, value: str) -> str:
-        if not value.startswith("env:") and _URL_PASSWORD.match(value):
+        if value.startswith("env:"):
+            return value
+        if _URL_PASSWORD.match(value):
             raise ValueError("a database URL with a password must be given as env:NAME")
+        _, _, query = value.partition("?")
+        if _QUERY_SECRET.search(query):
+            raise ValueError("a database URL with a secret in its query string must be given as env:NAME")
         return value
 
 
