@@ -54,6 +54,7 @@ EXCLUDED: dict[str, str] = {
         "connection-string alternative to STATE_TABLES_ENDPOINT; the account has shared-key access disabled, and "
         "when set it would win over the identity-based endpoint"
     ),
+    "WEBSITE_AUTH_ENABLED": "set by the platform when App Service authentication (infra/app/admin-auth.bicep) is on",
     "ServiceBusConnection": (
         "connection-string alternative to ServiceBusConnection__fullyQualifiedNamespace; the namespace has local "
         "(SAS) auth disabled, and when set both the code and the Functions host would use it instead"
@@ -441,6 +442,21 @@ def test_app_identity_holds_exactly_the_least_privilege_roles():
     assert all(a["principal_type"] == "ServicePrincipal" and a["condition"] is None for a in app)
     assert len(app) == len(APP_IDENTITY_ROLES), "one assignment per role"
     assert accessor(module_params("rbac")["principalId"]) == ["identity", "outputs", "principalId"]
+
+
+def test_admin_api_is_behind_entra_id_app_roles_except_health():
+    auth = body(only("app/function-app.bicep", "Microsoft.Web/sites/config"))
+    resource = only("app/function-app.bicep", "Microsoft.Web/sites/config")
+    assert resource["config"]["condition"], "off when no admin app registration is given"
+    props = auth["properties"]
+    assert props["platform"]["enabled"] is True
+    validation = props["globalValidation"]
+    assert validation["requireAuthentication"] is True and validation["unauthenticatedClientAction"] == "Return401"
+    assert validation["excludedPaths"] == ["/api/health"]
+    aad = props["identityProviders"]["azureActiveDirectory"]
+    assert aad["enabled"] is True and aad["registration"]["clientId"] == "adminAppClientId"
+    assert module_params("functionApp")["adminAppClientId"] == "adminAppClientId"
+    assert param_default(MAIN, "adminAppClientId") == ""
 
 
 def test_operator_roles_are_optional():
