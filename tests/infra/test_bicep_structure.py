@@ -603,10 +603,39 @@ def test_azure_yaml_deploys_this_directory_as_the_function_app():
     assert azure["services"] == {"api": {"project": ".", "language": "python", "host": "function"}}
 
 
-def test_funcignore_keeps_the_app_and_drops_the_rest():
-    lines = (ROOT / ".funcignore").read_text().splitlines()
-    patterns = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
-    for needed in ("function_app.py", "host.json", "requirements.txt", "shared/", "functions/"):
-        assert not any(Path(needed.rstrip("/")).match(p.rstrip("/")) for p in patterns), needed
-    for dropped in (".venv/", "node_modules/", "tests/", "infra/"):
-        assert dropped in patterns
+def _shipped(path: str) -> bool:
+    """Whether .funcignore lets `path` into the package, read as gitignore rules (last match wins, `!` lets back
+    in) the way Core Tools and azd read it."""
+    import fnmatch
+
+    shipped = True
+    for raw in (ROOT / ".funcignore").read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        negate = line.startswith("!")
+        pattern = line[1:] if negate else line
+        pattern = pattern.rstrip("/")
+        parts = path.split("/")
+        candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        if pattern.startswith("**/"):
+            tail = pattern[3:]
+            hit = any(fnmatch.fnmatch(part, tail) for part in parts) or fnmatch.fnmatch(parts[-1], tail)
+        elif "/" in pattern:
+            hit = any(fnmatch.fnmatch(c, pattern) for c in candidates)
+        else:
+            hit = any(fnmatch.fnmatch(part, pattern) for part in parts)
+        if hit:
+            shipped = negate
+    return shipped
+
+
+def test_funcignore_ships_the_app_and_nothing_else():
+    for needed in ("function_app.py", "host.json", "requirements.txt", "flows.yaml", "shared/engine/apply.py",
+                   "functions/apply.py", "shared/state/store.py"):
+        assert _shipped(needed), needed
+    for dropped in (".env", "secrets.pem", "state.sqlite", ".vscode/settings.json", ".venv/lib/x.py",
+                    "node_modules/azurite/a.js", "tests/unit/test_apply.py", "infra/main.bicep", "dvsim/api.py",
+                    "shared/__pycache__/apply.cpython-311.pyc", "shared/.env", "functions/cert.pem",
+                    "local.settings.json", ".dualsync/state.db", "bench/initial_sync.py", "Makefile"):
+        assert not _shipped(dropped), dropped
