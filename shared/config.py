@@ -83,6 +83,8 @@ class DataverseSystem(Strict):
     timeout_seconds: float = Field(default=60, gt=0)
     # One pull reads at most this many pages (5,000 rows each by default); the next run resumes from the link.
     max_pages_per_run: int = Field(default=2000, ge=1)
+    # An answer larger than this is refused while it streams in (a 5,000-row page is a few MB).
+    max_response_mb: int = Field(default=128, ge=1, le=1024)
     # Sent as the `tag` query parameter on every write; plug-ins see it as the shared variable "tag".
     tag: str | None = Field(default="dualsync", min_length=1, max_length=100)
 

@@ -347,6 +347,7 @@ class DataverseConnector:
         transport: httpx.BaseTransport | None = None,
         primary_ids: dict[str, str] | None = None,
         max_pages_per_run: int = 2000,
+        max_response_bytes: int = 128 * 1024 * 1024,
     ) -> None:
         self.name = name
         self.url = url.rstrip("/")
@@ -355,6 +356,7 @@ class DataverseConnector:
         self._origin = (api.scheme.lower(), api.netloc.lower())
         self._api_path = api.path
         self.max_pages_per_run = max_pages_per_run
+        self.max_response_bytes = max_response_bytes
         self.page_size = max(1, min(page_size, MAX_PAGE_SIZE))
         self.batch_size = max(1, min(batch_size, MAX_BATCH))
         self.timeout_seconds = timeout_seconds
@@ -389,7 +391,7 @@ class DataverseConnector:
             url, tokens, name=name, api_version=system.api_version, page_size=system.page_size,
             batch_size=system.batch_size, max_concurrency=system.max_concurrency,
             timeout_seconds=system.timeout_seconds, tag=system.tag, transport=transport, primary_ids=primary_ids,
-            max_pages_per_run=system.max_pages_per_run,
+            max_pages_per_run=system.max_pages_per_run, max_response_bytes=system.max_response_mb * 1024 * 1024,
         )
 
     def __repr__(self) -> str:
@@ -414,7 +416,8 @@ class DataverseConnector:
             started = time.perf_counter()
             try:
                 with self._slots:
-                    response = self._client.request(method, url, headers=request_headers, content=content)
+                    response = self._bounded(self._client.build_request(
+                        method, url, headers=request_headers, content=content), what)
             except httpx.TimeoutException:
                 raise TransientError(f"{what}: no answer within {self.timeout_seconds:g}s") from None
             except httpx.TransportError as exc:
@@ -432,6 +435,28 @@ class DataverseConnector:
                 err = _error_of(403, response.headers, response.content)
                 raise AuthError(f"{what}: 403 Forbidden: {err.text()}")
             return response
+
+    def _bounded(self, request: httpx.Request, what: str) -> httpx.Response:
+        """Send and read the answer, refusing one larger than ``max_response_bytes`` before it fills memory."""
+        response = self._client.send(request, stream=True)
+        try:
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > self.max_response_bytes:
+                raise self._too_large(what, int(declared))
+            body = bytearray()
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > self.max_response_bytes:
+                    raise self._too_large(what, len(body))
+        finally:
+            response.close()
+        headers = [(k, v) for k, v in response.headers.multi_items()
+                   if k.lower() not in ("content-length", "content-encoding", "transfer-encoding")]
+        return httpx.Response(response.status_code, headers=headers, content=bytes(body), request=request)
+
+    def _too_large(self, what: str, size: int) -> PermanentError:
+        return PermanentError(Reason.TARGET_REJECTED, f"{what}: the answer is larger than the limit of "
+                                                      f"{self.max_response_bytes:,} bytes ({size:,} so far)")
 
     def _check_link(self, url: str) -> None:
         """Links come from responses and from the cursors table, both of which someone else may have written:

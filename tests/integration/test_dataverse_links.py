@@ -180,3 +180,19 @@ def test_a_change_read_stops_after_the_page_cap_and_the_next_run_resumes(dataver
     keys = [r.key for page in first + rest for r in page.records]
     assert len(keys) == 7 == len(set(keys))
     assert rest[-1].position["delta_link"]
+
+
+def test_an_answer_larger_than_the_cap_is_refused_while_it_streams(dataverse_sim):  # noqa: F811
+    from shared.errors import PermanentError
+
+    for i in range(40):
+        dataverse_sim.insert("accounts", {"name": "x" * 100, "accountnumber": f"N-{i}"})
+    crm = _connector(dataverse_sim, max_response_mb=1)
+    crm.max_response_bytes = 2000  # one page of 40 rows is far larger
+    try:
+        with pytest.raises(PermanentError, match="larger than the limit"):
+            list(crm.read_changes(ACCOUNTS_WM, None, 100))
+        crm.max_response_bytes = 10_000_000
+        assert sum(len(p.records) for p in crm.read_changes(ACCOUNTS_WM, None, 100)) == 40
+    finally:
+        crm.close()
