@@ -231,6 +231,17 @@ module functionApp 'app/function-app.bicep' = {
   }
 }
 
+module diagnostics 'app/diagnostics.bicep' = {
+  name: 'diagnostics'
+  params: {
+    logAnalyticsId: monitoring.outputs.logAnalyticsId
+    keyVaultName: keyVault.outputs.name
+    storageAccountName: storage.outputs.name
+    serviceBusNamespaceName: serviceBus.outputs.name
+    functionAppName: functionApp.outputs.name
+  }
+}
+
 module alerts 'app/alerts.bicep' = {
   name: 'alerts'
   params: {

@@ -208,6 +208,24 @@ resource functionApp 'Microsoft.Web/sites@2023-12-01' = {
   }
 }
 
+// Deployments go through Entra ID (azd / Core Tools with the deployer's identity): the basic-auth publishing
+// credentials of SCM and FTP are switched off.
+resource scmBasicAuth 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2023-12-01' = {
+  parent: functionApp
+  name: 'scm'
+  properties: {
+    allow: false
+  }
+}
+
+resource ftpBasicAuth 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2023-12-01' = {
+  parent: functionApp
+  name: 'ftp'
+  properties: {
+    allow: false
+  }
+}
+
 // App Service authentication (Entra ID) in front of the admin API: the platform validates the caller's token and
 // passes its app roles on in X-MS-CLIENT-PRINCIPAL, which shared/admin_access.py checks per route. Only
 // /api/health stays on a function key. Triggers other than HTTP are not affected.

@@ -181,7 +181,8 @@ def test_main_deploys_to_a_resource_group():
 def test_modules_get_the_parameters_they_need():
     modules = template(MAIN)["modules"]
     assert set(modules) == {
-        "identity", "monitoring", "storage", "serviceBus", "keyVault", "rbac", "functionApp", "alerts", "workbook"
+        "identity", "monitoring", "storage", "serviceBus", "keyVault", "rbac", "functionApp", "diagnostics",
+        "alerts", "workbook",
     }
     for module, declaration in modules.items():
         path = declaration["detail"]["path"]
@@ -457,6 +458,20 @@ def test_admin_api_is_behind_entra_id_app_roles_except_health():
     assert aad["enabled"] is True and aad["registration"]["clientId"] == "adminAppClientId"
     assert module_params("functionApp")["adminAppClientId"] == "adminAppClientId"
     assert param_default(MAIN, "adminAppClientId") == ""
+
+
+def test_basic_auth_publishing_credentials_are_off():
+    policies = resources("app/function-app.bicep", "Microsoft.Web/sites/basicPublishingCredentialsPolicies")
+    assert sorted(body(p)["name"] for p in policies.values()) == ["ftp", "scm"]
+    assert all(body(p)["properties"]["allow"] is False for p in policies.values())
+
+
+def test_every_data_resource_sends_its_logs_to_log_analytics():
+    settings = resources("app/diagnostics.bicep", "Microsoft.Insights/diagnosticSettings")
+    scopes = {body(s)["scope"] for s in settings.values()}
+    assert scopes == {"vault", "storage", "blobService", "tableService", "namespace", "functionApp"}
+    assert all(body(s)["properties"]["workspaceId"] == "logAnalyticsId" for s in settings.values())
+    assert accessor(module_params("diagnostics")["logAnalyticsId"]) == ["monitoring", "outputs", "logAnalyticsId"]
 
 
 def test_operator_roles_are_optional():
