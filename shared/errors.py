@@ -57,6 +57,12 @@ class AuthError(SyncError):
     """401/403: retrying will not help and dead-lettering would lose nothing but time; pause the flow."""
 
 
+class UnsafeLinkError(SyncError):
+    """A link (an OData next/delta link from a response or from stored state) points outside the system's
+    configured origin and API path, or repeats an earlier page: it is not followed, so the credential is never
+    sent anywhere else and a paging loop cannot run forever."""
+
+
 class ConcurrencyError(SyncError):
     """An etag-guarded write lost the race (the row changed or already exists)."""
 
