@@ -21,6 +21,11 @@ class Reason(StrEnum):
     RETRIES_EXHAUSTED = "RetriesExhausted"
     CONFLICT = "Conflict"
     AMBIGUOUS_MATCH = "AmbiguousMatch"
+    # A message too large for the bus (shared/bus/claim_check.py): no payload store to carry it by reference,
+    # a stub whose body was not fetched before apply, or a body no longer in the store.
+    PAYLOAD_TOO_LARGE = "PayloadTooLarge"
+    PAYLOAD_NOT_FETCHED = "PayloadNotFetched"
+    PAYLOAD_MISSING = "PayloadMissing"
 
 
 class SyncError(Exception):
