@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.bus.claim_check import MAX_MESSAGE_BYTES, REF_PROPERTY, ClaimCheck, MessageTooLargeError, message_size
-from shared.bus.payload_store import PayloadStore
+from shared.bus.payload_store import FilePayloadStore, PayloadStore
 from shared.errors import LockLostError
 from shared.messages import Envelope
 from shared.ports.bus import QueueCounts, Received, Settler
@@ -425,6 +425,12 @@ class SqliteBus:
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+
+def embedded_bus(path: str | Path, **options: Any) -> SqliteBus:
+    """The embedded runtime's bus: a message too large for one message keeps its body in `payloads/` beside
+    the queue file."""
+    return SqliteBus(path, payloads=FilePayloadStore(Path(path).parent / "payloads"), **options)
 
 
 class _SqliteSettler:
