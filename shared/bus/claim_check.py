@@ -21,7 +21,9 @@ Every copy owns its body. Names derive from the message_id, and every re-send (r
 replay) gets a new message_id and is stored again when sent, so releasing one copy never takes another's body:
 no reference counting. A pull that re-sends the same message_id (after a crash) writes the same name again; its
 duplicate is dropped by duplicate detection and the one stored body serves the message that was kept. Deleting
-happens only after a completion succeeded: when in doubt a body is left behind, never removed early.
+happens only after a completion succeeded: when in doubt a body is left behind, never removed early. (The one
+body left behind for good: a re-send dropped by Service Bus after its first copy was already completed. The
+SQLite bus knows which sends it dropped and releases those; Service Bus does not say.)
 
 Transient store failures (throttling, 5xx, timeouts) raise PayloadStoreError: a pull fails this run and tries
 again on the next; a receive abandons what it took, so the messages come back.
@@ -199,8 +201,9 @@ def _record(envelope: Envelope) -> str:
 
 
 def _stub(envelope: Envelope, reason: str, description: str, *, ref: str | None = None) -> Envelope:
-    props = {**envelope.application_properties, SIZE_PROPERTY: len(envelope.body), VERDICT_REASON: str(reason),
-             VERDICT_DESCRIPTION: description[:MAX_DESCRIPTION]}
+    props = {**envelope.application_properties, SIZE_PROPERTY: len(envelope.body)}
+    if VERDICT_REASON not in props:  # a message sent condemned (initial sync's verdicts) keeps its own verdict
+        props |= {VERDICT_REASON: str(reason), VERDICT_DESCRIPTION: description[:MAX_DESCRIPTION]}
     if ref is not None:
         props[REF_PROPERTY] = ref
     return envelope.model_copy(update={"body": _without_payload(envelope.body), "application_properties": props})

@@ -182,3 +182,57 @@ def test_a_payload_that_vanished_dead_letters_its_record_instead_of_applying_an_
     assert outcome.kind == "dead_letter" and outcome.reason == "PayloadMissing"
     assert "flow notes record big" in outcome.description
     assert "notes" not in memory["erp"].tables
+
+
+# -- the apply trigger: the Functions host delivers, the claim check still resolves and releases ---------------
+def test_the_extension_mode_trigger_fetches_the_body_and_releases_it_once_completed(
+        memory, azurite_blobs, container, monkeypatch):
+    import functions.apply
+    from functions.apply import build_apply_blueprint
+    from tests.unit.test_functions_apply import RecordingActions, host_delivered, user_function
+
+    app = make_app(memory, BlobPayloadStore.from_connection_string(azurite_blobs, container))
+    monkeypatch.setattr(functions.apply, "sync_app", lambda: app)
+    note(memory, "big", "e" * MB)
+    note(memory, "bad", "f" * MB, title="t" * 30)
+    pull_flow(app, "notes")
+    receiver = app.bus._client.get_queue_receiver(Q)  # noqa: SLF001 - the host's own receiver
+    got = receiver.receive_messages(max_message_count=5, max_wait_time=1)
+    actions = RecordingActions(receiver, got)
+
+    user_function(build_apply_blueprint("extension"))(messages=host_delivered(got), message_actions=actions)
+
+    assert memory["erp"].tables["notes"]["big"]["text"] == "e" * MB
+    assert sorted(e[0] for e in actions.events) == ["complete", "deadletter"]
+    assert len(blobs(azurite_blobs, container)) == 1  # the dead letter's body stays
+    receiver.close()
+
+
+def test_the_ledger_mode_trigger_fetches_the_body(memory, azurite_blobs, container, monkeypatch):
+    import functions.apply
+    from functions.apply import build_apply_blueprint
+    from tests.unit.test_functions_apply import user_function
+
+    app = make_app(memory, BlobPayloadStore.from_connection_string(azurite_blobs, container))
+    monkeypatch.setattr(functions.apply, "sync_app", lambda: app)
+    note(memory, "big", "l" * MB)
+    pull_flow(app, "notes")
+    [stub] = app.bus.peek(Q)
+    host_message = ledger_message(stub.envelope)
+
+    assert user_function(build_apply_blueprint("ledger"))(msg=host_message) is None
+
+    assert memory["erp"].tables["notes"]["big"]["text"] == "l" * MB
+    assert blobs(azurite_blobs, container) == []
+
+
+def ledger_message(envelope):
+    from datetime import UTC, datetime
+
+    from azure.functions.servicebus import ServiceBusMessage
+
+    return ServiceBusMessage(
+        body=envelope.body, message_id=envelope.message_id, content_type="application/json",
+        correlation_id=envelope.correlation_id, label=envelope.subject, subject=envelope.subject,
+        application_properties=dict(envelope.application_properties), user_properties={},
+        delivery_count=1, enqueued_time_utc=datetime.now(UTC), sequence_number=1, lock_token=str(uuid.uuid4()))
