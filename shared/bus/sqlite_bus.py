@@ -141,10 +141,12 @@ class SqliteBus:
         """Returns how many were enqueued; the rest were duplicates within the window."""
         if not envelopes:
             return 0
-        envelopes = self.claims.check_in(queue, envelopes, self._fits, self.max_message_size)
-        for envelope in envelopes:
-            if not self._fits(envelope):  # a stub cannot shrink properties: refuse it as Service Bus would
+        checked = self.claims.check_in(queue, envelopes, self._fits, self.max_message_size)
+        for original, envelope in zip(envelopes, checked, strict=True):
+            # A stub cannot shrink its properties: one still too large is refused, as Service Bus would.
+            if envelope is not original and not self._fits(envelope):
                 raise MessageTooLargeError(envelope.message_id, message_size(envelope), self.max_message_size)
+        envelopes = checked
         now = self._clock()
         unique = list({e.message_id: e for e in reversed(envelopes)}.values())[::-1]
         with _Tx(self._conn()) as conn:
