@@ -74,9 +74,8 @@ class MessageTooLargeError(ValueError):
 
 def message_size(envelope: Envelope) -> int:
     """An upper bound of the message's encoded size on Service Bus: what the SQLite bus holds messages to."""
-    props = sum(
-        len(str(k).encode()) + len(str(v).encode()) + _PROPERTY_BYTES for k, v in envelope.application_properties.items()
-    )
+    props = sum(len(str(k).encode()) + len(str(v).encode()) + _PROPERTY_BYTES
+                for k, v in envelope.application_properties.items())
     fields = (envelope.message_id, envelope.subject, envelope.correlation_id, envelope.content_type)
     return len(envelope.body) + sum(len(f.encode()) for f in fields) + props + _FRAME_BYTES
 
@@ -212,7 +211,8 @@ def _stub(envelope: Envelope, reason: str, description: str, *, ref: str | None 
 def _condemned(received: Received, reason: str, description: str) -> Received:
     props = {**received.envelope.application_properties, VERDICT_REASON: str(reason),
              VERDICT_DESCRIPTION: description[:MAX_DESCRIPTION]}
-    return dataclasses.replace(received, envelope=received.envelope.model_copy(update={"application_properties": props}))
+    envelope = received.envelope.model_copy(update={"application_properties": props})
+    return dataclasses.replace(received, envelope=envelope)
 
 
 def _without_payload(body: bytes) -> bytes:

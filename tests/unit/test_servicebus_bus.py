@@ -190,7 +190,8 @@ def test_a_message_over_the_limit_travels_as_a_condemned_stub_without_a_payload_
 
 def test_a_message_that_cannot_fit_even_by_reference_names_its_message_id_and_nothing_is_sent(bus, fake):
     client, _ = fake
-    huge = env("huge").model_copy(update={"application_properties": {"flow": "f", "key": "k" * MAX_BATCH_SIZE_STANDARD}})
+    props = {"flow": "f", "key": "k" * MAX_BATCH_SIZE_STANDARD}
+    huge = env("huge").model_copy(update={"application_properties": props})
 
     with pytest.raises(MessageTooLargeError) as caught:
         bus.send(Q, [env(1), huge, env(2)])
