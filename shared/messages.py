@@ -16,6 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 # Service Bus caps message_id at 128 characters.
 MAX_MESSAGE_ID = 128
+# Application properties of a message sent already condemned (shared/engine/verdicts.py, the claim check's
+# stubs in shared/bus/claim_check.py): apply dead-letters it with this reason and description, never applies it.
+VERDICT_REASON = "dead_letter_reason"
+VERDICT_DESCRIPTION = "dead_letter_description"
 
 
 class ChangeMessage(BaseModel):
