@@ -172,3 +172,37 @@ def test_nan_and_infinity_are_dead_lettered_naming_record_and_field(pair, datave
         description = dead[key].dead_letter_description or ""
         assert f"record {key}" in description and "field creditlimit (from credit_limit)" in description, description
         assert value in description
+
+
+def test_nan_and_infinity_never_reach_a_sql_target_as_null(tmp_path):
+    source_url, target_url = f"sqlite:///{tmp_path / 'src.db'}", f"sqlite:///{tmp_path / 'dst.db'}"
+    source, target = create_engine(source_url), create_engine(target_url)
+    with source.begin() as conn:
+        conn.execute(text("CREATE TABLE items (id TEXT PRIMARY KEY, price TEXT, weight REAL, "
+                          "modified TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f','now')))"))
+        conn.execute(text("INSERT INTO items (id, price, weight) VALUES (:i, :p, :w)"),
+                     [{"i": "nan", "p": "NaN", "w": 1.0}, {"i": "inf", "p": "1", "w": float("inf")},
+                      {"i": "ok", "p": "2.5", "w": 3.0}])
+    with target.begin() as conn:
+        conn.execute(text("CREATE TABLE products (sku TEXT PRIMARY KEY, price NUMERIC(12, 2), weight REAL)"))
+    app = SyncApp.local(parse_config({
+        "systems": {"a": {"kind": "sql", "url": source_url}, "b": {"kind": "sql", "url": target_url}},
+        "flows": {"items": {
+            "source": {"system": "a", "entity": "items", "key": "id", "watermark": "modified"},
+            "target": {"system": "b", "entity": "products", "key": "sku"},
+            "fields": [{"from": "id", "to": "sku"}, {"from": "price", "to": "price", "type": "decimal"},
+                       {"from": "weight", "to": "weight"}]}}}), tmp_path / "state", retry_base=0.01)
+    try:
+        counts = run_once(app, RunOptions(drain_bound=1)).flows["items"]
+        assert counts.adds_up() and counts.applied == 1 and counts.dead_lettered == {"ValidationFailed": 2}
+        dead = {m.envelope.application_properties["key"]: m.dead_letter_description or ""
+                for m in app.bus.peek_dead_letters(app.queue)}
+        assert "record nan: field price (from price)" in dead["nan"]
+        assert "record inf: field weight (from weight)" in dead["inf"]
+        with target.connect() as conn:
+            assert [tuple(r) for r in conn.execute(text("SELECT sku, price, weight FROM products"))] == [
+                ("ok", 2.5, 3.0)]
+    finally:
+        app.close()
+        source.dispose()
+        target.dispose()
