@@ -8,7 +8,8 @@ from decimal import Decimal
 import pytest
 
 from shared.config import parse_config
-from shared.engine.values import DIGEST_OVER, EXACT, FieldRule, equivalence, is_digest
+from shared.engine.conflicts import decide
+from shared.engine.values import DIGEST_OVER, EXACT, Equivalence, FieldRule, equivalence, is_digest
 from shared.ports.connector import ValuePrecision
 from shared.state.store import RecordState
 
@@ -88,3 +89,16 @@ def test_record_state_fits_one_table_entity_whatever_the_values():
     assert all(len(p) <= 30_000 for p in parts) and sum(map(len, parts)) < 1_000_000
     back = RecordState.from_entity(type("E", (), {"rk": "crm|1", "data": data})())
     assert is_digest(back.values["erp"]["body"]) and back.values["crm"]["f1"] == "y" * 40
+
+
+def test_last_writer_wins_without_a_change_time_says_the_master_won():
+    config = parse_config({
+        "systems": {"crm": {"kind": "sql", "url": "sqlite://"}, "erp": {"kind": "sql", "url": "sqlite://"}},
+        "flows": {"f": {"source": {"system": "erp", "entity": "a", "key": "id"},
+                        "target": {"system": "crm", "entity": "b", "key": "id"}, "master": "erp",
+                        "conflicts": "last_writer_wins",
+                        "fields": [{"from": "id", "to": "id"}, {"from": "name", "to": "name"}]}}})
+    decision = decide(config.flows["f"], Equivalence(), {"id": "1", "name": "erp edit"}, {"name": "base"},
+                      {"id": "1", "name": "crm edit"}, datetime(2026, 1, 1, tzinfo=UTC), lambda: None)
+    assert decision.winners == {"name": "erp"}
+    assert decision.notes == ["last_writer_wins: no change time from crm, so the master erp wins"]
