@@ -20,6 +20,7 @@ from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
+from shared.config import Flow
 from shared.ports.connector import ValuePrecision
 
 
@@ -253,12 +254,12 @@ class Equivalence:
         return self.by_target.get(name, EXACT)
 
 
-def _precision(system: Any, entity: str, name: str) -> ValuePrecision:
+def _precision(system: object, entity: str, name: str) -> ValuePrecision:
     declare = getattr(system, "precision", None)  # a connector that declares nothing keeps values exactly
     return declare(entity, name) if declare is not None else ValuePrecision()
 
 
-def equivalence(flow: Any, source: Any, target: Any) -> Equivalence:
+def equivalence(flow: Flow, source: object, target: object) -> Equivalence:
     """One rule per mapped field, shared by both names: the coarser precision of the two systems."""
     by_source: dict[str, FieldRule] = {}
     by_target: dict[str, FieldRule] = {}
