@@ -28,10 +28,10 @@ TABLES = (CURSORS, KEYMAP, RECORDS, RUNS, FAILURES, CONFLICTS, REQUESTS)
 
 RECORD_BUCKETS = 16
 # Record values are JSON (ASCII, so one character is one UTF-16 unit) split over properties `values_0`,
-# `values_1`, ...: a Table property holds 32 Ki units, an entity 1 MiB. Long values are digests (see
-# RecordState.to_data), so the whole entity stays far below the limit whatever the data is.
+# `values_1`, ...: a Table property holds 32 Ki UTF-16 units (64 KiB), an entity 1 MiB. Long values are digests
+# (see _bounded_values), and at most 12 parts (720 KB as UTF-16) are written, so the entity always fits.
 _VALUES_CHUNK = 30_000
-_VALUES_CHUNKS = 16
+_VALUES_CHUNKS = 12
 _SHORT_DIGEST_OVER = 48  # when even that does not fit, every value longer than this becomes a digest
 _CURSOR_RK = "cursor"
 _MAX_TICKS = 10**19  # inverted timestamps sort newest first
@@ -138,7 +138,8 @@ def _bounded_values(record_id: str, values: dict[str, dict[str, Any]]) -> str:
         if len(text) <= limit:
             return text
     raise ValueError(f"record {record_id}: the state of {sum(len(f) for f in values.values())} fields is "
-                     f"{len(text)} characters even with every value digested, more than the {limit} it may hold")
+                     f"{len(text)} characters with every value over {_SHORT_DIGEST_OVER} characters digested, more than "
+                     f"the {limit} it may hold")
 
 
 def _shrunk(value: Any, over: int) -> Any:
