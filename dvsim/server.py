@@ -283,4 +283,4 @@ class DataverseSimulator:
 
     def dump(self) -> str:
         """All tables as JSON, for debugging a failing test."""
-        return json.dumps({e.set_name: self.rows(e.set_name) for e in self.schema.entities}, indent=2)
+        return json.dumps({e.set_name: self.rows(e.set_name) for e in self.schema.entities}, indent=2, default=str)

@@ -23,7 +23,8 @@ VERDICT_DESCRIPTION = "dead_letter_description"
 
 
 class ChangeMessage(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN and Infinity travel as themselves (not as null), so apply can refuse them naming the field.
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
 
     flow: str = Field(min_length=1)
     op: Literal["upsert", "delete"]

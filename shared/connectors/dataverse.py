@@ -84,7 +84,7 @@ from shared.config import DataverseSystem, SourceSpec, TargetSpec, resolve_secre
 from shared.connectors.dataverse_auth import TokenProvider, token_provider_for
 from shared.errors import AuthError, ConfigError, PermanentError, Reason, SyncError, TransientError, UnsafeLinkError
 from shared.keys import format_key, key_of, parse_key
-from shared.ports.connector import ChangePage, SourceRecord, WriteOp, WriteResult
+from shared.ports.connector import ChangePage, SourceRecord, ValuePrecision, WriteOp, WriteResult
 from shared.versions import sortable_version
 
 log = logging.getLogger(__name__)
@@ -189,9 +189,21 @@ def odata_literal(value: Any, *, guid: bool = False) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def json_body(payload: Any) -> str:
+    """JSON with every Decimal written as the exact number it is: json.dumps can only go through float, and
+    99999999999999.99 would arrive as 99999999999999.98. NaN and Infinity have no JSON form: refused."""
+    if isinstance(payload, Decimal):
+        if not payload.is_finite():
+            raise ValueError(f"{payload} is not a number JSON can carry")
+        return format(payload, "f")
+    if isinstance(payload, dict):
+        return "{" + ",".join(f"{json.dumps(str(k))}:{json_body(v)}" for k, v in payload.items()) + "}"
+    if isinstance(payload, list | tuple):
+        return "[" + ",".join(json_body(v) for v in payload) + "]"
+    return json.dumps(payload, default=_json_default, allow_nan=False)
+
+
 def _json_default(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() and abs(value) < 2**53 else float(value)
     if isinstance(value, datetime):
         moment = value if value.tzinfo else value.replace(tzinfo=UTC)
         return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
@@ -477,7 +489,7 @@ class DataverseConnector:
         if response.status_code >= 400:
             raise _error_of(response.status_code, response.headers, response.content)
         try:
-            data = response.json()
+            data = json.loads(response.content, parse_float=Decimal)  # decimals keep every digit
         except ValueError:
             raise TransientError(f"{what}: the answer is not JSON (HTTP {response.status_code})") from None
         if not isinstance(data, dict):
@@ -619,6 +631,12 @@ class DataverseConnector:
 
     def _watermark_column(self, source: SourceSpec) -> str:
         return source.watermark if "watermark" in source.model_fields_set else "modifiedon"
+
+    def change_time_column(self, source: SourceSpec) -> str | None:
+        return self._watermark_column(source)
+
+    def precision(self, entity: str, field: str) -> ValuePrecision:
+        return ValuePrecision(datetime_digits=0)  # Dataverse keeps date-times to the second
 
     def _read_watermark(self, source: SourceSpec, position: dict[str, Any], size: int) -> Iterator[ChangePage]:
         column = self._watermark_column(source)
@@ -825,7 +843,7 @@ class DataverseConnector:
             # The key is in the URL; Dataverse advises leaving it out of the body ("Use Upsert").
             payload = {k: v for k, v in op.values.items() if k not in target.key}
             try:
-                body = json.dumps(payload, default=_json_default, separators=(",", ":")).encode()
+                body = json_body(payload).encode()
             except (TypeError, ValueError) as exc:
                 raise _Reject(str(exc)) from None
         return _Prepared(index, op, self._op_key(target, op), method, path, headers, body)

@@ -99,7 +99,7 @@ from shared.config import SourceSpec, TargetSpec
 from shared.connectors.keysort import ascending, sorted_keys
 from shared.errors import ConfigError, PermanentError, Reason, SyncError, TransientError
 from shared.keys import format_key, key_of, parse_key
-from shared.ports.connector import ChangePage, SourceRecord, WriteOp, WriteResult
+from shared.ports.connector import ChangePage, SourceRecord, ValuePrecision, WriteOp, WriteResult
 from shared.versions import sortable_version
 
 CHUNK = 500  # keys per IN / OR query
@@ -232,6 +232,8 @@ def _to_db(column: Column, value: Any) -> Any:
             if isinstance(value, bool) or not isinstance(value, int | float | Decimal | str):
                 raise _Reject(f"{value!r} is not a number")
             number = Decimal(value.strip() if isinstance(value, str) else str(value))
+            if not number.is_finite():  # a database would store NULL (SQLite) or refuse it
+                raise _Reject(f"{value!r} is not a finite number")
             return float(number) if isinstance(kind, sqltypes.Float) else number
         if isinstance(kind, sqltypes.String):
             if isinstance(value, bool):
@@ -306,6 +308,22 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 
 
 # ---------------------------------------------------------------------------------------------- connector
+
+
+def _column_precision(kind: Any, dialect: str) -> ValuePrecision:
+    if isinstance(kind, sqltypes.DateTime):
+        # TIMESTAMP(p) / DATETIME2(p) / MySQL DATETIME(fsp); SQL Server's DATETIME keeps 1/300 s.
+        digits = getattr(kind, "precision", None)
+        if digits is None:
+            digits = getattr(kind, "fsp", None)
+        if digits is None and dialect == "mssql" and type(kind) is sqltypes.DATETIME:
+            digits = 2
+        return ValuePrecision(datetime_digits=6 if digits is None else int(digits))
+    if isinstance(kind, sqltypes.Numeric) and not isinstance(kind, sqltypes.Float):
+        return ValuePrecision(decimal_scale=kind.scale)
+    if isinstance(kind, sqltypes.CHAR | sqltypes.NCHAR):
+        return ValuePrecision(trims_trailing_spaces=True)
+    return ValuePrecision()
 
 
 class SqlConnector:
@@ -571,6 +589,28 @@ class SqlConnector:
                 key = key_of(key_fields, values)
                 found[key] = SourceRecord(key=key, values=values, version="", changed_at=read_at)
         return found
+
+    # -- capabilities -----------------------------------------------------------------------------
+
+    def precision(self, entity: str, field: str) -> ValuePrecision:
+        """From the column's type: fractional-second digits, decimal scale, CHAR padding."""
+        try:
+            column = self._table_info(entity).table.c.get(field)
+        except SyncError:  # the table is unreadable now: its writes will say so; compare exactly meanwhile
+            return ValuePrecision()
+        if column is None:
+            return ValuePrecision()
+        return _column_precision(column.type, self._engine.dialect.name)
+
+    def change_time_column(self, source: SourceSpec) -> str | None:
+        """The watermark, when it is a point in time (a counter orders changes but says nothing of when)."""
+        try:
+            column = self._table_info(source.entity).table.c.get(source.watermark)
+        except SyncError:
+            return None
+        if column is None or not isinstance(column.type, sqltypes.DateTime | sqltypes.Date):
+            return None
+        return source.watermark
 
     def iter_keys(self, source: SourceSpec) -> Iterator[str]:
         table = self._table_info(source.entity).table

@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -22,13 +21,14 @@ from pydantic import ValidationError
 from shared.app import SyncApp
 from shared.config import Flow
 from shared.engine.backoff import retry_at
-from shared.engine.conflicts import Decision, decide
+from shared.engine.conflicts import Decision, decide, target_change_time
 from shared.engine.delete_races import carry_delete, carry_record, changed_since, settle_race
 from shared.engine.identity import record_id
 from shared.engine.mapping import Lookups, lookup_requests, map_record
 from shared.engine.outcome import Kind, Outcome
+from shared.engine.record_results import StateWrite, save_states
 from shared.engine.target_claims import Claim, rivals
-from shared.engine.values import canonical, canonical_row, coerce, same_value
+from shared.engine.values import Equivalence, canonical_row, equivalence
 from shared.engine.verdicts import verdict_outcome
 from shared.errors import AuthError, MissingReferenceError, PermanentError, Reason, SyncError, TransientError
 from shared.keys import key_of, parse_key
@@ -59,11 +59,14 @@ class _Flow:
     pair: str
     anchor: str
     bidirectional: bool
+    rules: Equivalence  # how values compare, for the echo check, the no-op check and conflicts alike
 
     @classmethod
     def of(cls, app: SyncApp, name: str) -> _Flow:
-        return cls(name, app.config.flows[name], app.config.pair_of(name), app.config.anchor_of(name),
-                   app.config.reverse_of(name) is not None)
+        flow = app.config.flows[name]
+        rules = equivalence(flow, app.connector(flow.source.system), app.connector(flow.target.system))
+        return cls(name, flow, app.config.pair_of(name), app.config.anchor_of(name),
+                   app.config.reverse_of(name) is not None, rules)
 
 
 def apply_batch(app: SyncApp, batch: Sequence[Received]) -> list[Outcome]:
@@ -209,7 +212,7 @@ def _screen(app: SyncApp, f: _Flow, item: _Item, state: RecordState | None,
             return "source_gone"  # its delete travels as a change of its own
         else:
             item.payload = row.values
-    if message.op == "upsert" and state and _unchanged(item.payload, state.values.get(source)):
+    if message.op == "upsert" and state and _unchanged(f.rules, item.payload, state.values.get(source)):
         # Every field we manage equals what was last synced for this side: in a pair, our own write coming
         # back; otherwise a change to fields we do not sync.
         return "echo" if f.bidirectional else "unchanged"
@@ -222,11 +225,11 @@ def _screen(app: SyncApp, f: _Flow, item: _Item, state: RecordState | None,
     return None
 
 
-def _unchanged(payload: dict[str, Any], known: dict[str, Any] | None) -> bool:
+def _unchanged(rules: Equivalence, payload: dict[str, Any], known: dict[str, Any] | None) -> bool:
     # Write-only names (Dataverse's `x@odata.bind`) never come back in a read; the read-side name of the same
     # lookup (`_x_value`) is remembered from the rows we saw, and compared instead.
     return bool(known) and all(
-        same_value(payload.get(name), value) for name, value in known.items() if "@" not in name)
+        rules.source(name).same(payload.get(name), value) for name, value in known.items() if "@" not in name)
 
 
 def _resolve_lookups(app: SyncApp, flow: Flow, items: list[_Item]) -> Lookups:
@@ -295,18 +298,19 @@ def _settle_conflicts(app: SyncApp, f: _Flow, items: list[_Item], states: dict[s
     flow = f.flow
     target = flow.target
     target_keys = [key_of(target.key, i.values or {}) for i in items]
-    rows = app.connector(target.system).read_records(target.entity, target.key, target_keys)
-    watermark = app.config.flows[app.config.reverse_of(f.name) or f.name].source.watermark
+    connector = app.connector(target.system)
+    rows = connector.read_records(target.entity, target.key, target_keys)
+    reverse = app.config.flows[app.config.reverse_of(f.name) or f.name]
     ops: list[WriteOp] = []
     for item, target_key in zip(items, target_keys, strict=True):
         state = states.get(item.record_id)
         row = rows.get(target_key)
         current = row.values if row else None
-        target_at = _moment(current.get(watermark)) if current else None
         baseline = state.values.get(target.system) if state and not item.message.force else None
         if current is None and baseline and _deleted_by_target(app, f, item, outcomes):
             continue
-        item.decision = decide(flow, item.values or {}, baseline, current, item.message.changed_at, target_at)
+        item.decision = decide(flow, f.rules, item.values or {}, baseline, current, item.message.changed_at,
+                               lambda row=current: target_change_time(connector, reverse.source, row))
         if item.decision.park:
             app.state.park(CONFLICTS, f.name, item.message.key, {
                 "message": item.message.model_copy(update={"payload": item.payload}).model_dump(mode="json"),
@@ -320,7 +324,7 @@ def _settle_conflicts(app: SyncApp, f: _Flow, items: list[_Item], states: dict[s
             continue
         write = item.decision.write
         item.noop = current is not None and all(
-            name in current and same_value(value, canonical(current[name])) for name, value in write.items())
+            name in current and f.rules.target(name).same(value, current[name]) for name, value in write.items())
         ops.append(WriteOp("upsert", {k: item.values[k] for k in target.key}, write, ref=item))
     return ops
 
@@ -361,7 +365,8 @@ def _settle_delete_races(app: SyncApp, f: _Flow, ops: list[WriteOp], states: dic
         item: _Item = op.ref
         state = states.get(item.record_id)
         row = rows.get(key)
-        if row is None or not changed_since(state.values.get(target.system) if state else None, row.values):
+        if row is None or not changed_since(state.values.get(target.system) if state else None, row.values,
+                                             f.rules):
             kept.append(op)
             continue
         race = settle_race(f.flow, f.anchor, deleted_in=f.flow.source.system, updated_in=target.system)
@@ -388,13 +393,6 @@ def _park_race(app: SyncApp, f: _Flow, item: _Item, note: str) -> None:
     })
 
 
-def _moment(value: Any) -> datetime | None:
-    try:
-        return coerce(value, "datetime") if value not in (None, "") else None
-    except ValueError:
-        return None
-
-
 def _write(app: SyncApp, flow: Flow, ops: list[WriteOp]) -> list[WriteResult]:
     try:
         return app.connector(flow.target.system).write_batch(flow.target, ops)
@@ -406,9 +404,8 @@ def _record_results(app: SyncApp, f: _Flow, results: list[WriteResult], states: 
                     ) -> list[Outcome]:
     flow = f.flow
     outcomes: list[Outcome] = []
-    links: list[KeyLink] = []
-    unlinks: list[KeyLink] = []
-    records: list[RecordState] = []
+    writes: list[StateWrite] = []
+    written: list[tuple[_Item, str]] = []
     now = app.clock()
     observed_fields = [fm.from_ for fm in flow.fields]
     for result in results:
@@ -419,7 +416,6 @@ def _record_results(app: SyncApp, f: _Flow, results: list[WriteResult], states: 
             continue
         target_key = result.key or key_of(flow.target.key, result.op.key)
         link = KeyLink(flow.source.system, message.key, flow.target.system, target_key)
-        (unlinks if result.op.kind == "delete" else links).append(link)
         record_id = f"{f.anchor}|{message.key if flow.source.system == f.anchor else target_key}"
         state = states.get(item.record_id) or RecordState(record_id)
         state.record_id = record_id
@@ -427,39 +423,39 @@ def _record_results(app: SyncApp, f: _Flow, results: list[WriteResult], states: 
         if result.op.kind == "delete":
             state.forget(flow.target.system)
         else:
-            state.remember(flow.target.system, canonical_row(result.op.values))
+            state.remember(flow.target.system, {n: f.rules.target(n).stored(v) for n, v in result.op.values.items()})
         if message.op == "upsert":
-            state.remember(flow.source.system, {n: canonical(item.payload.get(n)) for n in observed_fields})
+            state.remember(flow.source.system,
+                           {n: f.rules.source(n).stored(item.payload.get(n)) for n in observed_fields})
         else:
             # The record is gone from the source: if it comes back with the same values, that is a change
             # to write, not one to skip as unchanged.
             state.forget(flow.source.system)
         state.synced_at = now
-        records.append(state)
-        outcomes.append(_applied(item, result.op.kind))
-    if links:
-        app.state.link_keys(f.pair, links)
-    if unlinks:
-        app.state.unlink_keys(f.pair, unlinks)
-    if records:
-        app.state.put_records(f.pair, records)
+        writes.append(StateWrite(link, result.op.kind == "delete", state, f"flow {f.name} record {message.key}"))
+        written.append((item, result.op.kind))
+    failed = save_states(app.state, f.pair, writes)
+    for index, (item, kind) in enumerate(written):
+        outcomes.append(_failure(app, flow, item, failed[index]) if index in failed else _applied(item, kind))
     return outcomes
 
 
 
 def _applied(item: _Item, kind: str) -> Outcome:
     decision = item.decision
+    notes = "; ".join(decision.notes) if decision else ""  # a policy that could not decide as configured
     if item.noop:
         conflicts = len(decision.conflicts) if decision else 0
         return Outcome(item.received, item.message, Kind.SKIPPED, "target_wins" if conflicts else "target_has_it",
-                       conflicts=conflicts)
+                       notes, conflicts=conflicts)
     if item.race:
-        return Outcome(item.received, item.message, Kind.APPLIED, kind, item.race, conflicts=1)
+        return Outcome(item.received, item.message, Kind.APPLIED, kind, "; ".join([item.race, *decision.notes])
+                       if decision else item.race, conflicts=1)
     if decision is None or not (decision.conflicts or decision.kept):
         return Outcome(item.received, item.message, Kind.APPLIED, kind)
     parts = [f"{name}: {winner} wins" for name, winner in decision.winners.items()]
     parts += [f"{name}: target's change kept" for name in decision.kept if name not in decision.winners]
-    return Outcome(item.received, item.message, Kind.APPLIED, kind, "; ".join(parts),
+    return Outcome(item.received, item.message, Kind.APPLIED, kind, "; ".join(parts + decision.notes),
                    conflicts=len(decision.conflicts))
 
 

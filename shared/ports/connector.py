@@ -33,6 +33,16 @@ class ChangePage:
     stopped_early: bool = False
 
 
+@dataclass(frozen=True)
+class ValuePrecision:
+    """How exactly a system keeps the values of one column (a connector capability): comparisons between two
+    systems use the coarser of the two, so a value that comes back rounded is still the same value."""
+
+    datetime_digits: int = 6  # fractional-second digits a date-time keeps (Dataverse: 0)
+    decimal_scale: int | None = None  # decimal places a number keeps; None: as sent
+    trims_trailing_spaces: bool = False  # e.g. CHAR columns, which pad and compare without the padding
+
+
 @dataclass
 class WriteOp:
     kind: Literal["upsert", "update", "delete"]
@@ -71,6 +81,15 @@ class Connector(Protocol):
 
     def write_batch(self, target: TargetSpec, ops: Sequence[WriteOp]) -> list[WriteResult]:
         """One result per op, in order; one bad op never fails its neighbours."""
+        ...
+
+    def precision(self, entity: str, field: str) -> ValuePrecision:
+        """How exactly `entity.field` keeps values (datetime digits, decimal scale, trailing spaces)."""
+        ...
+
+    def change_time_column(self, source: SourceSpec) -> str | None:
+        """The column of `source.entity` holding when a row last changed (what last_writer_wins compares),
+        or None when the system has none."""
         ...
 
     def acknowledge(self, source: SourceSpec, keys: Sequence[str], failed: dict[str, str]) -> None:

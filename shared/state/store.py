@@ -7,12 +7,14 @@ never blind upserts, so two pullers can never both advance one flow.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from shared.engine.values import DIGEST_OVER, EXACT, is_digest
 from shared.ports.tables import Entity, TableBackend
 
 CURSORS = "cursors"
@@ -25,6 +27,12 @@ REQUESTS = "changerequests"
 TABLES = (CURSORS, KEYMAP, RECORDS, RUNS, FAILURES, CONFLICTS, REQUESTS)
 
 RECORD_BUCKETS = 16
+# Record values are JSON (ASCII, so one character is one UTF-16 unit) split over properties `values_0`,
+# `values_1`, ...: a Table property holds 32 Ki UTF-16 units (64 KiB), an entity 1 MiB. Long values are digests
+# (see _bounded_values), and at most 12 parts (720 KB as UTF-16) are written, so the entity always fits.
+_VALUES_CHUNK = 30_000
+_VALUES_CHUNKS = 12
+_SHORT_DIGEST_OVER = 48  # when even that does not fit, every value longer than this becomes a digest
 _CURSOR_RK = "cursor"
 _MAX_TICKS = 10**19  # inverted timestamps sort newest first
 
@@ -100,21 +108,48 @@ class RecordState:
         self.values.pop(system, None)
 
     def to_data(self) -> dict[str, Any]:
-        return {
-            "versions": self.versions,
-            "values": self.values,
-            "synced_at": _iso(self.synced_at),
-        }
+        data: dict[str, Any] = {"versions": self.versions, "synced_at": _iso(self.synced_at)}
+        text = _bounded_values(self.record_id, self.values)
+        for number, start in enumerate(range(0, len(text), _VALUES_CHUNK)):
+            data[f"values_{number}"] = text[start : start + _VALUES_CHUNK]
+        return data
 
     @classmethod
     def from_entity(cls, entity: Entity) -> RecordState:
         d = entity.data
+        values = d.get("values")  # written before values were split into parts
+        if values is None:
+            parts = []
+            while f"values_{len(parts)}" in d:
+                parts.append(d[f"values_{len(parts)}"])
+            values = json.loads("".join(parts)) if parts else {}
         return cls(
             record_id=entity.rk,
             versions=d.get("versions") or {},
-            values=d.get("values") or {},
+            values=values,
             synced_at=_from_iso(d.get("synced_at")),
         )
+
+
+def _bounded_values(record_id: str, values: dict[str, dict[str, Any]]) -> str:
+    """The values as JSON that fits the entity: long values (remembered in full by an older writer, or
+    by a caller that did not digest them) become digests of their normal form, compared by digest."""
+    limit = _VALUES_CHUNK * _VALUES_CHUNKS
+    for over in (DIGEST_OVER, _SHORT_DIGEST_OVER):
+        shrunk = {system: {name: _shrunk(value, over) for name, value in fields.items()}
+                  for system, fields in values.items()}
+        text = json.dumps(shrunk, ensure_ascii=True, separators=(",", ":"), default=str)
+        if len(text) <= limit:
+            return text
+    raise ValueError(f"record {record_id}: the state of {sum(len(f) for f in values.values())} fields is "
+                     f"{len(text)} characters with every value over {_SHORT_DIGEST_OVER} characters digested, more than "
+                     f"the {limit} it may hold")
+
+
+def _shrunk(value: Any, over: int) -> Any:
+    if is_digest(value) or not isinstance(value, str) or len(value) <= over:
+        return value
+    return EXACT.digest(value)
 
 
 def record_partition(pair: str, record_id: str) -> str:
