@@ -23,6 +23,7 @@ from shared.app import SyncApp
 from shared.config import Flow
 from shared.engine.backoff import retry_at
 from shared.engine.conflicts import Decision, decide
+from shared.engine.deletes import already_applied, ordering, record_applied
 from shared.engine.identity import record_id
 from shared.engine.mapping import Lookups, lookup_requests, map_record
 from shared.engine.outcome import Kind, Outcome
@@ -155,7 +156,7 @@ def _newest_per_record(items: list[_Item], outcomes: list[Outcome]) -> list[_Ite
     newest: dict[str, _Item] = {}
     for item in items:
         current = newest.get(item.record_id)
-        if current is None or item.message.version > current.message.version:
+        if current is None or ordering(item.message) > ordering(current.message):
             if current is not None:
                 outcomes.append(Outcome(current.received, current.message, Kind.SKIPPED, "superseded"))
             newest[item.record_id] = item
@@ -179,15 +180,15 @@ def _screen(app: SyncApp, f: _Flow, item: _Item, state: RecordState | None,
     message, source = item.message, f.flow.source.system
     if message.force:
         return None
-    applied = state.versions.get(source) if state else None
-    if applied is not None and message.version <= applied:
+    if already_applied(state, source, message):
         return "already_applied"
     if f.bidirectional and message.op == "upsert":
         row = current.get(message.key)
         if row is None:
             return "source_gone"  # its delete travels as a change of its own
         item.payload = row.values
-    if message.op == "upsert" and state and _unchanged(item.payload, state.values.get(source)):
+    restored = state is not None and source in state.tombstones  # the target no longer holds what was synced
+    if message.op == "upsert" and state and not restored and _unchanged(item.payload, state.values.get(source)):
         # Every field we manage equals what was last synced for this side: in a pair, our own write coming
         # back; otherwise a change to fields we do not sync.
         return "echo" if f.bidirectional else "unchanged"
@@ -312,7 +313,7 @@ def _record_results(app: SyncApp, f: _Flow, results: list[WriteResult], states: 
         record_id = f"{f.anchor}|{message.key if flow.source.system == f.anchor else target_key}"
         state = states.get(item.record_id) or RecordState(record_id)
         state.record_id = record_id
-        state.versions[flow.source.system] = message.version
+        record_applied(state, flow.source.system, message)
         state.remember(flow.target.system, canonical_row(result.op.values))
         if message.op == "upsert":
             state.remember(flow.source.system, {n: canonical(item.payload.get(n)) for n in observed_fields})

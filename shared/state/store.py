@@ -46,6 +46,11 @@ class Cursor:
     paused: bool = False
     paused_reason: str | None = None
     last_run: dict[str, Any] = field(default_factory=dict)
+    # Set when a full read starts, cleared once its deletes were inferred: a run that finds it set (the
+    # last one died in between) infers them by a key-set comparison before it reads on.
+    deletes_pending: str | None = None
+    # The flow's last pull failure ({"error", "since", "at", "run_id"}), kept until a pull succeeds.
+    last_error: dict[str, Any] | None = None
     etag: str = ""
 
     def to_data(self) -> dict[str, Any]:
@@ -56,6 +61,8 @@ class Cursor:
             "paused": self.paused,
             "paused_reason": self.paused_reason,
             "last_run": self.last_run,
+            "deletes_pending": self.deletes_pending,
+            "last_error": self.last_error,
         }
 
     @classmethod
@@ -69,6 +76,8 @@ class Cursor:
             paused=bool(d.get("paused", False)),
             paused_reason=d.get("paused_reason"),
             last_run=d.get("last_run") or {},
+            deletes_pending=d.get("deletes_pending"),
+            last_error=d.get("last_error") or None,
             etag=entity.etag,
         )
 
@@ -91,6 +100,9 @@ class RecordState:
     # synced). An incoming change equal to it is an echo; a target differing from it changed since.
     values: dict[str, dict[str, Any]] = field(default_factory=dict)
     synced_at: datetime | None = None
+    # system -> when a delete was inferred for the record there (shared.engine.deletes): its version stays
+    # the last real one, and any real change from that system wins over the tombstone.
+    tombstones: dict[str, str] = field(default_factory=dict)
 
     def remember(self, system: str, values: dict[str, Any]) -> None:
         self.values.setdefault(system, {}).update(values)
@@ -100,6 +112,7 @@ class RecordState:
             "versions": self.versions,
             "values": self.values,
             "synced_at": _iso(self.synced_at),
+            "tombstones": self.tombstones,
         }
 
     @classmethod
@@ -110,6 +123,7 @@ class RecordState:
             versions=d.get("versions") or {},
             values=d.get("values") or {},
             synced_at=_from_iso(d.get("synced_at")),
+            tombstones=d.get("tombstones") or {},
         )
 
 
