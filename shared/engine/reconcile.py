@@ -44,6 +44,7 @@ class ReconcileResult:
     scanned: int = 0  # keys the source has
     known: int = 0  # keys the key map has for the source system
     deleted: int = 0  # delete messages sent
+    duplicates: int = 0  # of those, dropped by duplicate detection (found and sent before)
     present_on_recheck: int = 0  # candidates the confirming read still found (created during the scan)
     notes: list[str] = field(default_factory=list)
 
@@ -63,7 +64,7 @@ def reconcile_deletes(app: SyncApp, flow_name: str, batch_size: int = BATCH) -> 
         return result
     confirmed = send_confirmed_deletes(app, flow_name, missing_keys(app, flow_name, result), result.run_id,
                                        batch_size)
-    result.deleted, result.present_on_recheck = confirmed.sent, confirmed.present
+    result.deleted, result.duplicates, result.present_on_recheck = confirmed.sent, confirmed.duplicates, confirmed.present
     record_run(app, result)
     return result
 
