@@ -1,0 +1,79 @@
+"""Pulling from the Dataverse simulator over HTTP: a re-baseline infers only confirmed deletes, a failing
+pull is recorded on its flow (an auth failure pauses it), and deletes reach flows keyed by an alternate key."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dvsim.pytest_fixtures import dataverse_sim, dataverse_sim_factory  # noqa: F401
+from shared.engine.pull import pull_flow
+from shared.state.store import KeyLink
+from tests.integration.test_dataverse_connector import (  # noqa: F401 - fixtures
+    ACCOUNTS_TO_ERP,
+    _token,
+    drain,
+    erp,
+    erp_rows,
+    insert_erp,
+    kinds,
+    make_app,
+    seed,
+    sim,
+)
+
+
+def paged(flow: dict[str, Any], size: int) -> dict[str, Any]:
+    return flow | {"page_size": size}
+
+
+def test_a_rebaseline_does_not_delete_what_was_created_and_linked_while_it_read(tmp_path, sim, erp):  # noqa: F811
+    rows = seed(sim, 6)
+    app = make_app(tmp_path, sim, {"accounts-to-erp": paged(ACCOUNTS_TO_ERP, 2)})
+    assert pull_flow(app, "accounts-to-erp", owner="t").pulled == 6
+    assert kinds(drain(app)) == {"applied": 6}
+
+    sim.delete("accounts", rows[0]["accountid"])
+    sim.expire_all_delta_tokens()
+    created: list[str] = []
+
+    def meanwhile(_: int) -> None:  # the reverse flow (say) creates a CRM account and links it mid-read
+        if not created:
+            row = sim.insert("accounts", {"name": "New", "accountnumber": "A-NEW"})
+            created.append(row["accountid"])
+            insert_erp(erp, "customers", [{"account_number": "A-NEW", "name": "New", "crm_id": row["accountid"]}])
+            app.state.link_keys("accounts-to-erp", [KeyLink("crm", row["accountid"], "erp", "A-NEW")])
+
+    again = pull_flow(app, "accounts-to-erp", owner="t", on_page=meanwhile)
+
+    assert again.deletes_inferred == 1
+    drain(app)
+    customers = erp_rows(erp)
+    assert "A-0000" not in customers and "A-NEW" in customers and len(customers) == 6
+    app.close()
+
+
+def test_an_auth_failure_while_pulling_pauses_the_flow_and_releases_it(tmp_path, sim, erp):  # noqa: F811
+    seed(sim, 3)
+    app = make_app(tmp_path, sim, {"accounts-to-erp": ACCOUNTS_TO_ERP})
+    sim.faults.inject(403)
+    result = pull_flow(app, "accounts-to-erp", owner="t")
+    assert result.status == "auth_failed" and "403" in result.error
+    cursor = app.state.get_cursor("accounts-to-erp")
+    assert cursor.paused and cursor.paused_reason.startswith("auth failure while pulling")
+    assert cursor.lease_owner is None and cursor.last_error["error"] == result.error
+    assert pull_flow(app, "accounts-to-erp", owner="t").status == "paused"
+    app.close()
+
+
+def test_a_503_after_the_first_page_counts_the_page_it_sent(tmp_path, sim, erp):  # noqa: F811
+    seed(sim, 5)
+    app = make_app(tmp_path, sim, {"accounts-to-erp": paged(ACCOUNTS_TO_ERP, 2)})
+    result = pull_flow(app, "accounts-to-erp", owner="t", on_page=lambda _: sim.faults.inject(503))
+    assert (result.status, result.pulled, result.pages) == ("failed", 2, 1)
+    assert "503" in result.error
+    assert app.state.recent_runs("accounts-to-erp", 1)[0]["pulled"] == 2
+    assert kinds(drain(app)) == {"applied": 2}
+    resumed = pull_flow(app, "accounts-to-erp", owner="t")  # from the stored next link
+    assert (resumed.status, resumed.pulled) == ("ok", 3)
+    assert app.state.get_cursor("accounts-to-erp").last_error is None
+    app.close()
