@@ -23,7 +23,7 @@ from datetime import datetime
 from shared import telemetry
 from shared.app import SyncApp
 from shared.config import Flow
-from shared.engine import cursor_lease
+from shared.engine import aliases, cursor_lease
 from shared.engine.deletes import Confirmed, send_confirmed_deletes
 from shared.engine.reconcile import missing_keys
 from shared.errors import AuthError, ConcurrencyError
@@ -92,17 +92,22 @@ def _read(app: SyncApp, flow_name: str, flow: Flow, cursor: Cursor, result: Pull
     infers_deletes = flow.deletes != "ignore"  # apply would skip every delete: no point looking for them
     seen: set[str] | None = None  # the keys of a full read
     for page in connector.read_changes(flow.source, cursor.position, flow.page_size):
-        messages = [_message(flow_name, flow, record, result.run_id, app.clock()) for record in page.records]
+        named = aliases.name_deletes(app, flow_name, flow, page.records)
+        if named.unresolved:
+            result.notes.append(f"{named.unresolved} deletes left out: only their id came, and no record with "
+                                "that id was pulled by this flow")
+        messages = [_message(flow_name, flow, record, result.run_id, app.clock()) for record in named.records]
         accepted = app.bus.send(app.queue, [to_envelope(m) for m in messages])
         if accepted is not None:
             result.duplicates += len(messages) - accepted
+        aliases.forget(app, flow_name, flow, named)
         if flow.source.changes == "status_flag":
             connector.acknowledge(flow.source, [m.key for m in messages], {})
         if page.snapshot and infers_deletes:
             if seen is None:
                 seen = set()
                 cursor.deletes_pending = app.clock().isoformat()  # stored with this page's position
-            seen.update(r.key for r in page.records)
+            seen.update(r.key for r in named.records)
         result.pulled += len(messages)
         result.pages += 1
         result.notes.extend(page.notes)

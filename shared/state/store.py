@@ -179,6 +179,25 @@ class StateStore:
         for entity in self.tables.query(KEYMAP, pair, rk_prefix=prefix):
             yield entity.rk[len(prefix) :]
 
+    # Aliases live in the key map partition under their own prefix, so `linked_keys` never lists them.
+    @staticmethod
+    def _alias_rk(system: str, entity: str, source_id: str) -> str:
+        return f"~id|{system}|{entity}|{source_id}"
+
+    def put_aliases(self, pair: str, system: str, entity: str, keys_by_id: dict[str, str]) -> None:
+        """Remember a source's own record ids -> the flow's keys (see SourceRecord.source_id)."""
+        self.tables.upsert_many(KEYMAP, [(pair, self._alias_rk(system, entity, i), {"key": k})
+                                         for i, k in keys_by_id.items()])
+
+    def get_aliases(self, pair: str, system: str, entity: str, ids: Iterable[str]) -> dict[str, str]:
+        wanted = {self._alias_rk(system, entity, i): i for i in dict.fromkeys(ids)}
+        found = self.tables.get_many(KEYMAP, pair, list(wanted))
+        return {wanted[rk]: e.data["key"] for rk, e in found.items()}
+
+    def drop_aliases(self, pair: str, system: str, entity: str, ids: Iterable[str]) -> None:
+        for source_id in ids:
+            self.tables.delete(KEYMAP, pair, self._alias_rk(system, entity, source_id))
+
     def count_keys(self, pair: str, system: str) -> int:
         return sum(1 for _ in self.linked_keys(pair, system))
 
