@@ -16,14 +16,18 @@ Reading changes (`SourceSpec.changes`):
   next link is not, even if that link belongs to a full read: the engine infers deletes from a snapshot's
   key set, and a resumed read holds only part of it. A delta read with nothing new still yields one empty
   page, so the cursor moves to the fresh delta link (a token left unused ages towards its expiry).
-  ``$deletedEntity`` rows (``reason: deleted``) become ``SourceRecord(deleted=True)`` keyed by their ``id``,
-  which is the primary id: a change-tracked source should be keyed by its primary id (a composite key cannot
-  be rebuilt from an id; such deletes are skipped with a note). Their version is the version number of the
-  delta token they were read from plus ``~deleted`` (the delete happened after the token, and a record later
+  ``$deletedEntity`` rows (``reason: deleted``), and OData's ``{"@odata.id": "accounts(<id>)", "@removed":
+  {"reason": "deleted"}}`` form (``@odata.removed`` / ``@id`` too), become ``SourceRecord(deleted=True)``. They
+  name the row by its primary id only: a flow keyed by the primary id gets that as the key; a flow keyed by
+  an alternate (or composite) key gets key ``""`` and ``source_id`` = the id, and every record it reads carries
+  its ``source_id`` too, so the engine can name the delete (``shared.engine.aliases``). A row removed for
+  another reason (``reason: changed``) is skipped with a note. A delete's version is the version number of the
+  delta token it was read from plus ``~deleted`` (the delete happened after the token, and a record later
   re-created under the same id gets a higher version). An expired delta token (``0x80044352`` "Version stamp
   associated with the client has expired") starts a fresh full read at once: its pages are snapshots, with
   the note "delta token expired: re-baselined with a full read", so the engine emits every current row
-  (unchanged ones are skipped by the version check) and infers the deletes from the key map. A table without
+  (unchanged ones are skipped by the version check) and infers the deletes from the key map (each confirmed
+  by a re-read, see ``shared.engine.deletes``). A table without
   change tracking enabled answers without ``odata.track-changes`` in ``Preference-Applied``: a ConfigError.
 - ``watermark``: ``$filter=modifiedon gt X or (modifiedon eq X and key gt K)``, ``$orderby=modifiedon
   asc,key asc``, pages by ``@odata.nextLink``; the position is ``{"watermark": ..., "last_key": [...]}``.

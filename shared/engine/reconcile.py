@@ -64,7 +64,8 @@ def reconcile_deletes(app: SyncApp, flow_name: str, batch_size: int = BATCH) -> 
         return result
     confirmed = send_confirmed_deletes(app, flow_name, missing_keys(app, flow_name, result), result.run_id,
                                        batch_size)
-    result.deleted, result.duplicates, result.present_on_recheck = confirmed.sent, confirmed.duplicates, confirmed.present
+    result.deleted, result.duplicates = confirmed.sent, confirmed.duplicates
+    result.present_on_recheck = confirmed.present
     record_run(app, result)
     return result
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import pytest
-
 from shared.engine import cursor_lease
 from shared.engine.pull import pull_flow
 from shared.engine.schedule import is_due, pull_due_flows
