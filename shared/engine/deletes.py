@@ -82,12 +82,15 @@ def ordering(message: ChangeMessage) -> tuple[str, bool]:
 
 def already_applied(state: RecordState | None, system: str, message: ChangeMessage) -> bool:
     """Not newer than what was applied from `system`. After an inferred delete (a tombstone), a real change
-    of the version last applied is a restore and counts as new."""
+    of the version last applied is a restore and counts as new, and the same deletion inferred again (a
+    deactivated record stays linked, so every full read finds it again) is not."""
     applied = state.versions.get(system) if state else None
+    tombstoned = state is not None and system in state.tombstones
+    if message.inferred and tombstoned:
+        return ordering(message)[0] <= (applied or "")
     if applied is None or message.version > applied:
         return False
-    return not (state is not None and system in state.tombstones and not message.inferred
-                and message.version == applied)
+    return not (tombstoned and message.version == applied)
 
 
 def record_applied(state: RecordState, system: str, message: ChangeMessage) -> None:

@@ -151,6 +151,13 @@ def test_a_true_delete_is_still_inferred_and_applied(one_way):
     assert one_way.drain().applied_total == 2
     assert one_way.rows("erp", CUSTOMERS)["GONE"]["status"] == "inactive"
 
+    # Deactivated, so still linked: the next full read (long after) finds it gone again, and it is not re-sent
+    # to the target.
+    one_way.reset_cursor("accounts-to-erp")
+    one_way.app.bus._clock = lambda: time.time() + 3600
+    assert pull_flow(one_way.app, "accounts-to-erp", owner="t").deletes_inferred == 1
+    assert dict(one_way.drain().flows["accounts-to-erp"].skipped) == {"already_applied": 2}
+
 
 def test_a_crash_between_the_last_page_and_the_inference_does_not_lose_the_deletes(one_way):
     one_way.execute("crm", ACCOUNTS.insert().values(accountnumber="A1", name="a1", modified=T(1)))
