@@ -35,8 +35,7 @@ def pull(timer: func.TimerRequest) -> None:
     for result in pull_due_flows(sync_app()):
         log.info("pulled flow=%s status=%s pulled=%d deletes=%d run_id=%s", result.flow, result.status,
                  result.pulled, result.deletes_inferred, result.run_id)
-        if result.error:
-            log.error("pull failed flow=%s run_id=%s: %s", result.flow, result.run_id, result.error)
+        if result.error:  # logged as an error where it happened, with the flow and run id
             failed.append(f"{result.flow}: {result.error}")
     if failed:
         raise PullFailures(f"{len(failed)} flow(s) failed to pull: " + "; ".join(failed))

@@ -239,7 +239,7 @@ def status(
         state = f"[red]paused[/red]: {f.paused_reason}" if f.paused else "running"
         if f.last_error:
             state += (f"\n[red]failing since {f.last_error.get('since', '?')}[/red] "
-                      f"(last {f.last_error.get('at', '?')}): {f.last_error.get('error', '')}")
+                      f"(last {f.last_error.get('at', '?')}): {escape(str(f.last_error.get('error', '')))}")
         lag = "-" if f.lag_seconds is None else f"{f.lag_seconds:.0f}s"
         dead = ", ".join(f"{n} {why}" for why, n in sorted(f.dead_letters.items())) or "0"
         last = f.last_run
