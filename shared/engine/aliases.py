@@ -24,12 +24,18 @@ class Named:
     unresolved: int = 0  # deletes left out: their id was never seen
 
 
+def remember(app: SyncApp, flow_name: str, flow: Flow, records: list[SourceRecord]) -> dict[str, str]:
+    """Remember the ids of the records read (any read that moves the flow's cursor); returns them."""
+    fresh = {r.source_id: r.key for r in records if r.source_id and not r.deleted and r.key != r.source_id}
+    if fresh:
+        app.state.put_aliases(app.config.pair_of(flow_name), flow.source.system, flow.source.entity, fresh)
+    return fresh
+
+
 def name_deletes(app: SyncApp, flow_name: str, flow: Flow, records: list[SourceRecord]) -> Named:
     """Remember the ids of the records read, and give each delete known only by its id its flow key."""
     pair, system, entity = app.config.pair_of(flow_name), flow.source.system, flow.source.entity
-    fresh = {r.source_id: r.key for r in records if r.source_id and not r.deleted and r.key != r.source_id}
-    if fresh:
-        app.state.put_aliases(pair, system, entity, fresh)
+    fresh = remember(app, flow_name, flow, records)
     if not any(_by_id_only(r) for r in records):
         return Named(records)
     wanted = [r.source_id for r in records if _by_id_only(r) and r.source_id not in fresh]

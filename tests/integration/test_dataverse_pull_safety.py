@@ -129,3 +129,21 @@ def test_the_shapes_of_a_deleted_row_an_odata_service_may_send():
         assert Dv._deleted_id(row) == guid.lower(), shape
     changed = {"@odata.id": f"accounts({guid})", "@removed": {"reason": "changed"}}  # still exists elsewhere
     assert Dv._is_deleted(changed) and Dv._deleted_id(changed) is None
+
+
+def test_records_matched_by_initial_sync_take_their_deletes_too(tmp_path, sim, erp):  # noqa: F811
+    from shared.engine.initial_sync import initial_sync
+
+    rows = seed(sim, 3)
+    insert_erp(erp, "customers", [{"account_number": r["accountnumber"], "name": r["name"]} for r in rows])
+    app = make_app(tmp_path, sim, {"by-number": BY_NUMBER | {"match_on": ["account_number"]}})
+    assert initial_sync(app, "by-number", owner="t").matched == 3
+    drain(app)
+
+    sim.delete("accounts", rows[0]["accountid"])
+    delta = pull_flow(app, "by-number", owner="t")
+
+    assert (delta.pulled, delta.notes) == (1, [])
+    assert kinds(drain(app)) == {"applied": 1}
+    assert sorted(erp_rows(erp)) == ["A-0001", "A-0002"]
+    app.close()
