@@ -130,6 +130,9 @@ class DataverseApi:
         self.store = store
         self.stats = stats
         self._token_expired = token_expired  # (DeltaToken) -> bool, from the fault settings
+        # How a delta reports a deleted row: "deletedEntity" (Dataverse's own form) or "removed" (the
+        # OData JSON form other services send: {"@odata.id": "accounts(<id>)", "@removed": {...}}).
+        self.deleted_form = "deletedEntity"
 
     # --- dispatch --------------------------------------------------------------------------------
 
@@ -394,6 +397,8 @@ class DataverseApi:
         for kind, item in items:
             if kind == "u":
                 value.append(self._entity_json(entity, item, attrs))
+            elif self.deleted_form == "removed":
+                value.append({"@odata.id": f"{entity.set_name}({item[0]})", "@removed": {"reason": "deleted"}})
             else:
                 value.append({
                     "@odata.context": f"{req.service_root}$metadata#{entity.set_name}/$deletedEntity",

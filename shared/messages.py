@@ -40,6 +40,8 @@ class ChangeMessage(BaseModel):
     # a conflict resolved for this side); `approved` carries a reviewed change request past review.
     force: bool = False
     approved: bool = False
+    # A delete the engine inferred (the record is missing at its source); see shared.engine.deletes.
+    inferred: bool = False
     correlation_id: str = ""
     first_enqueued_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 

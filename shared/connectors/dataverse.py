@@ -20,14 +20,18 @@ Reading changes (`SourceSpec.changes`):
   next link is not, even if that link belongs to a full read: the engine infers deletes from a snapshot's
   key set, and a resumed read holds only part of it. A delta read with nothing new still yields one empty
   page, so the cursor moves to the fresh delta link (a token left unused ages towards its expiry).
-  ``$deletedEntity`` rows (``reason: deleted``) become ``SourceRecord(deleted=True)`` keyed by their ``id``,
-  which is the primary id: a change-tracked source should be keyed by its primary id (a composite key cannot
-  be rebuilt from an id; such deletes are skipped with a note). Their version is the version number of the
-  delta token they were read from plus ``~deleted`` (the delete happened after the token, and a record later
+  ``$deletedEntity`` rows (``reason: deleted``), and OData's ``{"@odata.id": "accounts(<id>)", "@removed":
+  {"reason": "deleted"}}`` form (``@odata.removed`` / ``@id`` too), become ``SourceRecord(deleted=True)``. They
+  name the row by its primary id only: a flow keyed by the primary id gets that as the key; a flow keyed by
+  an alternate (or composite) key gets key ``""`` and ``source_id`` = the id, and every record it reads carries
+  its ``source_id`` too, so the engine can name the delete (``shared.engine.aliases``). A row removed for
+  another reason (``reason: changed``) is skipped with a note. A delete's version is the version number of the
+  delta token it was read from plus ``~deleted`` (the delete happened after the token, and a record later
   re-created under the same id gets a higher version). An expired delta token (``0x80044352`` "Version stamp
   associated with the client has expired") starts a fresh full read at once: its pages are snapshots, with
   the note "delta token expired: re-baselined with a full read", so the engine emits every current row
-  (unchanged ones are skipped by the version check) and infers the deletes from the key map. A table without
+  (unchanged ones are skipped by the version check) and infers the deletes from the key map (each confirmed
+  by a re-read, see ``shared.engine.deletes``). A table without
   change tracking enabled answers without ``odata.track-changes`` in ``Preference-Applied``: a ConfigError.
 - ``watermark``: ``$filter=modifiedon gt X or (modifiedon eq X and key gt K)``, ``$orderby=modifiedon
   asc,key asc``, pages by ``@odata.nextLink``; the position is ``{"watermark": ..., "last_key": [...]}``.
@@ -101,6 +105,7 @@ _FILTER_KEYS = 100
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _ISO_MOMENT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})$")
 _ETAG_NUMBER = re.compile(r'^(?:W/)?"(\d+)"$')
+_ENTITY_ID = re.compile(r"\(([^()]*)\)\s*$")  # the key in an entity id: accounts(<guid>)
 _QUERY_SAFE = "$,()'/:*@"
 _KEY_SAFE = "(),='"
 _BASE_HEADERS = {
@@ -576,6 +581,8 @@ class DataverseConnector:
         what = f"{source.entity}: reading changes"
         deleted_version = self._deleted_version(url)
         trail = _Trail(what)
+        primary = self.primary_id(source.entity)
+        by_id = list(source.key) != [primary]  # keyed by an alternate key: deletes carry the other id
         first = True
         while url:
             trail.visit(url)
@@ -590,16 +597,20 @@ class DataverseConnector:
             page_notes = list(notes) if first else []
             skipped = 0
             for row in data.get("value", []):
-                if self._is_deleted(row):
-                    if len(source.key) != 1:
-                        skipped += 1
-                        continue
-                    records.append(SourceRecord(str(row.get("id")), {}, deleted_version, datetime.now(UTC),
-                                                deleted=True))
+                if not self._is_deleted(row):
+                    record = self._record(source.key, source.entity, row)
+                    if by_id:
+                        record.source_id = self._primary_value(row, primary)
+                    records.append(record)
+                elif (record_id := self._deleted_id(row)) is None:
+                    skipped += 1
                 else:
-                    records.append(self._record(source.key, source.entity, row))
+                    # A delete names the row by its primary id only: the flow's own key is the engine's to
+                    # find (it remembers each record's id as it pulls it) unless the flow is keyed by the id.
+                    records.append(SourceRecord("" if by_id else record_id, {}, deleted_version, datetime.now(UTC),
+                                                deleted=True, source_id=record_id if by_id else None))
             if skipped:
-                page_notes.append(f"{skipped} deleted rows skipped: a composite key cannot be rebuilt from an id")
+                page_notes.append(f"{skipped} removed rows skipped: not deleted (reason changed) or without an id")
             if not next_link and not delta_link:
                 raise TransientError(f"{what}: the page has neither @odata.nextLink nor @odata.deltaLink")
             capped = bool(next_link) and len(trail.seen) >= self.max_pages_per_run
@@ -617,8 +628,32 @@ class DataverseConnector:
 
     @staticmethod
     def _is_deleted(row: dict[str, Any]) -> bool:
+        """Dataverse's ``$deletedEntity`` row, or OData's ``@removed`` / ``@odata.removed`` annotation."""
         context = str(row.get("@odata.context", ""))
-        return context.endswith("$deletedEntity") or ("reason" in row and "id" in row and len(row) <= 3)
+        return (context.endswith("$deletedEntity") or ("reason" in row and "id" in row and len(row) <= 3)
+                or "@removed" in row or "@odata.removed" in row)
+
+    @staticmethod
+    def _deleted_id(row: dict[str, Any]) -> str | None:
+        """The primary id of a deleted row: ``id``, or the key in ``@odata.id`` / ``@id`` (``accounts(<guid>)``,
+        also ``accounts(accountid=<guid>)`` or a full URL). None for a row removed for another reason (OData's
+        ``reason: changed``: it left the tracked set but still exists) or without a readable id."""
+        removed = row.get("@removed", row.get("@odata.removed"))
+        if isinstance(removed, dict) and removed.get("reason", "deleted") != "deleted":
+            return None
+        if row.get("id"):
+            value = str(row["id"])
+        else:
+            match = _ENTITY_ID.search(str(row.get("@odata.id") or row.get("@id") or ""))
+            if match is None:
+                return None
+            value = unquote(match.group(1)).rpartition("=")[2].strip("'")
+        return value.lower() if is_guid(value) else value
+
+    @staticmethod
+    def _primary_value(row: dict[str, Any], primary: str) -> str | None:
+        value = row.get(primary)
+        return str(value).lower() if value is not None else None
 
     @staticmethod
     def _deleted_version(url: str) -> str:

@@ -23,6 +23,7 @@ from shared.config import Flow
 from shared.engine.backoff import retry_at
 from shared.engine.conflicts import Decision, decide, target_change_time
 from shared.engine.delete_races import carry_delete, carry_record, changed_since, settle_race
+from shared.engine.deletes import already_applied, ordering, record_applied
 from shared.engine.identity import record_id
 from shared.engine.mapping import Lookups, lookup_requests, map_record
 from shared.engine.outcome import Kind, Outcome
@@ -173,7 +174,7 @@ def _newest_per_record(items: list[_Item], outcomes: list[Outcome]) -> list[_Ite
     newest: dict[str, _Item] = {}
     for item in items:
         current = newest.get(item.record_id)
-        if current is None or item.message.version > current.message.version:
+        if current is None or ordering(item.message) > ordering(current.message):
             if current is not None:
                 outcomes.append(Outcome(current.received, current.message, Kind.SKIPPED, "superseded"))
             newest[item.record_id] = item
@@ -198,8 +199,7 @@ def _screen(app: SyncApp, f: _Flow, item: _Item, state: RecordState | None,
     message, source = item.message, f.flow.source.system
     if message.force:
         return None
-    applied = state.versions.get(source) if state else None
-    if applied is not None and message.version <= applied:
+    if already_applied(state, source, message):
         return "already_applied"
     if f.bidirectional:
         row = current.get(message.key)
@@ -212,7 +212,9 @@ def _screen(app: SyncApp, f: _Flow, item: _Item, state: RecordState | None,
             return "source_gone"  # its delete travels as a change of its own
         else:
             item.payload = row.values
-    if message.op == "upsert" and state and _unchanged(f.rules, item.payload, state.values.get(source)):
+    restored = state is not None and source in state.tombstones  # the target no longer holds what was synced
+    if (message.op == "upsert" and state and not restored
+            and _unchanged(f.rules, item.payload, state.values.get(source))):
         # Every field we manage equals what was last synced for this side: in a pair, our own write coming
         # back; otherwise a change to fields we do not sync.
         return "echo" if f.bidirectional else "unchanged"
@@ -419,7 +421,7 @@ def _record_results(app: SyncApp, f: _Flow, results: list[WriteResult], states: 
         record_id = f"{f.anchor}|{message.key if flow.source.system == f.anchor else target_key}"
         state = states.get(item.record_id) or RecordState(record_id)
         state.record_id = record_id
-        state.versions[flow.source.system] = message.version
+        record_applied(state, flow.source.system, message)
         if result.op.kind == "delete":
             state.forget(flow.target.system)
         else:

@@ -18,6 +18,11 @@ class SourceRecord:
     version: str  # sortable: a newer change always compares greater
     changed_at: datetime
     deleted: bool = False
+    # The record's own id at a source whose change feed names deleted rows by that id only (Dataverse's
+    # primary id, when the flow is keyed by another column): set on every record read from such a feed, and a
+    # delete from it has key "" and only this id. The engine remembers id -> key as it pulls the records and
+    # resolves those deletes with it (shared.engine.aliases).
+    source_id: str | None = None
 
 
 @dataclass

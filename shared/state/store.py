@@ -54,6 +54,11 @@ class Cursor:
     paused: bool = False
     paused_reason: str | None = None
     last_run: dict[str, Any] = field(default_factory=dict)
+    # Set when a full read starts, cleared once its deletes were inferred: a run that finds it set (the
+    # last one died in between) infers them by a key-set comparison before it reads on.
+    deletes_pending: str | None = None
+    # The flow's last pull failure ({"error", "since", "at", "run_id"}), kept until a pull succeeds.
+    last_error: dict[str, Any] | None = None
     etag: str = ""
 
     def to_data(self) -> dict[str, Any]:
@@ -64,6 +69,8 @@ class Cursor:
             "paused": self.paused,
             "paused_reason": self.paused_reason,
             "last_run": self.last_run,
+            "deletes_pending": self.deletes_pending,
+            "last_error": self.last_error,
         }
 
     @classmethod
@@ -77,6 +84,8 @@ class Cursor:
             paused=bool(d.get("paused", False)),
             paused_reason=d.get("paused_reason"),
             last_run=d.get("last_run") or {},
+            deletes_pending=d.get("deletes_pending"),
+            last_error=d.get("last_error") or None,
             etag=entity.etag,
         )
 
@@ -99,6 +108,9 @@ class RecordState:
     # synced). An incoming change equal to it is an echo; a target differing from it changed since.
     values: dict[str, dict[str, Any]] = field(default_factory=dict)
     synced_at: datetime | None = None
+    # system -> when a delete was inferred for the record there (shared.engine.deletes): its version stays
+    # the last real one, and any real change from that system wins over the tombstone.
+    tombstones: dict[str, str] = field(default_factory=dict)
 
     def remember(self, system: str, values: dict[str, Any]) -> None:
         self.values.setdefault(system, {}).update(values)
@@ -108,7 +120,8 @@ class RecordState:
         self.values.pop(system, None)
 
     def to_data(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"versions": self.versions, "synced_at": _iso(self.synced_at)}
+        data: dict[str, Any] = {"versions": self.versions, "synced_at": _iso(self.synced_at),
+                                "tombstones": self.tombstones}
         text = _bounded_values(self.record_id, self.values)
         for number, start in enumerate(range(0, len(text), _VALUES_CHUNK)):
             data[f"values_{number}"] = text[start : start + _VALUES_CHUNK]
@@ -128,6 +141,7 @@ class RecordState:
             versions=d.get("versions") or {},
             values=values,
             synced_at=_from_iso(d.get("synced_at")),
+            tombstones=d.get("tombstones") or {},
         )
 
 
@@ -203,6 +217,25 @@ class StateStore:
         prefix = f"{system}|"
         for entity in self.tables.query(KEYMAP, pair, rk_prefix=prefix):
             yield entity.rk[len(prefix) :]
+
+    # Aliases live in the key map partition under their own prefix, so `linked_keys` never lists them.
+    @staticmethod
+    def _alias_rk(system: str, entity: str, source_id: str) -> str:
+        return f"~id|{system}|{entity}|{source_id}"
+
+    def put_aliases(self, pair: str, system: str, entity: str, keys_by_id: dict[str, str]) -> None:
+        """Remember a source's own record ids -> the flow's keys (see SourceRecord.source_id)."""
+        self.tables.upsert_many(KEYMAP, [(pair, self._alias_rk(system, entity, i), {"key": k})
+                                         for i, k in keys_by_id.items()])
+
+    def get_aliases(self, pair: str, system: str, entity: str, ids: Iterable[str]) -> dict[str, str]:
+        wanted = {self._alias_rk(system, entity, i): i for i in dict.fromkeys(ids)}
+        found = self.tables.get_many(KEYMAP, pair, list(wanted))
+        return {wanted[rk]: e.data["key"] for rk, e in found.items()}
+
+    def drop_aliases(self, pair: str, system: str, entity: str, ids: Iterable[str]) -> None:
+        for source_id in ids:
+            self.tables.delete(KEYMAP, pair, self._alias_rk(system, entity, source_id))
 
     def count_keys(self, pair: str, system: str) -> int:
         return sum(1 for _ in self.linked_keys(pair, system))

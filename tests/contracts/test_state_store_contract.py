@@ -112,6 +112,27 @@ def test_key_map_both_directions(store):
     assert store.count_keys("pair", "crm") == 1
 
 
+def test_id_aliases_live_beside_the_key_map_without_being_linked_keys(store):
+    store.link_keys("pair", [KeyLink("crm", "A-1", "erp", "C-1")])
+    store.put_aliases("pair", "crm", "accounts", {"6f9619ff-0000": "A-1", "7a": '["x/1","#2"]'})
+    assert store.get_aliases("pair", "crm", "accounts", ["7a", "6f9619ff-0000", "nope"]) == {
+        "6f9619ff-0000": "A-1", "7a": '["x/1","#2"]'}
+    assert store.get_aliases("pair", "crm", "contacts", ["7a"]) == {}
+    assert list(store.linked_keys("pair", "crm")) == ["A-1"] and store.count_keys("pair", "crm") == 1
+    store.drop_aliases("pair", "crm", "accounts", ["7a", "never-there"])
+    assert store.get_aliases("pair", "crm", "accounts", ["7a", "6f9619ff-0000"]) == {"6f9619ff-0000": "A-1"}
+
+
+def test_pull_bookkeeping_round_trips(store):
+    error = {"error": "TransientError: 503", "since": "2026-03-01T12:00:00+00:00", "at": "2026-03-01T12:05:00+00:00",
+             "run_id": "r1"}
+    store.create_cursor(Cursor("f", deletes_pending="2026-03-01T12:00:00+00:00", last_error=error))
+    got = store.get_cursor("f")
+    assert (got.deletes_pending, got.last_error) == ("2026-03-01T12:00:00+00:00", error)
+    store.put_records("pair", [RecordState("crm|1", versions={"crm": "v1"}, tombstones={"crm": "2026-03-01"})])
+    assert store.get_records("pair", ["crm|1"])["crm|1"].tombstones == {"crm": "2026-03-01"}
+
+
 def test_record_state_round_trip_across_buckets(store):
     now = datetime.now(UTC)
     records = [RecordState(f"crm|{i}", versions={"crm": f"{i:020d}"},
