@@ -142,8 +142,12 @@ def test_the_timer_pulls_every_due_flow_then_fails_the_invocation(app, monkeypat
 
 def test_status_and_the_admin_endpoint_show_the_error_and_since_when(app, monkeypatch):
     pull_due_flows(app, owner="t")
+    from tests.unit.test_functions_admin import principal
+
     monkeypatch.setattr(functions.admin, "sync_app", lambda: app)
-    req = func.HttpRequest(method="GET", url="/api/flows", headers={}, params={}, route_params={}, body=b"")
+    monkeypatch.setenv("WEBSITE_AUTH_ENABLED", "True")
+    req = func.HttpRequest(method="GET", url="/api/flows", headers={"x-ms-client-principal": principal("Reader")},
+                           params={}, route_params={}, body=b"")
     body = json.loads(indexed()["flows"].get_user_function()(req=req).get_body())
     flows = {f["flow"]: f for f in body["flows"]}
     assert flows["broken"]["last_error"]["since"] == "2026-03-01T12:00:00+00:00"
