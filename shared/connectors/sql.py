@@ -55,7 +55,10 @@ columns; partial column sets leave other columns alone) when the key has a uniqu
 select-then-update/insert. If the batch fails with anything but a transient error, it is rolled back and
 the ops run again one by one, each inside a savepoint, so one bad row fails only itself. Transient errors
 (OperationalError, lost connections, timeouts) fail every op with a TransientError. ``if_match`` is ignored:
-SQL tables carry no etag.
+SQL tables carry no etag. Conditional writes go by values instead (`conditional_writes = "values"`): an op
+with ``if_values`` is one ``UPDATE ... WHERE key AND col IS NOT DISTINCT FROM :read ...`` per row (NULL-safe;
+``IS`` on SQLite); no row matched fails that op with ``TargetChanged`` (reason Conflict), as does a
+``create_only`` op whose row exists (reason TargetRejected).
 """
 
 from __future__ import annotations
@@ -97,7 +100,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 
 from shared.config import SourceSpec, TargetSpec
 from shared.connectors.keysort import ascending, sorted_keys
-from shared.errors import ConfigError, PermanentError, Reason, SyncError, TransientError
+from shared.errors import ConfigError, PermanentError, Reason, SyncError, TargetChanged, TransientError
 from shared.keys import format_key, key_of, parse_key
 from shared.ports.connector import ChangePage, SourceRecord, WriteOp, WriteResult
 from shared.versions import sortable_version
@@ -108,6 +111,8 @@ PROCESSED = "P"
 FAILED = "E"
 _WM_TEXT = "_dualsync_wm_text"
 _SQLITE_PERMANENT = re.compile(r"^(no such |near |.* has no column |ON CONFLICT clause |.*syntax error)", re.I)
+_CHANGED = "changed since it was read"
+_EXISTS = "already exists"
 _TRUE = {"true", "1", "yes", "y", "t"}
 _FALSE = {"false", "0", "no", "n", "f"}
 
@@ -133,6 +138,7 @@ class _Item:
     key_text: str
     key: dict[str, Any]  # column -> database-typed value
     row: dict[str, Any] = field(default_factory=dict)  # column -> database-typed value, key included
+    expect: dict[str, Any] | None = None  # if_values as database-typed values
 
 
 # ---------------------------------------------------------------------------------------------- values
@@ -286,6 +292,8 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 
 class SqlConnector:
     """Connector over one database URL (a SQLAlchemy URL; resolve `env:NAME` before calling)."""
+
+    conditional_writes = "values"
 
     def __init__(self, url: str, *, engine: Engine | None = None) -> None:
         if engine is None:
@@ -667,10 +675,13 @@ class SqlConnector:
             if batch_error is not None:
                 results[item.index] = WriteResult(item.op, ok=False, key=item.key_text, error=batch_error)
             elif item.index in failures:
-                message = f"{target.entity} key {item.key_text}: {failures[item.index]}"
-                results[item.index] = WriteResult(
-                    item.op, ok=False, key=item.key_text, error=PermanentError(Reason.TARGET_REJECTED, message)
-                )
+                why = failures[item.index]
+                message = f"{target.entity} key {item.key_text}: {why}"
+                error: PermanentError = (
+                    TargetChanged(Reason.CONFLICT, message) if why == _CHANGED
+                    else TargetChanged(Reason.TARGET_REJECTED, message) if why == _EXISTS
+                    else PermanentError(Reason.TARGET_REJECTED, message))
+                results[item.index] = WriteResult(item.op, ok=False, key=item.key_text, error=error)
             else:
                 results[item.index] = WriteResult(item.op, ok=True, key=item.key_text)
         return [r for r in results if r is not None]
@@ -712,7 +723,29 @@ class SqlConnector:
                     raise _Reject(f"column {name}: {exc}") from None
         row.update(key)
         key_text = format_key([plain_value(key[c.name]) for c in key_columns])
-        return _Item(index, op, key_text, key, row)
+        expect = None
+        if op.if_values is not None and op.kind != "delete":
+            expect = {}
+            for name, value in op.if_values.items():
+                column = table.c.get(name)
+                if column is None:
+                    raise _Reject(f"column {name!r} does not exist in {table.name}")
+                try:
+                    expect[name] = _to_db(column, value)
+                except _Reject as exc:
+                    raise _Reject(f"column {name}: {exc}") from None
+        return _Item(index, op, key_text, key, row, expect)
+
+    @staticmethod
+    def _guarded_update(conn: Connection, table: Table, key_columns: Sequence[Column], item: _Item) -> str | None:
+        """UPDATE one row only if its guarded columns still hold what was read; why not, or None."""
+        keys = {c.name for c in key_columns}
+        conditions = [c == item.key[c.name] for c in key_columns]
+        conditions += [table.c[name].is_not_distinct_from(value) for name, value in (item.expect or {}).items()]
+        values = {name: value for name, value in item.row.items() if name not in keys}
+        if not values:
+            return None
+        return None if conn.execute(update(table).where(*conditions).values(values)).rowcount == 1 else _CHANGED
 
     def _native_upsert(self, info: _TableInfo, key_columns: Sequence[Column]) -> Any:
         """The dialect's INSERT ... ON CONFLICT construct, or None when it cannot be used here."""
@@ -796,6 +829,11 @@ class SqlConnector:
         for generation in generations:
             groups: dict[tuple[Any, ...], list[_Item]] = defaultdict(list)
             for item in generation:
+                if item.expect is not None:  # conditional: one statement each, its own row count
+                    why = self._guarded_update(conn, table, key_columns, item)
+                    if why:
+                        failures[item.index] = why
+                    continue
                 kind = item.op.kind
                 create_only = kind == "upsert" and item.op.create_only
                 columns = () if kind == "delete" else tuple(sorted(item.row))
@@ -816,7 +854,7 @@ class SqlConnector:
                     fresh = []
                     for item in group:
                         if self._key_tuple(item, key_columns) in existing:
-                            failures[item.index] = "already exists"
+                            failures[item.index] = _EXISTS
                         else:
                             fresh.append(item)
                     if fresh:
@@ -843,11 +881,13 @@ class SqlConnector:
         if kind == "delete":
             conn.execute(delete(table).where(_key_match(key_columns, [self._key_tuple(item, key_columns)])))
             return None
+        if item.expect is not None:
+            return self._guarded_update(conn, table, key_columns, item)
         if kind == "update":
             return "not found" if self._update_rows(conn, table, key_columns, columns, [item]) == 0 else None
         if item.op.create_only:
             if self._existing(conn, table, key_columns, [item]):
-                return "already exists"
+                return _EXISTS
             conn.execute(insert(table), [item.row])
             return None
         stmt = self._upsert_statement(info, key_columns, columns)

@@ -84,6 +84,14 @@ class KeyLink:
 
 
 @dataclass
+class RecordLease:
+    """Who is applying a version of this record right now (see shared.engine.record_lock)."""
+
+    owner: str
+    until: datetime
+
+
+@dataclass
 class RecordState:
     record_id: str  # "<system>|<key>" of the side the pair treats as canonical
     versions: dict[str, str] = field(default_factory=dict)  # system -> last applied version from it
@@ -91,25 +99,33 @@ class RecordState:
     # synced). An incoming change equal to it is an echo; a target differing from it changed since.
     values: dict[str, dict[str, Any]] = field(default_factory=dict)
     synced_at: datetime | None = None
+    lease: RecordLease | None = None
+    etag: str = ""  # as read or last written; "" = not stored yet
 
     def remember(self, system: str, values: dict[str, Any]) -> None:
         self.values.setdefault(system, {}).update(values)
 
     def to_data(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "versions": self.versions,
             "values": self.values,
             "synced_at": _iso(self.synced_at),
         }
+        if self.lease is not None:
+            data["lease"] = {"owner": self.lease.owner, "until": _iso(self.lease.until)}
+        return data
 
     @classmethod
     def from_entity(cls, entity: Entity) -> RecordState:
         d = entity.data
+        lease = d.get("lease")
         return cls(
             record_id=entity.rk,
             versions=d.get("versions") or {},
             values=d.get("values") or {},
             synced_at=_from_iso(d.get("synced_at")),
+            lease=RecordLease(lease["owner"], _from_iso(lease["until"])) if lease else None,  # type: ignore[arg-type]
+            etag=entity.etag,
         )
 
 
@@ -182,6 +198,23 @@ class StateStore:
     def put_records(self, pair: str, records: Sequence[RecordState]) -> None:
         rows = [(record_partition(pair, r.record_id), r.record_id, r.to_data()) for r in records]
         self.tables.upsert_many(RECORDS, rows)
+
+    def save_records(self, pair: str, records: Sequence[RecordState]) -> set[str]:
+        """Each record written only if unchanged since it was read (its etag; none: only if still absent).
+        Returns the record ids that lost that race; the others carry their new etag."""
+        rows = [(record_partition(pair, r.record_id), r.record_id, r.to_data(), r.etag or None) for r in records]
+        written = self.tables.write_guarded(RECORDS, rows)
+        lost: set[str] = set()
+        for record in records:
+            etag = written.get((record_partition(pair, record.record_id), record.record_id))
+            if etag is None:
+                lost.add(record.record_id)
+            else:
+                record.etag = etag
+        return lost
+
+    def forget_record(self, pair: str, record_id: str) -> None:
+        self.tables.delete(RECORDS, record_partition(pair, record_id), record_id)
 
     # -- runs ---------------------------------------------------------------------------------
     def add_run(self, flow: str, summary: dict[str, Any], at: datetime | None = None) -> None:
