@@ -55,10 +55,12 @@ columns; partial column sets leave other columns alone) when the key has a uniqu
 select-then-update/insert. If the batch fails with anything but a transient error, it is rolled back and
 the ops run again one by one, each inside a savepoint, so one bad row fails only itself. Transient errors
 (OperationalError, lost connections, timeouts) fail every op with a TransientError. ``if_match`` is ignored:
-SQL tables carry no etag. Conditional writes go by values instead (`conditional_writes = "values"`): an op
-with ``if_values`` is one ``UPDATE ... WHERE key AND col IS NOT DISTINCT FROM :read ...`` per row (NULL-safe;
-``IS`` on SQLite); no row matched fails that op with ``TargetChanged`` (reason Conflict), as does a
-``create_only`` op whose row exists (reason TargetRejected).
+SQL tables carry no etag. Conditional writes go by values instead (`conditional_writes = "values"`): the
+rows of ops with ``if_values`` are read again inside the write's transaction (``SELECT ... FOR UPDATE`` where
+the dialect has it; SQLite's transaction already holds the write lock), their guarded columns compared with
+``if_values`` exactly as `read_records` presents values (so NULLs, and a date-time or decimal stored in
+another text form, compare as what was read), and an op whose row differs or is gone fails with
+``TargetChanged`` (reason Conflict), as does a ``create_only`` op whose row exists (reason TargetRejected).
 """
 
 from __future__ import annotations
@@ -138,7 +140,6 @@ class _Item:
     key_text: str
     key: dict[str, Any]  # column -> database-typed value
     row: dict[str, Any] = field(default_factory=dict)  # column -> database-typed value, key included
-    expect: dict[str, Any] | None = None  # if_values as database-typed values
 
 
 # ---------------------------------------------------------------------------------------------- values
@@ -723,29 +724,32 @@ class SqlConnector:
                     raise _Reject(f"column {name}: {exc}") from None
         row.update(key)
         key_text = format_key([plain_value(key[c.name]) for c in key_columns])
-        expect = None
-        if op.if_values is not None and op.kind != "delete":
-            expect = {}
-            for name, value in op.if_values.items():
-                column = table.c.get(name)
-                if column is None:
-                    raise _Reject(f"column {name!r} does not exist in {table.name}")
-                try:
-                    expect[name] = _to_db(column, value)
-                except _Reject as exc:
-                    raise _Reject(f"column {name}: {exc}") from None
-        return _Item(index, op, key_text, key, row, expect)
+        for name in op.if_values or {}:
+            if name not in table.c:
+                raise _Reject(f"column {name!r} does not exist in {table.name}")
+        return _Item(index, op, key_text, key, row)
 
-    @staticmethod
-    def _guarded_update(conn: Connection, table: Table, key_columns: Sequence[Column], item: _Item) -> str | None:
-        """UPDATE one row only if its guarded columns still hold what was read; why not, or None."""
-        keys = {c.name for c in key_columns}
-        conditions = [c == item.key[c.name] for c in key_columns]
-        conditions += [table.c[name].is_not_distinct_from(value) for name, value in (item.expect or {}).items()]
-        values = {name: value for name, value in item.row.items() if name not in keys}
-        if not values:
-            return None
-        return None if conn.execute(update(table).where(*conditions).values(values)).rowcount == 1 else _CHANGED
+    def _changed_since_read(self, conn: Connection, table: Table, key_columns: Sequence[Column],
+                            items: Sequence[_Item]) -> set[int]:
+        """Indexes of guarded items (op.if_values) whose row is gone or no longer holds what was read; the
+        rows are locked until the transaction ends where the dialect can (SQLite holds the write lock)."""
+        guarded = [item for item in items if item.op.if_values is not None and item.op.kind != "delete"]
+        if not guarded:
+            return set()
+        names = sorted({name for item in guarded for name in item.op.if_values or {}})
+        found: dict[tuple[Any, ...], Any] = {}
+        size = max(1, min(CHUNK, 900 // len(key_columns)))
+        for chunk in _chunks(guarded, size):
+            wanted = [self._key_tuple(item, key_columns) for item in chunk]
+            stmt = select(*key_columns, *[table.c[n] for n in names]).where(_key_match(key_columns, wanted))
+            for row in conn.execute(stmt.with_for_update()).mappings():
+                found[tuple(row[c.name] for c in key_columns)] = row
+        changed = set()
+        for item in guarded:
+            row = found.get(self._key_tuple(item, key_columns))
+            if row is None or any(plain_value(row[name]) != value for name, value in (item.op.if_values or {}).items()):
+                changed.add(item.index)
+        return changed
 
     def _native_upsert(self, info: _TableInfo, key_columns: Sequence[Column]) -> Any:
         """The dialect's INSERT ... ON CONFLICT construct, or None when it cannot be used here."""
@@ -828,11 +832,10 @@ class SqlConnector:
             generations[level].append(item)
         for generation in generations:
             groups: dict[tuple[Any, ...], list[_Item]] = defaultdict(list)
+            for index in self._changed_since_read(conn, table, key_columns, generation):
+                failures[index] = _CHANGED
             for item in generation:
-                if item.expect is not None:  # conditional: one statement each, its own row count
-                    why = self._guarded_update(conn, table, key_columns, item)
-                    if why:
-                        failures[item.index] = why
+                if item.index in failures:
                     continue
                 kind = item.op.kind
                 create_only = kind == "upsert" and item.op.create_only
@@ -881,8 +884,8 @@ class SqlConnector:
         if kind == "delete":
             conn.execute(delete(table).where(_key_match(key_columns, [self._key_tuple(item, key_columns)])))
             return None
-        if item.expect is not None:
-            return self._guarded_update(conn, table, key_columns, item)
+        if self._changed_since_read(conn, table, key_columns, [item]):
+            return _CHANGED
         if kind == "update":
             return "not found" if self._update_rows(conn, table, key_columns, columns, [item]) == 0 else None
         if item.op.create_only:
