@@ -305,6 +305,21 @@ def _error_code(exc: HttpResponseError) -> str | None:
     return code
 
 
+def _transactions(operations: list[tuple[Any, Any]]) -> Iterator[list[tuple[Any, Any]]]:
+    """(row, operation) pairs of one partition in chunks a single entity group transaction takes."""
+    chunk: list[tuple[Any, Any]] = []
+    size = 0
+    for pair in operations:
+        entity_size = _approx_size(pair[1][1])
+        if chunk and (len(chunk) >= MAX_BATCH_OPERATIONS or size + entity_size > MAX_BATCH_BYTES):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(pair)
+        size += entity_size
+    if chunk:
+        yield chunk
+
+
 # -- backend -------------------------------------------------------------------------------------
 
 _created_lock = threading.Lock()
@@ -493,8 +508,7 @@ class AzureTables:
             partitions[entity["PartitionKey"]].append(((pk, rk), operation))
         client = self._client(table)
         for operations in partitions.values():
-            for start in range(0, len(operations), MAX_BATCH_OPERATIONS):
-                chunk = operations[start : start + MAX_BATCH_OPERATIONS]
+            for chunk in _transactions(operations):
                 while chunk:
                     try:
                         answers = client.submit_transaction([operation for _, operation in chunk])

@@ -8,7 +8,7 @@ shared too. The interleavings are forced with events inside the target's write.
 from __future__ import annotations
 
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -134,3 +134,45 @@ def test_an_older_version_whose_writer_dies_after_the_target_write_does_not_win(
     until_settled(a, again)
     until_settled(b, second)
     assert_newest_won(a, target, "two", 2)
+
+
+def test_a_dead_holders_lease_holds_other_versions_back_only_until_it_expires(appliers):
+    (a, b), target = appliers
+    target.crash_after.add("one")
+    with pytest.raises(Crash):
+        apply_batch(a, [received(account("a1", 1, name="one"))])  # dies holding the lease
+    [wait] = apply_batch(b, [received(account("a1", 2, name="two"))])
+    assert (wait.kind, wait.reason) == (Kind.RETRY, "record_busy")
+    lease = b.state.get_records("accounts", ["crm|a1"])["crm|a1"].lease
+    assert lease is not None and wait.retry_at <= lease.until
+    later = lease.until + timedelta(seconds=1)
+    b.clock = lambda: later
+    [done] = apply_batch(b, [received(wait.message.retry_clone())])
+    assert (done.kind, done.reason) == (Kind.APPLIED, "upsert")
+    [stale] = apply_batch(a, [received(account("a1", 1, name="one"), 2)])  # the bus redelivers v1
+    assert stale.reason == "already_applied"
+    assert_newest_won(a, target, "two", 2)
+
+
+def test_a_commit_that_loses_its_race_resends_the_record_as_its_source_has_it_now(appliers):
+    """The holder outlived its lease mid-write and someone else recorded v2 meanwhile: v1's write may have
+    overwritten v2's, so the record goes again, read from the source, past the version check."""
+    (a, b), target = appliers
+    crm = a.connector("crm")
+    crm.put("accounts", "a1", {"accountnumber": "N-a1", "name": "two", "statecode": 0})
+    entered, release = target.gate("one")
+    first: list[Any] = []
+    thread = in_thread(a, account("a1", 1, name="one"), first)
+    assert entered.wait(5)
+    taken = b.state.get_records("accounts", ["crm|a1"])["crm|a1"]
+    taken.lease = None
+    taken.versions["crm"] = f"{2:020d}"
+    assert not b.state.save_records("accounts", [taken])  # as a takeover after expiry would
+    release.set()
+    thread.join(10)
+    [lost] = first
+    assert (lost.kind, lost.reason) == (Kind.RETRY, "lost_race")
+    assert lost.message.force and lost.message.payload["name"] == "two"
+    assert lost.message.version == crm.read_record(a.config.flows["accounts"].source, "a1").version
+    until_settled(a, [lost])
+    assert target.tables["customers"]["N-a1"]["name"] == "two"
