@@ -39,7 +39,7 @@ and ``versionnumber`` are always added); without it every column is read.
 Writing (`write_batch`): upsert by key (``PATCH /accounts(accountnumber='A-1')``, the key left out of the
 body as *Use Upsert* advises; by ``/accounts(<guid>)`` when the key is the primary id), ``create_only`` ->
 ``If-None-Match: *`` (412 -> ``TargetChanged``, reason TargetRejected), kind ``update`` -> ``If-Match: *``
-(404 = not found), ``op.if_match`` -> ``If-Match: <etag>`` (412, or 404 on an update, -> ``TargetChanged``,
+(404 = not found), ``op.if_match`` -> ``If-Match: <etag>`` (412, or 404: the row is gone, -> ``TargetChanged``,
 reason Conflict; `conditional_writes = "etag"`: rows read carry their ``@odata.etag`` in
 ``SourceRecord.etag``), ``delete`` -> ``DELETE`` (404 = already gone = done).
 Ops go out in ``$batch`` requests of up to ``batch_size`` (<= 1000) independent operations (no change sets:

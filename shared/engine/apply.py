@@ -351,9 +351,8 @@ def _pair_write(item: _Item, row: SourceRecord | None, guard: str | None, key_fi
     if current is None:
         op.create_only = True  # nobody may have created it meanwhile
     elif guard == "etag" and row is not None and row.etag:
-        op.kind, op.if_match = "update", row.etag
+        op.if_match = row.etag  # a row gone meanwhile fails it too
     elif guard == "values":
-        op.kind = "update"
         op.if_values = {name: current[name] for name in changes if name not in key_fields and name in current}
     return op
 

@@ -33,7 +33,6 @@ from shared.engine.outcome import Kind
 from shared.messages import ChangeMessage, to_envelope
 from shared.ports.bus import Received
 from shared.state.azure_tables import AzureTables
-from shared.state.sqlite_tables import SqliteTables
 from shared.state.store import StateStore
 
 RECORDS, VERSIONS = 12, 5
@@ -190,4 +189,3 @@ def test_threads_applying_versions_of_the_same_records_on_table_storage(tmp_path
     assert not errors, errors
     service = TableServiceClient.from_connection_string(azurite_tables)
     assert_newest_won(StateStore(AzureTables(service, azurite_table_prefix)), erp_url)
-    assert SqliteTables  # the embedded store is exercised by the process test

@@ -41,7 +41,7 @@ from shared.connectors.dataverse_auth import (
 from shared.engine.delivery import handle_delivery
 from shared.engine.outcome import Kind, Outcome
 from shared.engine.pull import pull_flow
-from shared.errors import AuthError, ConfigError, PermanentError, Reason, TargetChanged, TransientError
+from shared.errors import AuthError, ConfigError, Reason, TargetChanged, TransientError
 from shared.ports.connector import WriteOp
 from shared.state.sqlite_tables import SqliteTables
 from shared.state.store import StateStore
