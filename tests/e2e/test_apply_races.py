@@ -59,12 +59,19 @@ def make_erp(path: Path) -> str:
     return url
 
 
-def messages() -> list[ChangeMessage]:
-    out = [ChangeMessage(flow="accounts", op="upsert", source_system="crm", entity="accounts", key=f"k{r}",
-                         version=f"{v:020d}", changed_at=datetime.now(UTC),
-                         payload={"accountnumber": f"N{r}", "name": f"k{r} v{v}"})
-           for r in range(RECORDS) for v in range(1, VERSIONS + 1)]
-    random.Random(3).shuffle(out)
+def messages(grouped: bool = False) -> list[ChangeMessage]:
+    """Every version of every record, shuffled; `grouped`: the versions of one record next to each other (in
+    shuffled order), so that appliers taking one message each hold versions of one record at once."""
+    rng = random.Random(3)
+    out = []
+    for r in range(RECORDS):
+        versions = list(range(1, VERSIONS + 1))
+        rng.shuffle(versions)
+        out += [ChangeMessage(flow="accounts", op="upsert", source_system="crm", entity="accounts", key=f"k{r}",
+                              version=f"{v:020d}", changed_at=datetime.now(UTC),
+                              payload={"accountnumber": f"N{r}", "name": f"k{r} v{v}"}) for v in versions]
+    if not grouped:
+        rng.shuffle(out)
     return out
 
 
@@ -98,18 +105,21 @@ def assert_newest_won(state: StateStore, erp_url: str) -> None:
 
 
 def _receiver(workdir: str, erp_url: str, seed: int) -> None:
-    """One runner's apply loop: the whole queue, no shard, until it has been empty for a while."""
+    """One runner's apply loop: the whole queue, no shard, until nothing is left on it (retries included)."""
     app = SyncApp.local(parse_config(config(erp_url)), workdir, retry_base=0.01)
     target = SlowTarget(erp_url, seed)
     app.connector_factory = lambda name: target
     settler = app.bus.settler(app.queue)
-    idle_since = time.monotonic()
+    deadline = time.monotonic() + 100
     try:
-        while time.monotonic() - idle_since < 1.5:
+        while time.monotonic() < deadline:
             batch = app.bus.receive(app.queue, max_messages=4, max_wait=0.05)
             if batch:
                 handle_delivery(app, batch, settler)
-                idle_since = time.monotonic()
+                continue
+            counts = app.bus.counts(app.queue)
+            if counts.active == 0 and counts.scheduled == 0:
+                return
     finally:
         app.close()
 
@@ -140,7 +150,7 @@ def test_threads_applying_versions_of_the_same_records_on_table_storage(tmp_path
     erp_url = make_erp(tmp_path / "erp.db")
     parsed = parse_config(config(erp_url))
     work: queue.Queue[ChangeMessage] = queue.Queue()
-    for message in messages():
+    for message in messages(grouped=True):
         work.put(message)
     pending = [work.qsize()]
     lock = threading.Lock()
@@ -157,17 +167,12 @@ def test_threads_applying_versions_of_the_same_records_on_table_storage(tmp_path
                 with lock:
                     if pending[0] == 0:
                         return
-                batch = []
-                while len(batch) < 3:
-                    try:
-                        batch.append(work.get_nowait())
-                    except queue.Empty:
-                        break
-                if not batch:
+                try:
+                    message = work.get_nowait()  # one at a time: neighbours are versions of one record
+                except queue.Empty:
                     time.sleep(0.005)
                     continue
-                received = [Received(to_envelope(m), 1, datetime.now(UTC), i) for i, m in enumerate(batch)]
-                for outcome in apply_batch(app, received):
+                for outcome in apply_batch(app, [Received(to_envelope(message), 1, datetime.now(UTC), 1)]):
                     assert outcome.kind in (Kind.APPLIED, Kind.SKIPPED, Kind.RETRY), outcome
                     if outcome.kind is Kind.RETRY:
                         work.put(outcome.message.retry_clone())
