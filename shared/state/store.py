@@ -1,7 +1,8 @@
 """Sync state on top of the table port: cursors and leases, key map, record state, runs, failures.
 
 Written once for every backend. Cursor writes are always etag-guarded (insert / update-if-unchanged),
-never blind upserts, so two pullers can never both advance one flow.
+never blind upserts, so two pullers can never both advance one flow; so are apply's record-state writes
+(`save_records`, the per-record leases of shared.engine.record_lock).
 """
 
 from __future__ import annotations
