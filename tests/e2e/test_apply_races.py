@@ -24,12 +24,14 @@ import sqlalchemy as sa
 from azure.data.tables import TableServiceClient
 
 from shared.app import SyncApp
+from shared.apply_workers import RunOptions, start_appliers
 from shared.bus.sqlite_bus import SqliteBus
 from shared.config import parse_config
 from shared.connectors.sql import SqlConnector
 from shared.engine.apply import apply_batch
 from shared.engine.delivery import handle_delivery
 from shared.engine.outcome import Kind
+from shared.engine.tally import Tally
 from shared.messages import ChangeMessage, to_envelope
 from shared.ports.bus import Received
 from shared.state.azure_tables import AzureTables
@@ -194,3 +196,56 @@ def test_threads_applying_versions_of_the_same_records_on_table_storage(tmp_path
     assert not errors, errors
     service = TableServiceClient.from_connection_string(azurite_tables)
     assert_newest_won(StateStore(AzureTables(service, azurite_table_prefix)), erp_url)
+
+
+# -- two runners, each with its apply worker processes ------------------------------------------------------
+
+
+def slow_writes(app: SyncApp) -> None:
+    """worker_init for the runners' worker processes: their ERP writes are slowed down like SlowTarget's."""
+    connector = app.connector("erp")
+    real, rng = connector.write_batch, random.Random()
+
+    def slowed(target, ops):  # noqa: ANN001, ANN202
+        time.sleep(rng.uniform(0, 0.03))
+        return real(target, ops)
+
+    connector.write_batch = slowed  # type: ignore[method-assign]
+
+
+def test_two_runners_with_worker_processes_on_one_workdir(tmp_path):
+    """Each runner shards the queue over its own workers; two runners on one workdir do not know of each
+    other, so worker i of each holds versions of the same records at once."""
+    erp_url = make_erp(tmp_path / "erp.db")
+    workdir = tmp_path / "state"
+    app = SyncApp.local(parse_config(config(erp_url)), workdir)
+    app.bus.send(app.queue, [to_envelope(m) for m in messages(grouped=True)])
+    errors: list[BaseException] = []
+
+    def runner() -> None:
+        mine = SyncApp.local(parse_config(config(erp_url)), workdir, retry_base=0.01)
+        pool = start_appliers(mine, Tally(), RunOptions(workers=2, workdir=workdir, batch_size=3,
+                                                        worker_init=f"{__name__}:slow_writes"))
+        try:
+            deadline = time.monotonic() + 100
+            while time.monotonic() < deadline:
+                pool.step(max_wait=0.05)
+                counts = mine.bus.counts(mine.queue)
+                if counts.active == 0 and counts.scheduled == 0:
+                    break
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+        finally:
+            pool.close()
+            mine.close()
+
+    threads = [threading.Thread(target=runner) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(150)
+    assert not errors, errors
+    counts = app.bus.counts(app.queue)
+    assert (counts.active, counts.scheduled, counts.dead_letter) == (0, 0, 0)
+    assert_newest_won(app.state, erp_url)
+    app.close()
