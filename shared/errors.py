@@ -58,6 +58,11 @@ class MissingReferenceError(PermanentError):
         self.key = key
 
 
+class TargetChanged(PermanentError):
+    """A conditional write found the target row no longer as it was read (412 on If-Match, a guarded UPDATE
+    that matched no row, a create-only write of a row someone created meanwhile). Apply decides again."""
+
+
 class AuthError(SyncError):
     """401/403: retrying will not help and dead-lettering would lose nothing but time; pause the flow."""
 

@@ -46,8 +46,10 @@ and ``versionnumber`` are always added); without it every column is read.
 
 Writing (`write_batch`): upsert by key (``PATCH /accounts(accountnumber='A-1')``, the key left out of the
 body as *Use Upsert* advises; by ``/accounts(<guid>)`` when the key is the primary id), ``create_only`` ->
-``If-None-Match: *``, kind ``update`` -> ``If-Match: *`` (404 = not found), ``op.if_match`` -> ``If-Match:
-<etag>`` (412 -> ``PermanentError(Reason.CONFLICT)``), ``delete`` -> ``DELETE`` (404 = already gone = done).
+``If-None-Match: *`` (412 -> ``TargetChanged``, reason TargetRejected), kind ``update`` -> ``If-Match: *``
+(404 = not found), ``op.if_match`` -> ``If-Match: <etag>`` (412, or 404: the row is gone, -> ``TargetChanged``,
+reason Conflict; `conditional_writes = "etag"`: rows read carry their ``@odata.etag`` in
+``SourceRecord.etag``), ``delete`` -> ``DELETE`` (404 = already gone = done).
 Ops go out in ``$batch`` requests of up to ``batch_size`` (<= 1000) independent operations (no change sets:
 the records do not depend on each other) with ``Prefer: odata.continue-on-error``; each response part is
 mapped back to its op by position, so one bad record never fails its neighbours. A single op is sent as a
@@ -86,7 +88,16 @@ import httpx
 
 from shared.config import DataverseSystem, SourceSpec, TargetSpec, resolve_secret
 from shared.connectors.dataverse_auth import TokenProvider, token_provider_for
-from shared.errors import AuthError, ConfigError, PermanentError, Reason, SyncError, TransientError, UnsafeLinkError
+from shared.errors import (
+    AuthError,
+    ConfigError,
+    PermanentError,
+    Reason,
+    SyncError,
+    TargetChanged,
+    TransientError,
+    UnsafeLinkError,
+)
 from shared.keys import format_key, key_of, parse_key
 from shared.ports.connector import ChangePage, SourceRecord, ValuePrecision, WriteOp, WriteResult
 from shared.versions import sortable_version
@@ -349,6 +360,8 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 class DataverseConnector:
     """Connector over one Dataverse organization (its URL, e.g. ``https://contoso.crm.dynamics.com``)."""
 
+    conditional_writes = "etag"
+
     def __init__(
         self,
         url: str,
@@ -529,7 +542,7 @@ class DataverseConnector:
         except KeyError as exc:
             raise ConfigError([f"{entity}: key column {exc.args[0]!r} is not in the rows Dataverse returns"]) from None
         return SourceRecord(key, values, self._version(row), _moment(values.get(watermark))
-                            or _moment(values.get("modifiedon")) or datetime.now(UTC))
+                            or _moment(values.get("modifiedon")) or datetime.now(UTC), etag=row.get("@odata.etag"))
 
     @staticmethod
     def _version(row: dict[str, Any]) -> str:
@@ -759,7 +772,8 @@ class DataverseConnector:
                 record = self._record(key_fields, entity, row)
                 # Dataverse compares text case-insensitively: map a row back to the keys that asked for it.
                 for asked in by_fold.get(record.key.casefold(), ()):
-                    found[asked] = SourceRecord(asked, record.values, record.version, record.changed_at)
+                    found[asked] = SourceRecord(asked, record.values, record.version, record.changed_at,
+                                                etag=record.etag)
         return found
 
     def _rows(self, url: str | None, what: str) -> Iterator[dict[str, Any]]:
@@ -961,10 +975,10 @@ class DataverseConnector:
         err = _error_of(status, headers, body)
         where = f"{target.entity} key {item.key_text}"
         error: SyncError
-        if status == 412 and op.if_match and op.if_match != "*":
-            error = PermanentError(Reason.CONFLICT, f"{where}: changed since it was read: {err.text()}")
+        if status in (412, 404) and op.if_match and op.if_match != "*" and op.kind != "delete":
+            error = TargetChanged(Reason.CONFLICT, f"{where}: changed since it was read: {err.text()}")
         elif status == 412 and op.create_only:
-            error = PermanentError(Reason.TARGET_REJECTED, f"{where}: already exists: {err.text()}")
+            error = TargetChanged(Reason.TARGET_REJECTED, f"{where}: already exists: {err.text()}")
         elif status == 404 and op.kind == "update":
             error = PermanentError(Reason.TARGET_REJECTED, f"{where}: not found: {err.text()}")
         else:

@@ -8,7 +8,7 @@ record at a time, so only the records whose state cannot be written fail, each w
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from shared.errors import PermanentError, Reason, SyncError, TransientError
 from shared.state.store import KeyLink, RecordState, StateStore
@@ -22,30 +22,37 @@ class StateWrite:
     where: str  # "flow F record K", for the error an operator reads
 
 
-def save_states(state: StateStore, pair: str, writes: Sequence[StateWrite]) -> dict[int, SyncError]:
-    """Write every link and record state; returns index -> error for the writes that failed."""
+@dataclass
+class Saved:
+    failed: dict[int, SyncError] = field(default_factory=dict)  # index -> why its state could not be written
+    lost: set[int] = field(default_factory=set)  # indexes whose guarded write found the state changed since read
+
+
+def save_states(state: StateStore, pair: str, writes: Sequence[StateWrite]) -> Saved:
+    """Write every link and record state, each state guarded by the etag it was read (or claimed) with."""
     try:
-        _save(state, pair, writes)
-        return {}
+        lost = _save(state, pair, writes)
+        return Saved(lost={i for i, w in enumerate(writes) if w.record.record_id in lost})
     except Exception:  # noqa: BLE001 - which record failed is found below, one at a time
         pass
-    failed: dict[int, SyncError] = {}
+    saved = Saved()
     for index, write in enumerate(writes):
         try:
-            _save(state, pair, [write])
+            if _save(state, pair, [write]):
+                saved.lost.add(index)
         except Exception as exc:  # noqa: BLE001 - classified for this record's message alone
-            failed[index] = _classified(write, exc)
-    return failed
+            saved.failed[index] = _classified(write, exc)
+    return saved
 
 
-def _save(state: StateStore, pair: str, writes: Sequence[StateWrite]) -> None:
+def _save(state: StateStore, pair: str, writes: Sequence[StateWrite]) -> set[str]:
     links = [w.link for w in writes if not w.unlink]
     unlinks = [w.link for w in writes if w.unlink]
     if links:
         state.link_keys(pair, links)
     if unlinks:
         state.unlink_keys(pair, unlinks)
-    state.put_records(pair, [w.record for w in writes])
+    return state.save_records(pair, [w.record for w in writes])
 
 
 def _classified(write: StateWrite, exc: Exception) -> SyncError:

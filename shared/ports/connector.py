@@ -23,6 +23,7 @@ class SourceRecord:
     # delete from it has key "" and only this id. The engine remembers id -> key as it pulls the records and
     # resolves those deletes with it (shared.engine.aliases).
     source_id: str | None = None
+    etag: str | None = None  # the row's concurrency token, where the system has one (Dataverse @odata.etag)
 
 
 @dataclass
@@ -55,6 +56,9 @@ class WriteOp:
     values: dict[str, Any] = field(default_factory=dict)
     create_only: bool = False
     if_match: str | None = None
+    # Write only if these fields still hold these values (as read): a connector declaring
+    # conditional_writes = "values" honours it; a lost race is a TargetChanged error.
+    if_values: dict[str, Any] | None = None
     ref: Any = None  # the caller's correlation, returned untouched in the result
 
 
@@ -68,6 +72,11 @@ class WriteResult:
 
 
 class Connector(Protocol):
+    # How a write can be made conditional on the row being as it was read: "etag" (If-Match with
+    # SourceRecord.etag), "values" (WriteOp.if_values), or None (not at all). A lost race, and a create-only
+    # write of a row that exists, fail that op with TargetChanged.
+    conditional_writes: str | None
+
     def read_changes(
         self, source: SourceSpec, position: dict[str, Any] | None, page_size: int
     ) -> Iterator[ChangePage]: ...

@@ -1,7 +1,8 @@
 """Sync state on top of the table port: cursors and leases, key map, record state, runs, failures.
 
 Written once for every backend. Cursor writes are always etag-guarded (insert / update-if-unchanged),
-never blind upserts, so two pullers can never both advance one flow.
+never blind upserts, so two pullers can never both advance one flow; so are apply's record-state writes
+(`save_records`, the per-record leases of shared.engine.record_lock).
 """
 
 from __future__ import annotations
@@ -101,6 +102,14 @@ class KeyLink:
 
 
 @dataclass
+class RecordLease:
+    """Who is applying a version of this record right now (see shared.engine.record_lock)."""
+
+    owner: str
+    until: datetime
+
+
+@dataclass
 class RecordState:
     record_id: str  # "<system>|<key>" of the side the pair treats as canonical
     versions: dict[str, str] = field(default_factory=dict)  # system -> last applied version from it
@@ -111,6 +120,8 @@ class RecordState:
     # system -> when a delete was inferred for the record there (shared.engine.deletes): its version stays
     # the last real one, and any real change from that system wins over the tombstone.
     tombstones: dict[str, str] = field(default_factory=dict)
+    lease: RecordLease | None = None
+    etag: str = ""  # as read or last written; "" = not stored yet
 
     def remember(self, system: str, values: dict[str, Any]) -> None:
         self.values.setdefault(system, {}).update(values)
@@ -125,6 +136,8 @@ class RecordState:
         text = _bounded_values(self.record_id, self.values)
         for number, start in enumerate(range(0, len(text), _VALUES_CHUNK)):
             data[f"values_{number}"] = text[start : start + _VALUES_CHUNK]
+        if self.lease is not None:
+            data["lease"] = {"owner": self.lease.owner, "until": _iso(self.lease.until)}
         return data
 
     @classmethod
@@ -136,12 +149,15 @@ class RecordState:
             while f"values_{len(parts)}" in d:
                 parts.append(d[f"values_{len(parts)}"])
             values = json.loads("".join(parts)) if parts else {}
+        lease = d.get("lease")
         return cls(
             record_id=entity.rk,
             versions=d.get("versions") or {},
             values=values,
             synced_at=_from_iso(d.get("synced_at")),
             tombstones=d.get("tombstones") or {},
+            lease=RecordLease(lease["owner"], _from_iso(lease["until"])) if lease else None,  # type: ignore[arg-type]
+            etag=entity.etag,
         )
 
 
@@ -254,6 +270,23 @@ class StateStore:
     def put_records(self, pair: str, records: Sequence[RecordState]) -> None:
         rows = [(record_partition(pair, r.record_id), r.record_id, r.to_data()) for r in records]
         self.tables.upsert_many(RECORDS, rows)
+
+    def save_records(self, pair: str, records: Sequence[RecordState]) -> set[str]:
+        """Each record written only if unchanged since it was read (its etag; none: only if still absent).
+        Returns the record ids that lost that race; the others carry their new etag."""
+        rows = [(record_partition(pair, r.record_id), r.record_id, r.to_data(), r.etag or None) for r in records]
+        written = self.tables.write_guarded(RECORDS, rows)
+        lost: set[str] = set()
+        for record in records:
+            etag = written.get((record_partition(pair, record.record_id), record.record_id))
+            if etag is None:
+                lost.add(record.record_id)
+            else:
+                record.etag = etag
+        return lost
+
+    def forget_record(self, pair: str, record_id: str) -> None:
+        self.tables.delete(RECORDS, record_partition(pair, record_id), record_id)
 
     # -- runs ---------------------------------------------------------------------------------
     def add_run(self, flow: str, summary: dict[str, Any], at: datetime | None = None) -> None:

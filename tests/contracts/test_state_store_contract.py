@@ -46,6 +46,26 @@ def test_upsert_many_spans_partitions_and_more_than_a_transaction(tables):
     assert len(list(tables.query("keymap"))) == 250
 
 
+def test_write_guarded_writes_each_row_on_its_own_condition(tables):
+    old = tables.insert("records", "p0", "taken", {"v": 1})
+    moved = tables.insert("records", "p0", "moved", {"v": 1})
+    tables.update("records", "p0", "moved", {"v": 2}, moved)
+    rows = [("p0", "taken", {"v": 9}, None), ("p0", "moved", {"v": 9}, moved), ("p0", "fresh", {"v": 9}, None)]
+    rows += [(f"p{i % 2}", f"r{i:03d}", {"v": i}, None) for i in range(230)]  # several transactions
+    rows.append(("p1", "taken-update", {"v": 9}, old))  # absent: an update of it cannot hold
+    written = tables.write_guarded("records", rows)
+    lost = sorted(rk for (_, rk), etag in written.items() if etag is None)
+    assert lost == ["moved", "taken", "taken-update"]
+    assert len(written) == len(rows)
+    assert tables.get("records", "p0", "taken").data == {"v": 1}
+    assert tables.get("records", "p0", "moved").data == {"v": 2}
+    fresh = tables.get("records", "p0", "fresh")
+    assert fresh.data == {"v": 9} and fresh.etag == written[("p0", "fresh")]
+    assert len(list(tables.query("records", "p1"))) == 115
+    again = tables.write_guarded("records", [("p0", "fresh", {"v": 10}, fresh.etag)])
+    assert again[("p0", "fresh")] and tables.get("records", "p0", "fresh").data == {"v": 10}
+
+
 def test_query_by_prefix_is_ordered_and_complete(tables):
     rows = [("pair", f"{side}|{i:05d}", {}) for side in ("crm", "erp") for i in range(1200)]
     tables.upsert_many("keymap", rows)

@@ -13,6 +13,8 @@ from shared.ports.connector import ChangePage, SourceRecord, ValuePrecision, Wri
 
 
 class MemoryConnector:
+    conditional_writes = None  # writes are never conditional
+
     def __init__(self) -> None:
         self.tables: dict[str, dict[str, dict[str, Any]]] = {}
         self.versions: dict[tuple[str, str], int] = {}
