@@ -163,11 +163,16 @@ def _apply_round(app: SyncApp, f: _Flow, items: list[_Item], links: dict[str, st
             outcomes.append(Outcome(item.received, item.message, Kind.SKIPPED, skip))
         else:
             screened.append(item)
-    lost = record_lock.claim(app, f.pair, [(states.setdefault(i.record_id, RecordState(i.record_id)),
-                                            record_lock.owner_of(i.message)) for i in screened])
+    claimed = record_lock.claim(app, f.pair, [(states.setdefault(i.record_id, RecordState(i.record_id)),
+                                                record_lock.owner_of(i.message)) for i in screened])
     claimed_at = time.monotonic()
-    again = [i for i in screened if i.record_id in lost]
-    live = [i for i in screened if i.record_id not in lost]
+    for item in screened:
+        if item.record_id in claimed.failed:
+            exc = claimed.failed[item.record_id]
+            outcomes.append(_failure(app, flow, item, exc if isinstance(exc, SyncError) else TransientError(
+                f"flow {f.name} record {item.message.key}: cannot lease its sync state: {type(exc).__name__}: {exc}")))
+    again = [i for i in screened if i.record_id in claimed.lost]
+    live = [i for i in screened if i.record_id not in claimed.lost and i.record_id not in claimed.failed]
     lookups = _resolve_lookups(app, flow, live)
     planned: list[WriteOp] = []
     for item in live:
