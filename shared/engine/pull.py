@@ -41,7 +41,7 @@ MAX_ERROR = 2000
 class PullResult:
     flow: str
     run_id: str
-    status: str = "ok"  # ok | leased | paused | lease_lost | disabled | failed | auth_failed (now paused)
+    status: str = "ok"  # ok | leased | paused | newer_format | lease_lost | disabled | failed | auth_failed (now paused)
     pulled: int = 0
     duplicates: int = 0  # re-sent after a crash and dropped by duplicate detection (when the bus can tell)
     deletes_inferred: int = 0

@@ -38,6 +38,22 @@ _CURSOR_RK = "cursor"
 _MAX_TICKS = 10**19  # inverted timestamps sort newest first
 
 
+# Format of a stored cursor, carried as `format`. 1: the cursors of releases before it existed (same fields,
+# no `format`); 2: adds it. Positions are connector-specific (a delta link, a watermark and last key, ...): a
+# release that changes one bumps this and adds the step from the previous format to `_CURSOR_UPGRADES`. A
+# cursor of a newer format is never read by an older release's pull (start_run refuses it) and is written
+# back with its position untouched.
+CURSOR_FORMAT = 2
+
+
+def _cursor_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    return data
+
+
+# format n -> format n + 1, applied to the stored data before it is read
+_CURSOR_UPGRADES = {1: _cursor_v1_to_v2}
+
+
 def _iso(moment: datetime | None) -> str | None:
     return moment.astimezone(UTC).isoformat() if moment else None
 
@@ -61,9 +77,16 @@ class Cursor:
     # The flow's last pull failure ({"error", "since", "at", "run_id"}), kept until a pull succeeds.
     last_error: dict[str, Any] | None = None
     etag: str = ""
+    format: int = CURSOR_FORMAT
+
+    @property
+    def newer_format(self) -> bool:
+        """Written by a newer release: its position must not be read here."""
+        return self.format > CURSOR_FORMAT
 
     def to_data(self) -> dict[str, Any]:
         return {
+            "format": self.format,
             "position": self.position,
             "lease_owner": self.lease_owner,
             "lease_expires": _iso(self.lease_expires),
@@ -77,6 +100,9 @@ class Cursor:
     @classmethod
     def from_entity(cls, entity: Entity) -> Cursor:
         d = entity.data
+        found = d.get("format", 1)
+        for step in range(found, CURSOR_FORMAT):
+            d = _CURSOR_UPGRADES[step](d)
         return cls(
             flow=entity.pk,
             position=d.get("position"),
@@ -88,6 +114,7 @@ class Cursor:
             deletes_pending=d.get("deletes_pending"),
             last_error=d.get("last_error") or None,
             etag=entity.etag,
+            format=max(found, CURSOR_FORMAT),
         )
 
 
