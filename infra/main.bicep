@@ -27,6 +27,10 @@ param alertEmail string
 @description('Alert when the end-to-end lag of any flow (source change -> applied to the target) exceeds this many seconds.')
 param lagAlertThresholdSeconds int = 900
 
+@minValue(300)
+@description('Alert when a flow (not paused) has not pulled successfully for this many seconds. Must exceed the longest flow schedule interval.')
+param pullStaleAlertThresholdSeconds int = 1800
+
 // ---- the function app ------------------------------------------------------------------------------
 @description('App setting DUALSYNC_CONFIG: path of the flows file inside the deployed package.')
 param flowsFile string = 'flows.yaml'
@@ -260,6 +264,7 @@ module alerts 'app/alerts.bicep' = {
     applicationInsightsName: monitoring.outputs.applicationInsightsName
     location: location
     lagAlertThresholdSeconds: lagAlertThresholdSeconds
+    pullStaleAlertThresholdSeconds: pullStaleAlertThresholdSeconds
   }
 }
 
@@ -277,6 +282,8 @@ output AZURE_LOCATION string = location
 output AZURE_TENANT_ID string = tenant().tenantId
 output FUNCTION_APP_NAME string = functionApp.outputs.name
 output MANAGED_IDENTITY_CLIENT_ID string = identity.outputs.clientId
+// The subject of a federated credential that lets the app sign in to Dataverse as an app registration.
+output MANAGED_IDENTITY_PRINCIPAL_ID string = identity.outputs.principalId
 output SERVICE_BUS_NAMESPACE string = serviceBus.outputs.name
 output APPLY_QUEUE string = applyQueueName
 output STORAGE_ACCOUNT_NAME string = storage.outputs.name

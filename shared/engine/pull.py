@@ -69,6 +69,7 @@ def pull_flow(
         _finish_pending_deletes(app, flow_name, flow, cursor, result)
         _read(app, flow_name, flow, cursor, result, on_page)
         cursor.last_error = None
+        cursor.last_success = app.clock().isoformat()
     except ConcurrencyError:
         result.status = "lease_lost"
         return result

@@ -76,6 +76,8 @@ class Cursor:
     deletes_pending: str | None = None
     # The flow's last pull failure ({"error", "since", "at", "run_id"}), kept until a pull succeeds.
     last_error: dict[str, Any] | None = None
+    # When the flow's last successful pull ended (ISO time): what shared.flow_health reports.
+    last_success: str | None = None
     etag: str = ""
     format: int = CURSOR_FORMAT
 
@@ -95,6 +97,7 @@ class Cursor:
             "last_run": self.last_run,
             "deletes_pending": self.deletes_pending,
             "last_error": self.last_error,
+            "last_success": self.last_success,
         }
 
     @classmethod
@@ -113,6 +116,7 @@ class Cursor:
             last_run=d.get("last_run") or {},
             deletes_pending=d.get("deletes_pending"),
             last_error=d.get("last_error") or None,
+            last_success=d.get("last_success"),
             etag=entity.etag,
             format=max(found, CURSOR_FORMAT),
         )

@@ -11,6 +11,7 @@ them apart by looking the name up in the template's parameters and variables.
 from __future__ import annotations
 
 import json
+import os
 import re
 from typing import Any
 
@@ -591,7 +592,7 @@ def test_function_failure_alert():
 
 def test_lag_alert_above_the_parameter():
     name = "app/alerts.bicep"
-    props = body(only(name, "Microsoft.Insights/scheduledQueryRules"))["properties"]
+    props = body(resources(name, "Microsoft.Insights/scheduledQueryRules")["lagAlert"])["properties"]
     (criterion,) = props["criteria"]["allOf"]
     assert "dualsync.end_to_end_lag" in criterion["query"]
     assert criterion["operator"] == "GreaterThan"
@@ -599,6 +600,50 @@ def test_lag_alert_above_the_parameter():
     assert criterion["dimensions"][0]["name"] == "flow"
     assert accessor(props["actions"]["actionGroups"][0]) == ["actionGroup", "id"]
     assert module_params("alerts")["lagAlertThresholdSeconds"] == "lagAlertThresholdSeconds"
+
+
+@pytest.mark.parametrize(("rule", "metric", "threshold"), [
+    ("pullStaleAlert", "dualsync.since_last_pull", ("param", "pullStaleAlertThresholdSeconds")),
+    ("pausedFlowAlert", "dualsync.flow_paused", ("literal", 0)),
+])
+def test_a_stalled_or_paused_flow_alerts_per_flow(rule, metric, threshold):
+    name = "app/alerts.bicep"
+    props = body(resources(name, "Microsoft.Insights/scheduledQueryRules")[rule])["properties"]
+    (criterion,) = props["criteria"]["allOf"]
+    assert f'name == "{metric}"' in criterion["query"] and "by flow" in criterion["query"]
+    assert criterion["metricMeasureColumn"] in criterion["query"]
+    assert criterion["operator"] == "GreaterThan" and ref(name, criterion["threshold"]) == threshold
+    assert criterion["dimensions"] == [{"name": "flow", "operator": "Include", "values": ["*"]}]
+    assert accessor(props["actions"]["actionGroups"][0]) == ["actionGroup", "id"]
+    assert "docs/runbook.md#" in props["description"]
+    anchor = props["description"].split("docs/runbook.md#")[1].split(".")[0]
+    assert f"## {anchor.replace('-', ' ')}" in (ROOT / "docs" / "runbook.md").read_text().lower()
+    assert module_params("alerts")["pullStaleAlertThresholdSeconds"] == "pullStaleAlertThresholdSeconds"
+
+
+def _emitted_metrics() -> set[str]:
+    """What the code really emits while it syncs (its own process: a meter provider is set once per process)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(ROOT / "tests" / "infra" / "emitted_metrics.py")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return set(json.loads(done.stdout))
+
+
+def test_alerts_and_the_workbook_read_only_metrics_the_code_emits():
+    referenced: dict[str, set[str]] = {}
+    for path in [*(INFRA / "app").glob("*.bicep"), INFRA / "app" / "workbook.json", INFRA / "main.bicep"]:
+        for metric in re.findall(r"dualsync\.[a-z_]+", path.read_text()):
+            referenced.setdefault(metric, set()).add(path.name)
+    assert {"dualsync.since_last_pull", "dualsync.flow_paused", "dualsync.end_to_end_lag"} <= set(referenced)
+    emitted = _emitted_metrics()
+    assert {"dualsync.since_last_pull", "dualsync.flow_paused"} <= emitted
+    unknown = {metric: sorted(files) for metric, files in referenced.items() if metric not in emitted}
+    assert not unknown, f"alerts or workbook read metrics the code never emits: {unknown}"
+    documented = (ROOT / "docs" / "deploy.md").read_text()
+    assert all(f"`{metric}`" in documented for metric in emitted), "docs/deploy.md lists the telemetry contract"
 
 
 def test_workbook_shows_applied_failed_lag_per_flow_and_dead_letters_by_reason():
