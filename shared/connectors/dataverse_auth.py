@@ -169,7 +169,8 @@ class ConfidentialClientTokenProvider(_MsalProvider):
                                "and client_id"])
         self._auth = auth
         self._instance_discovery = instance_discovery
-        self.authority = authority or f"{auth.authority_host.rstrip('/')}/{auth.tenant_id}"
+        # tenant_id and client_id may be env:NAME references (app settings), like every site-specific value
+        self.authority = authority or f"{auth.authority_host.rstrip('/')}/{resolve_secret(auth.tenant_id)}"
         self.scopes = [f"{self.resource}/.default"]
 
     def _credential(self) -> Any:
@@ -231,7 +232,8 @@ class ConfidentialClientTokenProvider(_MsalProvider):
         if self._instance_discovery is not None:
             options["instance_discovery"] = self._instance_discovery
         return msal.ConfidentialClientApplication(
-            self._auth.client_id, client_credential=self._credential(), authority=self.authority, **options
+            resolve_secret(self._auth.client_id or ""), client_credential=self._credential(), authority=self.authority,
+            **options,
         )
 
     def _acquire(self, client: Any) -> dict[str, Any]:
@@ -287,7 +289,8 @@ def token_provider_for(
     if auth.static_token:
         return StaticTokenProvider(auth.static_token)
     if auth.managed_identity:
-        return ManagedIdentityTokenProvider(resource, client_id=auth.client_id, http_client=http_client)
+        client_id = resolve_secret(auth.client_id) if auth.client_id else None
+        return ManagedIdentityTokenProvider(resource, client_id=client_id, http_client=http_client)
     return ConfidentialClientTokenProvider(
         auth, resource, http_client=http_client, instance_discovery=instance_discovery, authority=authority
     )

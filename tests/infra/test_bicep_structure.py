@@ -202,14 +202,26 @@ def test_function_app_waits_for_its_role_assignments():
     assert "rbac" in template(MAIN)["modules"]["functionApp"]["config"].get("dependsOn", [])
 
 
+# Variables azd itself provides to main.parameters.json; every other ${VAR} there is one the user sets
+# (`azd env set VAR value`, or azd asks when a required one is empty) and docs/deploy.md names it.
+AZD_PROVIDED = {"AZURE_ENV_NAME", "AZURE_LOCATION", "AZURE_PRINCIPAL_ID"}
+
+
 def test_parameters_file_matches_main():
     parameters = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
     declared = template(MAIN)["parameters"]
     assert set(parameters) <= set(declared), f"unknown parameters: {set(parameters) - set(declared)}"
     required = {p for p, d in declared.items() if d.get("default") is None}
-    # alertEmail is asked for by `az deployment group create` / `azd up` (or given with -p alertEmail=...).
-    assert required - set(parameters) == {"alertEmail"}
+    assert required <= set(parameters), f"azd would have nothing to map these to: {required - set(parameters)}"
+    assert parameters["environmentName"]["value"] == "${AZURE_ENV_NAME}"
+    assert parameters["location"]["value"] == "${AZURE_LOCATION}"
+    deploy_doc = (ROOT / "docs" / "deploy.md").read_text()
     for param, entry in parameters.items():
+        azd_variable = re.fullmatch(r"\$\{([A-Z_]+)\}", str(entry["value"]))
+        if azd_variable:  # azd substitutes it; a required parameter left empty is asked for
+            assert azd_variable[1] in AZD_PROVIDED or azd_variable[1] in deploy_doc, azd_variable[1]
+            continue
+        assert "${" not in str(entry["value"]), f"{param}: only whole-value azd references"
         allowed = decorators(MAIN, param).get("allowed")
         if allowed is not None:
             assert entry["value"] in allowed, f"{param}={entry['value']!r} not in {allowed}"
@@ -506,9 +518,39 @@ def test_every_app_setting_the_code_reads_is_set_or_excluded_with_a_reason():
     assert set(EXCLUDED) <= set(APP_SETTINGS), f"stale EXCLUDED entries: {set(EXCLUDED) - set(APP_SETTINGS)}"
 
 
+def deployed_flows_references() -> set[str]:
+    """The env:NAME references in the flows file the deployment ships (the sample at the root)."""
+    import yaml
+
+    found: set[str] = set()
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+        elif isinstance(value, str) and value.startswith("env:"):
+            found.add(value[4:])
+
+    walk(yaml.safe_load((ROOT / "flows.yaml").read_text()))
+    return found
+
+
+def test_every_reference_in_the_deployed_flows_file_is_an_app_setting():
+    references = deployed_flows_references()
+    assert {"CRM_URL", "CRM_TENANT_ID", "CRM_CLIENT_ID", "AZURE_CLIENT_ID", "ERP_DB_URL"} <= references
+    assert references <= set(app_settings()), f"not set in Azure: {references - set(app_settings())}"
+    settings = app_settings()
+    for setting, param in {"CRM_URL": "crmUrl", "CRM_TENANT_ID": "crmTenantId", "CRM_CLIENT_ID": "crmClientId"}.items():
+        assert ref("app/function-app.bicep", settings[setting]) == ("param", param)
+        assert module_params("functionApp")[param] == param
+
+
 def test_bicep_sets_no_unknown_setting():
     settings = app_settings()
-    unknown = set(settings) - set(APP_SETTINGS) - set(HOST_SETTINGS) - CONNECTOR_SECRETS
+    unknown = set(settings) - set(APP_SETTINGS) - set(HOST_SETTINGS) - CONNECTOR_SECRETS - deployed_flows_references()
     assert not unknown, f"declare these in shared/settings.py, HOST_SETTINGS or CONNECTOR_SECRETS: {unknown}"
     assert not FORBIDDEN_SETTINGS & set(settings)
 

@@ -855,11 +855,14 @@ def managed_identity(identity_provider, monkeypatch):  # noqa: F811
         monkeypatch.setenv("IDENTITY_ENDPOINT", endpoint.url)
         monkeypatch.setenv("IDENTITY_HEADER", endpoint.header)
         monkeypatch.setenv("AZURE_CLIENT_ID", MI_CLIENT_ID)
+        monkeypatch.setenv("CRM_TENANT_ID", identity_provider.tenant_id)
+        monkeypatch.setenv("CRM_CLIENT_ID", "dualsync-app")
         yield endpoint
 
 
 def federated_system(sim: DataverseSimulator, idp: IdentityProvider) -> DataverseSystem:
-    return system(sim, auth={"tenant_id": idp.tenant_id, "client_id": "dualsync-app",
+    """As the deployed flows.yaml has it: every site-specific value an app setting (set by `managed_identity`)."""
+    return system(sim, auth={"tenant_id": "env:CRM_TENANT_ID", "client_id": "env:CRM_CLIENT_ID",
                              "federated_identity_client_id": "env:AZURE_CLIENT_ID",
                              "authority_host": f"https://{idp.host}:{idp.port}"})
 
