@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import base64
 import enum
+import json
 import re
 import threading
 import uuid
@@ -81,11 +82,13 @@ from sqlalchemy import (
     UniqueConstraint,
     and_,
     bindparam,
+    cast,
     create_engine,
     delete,
     func,
     insert,
     inspect,
+    literal,
     or_,
     select,
     type_coerce,
@@ -107,9 +110,26 @@ FLAGGED = ("N", "U")
 PROCESSED = "P"
 FAILED = "E"
 _WM_TEXT = "_dualsync_wm_text"
+_SQLITE_MOMENT = "%Y-%m-%d %H:%M:%f"  # SQLite's normal form of a date-time: UTC, ' ', milliseconds
 _SQLITE_PERMANENT = re.compile(r"^(no such |near |.* has no column |ON CONFLICT clause |.*syntax error)", re.I)
 _TRUE = {"true", "1", "yes", "y", "t"}
 _FALSE = {"false", "0", "no", "n", "f"}
+
+
+class _Xid8(sqltypes.UserDefinedType):
+    """PostgreSQL's xid8 (a 64-bit transaction id), for casts of bound values."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return "xid8"
+
+
+def _sqlite_moment(value: datetime) -> str:
+    """`value` as SQLite's strftime(_SQLITE_MOMENT) writes it (aware -> UTC), cut to milliseconds."""
+    if value.tzinfo:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return f"{value:%Y-%m-%d %H:%M:%S}.{value.microsecond // 1000:03d}"
 
 
 class _Reject(ValueError):
@@ -259,6 +279,11 @@ def _to_db(column: Column, value: Any) -> Any:
             raise
         raise _Reject(f"{value!r} is not a valid {type(kind).__name__.lower()}") from None
     return value
+
+
+def _same_values(current: dict[str, Any], read: dict[str, Any]) -> bool:
+    """Do two rows' JSON-friendly values agree? (NULL equals NULL, NaN equals NaN: compared as JSON.)"""
+    return json.dumps(current, sort_keys=True, default=str) == json.dumps(read, sort_keys=True, default=str)
 
 
 def _after(columns: Sequence[Any], values: Sequence[Any]) -> Any:
@@ -412,17 +437,23 @@ class SqlConnector:
             return self._read_watermark(source, position, page_size)
         if source.changes == "status_flag":
             return self._read_flagged(source, page_size)
+        if source.changes == "xact_id":
+            return self._read_xact(source, position, page_size)
         raise ConfigError(
             [f"{source.entity}: changes={source.changes!r} is not supported by SQL systems "
-             "(use watermark or status_flag)"]
+             "(use watermark, status_flag or, on PostgreSQL, xact_id)"]
         )
 
     def _record(
-        self, source: SourceSpec, row: Any, read_at: datetime, *, watermark: str | None, skip: Sequence[str] = ()
+        self, source: SourceSpec, row: Any, read_at: datetime, *, watermark: str | None, skip: Sequence[str] = (),
+        marker: Any = None,
     ) -> SourceRecord:
+        """`marker` is the change marker when the table has no version column (default: watermark, else the
+        time of the read)."""
         values = {name: plain_value(value) for name, value in row.items() if name != _WM_TEXT and name not in skip}
         stamp = row.get(watermark) if watermark else None
-        marker = row.get(source.version) if source.version else None
+        if source.version and row.get(source.version) is not None:
+            marker = row.get(source.version)
         if marker is None:
             marker = stamp if stamp is not None else read_at
         try:
@@ -433,6 +464,43 @@ class SqlConnector:
             key=key_of(source.key, values), values=values, version=version, changed_at=_moment(stamp) or read_at
         )
 
+    def _clock(self, wm: Column) -> Any:
+        """The database's current time as `wm`'s stamps are written: SQLite (CURRENT_TIMESTAMP, 'now') in
+        UTC; PostgreSQL in the column's kind (now() for timestamptz; LOCALTIMESTAMP, the session's time zone,
+        for timestamp, as a `DEFAULT now()` writes it)."""
+        name = self._engine.dialect.name
+        if name == "sqlite":
+            return func.strftime(_SQLITE_MOMENT, "now")
+        if name == "postgresql":
+            return func.now() if getattr(wm.type, "timezone", False) else func.localtimestamp()
+        return func.current_timestamp()
+
+    def _moment_of(self, wm: Column, value: Any, sqlite_time: bool) -> datetime:
+        """A stored watermark (a position's or a clock reading) as a datetime in the column's convention."""
+        if sqlite_time:
+            moment = datetime.fromisoformat(str(value))
+            return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
+        moment = _to_db(wm, value)
+        if not isinstance(moment, datetime):
+            raise _Reject(f"{value!r} is not a date-time")
+        return moment
+
+    def _lookback_floor(
+        self, source: SourceSpec, wm: Column, position: dict[str, Any], sqlite_time: bool
+    ) -> Any | None:
+        """Where the overlap re-read starts (rows stamped after it are read), or None for none.
+
+        A row that commits after the previous read began (at `read_at`, on the database's clock) within
+        `lookback_seconds` of its stamp has a stamp after read_at - lookback: that is the floor, unless the
+        position is lower. Without a read_at (a position from before the overlap existed), position - lookback."""
+        mark = self._moment_of(wm, position["watermark"], sqlite_time)
+        lookback = timedelta(seconds=source.lookback_seconds)
+        read_at = position.get("read_at")
+        floor = (self._moment_of(wm, read_at, sqlite_time) if read_at is not None else mark) - lookback
+        if floor >= mark:
+            return None
+        return _sqlite_moment(floor) if sqlite_time else floor
+
     def _read_watermark(
         self, source: SourceSpec, position: dict[str, Any] | None, page_size: int
     ) -> Iterator[ChangePage]:
@@ -441,36 +509,60 @@ class SqlConnector:
         keys = [self._column(table, k, source.entity, "key") for k in source.key]
         if source.version:
             self._column(table, source.version, source.entity, "version")
-        as_text = self._engine.dialect.name == "sqlite" and isinstance(
+        # SQLite keeps date-times as whatever text was written ('T' or ' ', fractions, 'Z' or offsets), and that
+        # text does not sort as time: compare SQLite's own normalisation of it (UTC, milliseconds) instead.
+        sqlite_time = self._engine.dialect.name == "sqlite" and isinstance(
             wm.type, sqltypes.DateTime | sqltypes.Date | sqltypes.Time
         )
-        wm_expr = type_coerce(wm, String()) if as_text else wm
+        wm_expr = func.strftime(_SQLITE_MOMENT, wm) if sqlite_time else wm
+        looks_back = source.lookback_seconds > 0 and isinstance(wm.type, sqltypes.DateTime)
         full = not position or position.get("watermark") is None
         after: list[Any] | None = None
+        floor: Any = None
+        narrow: Any = None  # a condition on the bare column that lets an index on it serve the query
         if not full:
             assert position is not None
             last_key = position.get("last_key") or []
             if len(last_key) != len(keys):
                 raise ConfigError([f"{source.entity}: the stored position does not match the key {source.key}"])
             try:
-                start = position["watermark"] if as_text else _to_db(wm, position["watermark"])
+                stored = position["watermark"]
+                start = func.strftime(_SQLITE_MOMENT, str(stored)) if sqlite_time else _to_db(wm, stored)
                 after = [start, *(_to_db(c, v) for c, v in zip(keys, last_key, strict=True))]
-            except _Reject as exc:
+                if looks_back:
+                    floor = self._lookback_floor(source, wm, position, sqlite_time)
+                narrow = self._sqlite_narrowing(wm, stored, floor) if sqlite_time else None
+            except (_Reject, ValueError) as exc:
                 raise ConfigError([f"{source.entity}: the stored position is not valid here: {exc}"]) from None
         notes: list[str] = []
         if full:
             missing = self._fetch(select(func.count().label("n")).select_from(table).where(wm.is_(None)), source.entity)
             if missing and missing[0]["n"]:
                 notes.append(f"{source.entity}: {missing[0]['n']} rows have no {source.watermark} and are not read")
-        columns = [*table.c, wm_expr.label(_WM_TEXT)] if as_text else list(table.c)
+            if sqlite_time:
+                unreadable = self._fetch(select(func.count().label("n")).select_from(table).where(
+                    wm.is_not(None), wm_expr.is_(None)), source.entity)
+                if unreadable and unreadable[0]["n"]:
+                    notes.append(f"{source.entity}: {unreadable[0]['n']} rows have a {source.watermark} that is not "
+                                 "a date-time SQLite can read and are not read")
         read_at = datetime.now(UTC)
+        clock = plain_value(self._fetch(select(self._clock(wm).label("now")), source.entity)[0]["now"]) \
+            if looks_back else None
+        columns = [*table.c, wm_expr.label(_WM_TEXT)] if sqlite_time else list(table.c)
         yielded = False
         while True:
-            stmt = select(*columns).where(wm.is_not(None))
-            if after is not None:
+            stmt = select(*columns).where(wm_expr.is_not(None))
+            if narrow is not None:
+                stmt = stmt.where(narrow)
+            if floor is not None:  # the first query re-reads the overlap; later ones go on from its last row
+                stmt = stmt.where(wm_expr > floor)
+                floor = None
+            elif after is not None:
                 # The redundant `wm >= :w` lets the planner start an index range scan at the position.
-                stmt = stmt.where(wm_expr >= after[0], _after([wm_expr, *keys], after))
-            stmt = stmt.order_by(wm, *keys).limit(page_size)
+                if not sqlite_time:
+                    stmt = stmt.where(wm >= after[0])
+                stmt = stmt.where(_after([wm_expr, *keys], after))
+            stmt = stmt.order_by(wm_expr, *keys).limit(page_size)
             rows = self._fetch(stmt, source.entity)
             if not rows:
                 if full and not yielded:
@@ -478,12 +570,103 @@ class SqlConnector:
                 return
             records = [self._record(source, row, read_at, watermark=wm.name) for row in rows]
             last = rows[-1]
-            after = [last[_WM_TEXT] if as_text else last[wm.name], *(last[c.name] for c in keys)]
+            after = [last[_WM_TEXT] if sqlite_time else last[wm.name], *(last[c.name] for c in keys)]
+            narrow = self._sqlite_narrowing(wm, after[0], None) if sqlite_time else None
             page_position = {"watermark": plain_value(after[0]), "last_key": [plain_value(v) for v in after[1:]]}
+            if clock is not None:
+                page_position["read_at"] = clock
             yield ChangePage(records, page_position, snapshot=full, notes=notes if not yielded else [])
             yielded = True
             if len(rows) < page_size:
                 return
+
+    @staticmethod
+    def _sqlite_narrowing(wm: Column, stored: Any, floor: str | None) -> Any:
+        """`wm >= <a day before the position, as text>` on the bare column: every ISO-8601 text of a later
+        moment starts with a date at most one day earlier (UTC offsets stay under a day) and sorts at or
+        above that date's text, so the condition loses nothing and an index on the column can serve it."""
+        if not isinstance(wm.type, sqltypes.DateTime | sqltypes.Date):
+            return None
+        try:
+            moment = datetime.fromisoformat(str(floor if floor is not None else stored))
+        except ValueError:
+            return None
+        day = (moment - timedelta(days=1)).date().isoformat()
+        return type_coerce(wm, String()) >= day
+
+    def _read_xact(self, source: SourceSpec, position: dict[str, Any] | None, page_size: int) -> Iterator[ChangePage]:
+        """Commit-safe change reads on PostgreSQL: keyset paging on (xact, key...) below the snapshot's xmin.
+
+        Every transaction older than pg_snapshot_xmin(pg_current_snapshot()) has ended, so no row can later
+        appear below that horizon: reading only up to it never passes a change that is still in flight."""
+        if self._engine.dialect.name != "postgresql":
+            raise ConfigError([f"{source.entity}: changes=xact_id needs PostgreSQL 13 or later "
+                               f"({self._engine.dialect.name} has no pg_current_xact_id)"])
+        table = self._table_info(source.entity).table
+        xact = self._column(table, source.xact_column, source.entity, "xact_id")
+        keys = [self._column(table, k, source.entity, "key") for k in source.key]
+        if source.version:
+            self._column(table, source.version, source.entity, "version")
+        watermark = source.watermark if source.watermark in table.c else None
+        as_xid8 = not isinstance(xact.type, sqltypes.Integer)
+
+        def xid(value: int) -> Any:
+            return cast(literal(str(value), String()), _Xid8()) if as_xid8 else value
+
+        horizon_expr = func.pg_snapshot_xmin(func.pg_current_snapshot())
+        horizon = int(self._fetch(select(cast(horizon_expr, String()).label("h")), source.entity)[0]["h"])
+        full = not position or position.get("xact") is None
+        after: list[Any] | None = None
+        if not full:
+            assert position is not None
+            last_key = position.get("last_key")
+            if last_key is not None and len(last_key) != len(keys):
+                raise ConfigError([f"{source.entity}: the stored position does not match the key {source.key}"])
+            try:
+                after = [int(position["xact"]), *(_to_db(c, v) for c, v in zip(keys, last_key or [], strict=True))]
+            except (_Reject, ValueError, TypeError) as exc:
+                raise ConfigError([f"{source.entity}: the stored position is not valid here: {exc}"]) from None
+        notes: list[str] = []
+        if full:
+            missing = self._fetch(select(func.count().label("n")).select_from(table).where(xact.is_(None)),
+                                  source.entity)
+            if missing and missing[0]["n"]:
+                notes.append(f"{source.entity}: {missing[0]['n']} rows have no {source.xact_column} and are not read")
+        read_at = datetime.now(UTC)
+        settled: dict[str, Any] = {"xact": horizon - 1, "last_key": None}  # everything below the horizon is read
+        yielded = False
+        # Below the horizon, in order; a full read then also takes the rows at or above it (committed by
+        # transactions newer than the oldest open one), so the snapshot is whole, without moving past them.
+        for below in (True, False) if full else (True,):
+            while True:
+                stmt = select(table).where(xact.is_not(None))
+                if below:
+                    stmt = stmt.where(xact < xid(horizon))
+                else:
+                    stmt = stmt.where(xact >= xid(horizon))
+                if after is not None:
+                    if len(after) == 1:
+                        stmt = stmt.where(xact > xid(after[0]))
+                    else:
+                        stmt = stmt.where(_after([xact, *keys], [xid(after[0]), *after[1:]]))
+                rows = self._fetch(stmt.order_by(xact, *keys).limit(page_size), source.entity)
+                if not rows:
+                    break
+                records = [self._record(source, row, read_at, watermark=watermark, marker=int(row[xact.name]))
+                           for row in rows]
+                last = rows[-1]
+                after = [int(last[xact.name]), *(last[c.name] for c in keys)]
+                if below:
+                    page_position = {"xact": after[0], "last_key": [plain_value(v) for v in after[1:]]}
+                    settled = page_position
+                else:
+                    page_position = settled
+                yield ChangePage(records, page_position, snapshot=full, notes=notes if not yielded else [])
+                yielded = True
+                if len(rows) < page_size:
+                    break
+        if full and not yielded:
+            yield ChangePage([], settled, snapshot=True, notes=notes)
 
     def _read_flagged(self, source: SourceSpec, page_size: int) -> Iterator[ChangePage]:
         table = self._table_info(source.entity).table
@@ -517,13 +700,19 @@ class SqlConnector:
         rows = self._fetch(select(table).where(_key_match(keys, [db_key])), source.entity)
         if not rows:
             return None
+        marker = None
         if source.changes == "status_flag":
             watermark = source.watermark if source.watermark in table.c else None
             skip = [source.status_field, source.reason_field]
+        elif source.changes == "xact_id":
+            watermark = source.watermark if source.watermark in table.c else None
+            skip = []
+            stamp = rows[0].get(self._column(table, source.xact_column, source.entity, "xact_id").name)
+            marker = int(stamp) if stamp is not None else None
         else:
             watermark = self._column(table, source.watermark, source.entity, "watermark").name
             skip = []
-        return self._record(source, rows[0], datetime.now(UTC), watermark=watermark, skip=skip)
+        return self._record(source, rows[0], datetime.now(UTC), watermark=watermark, skip=skip, marker=marker)
 
     def read_records(self, entity: str, key_fields: Sequence[str], keys: Sequence[str]) -> dict[str, SourceRecord]:
         """Current rows by key. These are target-side reads without a change marker: version is '' and
@@ -577,39 +766,53 @@ class SqlConnector:
                 raise self._transient(exc) from None
             raise PermanentError(Reason.VALIDATION_FAILED, f"{entity}: query failed: {self._first_line(exc)}") from None
 
-    def acknowledge(self, source: SourceSpec, keys: Sequence[str], failed: dict[str, str]) -> None:
-        if source.changes != "status_flag" or not (keys or failed):
+    def acknowledge(
+        self, source: SourceSpec, sent: Sequence[SourceRecord], failed: Sequence[tuple[SourceRecord, str]]
+    ) -> None:
+        """P where the row is still flagged and holds the values we read; E (with the reason) where it still
+        holds the values that failed and was not marked otherwise since (a fix re-flags it with new values).
+        The values include the version and watermark columns, so this is the version check where the table
+        has one, and a NULL-safe comparison of every column where it has neither. The rows are locked
+        (SELECT ... FOR UPDATE; SQLite's write lock) from the comparison to the update, so an edit either
+        lands before (and is seen) or after (and re-flags the row)."""
+        if source.changes != "status_flag" or not (sent or failed):
             return
         table = self._table_info(source.entity).table
         status = self._column(table, source.status_field, source.entity, "status")
         columns = [self._column(table, k, source.entity, "key") for k in source.key]
         reason = table.c.get(source.reason_field)
         reason_length = getattr(reason.type, "length", None) if reason is not None else None
-        sent = [self._db_key(columns, key) for key in dict.fromkeys(keys) if key not in failed]
-        sent = [k for k in sent if k is not None]
-        bad = []
-        for key, why in failed.items():
-            db_key = self._db_key(columns, key)
-            if db_key is not None:
-                text = why if not reason_length else why[:reason_length]
-                bad.append({**{f"ds__k{i}": v for i, v in enumerate(db_key)}, "ds__reason": text})
+        wanted: dict[str, tuple[SourceRecord, str | None]] = {r.key: (r, None) for r in sent}
+        wanted.update({r.key: (r, why) for r, why in failed})  # a failure outranks a send of the same row
+        db_keys = [k for k in (self._db_key(columns, key) for key in wanted) if k is not None]
+        skip = (source.status_field, source.reason_field)
         done: dict[str, Any] = {status.name: PROCESSED}
         if reason is not None:
             done[reason.name] = None
         try:
             with self._transaction() as conn:
-                if len(columns) == 1:
-                    for chunk in _chunks(sent, CHUNK):
-                        conn.execute(update(table).where(columns[0].in_([k[0] for k in chunk])).values(done))
-                elif sent:
-                    conn.execute(self._update_by_key(table, columns, done), [
-                        {f"ds__k{i}": v for i, v in enumerate(k)} for k in sent
-                    ])
+                processed: list[dict[str, Any]] = []
+                bad: list[dict[str, Any]] = []
+                for chunk in _chunks(db_keys, max(1, min(CHUNK, 900 // len(columns)))):
+                    stmt = select(table).where(_key_match(columns, chunk)).with_for_update()
+                    for row in conn.execute(stmt).mappings():
+                        values = {name: plain_value(v) for name, v in row.items() if name not in skip}
+                        record, why = wanted.get(key_of(source.key, values), (None, None))
+                        if record is None or not _same_values(values, record.values):
+                            continue  # changed since it was read: its flag stays, the change is read again
+                        params = {f"ds__k{i}": row[c.name] for i, c in enumerate(columns)}
+                        if why is None and row[status.name] in FLAGGED:
+                            processed.append(params)
+                        elif why is not None and row[status.name] in (*FLAGGED, PROCESSED):
+                            text = why if not reason_length else why[:reason_length]
+                            bad.append({**params, "ds__reason": text})
+                if processed:
+                    conn.execute(self._update_by_key(table, columns, done), processed)
                 if bad:
-                    values: dict[str, Any] = {status.name: FAILED}
+                    failing: dict[str, Any] = {status.name: FAILED}
                     if reason is not None:
-                        values[reason.name] = bindparam("ds__reason")
-                    conn.execute(self._update_by_key(table, columns, values), bad)
+                        failing[reason.name] = bindparam("ds__reason")
+                    conn.execute(self._update_by_key(table, columns, failing), bad)
         except sa_exc.SQLAlchemyError as exc:
             if self._is_transient(exc):
                 raise self._transient(exc) from None

@@ -53,7 +53,7 @@ def pull_flow(
             if accepted is not None:
                 result.duplicates += len(messages) - accepted
             if flow.source.changes == "status_flag":
-                connector.acknowledge(flow.source, [m.key for m in messages], {})
+                connector.acknowledge(flow.source, page.records, [])
             if page.snapshot:
                 snapshot_keys = snapshot_keys if snapshot_keys is not None else set()
                 snapshot_keys.update(r.key for r in page.records)

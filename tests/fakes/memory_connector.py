@@ -76,7 +76,9 @@ class MemoryConnector:
             results.append(WriteResult(op, ok=True, key=key_of(target.key, op.key)))
         return results
 
-    def acknowledge(self, source: SourceSpec, keys: Sequence[str], failed: dict[str, str]) -> None:
+    def acknowledge(
+        self, source: SourceSpec, sent: Sequence[SourceRecord], failed: Sequence[tuple[SourceRecord, str]]
+    ) -> None:
         return None
 
     def close(self) -> None:
