@@ -12,15 +12,34 @@ Reading changes (`SourceSpec.changes`):
   are read exactly once. A read that starts from no position (None, ``{}`` or a null watermark) is a full
   read: every page it yields has ``snapshot=True`` so the engine may infer deletes when the iterator is
   exhausted; an empty full read yields one empty snapshot page. An incremental read with nothing new yields
-  no page. Rows whose watermark is NULL are never read (a full read says how many in ``notes``).
-  On SQLite, a date/time watermark is compared as the text SQLite stores (``CURRENT_TIMESTAMP`` and
-  SQLAlchemy write different text for the same instant), so the position holds that text.
-  Like every watermark scheme, a row committed late with an older watermark than the position is missed.
+  no page (unless the look-back re-reads some). Rows whose watermark is NULL are never read (a full read
+  says how many in ``notes``).
+  Look-back (``lookback_seconds``, default 60, date-time watermarks): a transaction stamps its rows before
+  it commits (PostgreSQL's ``now()`` is the transaction's start), so a row can commit after a newer row was
+  read, under the position. Each read therefore starts at ``min(position, read_at - lookback)``, where
+  ``read_at`` is the database's clock when the previous read began (kept in the position): every row whose
+  transaction committed within the look-back of its stamp is read. Re-read rows carry the version they had,
+  so duplicate detection or apply's version check drops them; once a read begins more than the look-back
+  after the newest stamp, nothing is re-read. The clock is the database's, as the column's stamps are
+  written (see `_clock`); stamps from other clocks must be within the look-back of it.
+  On SQLite, a date/time watermark is compared as SQLite's normalisation of the stored text
+  (``strftime('%Y-%m-%d %H:%M:%f', wm)``: 'T' or ' ', fractions, 'Z' and offsets all become UTC text to the
+  millisecond), so rows written by different writers compare as time; the position holds that text, and a
+  condition on the bare column (a day before the position, as text) lets an index on it narrow the scan.
+- ``xact_id`` (PostgreSQL 13+): ``xact_column`` (xid8, or bigint) is filled by a trigger with
+  ``pg_current_xact_id()``; keyset paging on (xact, key...) reads only below
+  ``pg_snapshot_xmin(pg_current_snapshot())``, the oldest transaction still open, so no row can ever commit
+  below the position: nothing is missed and nothing re-read, at the price of waiting for the oldest open
+  transaction in the cluster. The position is ``{"xact": n, "last_key": [...]}``; the version is the xact
+  id. A full read also takes the rows at or above the horizon (the snapshot is whole) without moving the
+  position past them.
 - ``status_flag``: rows whose ``status_field`` is 'N' (new) or 'U' (updated), paged by key. The flags are
   the cursor: every read starts from the lowest flagged key, the position (``{"last_key": [...]}``) only
-  records progress within a read. `acknowledge` sets 'P' (processed, reason cleared) or 'E' with the reason;
-  a row the source re-flags between our read and our acknowledge is marked 'P' anyway (the port passes keys,
-  not versions). The status and reason columns are left out of the record's values.
+  records progress within a read. `acknowledge` gets the records as read and sets 'P' (processed, reason
+  cleared) only where the row is still flagged and holds the values read, 'E' with the reason only where it
+  still holds the values that failed (version and watermark columns are among the values; without them
+  every column is compared, NULL-safe): a row edited between our read and our acknowledge keeps its flag
+  and is read again. The status and reason columns are left out of the record's values.
 - ``change_tracking`` is a Dataverse feature: refused with a ConfigError.
 
 Listing keys (`iter_keys`, for key-set reconciliation and the initial-sync target scan): one SELECT of the
@@ -35,9 +54,10 @@ JSON lists, other dialects) is read in index order and sorted by `shared.connect
 sorted runs of 100,000 keys spilled to temporary files and merged, so memory is bounded by one run.
 
 Record versions (`shared.versions.sortable_version`): the ``source.version`` column when set (and not
-NULL), else the watermark. A status-flag table without a watermark column has no change marker at all, so
-its version is the time of the read: a row flagged again and read later always gets a newer version, and a
-stale redelivery an older one (clock skew between hosts can blur re-flags closer together than the skew).
+NULL), else the xact id (``xact_id``), else the watermark. A status-flag table without a watermark column
+has no change marker at all, so its version is the time of the read: a row flagged again and read later
+always gets a newer version, and a stale redelivery an older one (clock skew between hosts can blur
+re-flags closer together than the skew).
 `changed_at` is the watermark as an aware UTC datetime (naive values are taken as UTC); when the watermark
 is not a date/time (a counter) or absent, it is the time of the read.
 
@@ -96,6 +116,7 @@ from sqlalchemy import (
 )
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import types as sqltypes
+from sqlalchemy.dialects.postgresql import base as _pg_base
 from sqlalchemy.engine import Connection, Engine, make_url
 
 from shared.config import SourceSpec, TargetSpec
@@ -123,6 +144,10 @@ class _Xid8(sqltypes.UserDefinedType):
 
     def get_col_spec(self, **kw: Any) -> str:
         return "xid8"
+
+
+# Reflection then knows the type of an xact_id column instead of warning about it.
+_pg_base.ischema_names.setdefault("xid8", _Xid8)
 
 
 def _sqlite_moment(value: datetime) -> str:
@@ -591,6 +616,8 @@ class SqlConnector:
             moment = datetime.fromisoformat(str(floor if floor is not None else stored))
         except ValueError:
             return None
+        if moment.tzinfo:  # a position stored before positions were normalised may carry an offset
+            moment = moment.astimezone(UTC)
         day = (moment - timedelta(days=1)).date().isoformat()
         return type_coerce(wm, String()) >= day
 
