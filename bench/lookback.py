@@ -1,18 +1,20 @@
 """The watermark look-back's cost: incremental runs with few changes on a large SQLite table, with and without it.
 
-A 100,000-row source table is synced once, then each scenario runs a series of incremental runs (pull and
-apply through `run_once`, in process). The schedule is simulated: a clock moves by the run interval before
+A 100,000-row source table is synced once, then each scenario runs, on a copy, a series of incremental runs
+(pull and apply through `run_once`, in process). The schedule is simulated: a clock moves by the run interval before
 each run, the changes of a run are stamped at random moments inside that interval, and the connector reads
 that clock as the database's (so no run has to wait for real minutes). Printed per scenario and look-back:
 rows re-read per run (pulled minus changed), how many of those the bus dropped as duplicates, records
 applied, and changed records per second of run time.
-Usage: python bench/lookback.py [--rows 100000] [--runs 20] [--changes 10]
+Usage: python bench/lookback.py [--rows 100000] [--runs 20] [--changes 10] [--spread-hours 8760]
+(--spread-hours 12: every row stamped in the last 12 h, the worst case for SQLite's index narrowing)
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -29,6 +31,7 @@ from shared.connectors import sql as sql_connector  # noqa: E402
 from shared.local_runtime import RunOptions, run_once  # noqa: E402
 
 FLOW = "items"
+START = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 class SimulatedClock:
@@ -41,7 +44,7 @@ class SimulatedClock:
         clock = self
 
         def _clock(self, wm):  # noqa: ANN001, ANN202 - replaces SqlConnector._clock for the bench only
-            return sa.literal(sql_connector._sqlite_moment(clock.now))
+            return sa.literal(stamp(clock.now))
 
         sql_connector.SqlConnector._clock = _clock
 
@@ -50,21 +53,22 @@ def stamp(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
-def build(work: Path, rows: int, start: datetime) -> tuple[str, str]:
+def build(work: Path, rows: int, start: datetime, spread: timedelta) -> tuple[str, str]:
     source, target = f"sqlite:///{work / 'source.db'}", f"sqlite:///{work / 'target.db'}"
     with sa.create_engine(source).begin() as conn:
         conn.exec_driver_sql("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, price NUMERIC, "
                              "modified_at TIMESTAMP NOT NULL)")
         conn.exec_driver_sql("CREATE INDEX ix_items_modified ON items (modified_at, id)")
-        spread = timedelta(days=1) / rows
+        step = spread / rows
         conn.exec_driver_sql("INSERT INTO items VALUES (?, ?, ?, ?)", [
-            (i, f"item {i}", i % 1000, stamp(start - timedelta(days=1) + i * spread)) for i in range(1, rows + 1)])
+            (i, f"item {i}", i % 1000, stamp(start - spread + i * step)) for i in range(1, rows + 1)])
     with sa.create_engine(target).begin() as conn:
         conn.exec_driver_sql("CREATE TABLE products (code INTEGER PRIMARY KEY, name TEXT, price NUMERIC)")
     return source, target
 
 
-def config(source: str, target: str, lookback: float):  # noqa: ANN201
+def config(work: Path, lookback: float):  # noqa: ANN201
+    source, target = f"sqlite:///{work / 'source.db'}", f"sqlite:///{work / 'target.db'}"
     return parse_config({
         "systems": {"src": {"kind": "sql", "url": source}, "dst": {"kind": "sql", "url": target}},
         "flows": {FLOW: {"source": {"system": "src", "entity": "items", "key": "id", "lookback_seconds": lookback},
@@ -75,19 +79,29 @@ def config(source: str, target: str, lookback: float):  # noqa: ANN201
     })
 
 
+def synced(work: Path, rows: int, spread: timedelta) -> float:
+    """The table, built and synced once (the scenarios start from copies); returns the seconds it took."""
+    SimulatedClock(START).install()
+    build(work, rows, START, spread)
+    app = SyncApp.local(config(work, 60), work / "state")
+    began = time.perf_counter()
+    try:
+        counts = run_once(app, RunOptions(workers=0, drain_bound=1)).flows[FLOW]
+    finally:
+        app.close()
+    assert counts.applied == rows, counts
+    return time.perf_counter() - began
+
+
 def scenario(work: Path, rows: int, lookback: float, interval: float, runs: int, changes: int,
              burst: int = 0) -> dict[str, float]:
-    start = datetime(2026, 1, 1, tzinfo=UTC)
-    clock = SimulatedClock(start)
+    clock = SimulatedClock(START)
     clock.install()
-    source, target = build(work, rows, start)
-    app = SyncApp.local(config(source, target, lookback), work / "state")
+    app = SyncApp.local(config(work, lookback), work / "state")
     options = RunOptions(workers=0, drain_bound=1)
-    engine = sa.create_engine(source)
+    engine = sa.create_engine(f"sqlite:///{work / 'source.db'}")
     rng = random.Random(7)
     try:
-        initial = run_once(app, options).flows[FLOW]
-        assert initial.applied == rows, initial
         re_read = dropped = applied = changed = 0
         seconds = 0.0
         for n in range(runs):
@@ -120,6 +134,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--changes", type=int, default=10, help="rows changed before each run")
+    parser.add_argument("--spread-hours", type=float, default=24 * 365,
+                        help="the rows' stamps before the first run are spread over this many hours")
     args = parser.parse_args()
     cases = [  # (name, run interval in seconds, burst size)
         ("every 5 min (default schedule)", 300, 0),
@@ -127,15 +143,22 @@ def main() -> None:
         ("every 5 s", 5, 0),
         (f"burst of {args.rows // 10} then quiet, every 30 s", 30, args.rows // 10),
     ]
-    print(f"table {args.rows:,} rows; {args.runs} incremental runs; {args.changes} changes per run "
-          "(one transaction); pull + apply in process")
-    for name, interval, burst in cases:
-        for lookback in (60.0, 0.0):
-            with tempfile.TemporaryDirectory(prefix="dualsync-lookback-") as work:
-                got = scenario(Path(work), args.rows, lookback, interval, args.runs, args.changes, burst)
-            print(f"{name:<42} lookback={lookback:>4.0f}s  re-read/run={got['re_read_per_run']:>8.1f}  "
-                  f"dropped_as_duplicates={got['dropped']:>6}  applied={got['applied']:>6}/{got['changed']:<6}  "
-                  f"s/run={got['seconds_per_run']:.3f}  changed_records/s={got['records_per_s']:,.0f}")
+    with tempfile.TemporaryDirectory(prefix="dualsync-lookback-") as root:
+        base = Path(root) / "base"
+        base.mkdir()
+        took = synced(base, args.rows, timedelta(hours=args.spread_hours))
+        print(f"table {args.rows:,} rows stamped over {args.spread_hours:g} h, synced in {took:.1f}s; "
+              f"{args.runs} incremental runs of {args.changes} changes (one transaction each); pull + apply "
+              "in process")
+        for name, interval, burst in cases:
+            for lookback in (60.0, 0.0):
+                work = Path(root) / f"{interval}-{burst}-{lookback:g}"
+                shutil.copytree(base, work)
+                got = scenario(work, args.rows, lookback, interval, args.runs, args.changes, burst)
+                shutil.rmtree(work)
+                print(f"{name:<40} lookback={lookback:>3.0f}s  re-read/run={got['re_read_per_run']:>7.1f}  "
+                      f"dropped_as_duplicates={got['dropped']:>6}  applied={got['applied']:>6}/{got['changed']:<6} "
+                      f"s/run={got['seconds_per_run']:.3f}  changed_records/s={got['records_per_s']:,.0f}")
 
 
 if __name__ == "__main__":

@@ -22,10 +22,11 @@ Reading changes (`SourceSpec.changes`):
   so duplicate detection or apply's version check drops them; once a read begins more than the look-back
   after the newest stamp, nothing is re-read. The clock is the database's, as the column's stamps are
   written (see `_clock`); stamps from other clocks must be within the look-back of it.
-  On SQLite, a date/time watermark is compared as SQLite's normalisation of the stored text
-  (``strftime('%Y-%m-%d %H:%M:%f', wm)``: 'T' or ' ', fractions, 'Z' and offsets all become UTC text to the
-  millisecond), so rows written by different writers compare as time; the position holds that text, and a
-  condition on the bare column (a day before the position, as text) lets an index on it narrow the scan.
+  On SQLite, a date/time watermark is compared as the instant SQLite reads in the stored text
+  (``julianday(wm)``: 'T' or ' ', fractions, 'Z' and offsets; to the millisecond), so rows written by
+  different writers compare as time; the position holds the last row's stored text, and a condition on the
+  bare column (14 hours before the position, as text) lets an index on it narrow the scan. An expression
+  index on ``(julianday(wm), key)`` serves the read fully.
 - ``xact_id`` (PostgreSQL 13+): ``xact_column`` (xid8, or bigint) is filled by a trigger with
   ``pg_current_xact_id()``; keyset paging on (xact, key...) reads only below
   ``pg_snapshot_xmin(pg_current_snapshot())``, the oldest transaction still open, so no row can ever commit
@@ -131,7 +132,7 @@ FLAGGED = ("N", "U")
 PROCESSED = "P"
 FAILED = "E"
 _WM_TEXT = "_dualsync_wm_text"
-_SQLITE_MOMENT = "%Y-%m-%d %H:%M:%f"  # SQLite's normal form of a date-time: UTC, ' ', milliseconds
+_WIDEST_UTC_OFFSET = timedelta(hours=14)
 _SQLITE_PERMANENT = re.compile(r"^(no such |near |.* has no column |ON CONFLICT clause |.*syntax error)", re.I)
 _TRUE = {"true", "1", "yes", "y", "t"}
 _FALSE = {"false", "0", "no", "n", "f"}
@@ -148,13 +149,6 @@ class _Xid8(sqltypes.UserDefinedType):
 
 # Reflection then knows the type of an xact_id column instead of warning about it.
 _pg_base.ischema_names.setdefault("xid8", _Xid8)
-
-
-def _sqlite_moment(value: datetime) -> str:
-    """`value` as SQLite's strftime(_SQLITE_MOMENT) writes it (aware -> UTC), cut to milliseconds."""
-    if value.tzinfo:
-        value = value.astimezone(UTC).replace(tzinfo=None)
-    return f"{value:%Y-%m-%d %H:%M:%S}.{value.microsecond // 1000:03d}"
 
 
 class _Reject(ValueError):
@@ -495,36 +489,28 @@ class SqlConnector:
         for timestamp, as a `DEFAULT now()` writes it)."""
         name = self._engine.dialect.name
         if name == "sqlite":
-            return func.strftime(_SQLITE_MOMENT, "now")
+            return func.strftime("%Y-%m-%d %H:%M:%f", "now")
         if name == "postgresql":
             return func.now() if getattr(wm.type, "timezone", False) else func.localtimestamp()
         return func.current_timestamp()
 
-    def _moment_of(self, wm: Column, value: Any, sqlite_time: bool) -> datetime:
-        """A stored watermark (a position's or a clock reading) as a datetime in the column's convention."""
-        if sqlite_time:
-            moment = datetime.fromisoformat(str(value))
-            return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
-        moment = _to_db(wm, value)
-        if not isinstance(moment, datetime):
-            raise _Reject(f"{value!r} is not a date-time")
-        return moment
-
-    def _lookback_floor(
-        self, source: SourceSpec, wm: Column, position: dict[str, Any], sqlite_time: bool
-    ) -> Any | None:
-        """Where the overlap re-read starts (rows stamped after it are read), or None for none.
+    def _lookback_floor(self, source: SourceSpec, wm: Column, position: dict[str, Any], sqlite_time: bool) -> Any:
+        """Where the overlap re-read starts: rows whose watermark is above it are read again.
 
         A row that commits after the previous read began (at `read_at`, on the database's clock) within
-        `lookback_seconds` of its stamp has a stamp after read_at - lookback: that is the floor, unless the
-        position is lower. Without a read_at (a position from before the overlap existed), position - lookback."""
-        mark = self._moment_of(wm, position["watermark"], sqlite_time)
-        lookback = timedelta(seconds=source.lookback_seconds)
+        `lookback_seconds` of its stamp is stamped after read_at - lookback: that is the floor, unless the
+        position is lower. Without a read_at (a position from before the overlap existed), position - lookback.
+        On SQLite the floor is a Julian day computed by SQLite itself, from the stored texts."""
+        lookback = source.lookback_seconds
         read_at = position.get("read_at")
-        floor = (self._moment_of(wm, read_at, sqlite_time) if read_at is not None else mark) - lookback
-        if floor >= mark:
-            return None
-        return _sqlite_moment(floor) if sqlite_time else floor
+        if sqlite_time:
+            mark = func.julianday(str(position["watermark"]))
+            if read_at is None:
+                return mark - lookback / 86400
+            return func.min(mark, func.julianday(str(read_at)) - lookback / 86400)
+        mark = _to_db(wm, position["watermark"])
+        since = (_to_db(wm, read_at) if read_at is not None else mark) - timedelta(seconds=lookback)
+        return min(mark, since)
 
     def _read_watermark(
         self, source: SourceSpec, position: dict[str, Any] | None, page_size: int
@@ -535,11 +521,13 @@ class SqlConnector:
         if source.version:
             self._column(table, source.version, source.entity, "version")
         # SQLite keeps date-times as whatever text was written ('T' or ' ', fractions, 'Z' or offsets), and that
-        # text does not sort as time: compare SQLite's own normalisation of it (UTC, milliseconds) instead.
+        # text does not sort as time: compare the instant SQLite reads in it (a Julian day, to the millisecond).
+        # The position keeps the stored text, which SQLite reads back to the same number.
         sqlite_time = self._engine.dialect.name == "sqlite" and isinstance(
             wm.type, sqltypes.DateTime | sqltypes.Date | sqltypes.Time
         )
-        wm_expr = func.strftime(_SQLITE_MOMENT, wm) if sqlite_time else wm
+        wm_text = type_coerce(wm, String())
+        wm_expr = func.julianday(wm) if sqlite_time else wm
         looks_back = source.lookback_seconds > 0 and isinstance(wm.type, sqltypes.DateTime)
         full = not position or position.get("watermark") is None
         after: list[Any] | None = None
@@ -552,13 +540,15 @@ class SqlConnector:
                 raise ConfigError([f"{source.entity}: the stored position does not match the key {source.key}"])
             try:
                 stored = position["watermark"]
-                start = func.strftime(_SQLITE_MOMENT, str(stored)) if sqlite_time else _to_db(wm, stored)
+                start = func.julianday(str(stored)) if sqlite_time else _to_db(wm, stored)
                 after = [start, *(_to_db(c, v) for c, v in zip(keys, last_key, strict=True))]
                 if looks_back:
                     floor = self._lookback_floor(source, wm, position, sqlite_time)
-                narrow = self._sqlite_narrowing(wm, stored, floor) if sqlite_time else None
-            except (_Reject, ValueError) as exc:
+            except (_Reject, ValueError, TypeError) as exc:
                 raise ConfigError([f"{source.entity}: the stored position is not valid here: {exc}"]) from None
+            if sqlite_time:
+                earliest = position.get("read_at") if looks_back else None
+                narrow = self._sqlite_narrowing(wm, stored, earliest, source.lookback_seconds)
         notes: list[str] = []
         if full:
             missing = self._fetch(select(func.count().label("n")).select_from(table).where(wm.is_(None)), source.entity)
@@ -573,14 +563,15 @@ class SqlConnector:
         read_at = datetime.now(UTC)
         clock = plain_value(self._fetch(select(self._clock(wm).label("now")), source.entity)[0]["now"]) \
             if looks_back else None
-        columns = [*table.c, wm_expr.label(_WM_TEXT)] if sqlite_time else list(table.c)
+        columns = [*table.c, wm_text.label(_WM_TEXT)] if sqlite_time else list(table.c)
         yielded = False
         while True:
             stmt = select(*columns).where(wm_expr.is_not(None))
             if narrow is not None:
                 stmt = stmt.where(narrow)
             if floor is not None:  # the first query re-reads the overlap; later ones go on from its last row
-                stmt = stmt.where(wm_expr > floor)
+                assert after is not None
+                stmt = stmt.where(or_(wm_expr > floor, _after([wm_expr, *keys], after)))
                 floor = None
             elif after is not None:
                 # The redundant `wm >= :w` lets the planner start an index range scan at the position.
@@ -595,9 +586,10 @@ class SqlConnector:
                 return
             records = [self._record(source, row, read_at, watermark=wm.name) for row in rows]
             last = rows[-1]
-            after = [last[_WM_TEXT] if sqlite_time else last[wm.name], *(last[c.name] for c in keys)]
-            narrow = self._sqlite_narrowing(wm, after[0], None) if sqlite_time else None
-            page_position = {"watermark": plain_value(after[0]), "last_key": [plain_value(v) for v in after[1:]]}
+            stamp = last[_WM_TEXT] if sqlite_time else last[wm.name]
+            after = [func.julianday(stamp) if sqlite_time else stamp, *(last[c.name] for c in keys)]
+            narrow = self._sqlite_narrowing(wm, stamp, None, 0) if sqlite_time else None
+            page_position = {"watermark": plain_value(stamp), "last_key": [plain_value(v) for v in after[1:]]}
             if clock is not None:
                 page_position["read_at"] = clock
             yield ChangePage(records, page_position, snapshot=full, notes=notes if not yielded else [])
@@ -606,20 +598,22 @@ class SqlConnector:
                 return
 
     @staticmethod
-    def _sqlite_narrowing(wm: Column, stored: Any, floor: str | None) -> Any:
-        """`wm >= <a day before the position, as text>` on the bare column: every ISO-8601 text of a later
-        moment starts with a date at most one day earlier (UTC offsets stay under a day) and sorts at or
-        above that date's text, so the condition loses nothing and an index on the column can serve it."""
+    def _sqlite_narrowing(wm: Column, stored: Any, read_at: Any, lookback: float) -> Any:
+        """A condition on the bare column that loses no row the read wants, so an index on it can narrow the
+        scan: ``wm >= <the earliest instant wanted - 14 h, as 'YYYY-MM-DD HH:MM:SS'>`` compared as text. A
+        later moment written with a UTC offset reads at most 14 hours earlier as local text, and written with
+        'T' instead of ' ' sorts above every ' ' text of its day. None when the texts are not ISO 8601."""
         if not isinstance(wm.type, sqltypes.DateTime | sqltypes.Date):
             return None
         try:
-            moment = datetime.fromisoformat(str(floor if floor is not None else stored))
+            moments = [datetime.fromisoformat(str(stored))]
+            if read_at is not None:
+                moments.append(datetime.fromisoformat(str(read_at)))
         except ValueError:
             return None
-        if moment.tzinfo:  # a position stored before positions were normalised may carry an offset
-            moment = moment.astimezone(UTC)
-        day = (moment - timedelta(days=1)).date().isoformat()
-        return type_coerce(wm, String()) >= day
+        earliest = min(m.astimezone(UTC).replace(tzinfo=None) if m.tzinfo else m for m in moments)
+        bound = earliest - timedelta(seconds=lookback) - _WIDEST_UTC_OFFSET
+        return type_coerce(wm, String()) >= f"{bound:%Y-%m-%d %H:%M:%S}"
 
     def _read_xact(self, source: SourceSpec, position: dict[str, Any] | None, page_size: int) -> Iterator[ChangePage]:
         """Commit-safe change reads on PostgreSQL: keyset paging on (xact, key...) below the snapshot's xmin.

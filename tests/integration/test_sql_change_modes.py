@@ -89,6 +89,8 @@ MIXED = [  # (id, stored text) in time order; SQLite keeps whatever text was wri
     (4, "2024-03-01T14:00:03+02:00"),  # 12:00:03 UTC
     (5, "2024-03-01 12:00:04.123456"),
     (6, "2024-03-01 12:00:05"),
+    (7, "2024-03-01T00:00:06-12:00"),  # 12:00:06 UTC, its text twelve hours "earlier"
+    (8, "2024-03-01 00:00:07.5-12:00"),
 ]
 
 
