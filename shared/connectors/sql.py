@@ -22,11 +22,13 @@ Reading changes (`SourceSpec.changes`):
   so duplicate detection or apply's version check drops them; once a read begins more than the look-back
   after the newest stamp, nothing is re-read. The clock is the database's, as the column's stamps are
   written (see `_clock`); stamps from other clocks must be within the look-back of it.
-  On SQLite, a date/time watermark is compared as the instant SQLite reads in the stored text
-  (``julianday(wm)``: 'T' or ' ', fractions, 'Z' and offsets; to the millisecond), so rows written by
-  different writers compare as time; the position holds the last row's stored text, and a condition on the
-  bare column (14 hours before the position, as text) lets an index on it narrow the scan. An expression
-  index on ``(julianday(wm), key)`` serves the read fully.
+  On SQLite a date/time is whatever text was written, and text with a 'T' separator, 'Z' or a UTC offset
+  does not sort as time among ' ' text. Each read checks the texts it can reach (and the position): when
+  all are ' '-separated without a zone (what CURRENT_TIMESTAMP and SQLAlchemy write), the text is compared,
+  which sorts as time and uses an index on the column; otherwise the instant SQLite reads in each text is
+  (``julianday(wm)``, to the millisecond), with a condition on the bare column (14 hours, the widest UTC
+  offset, before the position, as text) so an index still narrows the scan. The position holds the last
+  row's stored text either way, so a read may switch between the two.
 - ``xact_id`` (PostgreSQL 13+): ``xact_column`` (xid8, or bigint) is filled by a trigger with
   ``pg_current_xact_id()``; keyset paging on (xact, key...) reads only below
   ``pg_snapshot_xmin(pg_current_snapshot())``, the oldest transaction still open, so no row can ever commit
@@ -133,6 +135,7 @@ PROCESSED = "P"
 FAILED = "E"
 _WM_TEXT = "_dualsync_wm_text"
 _WIDEST_UTC_OFFSET = timedelta(hours=14)
+_ZONED_OR_T = re.compile(r"^.{10}T|[Zz]$|[+-]\d\d:\d\d$")
 _SQLITE_PERMANENT = re.compile(r"^(no such |near |.* has no column |ON CONFLICT clause |.*syntax error)", re.I)
 _TRUE = {"true", "1", "yes", "y", "t"}
 _FALSE = {"false", "0", "no", "n", "f"}
@@ -494,20 +497,23 @@ class SqlConnector:
             return func.now() if getattr(wm.type, "timezone", False) else func.localtimestamp()
         return func.current_timestamp()
 
-    def _lookback_floor(self, source: SourceSpec, wm: Column, position: dict[str, Any], sqlite_time: bool) -> Any:
+    def _lookback_floor(self, source: SourceSpec, wm: Column, position: dict[str, Any], sqlite_time: str) -> Any:
         """Where the overlap re-read starts: rows whose watermark is above it are read again.
 
         A row that commits after the previous read began (at `read_at`, on the database's clock) within
         `lookback_seconds` of its stamp is stamped after read_at - lookback: that is the floor, unless the
         position is lower. Without a read_at (a position from before the overlap existed), position - lookback.
-        On SQLite the floor is a Julian day computed by SQLite itself, from the stored texts."""
+        On SQLite the floor is computed by SQLite itself, from the stored texts."""
         lookback = source.lookback_seconds
         read_at = position.get("read_at")
-        if sqlite_time:
+        if sqlite_time == "julianday":
             mark = func.julianday(str(position["watermark"]))
             if read_at is None:
                 return mark - lookback / 86400
             return func.min(mark, func.julianday(str(read_at)) - lookback / 86400)
+        if sqlite_time == "text":  # ' '-separated UTC text, as strftime writes it, compares as time
+            since = func.strftime("%Y-%m-%d %H:%M:%f", str(read_at or position["watermark"]), f"-{lookback} seconds")
+            return func.min(str(position["watermark"]), since)
         mark = _to_db(wm, position["watermark"])
         since = (_to_db(wm, read_at) if read_at is not None else mark) - timedelta(seconds=lookback)
         return min(mark, since)
@@ -520,16 +526,12 @@ class SqlConnector:
         keys = [self._column(table, k, source.entity, "key") for k in source.key]
         if source.version:
             self._column(table, source.version, source.entity, "version")
-        # SQLite keeps date-times as whatever text was written ('T' or ' ', fractions, 'Z' or offsets), and that
-        # text does not sort as time: compare the instant SQLite reads in it (a Julian day, to the millisecond).
-        # The position keeps the stored text, which SQLite reads back to the same number.
-        sqlite_time = self._engine.dialect.name == "sqlite" and isinstance(
-            wm.type, sqltypes.DateTime | sqltypes.Date | sqltypes.Time
-        )
-        wm_text = type_coerce(wm, String())
-        wm_expr = func.julianday(wm) if sqlite_time else wm
         looks_back = source.lookback_seconds > 0 and isinstance(wm.type, sqltypes.DateTime)
         full = not position or position.get("watermark") is None
+        # SQLite keeps date-times as whatever text was written; "text" or "julianday" (see the module docstring).
+        sqlite_time = self._sqlite_comparison(source, wm, None if full else position)
+        wm_text = type_coerce(wm, String())
+        wm_expr = {"julianday": func.julianday(wm), "text": wm_text}.get(sqlite_time, wm)
         after: list[Any] | None = None
         floor: Any = None
         narrow: Any = None  # a condition on the bare column that lets an index on it serve the query
@@ -540,13 +542,16 @@ class SqlConnector:
                 raise ConfigError([f"{source.entity}: the stored position does not match the key {source.key}"])
             try:
                 stored = position["watermark"]
-                start = func.julianday(str(stored)) if sqlite_time else _to_db(wm, stored)
+                if sqlite_time:
+                    start = func.julianday(str(stored)) if sqlite_time == "julianday" else str(stored)
+                else:
+                    start = _to_db(wm, stored)
                 after = [start, *(_to_db(c, v) for c, v in zip(keys, last_key, strict=True))]
                 if looks_back:
                     floor = self._lookback_floor(source, wm, position, sqlite_time)
             except (_Reject, ValueError, TypeError) as exc:
                 raise ConfigError([f"{source.entity}: the stored position is not valid here: {exc}"]) from None
-            if sqlite_time:
+            if sqlite_time == "julianday":
                 earliest = position.get("read_at") if looks_back else None
                 narrow = self._sqlite_narrowing(wm, stored, earliest, source.lookback_seconds)
         notes: list[str] = []
@@ -554,7 +559,7 @@ class SqlConnector:
             missing = self._fetch(select(func.count().label("n")).select_from(table).where(wm.is_(None)), source.entity)
             if missing and missing[0]["n"]:
                 notes.append(f"{source.entity}: {missing[0]['n']} rows have no {source.watermark} and are not read")
-            if sqlite_time:
+            if sqlite_time == "julianday":
                 unreadable = self._fetch(select(func.count().label("n")).select_from(table).where(
                     wm.is_not(None), wm_expr.is_(None)), source.entity)
                 if unreadable and unreadable[0]["n"]:
@@ -575,8 +580,8 @@ class SqlConnector:
                 floor = None
             elif after is not None:
                 # The redundant `wm >= :w` lets the planner start an index range scan at the position.
-                if not sqlite_time:
-                    stmt = stmt.where(wm >= after[0])
+                if sqlite_time != "julianday":
+                    stmt = stmt.where(wm_expr >= after[0])
                 stmt = stmt.where(_after([wm_expr, *keys], after))
             stmt = stmt.order_by(wm_expr, *keys).limit(page_size)
             rows = self._fetch(stmt, source.entity)
@@ -587,8 +592,8 @@ class SqlConnector:
             records = [self._record(source, row, read_at, watermark=wm.name) for row in rows]
             last = rows[-1]
             stamp = last[_WM_TEXT] if sqlite_time else last[wm.name]
-            after = [func.julianday(stamp) if sqlite_time else stamp, *(last[c.name] for c in keys)]
-            narrow = self._sqlite_narrowing(wm, stamp, None, 0) if sqlite_time else None
+            after = [func.julianday(stamp) if sqlite_time == "julianday" else stamp, *(last[c.name] for c in keys)]
+            narrow = self._sqlite_narrowing(wm, stamp, None, 0) if sqlite_time == "julianday" else None
             page_position = {"watermark": plain_value(stamp), "last_key": [plain_value(v) for v in after[1:]]}
             if clock is not None:
                 page_position["read_at"] = clock
@@ -596,6 +601,31 @@ class SqlConnector:
             yielded = True
             if len(rows) < page_size:
                 return
+
+    def _sqlite_comparison(self, source: SourceSpec, wm: Column, position: dict[str, Any] | None) -> str:
+        """How to compare a date/time watermark on SQLite: "" (not SQLite, or not a date/time column), "text"
+        (every text this read can reach, and the position, is ISO 8601 with ' ' and no zone: such text sorts
+        as time, and an index on the column serves the read) or "julianday" (some text has a 'T' separator,
+        'Z' or a UTC offset: the instants SQLite reads in the texts are compared)."""
+        if self._engine.dialect.name != "sqlite" or not isinstance(
+            wm.type, sqltypes.DateTime | sqltypes.Date | sqltypes.Time
+        ):
+            return ""
+        stored = None if position is None else str(position["watermark"])
+        if stored is not None and _ZONED_OR_T.search(stored):
+            return "julianday"
+        text = type_coerce(wm, String())
+        odd = or_(text.op("GLOB")("??????????T*"), text.op("GLOB")("*[Zz]"),
+                  text.op("GLOB")("*[+-][0-9][0-9]:[0-9][0-9]"))
+        stmt = select(literal(1).label("odd")).select_from(wm.table).where(odd)
+        if stored is not None:
+            # Only what this read can reach: rows after the position, minus the look-back and any UTC offset.
+            read_at = position.get("read_at") if position else None
+            lookback = source.lookback_seconds if isinstance(wm.type, sqltypes.DateTime) else 0
+            narrow = self._sqlite_narrowing(wm, stored, read_at, lookback)
+            if narrow is not None:
+                stmt = stmt.where(narrow)
+        return "julianday" if self._fetch(stmt.limit(1), source.entity) else "text"
 
     @staticmethod
     def _sqlite_narrowing(wm: Column, stored: Any, read_at: Any, lookback: float) -> Any:

@@ -5,6 +5,7 @@ date/time watermarks stored in mixed text formats."""
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
@@ -83,6 +84,7 @@ def test_the_look_back_reads_a_late_commit_and_re_reads_with_the_same_version(po
 # ------------------------------------------------------------------------------------------ SQLite text stamps
 
 MIXED = [  # (id, stored text) in time order; SQLite keeps whatever text was written
+    (0, "2024-03-01 11:59:59"),  # while every text is ' '-separated, the text itself is compared
     (1, "2024-03-01T12:00:00"),
     (2, "2024-03-01 12:00:01"),  # ' ' sorts below 'T': as text this is "before" row 1
     (3, "2024-03-01T12:00:02.5Z"),
@@ -100,12 +102,12 @@ def test_sqlite_watermarks_in_mixed_text_formats_compare_as_time(tmp_path):
     with engine.begin() as conn:
         conn.exec_driver_sql("CREATE TABLE stamps (id INTEGER PRIMARY KEY, name TEXT, modified_at TIMESTAMP)")
         conn.exec_driver_sql("CREATE INDEX ix_stamps_modified ON stamps (modified_at, id)")
-        conn.exec_driver_sql("INSERT INTO stamps VALUES (1, 'a', ?)", (MIXED[0][1],))
+        conn.exec_driver_sql("INSERT INTO stamps VALUES (0, 'a', ?)", (MIXED[0][1],))
     connector = SqlConnector(url)
     source = SourceSpec(system="erp", entity="stamps", key=["id"])
     try:
         position = read_all(connector, source, None, 10)[-1].position
-        seen = ["1"]
+        seen = ["0"]
         for key, stamp in MIXED[1:]:  # each written after the previous one was read
             with engine.begin() as conn:
                 conn.exec_driver_sql("INSERT INTO stamps VALUES (?, 'x', ?)", (key, stamp))
@@ -117,6 +119,33 @@ def test_sqlite_watermarks_in_mixed_text_formats_compare_as_time(tmp_path):
         assert keys_of(full) == [str(k) for k, _ in MIXED]  # in time order, whatever the text
         for n, page in enumerate(full):  # resuming from any page neither skips nor repeats
             assert keys_of(full[: n + 1]) + keys_of(read_all(connector, source, page.position, 2)) == seen
+    finally:
+        connector.close()
+        engine.dispose()
+
+
+@pytest.mark.parametrize("separator", [" ", "T"])
+def test_sqlite_look_back_reads_a_row_stamped_before_the_position(tmp_path, separator):
+    url = f"sqlite:///{tmp_path / 'late.db'}"
+    engine = sa.create_engine(url)
+    now = datetime.now(UTC).replace(tzinfo=None)
+
+    def insert(key: int, seconds_ago: float) -> None:
+        with engine.begin() as conn:
+            text = (now - timedelta(seconds=seconds_ago)).isoformat(sep=separator)
+            conn.exec_driver_sql("INSERT INTO stamps VALUES (?, 'x', ?)", (key, text))
+
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE stamps (id INTEGER PRIMARY KEY, name TEXT, modified_at TIMESTAMP)")
+    insert(1, 10)  # an application stamps its rows itself, then commits
+    connector = SqlConnector(url)
+    try:
+        for lookback in (60, 0):
+            source = SourceSpec(system="erp", entity="stamps", key=["id"], lookback_seconds=lookback)
+            position = read_all(connector, source, None, 10)[-1].position
+            insert(2 + lookback, 20)  # committed after the read, stamped before row 1
+            expected = [str(2 + lookback), "1"] if lookback else []
+            assert keys_of(read_all(connector, source, position, 10)) == expected
     finally:
         connector.close()
         engine.dispose()
