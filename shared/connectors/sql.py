@@ -577,6 +577,8 @@ class SqlConnector:
             if floor is not None:  # the first query re-reads the overlap; later ones go on from its last row
                 assert after is not None
                 stmt = stmt.where(or_(wm_expr > floor, _after([wm_expr, *keys], after)))
+                if sqlite_time != "julianday":  # implied (floor <= position); lets an index range scan serve it
+                    stmt = stmt.where(wm_expr >= floor)
                 floor = None
             elif after is not None:
                 # The redundant `wm >= :w` lets the planner start an index range scan at the position.
