@@ -119,9 +119,16 @@ class SourceSpec(Strict):
     system: str
     entity: str
     key: Keys
-    changes: Literal["change_tracking", "watermark", "status_flag"] = "watermark"
+    changes: Literal["change_tracking", "watermark", "status_flag", "xact_id"] = "watermark"
     watermark: str = "modified_at"
     version: str | None = None  # a rowversion-like column; the watermark is the version when absent
+    # watermark on a date-time column: also re-read rows stamped up to this long before the previous read
+    # began, so a row whose transaction commits within this time of its stamp is never missed (README:
+    # change modes). 0 turns the overlap off. Re-read rows keep their version, so they are dropped as
+    # duplicates or skipped as already applied, never written twice.
+    lookback_seconds: float = Field(default=60, ge=0, le=86400)
+    # xact_id (PostgreSQL 13+): the xid8 or bigint column a trigger fills with pg_current_xact_id().
+    xact_column: str = "sync_xact"
     status_field: str = "sync_status"
     reason_field: str = "sync_error"
     # Dataverse: the columns to read ($select); the key, modifiedon and versionnumber are always added.

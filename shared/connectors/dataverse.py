@@ -987,7 +987,9 @@ class DataverseConnector:
 
     # -- the rest ---------------------------------------------------------------------------------
 
-    def acknowledge(self, source: SourceSpec, keys: Sequence[str], failed: dict[str, str]) -> None:
+    def acknowledge(
+        self, source: SourceSpec, sent: Sequence[SourceRecord], failed: Sequence[tuple[SourceRecord, str]]
+    ) -> None:
         return None
 
     def close(self) -> None:

@@ -639,7 +639,9 @@ def _flag_failed_sources(app: SyncApp, flow: Flow, outcomes: list[Outcome]) -> N
     """Status-flag sources learn which rows failed for good: E and the reason, on the source row."""
     if flow.source.changes != "status_flag":
         return
-    failed = {o.message.key: f"{o.reason}: {o.description}"[:2000]
-              for o in outcomes if o.kind is Kind.DEAD_LETTER and o.message is not None}
+    # Each with the version and values that failed: a row the user has fixed since keeps its new flag.
+    failed = [(SourceRecord(o.message.key, o.message.payload, o.message.version, o.message.changed_at),
+               f"{o.reason}: {o.description}"[:2000])
+              for o in outcomes if o.kind is Kind.DEAD_LETTER and o.message is not None]
     if failed:
         app.connector(flow.source.system).acknowledge(flow.source, [], failed)
