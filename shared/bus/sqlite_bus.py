@@ -337,7 +337,11 @@ class SqliteBus:
 
     def release_orphaned_locks(self, queue: str) -> int:
         """Unlock messages whose receiver process died on this host, instead of waiting out the lock
-        (after a crashed `dualsync run`). Their delivery count stays raised, as Service Bus keeps it."""
+        (after a crashed `dualsync run` or apply worker), and take back the delivery their lock counted: the
+        receiver died, the message did not fail, so enough crashes never dead-letter a healthy message as
+        MaxDeliveryCountExceeded. Service Bus cannot tell a dead receiver from a failed delivery: there an
+        expired lock always counts. A lock that merely expired (its holder alive, or on another host) counts
+        here too."""
         now = self._clock()
         with _Tx(self._conn()) as conn:
             tokens = [row[0] for row in conn.execute(
@@ -347,7 +351,8 @@ class SqliteBus:
             released = 0
             for token in orphaned:
                 released += conn.execute(
-                    "UPDATE messages SET lock_token=NULL, locked_until=0 WHERE queue=? AND lock_token=?",
+                    "UPDATE messages SET lock_token=NULL, locked_until=0, delivery_count=MAX(delivery_count-1, 0)"
+                    " WHERE queue=? AND lock_token=?",
                     (queue, token)).rowcount
         return released
 
