@@ -28,6 +28,7 @@ class Outcome:
     retry_at: datetime | None = None
     conflicts: int = 0  # fields both sides had changed, settled by the flow's policy
     fetched_parent: str | None = None  # the flow a missing parent was read and sent through, on demand
+    clone: ChangeMessage | None = None  # RETRY: the message to schedule (default: the next attempt)
 
     @property
     def flow(self) -> str:

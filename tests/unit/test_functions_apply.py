@@ -212,7 +212,7 @@ def test_transient_failure_schedules_the_clone_first_then_completes(h, memory):
     kinds = [e[0] for e in h.events]
     assert kinds == ["send", "complete"], "the clone must be on the bus before the original completes"
     _, clone_id, due = h.events[0]
-    assert clone_id == "accounts:a1:00000000000000000001:r2"
+    assert clone_id == "accounts:a1:00000000000000000001:r1t1"  # Retry-After: throttled, not an attempt spent
     assert due >= datetime.now(UTC) + timedelta(seconds=1)  # never sooner than Retry-After
     counts = h.counts()
     assert (counts.active, counts.scheduled, counts.dead_letter) == (0, 1, 0)
