@@ -50,6 +50,10 @@ class ChangeMessage(BaseModel):
         throttled = f"t{self.throttles}" if self.throttles else ""
         return bounded_id(f"{self.flow}:{self.key}:{self.version}:r{self.attempt}{throttled}")
 
+    def restarted(self, **changes: Any) -> ChangeMessage:
+        """The change sent anew (replay, an operator's decision): attempts and the throttle budget start over."""
+        return self.model_copy(update={**changes, "attempt": 1, "throttles": 0, "throttled_since": None})
+
     def retry_clone(self) -> ChangeMessage:
         """The next attempt after an error."""
         return self.model_copy(update={"attempt": self.attempt + 1})

@@ -11,6 +11,7 @@ import pytest
 from dvsim.pytest_fixtures import dataverse_sim, dataverse_sim_factory  # noqa: F401
 from shared.engine.outcome import Kind
 from shared.engine.pull import pull_flow
+from shared.engine.replay import ReplayFilter, replay_dead_letters
 from shared.errors import Reason
 from shared.messages import ChangeMessage, to_envelope
 from tests.integration.test_dataverse_connector import (  # noqa: F401 - fixtures
@@ -76,11 +77,12 @@ def test_a_long_throttle_does_not_dead_letter_and_a_real_error_still_does(tmp_pa
 @pytest.mark.parametrize(("throttled_for", "kind"), [(timedelta(hours=5), Kind.RETRY),
                                                      (timedelta(hours=7), Kind.DEAD_LETTER)])
 def test_throttling_is_budgeted_by_time_from_the_first_throttle(tmp_path, sim, erp, throttled_for, kind):
+    insert_erp(erp, "erp_customers", customers(2))
     app = make_app(tmp_path, sim, flow(throttle_budget="PT6H"))
     since = datetime.now(UTC) - throttled_for
     message = ChangeMessage(flow="customers-to-crm", op="upsert", source_system="erp", entity="erp_customers",
-                            key="C1", version="2026-01-01T00:00:00+00:00", changed_at=since,
-                            payload={"account_number": "C1", "name": "Customer 1", "status": 0, "credit": None},
+                            key="C0001", version="2026-01-01T00:00:00+00:00", changed_at=since,
+                            payload={"account_number": "C0001", "name": "Customer 1", "status": 0, "credit": None},
                             attempt=1, throttles=40, throttled_since=since)
     app.bus.send(app.queue, [to_envelope(message)])
     sim.faults.settings.rate_429 = 1.0
@@ -92,6 +94,13 @@ def test_throttling_is_budgeted_by_time_from_the_first_throttle(tmp_path, sim, e
     if kind == Kind.DEAD_LETTER:
         assert outcome.reason == Reason.RETRIES_EXHAUSTED
         assert "throttled since" in outcome.description and "budget 6:00:00" in outcome.description
+        # Replayed once the target has room again: a fresh start, with a whole throttle budget.
+        sim.faults.settings.rate_429 = 0.0
+        assert replay_dead_letters(app, ReplayFilter()).replayed == 1
+        [again] = app.bus.peek(app.queue)
+        resent = ChangeMessage.model_validate_json(again.envelope.body)
+        assert (resent.attempt, resent.throttles, resent.throttled_since) == (1, 0, None)
+        assert [o.kind for o in drain(app)] == [Kind.APPLIED]
     else:
         [clone] = app.bus.peek(app.queue)
         resent = ChangeMessage.model_validate_json(clone.envelope.body)
