@@ -21,6 +21,11 @@ Mapping differences the port hides:
 * Received application properties come back with ``bytes`` keys and ``bytes`` string values; they are decoded
   to ``str`` (ints stay ints).
 
+What it cannot mirror: a receiver that dies holding messages (a crashed or recycled Functions host) leaves their
+locks to expire, and Service Bus counts each such expiry as a failed delivery; it cannot tell a dead receiver
+from a failed one. So crashes count towards maxDeliveryCount here, bounded per crash by the trigger's batch
+(``maxMessageBatchSize``). The SQLite bus knows when a holder died and gives the delivery back.
+
 The connection string is a secret: it is never logged, never put in an exception, and errors raised while
 parsing it are replaced (``from None``) by one that names the setting only.
 """
