@@ -17,12 +17,14 @@ mode serialises their writes; the bus locks batches with BEGIN IMMEDIATE):
   after writing the target but before saving record state costs at most one batch written again, and the
   locks it held are released without counting a delivery against those messages (the bus can tell that
   their holder died).
-- Workers finish their batch, settle, report and exit when told to stop (a message or EOF on their stop
-  pipe, or a SIGTERM of their own, as a service manager sends to the whole process group), and exit at once
-  when the parent dies (SIGKILL included): a watchdog thread waits on the parent's sentinel; their locks are
-  released by the next run. A pipe per worker, not a shared Event: a worker killed inside `Event.wait()`
-  leaves the Event's condition waiting for a sleeper that never wakes, and `set()` blocks forever. Workers
-  still busy `STOP_TIMEOUT` after being told are killed; what they held goes back to the queue.
+- Workers finish their batch, settle, report and exit when told to stop (EOF on their stop pipe), and exit
+  at once when the parent dies (SIGKILL included): a watchdog thread waits on the parent's sentinel; their
+  locks are released by the next run. They ignore SIGINT and SIGTERM, which a terminal or a service manager
+  sends to the whole process group: the parent gets it too and decides (were workers to exit on it, the
+  parent could take them for crashed and start replacements while it stops). A pipe per worker, not a shared
+  Event: a worker killed inside `Event.wait()` leaves the Event's condition waiting for a sleeper that never
+  wakes, and `set()` blocks forever. Workers still busy `STOP_TIMEOUT` after being told are killed; what
+  they held goes back to the queue.
 
 With `workers=0` the calling process applies, one batch at a time (tests, fakes, small runs).
 """
@@ -60,8 +62,9 @@ STALL_RELEASE = 1.0  # no progress for this long: release locks of dead holders 
 STOP_TIMEOUT = 30.0  # workers get this long to finish their batch when told to stop, then are killed
 # Imported once by the fork server, so a worker starts in milliseconds. Not the SQLite stores: per-process
 # state created at import (sqlite_tables' etag prefix) would be shared by every worker forked from it.
-_PRELOAD = ["sqlalchemy", "sqlalchemy.dialects.sqlite", "sqlalchemy.orm", "pydantic", "croniter",
-            "shared.apply_workers", "shared.connectors.sql"]
+# shared.forkserver_signals makes the fork server itself ignore SIGTERM (see that module).
+_PRELOAD = ["shared.forkserver_signals", "sqlalchemy", "sqlalchemy.dialects.sqlite", "sqlalchemy.orm", "pydantic",
+            "croniter", "shared.apply_workers", "shared.connectors.sql"]
 _PER_PROCESS = ["shared.state.sqlite_tables"]  # must be imported by each worker itself
 
 
@@ -239,20 +242,16 @@ def _call_init(target: str | None, app: SyncApp) -> Callable[[], Any] | None:
 
 
 class _StopSignal:
-    """A worker's stop flag: set by anything on (or the end of) its stop pipe from the parent, or by SIGTERM."""
+    """A worker's stop flag: set by anything on, or the end of, its stop pipe from the parent."""
 
     def __init__(self, conn: multiprocessing.connection.Connection) -> None:
         self.conn = conn
         self.stopped = False
 
-    def set(self, *_: Any) -> None:  # also the SIGTERM handler
-        self.stopped = True
-
     def wait(self, timeout: float) -> bool:
         if not self.stopped:
             try:
-                if self.conn.poll(timeout):  # never assign False: SIGTERM may have set the flag meanwhile
-                    self.stopped = True
+                self.stopped = self.conn.poll(timeout)
             except (EOFError, OSError):
                 self.stopped = True
         return self.stopped
@@ -267,8 +266,8 @@ def _worker_main(spec: _WorkerSpec, conn: multiprocessing.connection.Connection,
     before settling batch n, ("settled", n, groups) after it (only the part that took effect if settling
     failed), ("error", text), and ("exit", report) when it stops as told. Dying without "exit" is a crash."""
     stop = _StopSignal(stop_conn)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the parent decides
-    signal.signal(signal.SIGTERM, stop.set)  # so does a service manager's SIGTERM: finish the batch, then exit
+    for signum in (signal.SIGINT, signal.SIGTERM):  # they reach the whole process group; the parent decides
+        signal.signal(signum, signal.SIG_IGN)
     _exit_with_parent()
     # A fork server's children inherit the server's environment and directory, not the parent's current ones.
     os.environ.clear()
@@ -437,7 +436,7 @@ class _ProcessPool:
             slot.conn.close()
             slot.conn = None
         slot.done = True
-        if slot.exited and self.stopping:  # said goodbye when told to stop: a clean exit
+        if slot.exited:  # said goodbye after being told to stop: a clean exit
             return 0
         settled = 0
         if slot.pending is not None:
@@ -446,10 +445,7 @@ class _ProcessPool:
         release_orphaned_locks(self.app)
         code = slot.process.exitcode
         how = f"signal {signal.Signals(-code).name}" if code and code < 0 else f"exit code {code}"
-        if slot.exited and not self.stopping:  # a SIGTERM sent to the worker alone: not a crash, replace it
-            self.errors.append(f"worker {slot.index} (pid {slot.process.pid}) stopped on its own; restarted")
-            self._start(slot)
-        elif self.stopping:
+        if self.stopping:
             self.errors.append(f"worker {slot.index} (pid {slot.process.pid}) died ({how}) while stopping")
         elif slot.restarts < self.options.max_restarts:
             slot.restarts += 1

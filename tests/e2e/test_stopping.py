@@ -31,6 +31,20 @@ def _children(parent: int) -> list[int]:
     return found
 
 
+def _group(pgid: int) -> list[int]:
+    """Live (not zombie) processes of a process group."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_bytes().rpartition(b")")[2].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != b"Z":
+                found.append(int(entry.name))
+    return found
+
+
 def _apply_workers(runner: int) -> list[int]:
     """Worker processes are forked by the runner's fork server, a child of the runner."""
     workers = []
@@ -76,6 +90,9 @@ def test_sigterm_to_the_process_group_after_a_worker_died_stops_within_a_bound(s
         assert time.monotonic() - started < STOP_BOUND
         stderr = proc.stderr.read().decode() if proc.stderr else ""
         assert "Traceback" not in stderr, stderr
+        # Workers stopped as told (none taken for crashed and replaced while stopping), and nothing is left over.
+        assert stderr.count("restarted") == 1 and "while stopping" not in stderr, stderr
+        _wait_for(lambda: not _group(proc.pid), timeout=10)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

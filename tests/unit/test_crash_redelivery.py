@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from sqlalchemy import create_engine, text
 
 from shared.app import SyncApp
@@ -26,22 +27,29 @@ HOLD_AND_DIE = """
 import os, sys
 sys.path.insert(0, {root!r})
 from shared.bus.sqlite_bus import SqliteBus
-bus = SqliteBus(sys.argv[1], lock_duration=3600)
+bus = SqliteBus(sys.argv[1], lock_duration=float(sys.argv[2]))
 assert len(bus.receive("q", max_messages=10, max_wait=1)) == 3
 os.kill(os.getpid(), 9)
 """
 
 
-def test_a_dead_holders_lock_does_not_count_as_a_delivery(tmp_path):
+@pytest.mark.parametrize("expired", [False, True], ids=["released", "expired"])
+def test_a_dead_holders_lock_does_not_count_as_a_delivery(tmp_path, expired):
+    """Released as soon as we see the holder died, or found expired later (a run restarted after the lock
+    duration): either way the dead holder's delivery is not counted."""
     bus = SqliteBus(tmp_path / "bus.db", lock_duration=3600, max_delivery_count=2)
     bus.send(QUEUE, [Envelope(message_id=f"m{i}", body=b"{}", subject="f",
                               application_properties={"flow": "f", "key": f"k{i}"}) for i in range(3)])
     script = tmp_path / "hold.py"
     script.write_text(HOLD_AND_DIE.format(root=str(ROOT)))
+    lock = "0.05" if expired else "3600"
     for _ in range(3):  # three receivers die holding every message: more crashes than max_delivery_count
-        died = subprocess.run([sys.executable, str(script), str(tmp_path / "bus.db")], check=False)
+        died = subprocess.run([sys.executable, str(script), str(tmp_path / "bus.db"), lock], check=False)
         assert died.returncode == -signal.SIGKILL
-        assert bus.release_orphaned_locks(QUEUE) == 3
+        if expired:
+            time.sleep(0.1)
+        else:
+            assert bus.release_orphaned_locks(QUEUE) == 3
     got = bus.receive(QUEUE, max_messages=10, max_wait=0)
     assert [(m.envelope.message_id, m.delivery_count) for m in got] == [("m0", 1), ("m1", 1), ("m2", 1)]
     assert bus.counts(QUEUE).dead_letter == 0
