@@ -53,7 +53,7 @@ from shared.engine.tally import Tally
 from shared.ports.bus import Received
 
 # Messages received, applied and settled at a time per worker: the most a crash makes us write again. At 100
-# the embedded SQL path runs as fast as with 1,000 (bench/crash_redo.py); on a Dataverse target it is one
+# the embedded SQL path runs about as fast as with 1,000 (bench/crash_redo.py); on a Dataverse target it is one
 # $batch round trip per 100 writes, small next to the time Dataverse takes for the writes themselves.
 APPLY_BATCH = 100
 RECEIVE_WAIT = 0.2  # seconds the main loop waits for work or reports before looking around again
