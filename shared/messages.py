@@ -21,10 +21,11 @@ MAX_MESSAGE_ID = 128
 VERDICT_REASON = "dead_letter_reason"
 VERDICT_DESCRIPTION = "dead_letter_description"
 
-# Format of a ChangeMessage body, carried as `v`. 1: the bodies of releases before `v` existed (same fields,
-# no `v`); 2: adds `v`. A release reads every earlier format (upgrading it step by step, `_UPGRADES`) and
-# leaves a newer one on the bus for a newer release (`NewerFormat`): a deployment never dead-letters the
-# messages in flight. Bump it, and add the step from the previous format, whenever a field changes.
+# Format of a ChangeMessage body, carried as `v`. 1: the bodies of releases before `v` existed; 2: adds `v`,
+# `throttles` and `throttled_since` (a v1 body reads as not throttled). A release reads every earlier format
+# (upgrading it step by step, `_UPGRADES`) and leaves a newer one on the bus for a newer release (`NewerFormat`):
+# a deployment never dead-letters the messages in flight. Bump it, and add the step from the previous format,
+# whenever a field is added, renamed or changes meaning.
 MESSAGE_FORMAT = 2
 
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
 
 from shared.engine.delivery import handle_delivery
 from shared.engine.outcome import Kind
@@ -95,13 +96,22 @@ def test_previous_cursors_read_with_their_positions_and_flags(sample):
 
 
 def test_a_pull_resumes_from_a_previous_cursor_and_stores_the_current_format(sample):
-    app, _, _ = sample(accounts=5, contacts=3, bad=False)
+    app, crm_url, _ = sample(accounts=5, contacts=3, bad=False)
     _store_previous_cursors(app)
+    engine = create_engine(crm_url)
+    with engine.begin() as conn:  # one row changed since, one stamped long before the cursor (a full read has it)
+        for key, stamp in (("acc-new", "2026-02-01 00:00:00.000000"), ("acc-old", "2025-06-01 00:00:00.000000")):
+            conn.execute(text("INSERT INTO accounts (accountid, accountnumber, name, statecode, modifiedon) "
+                              "VALUES (:k, :k, 'New', 0, :m)"), {"k": key, "m": stamp})
+    engine.dispose()
     result = pull_flow(app, "accounts-to-customers", owner="test")
-    assert (result.status, result.pulled) == ("ok", 0)  # the previous release had read all five
+    assert result.status == "ok"
+    sent = {json.loads(m.envelope.body)["key"] for m in app.bus.peek(app.queue)}
+    # Read on from the previous position: the new row, not the old one (and, within the SQL connector's
+    # look-back, the rows sharing the position's stamp again, which the version check drops).
+    assert "acc-new" in sent and "acc-old" not in sent
     stored = app.state.tables.get(CURSORS, "accounts-to-customers", "cursor").data
-    assert stored["format"] == CURSOR_FORMAT
-    assert stored["position"] == PREVIOUS_CURSORS["accounts-to-customers"]["position"]
+    assert stored["format"] == CURSOR_FORMAT and stored["position"]["last_key"] == ["acc-new"]
 
 
 def test_a_cursor_of_a_newer_release_is_not_pulled_and_kept_as_written(sample):
