@@ -12,7 +12,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 # Service Bus caps message_id at 128 characters.
 MAX_MESSAGE_ID = 128
@@ -41,7 +41,7 @@ class ChangeMessage(BaseModel):
     # NaN and Infinity travel as themselves (not as null), so apply can refuse them naming the field.
     model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
 
-    v: int = MESSAGE_FORMAT
+    v: int = Field(default=MESSAGE_FORMAT, strict=True, ge=1)
     flow: str = Field(min_length=1)
     op: Literal["upsert", "delete"]
     source_system: str = Field(min_length=1)
@@ -130,6 +130,12 @@ def to_envelope(
 def parse_body(body: bytes | str) -> ChangeMessage:
     """A body of this release's format or an earlier one (upgraded). Raises `NewerFormat` for a body of a
     newer release, pydantic.ValidationError or ValueError on a malformed body."""
+    try:  # this release's own bodies: one pass of pydantic's JSON parser (half the cost of the way below)
+        message = ChangeMessage.model_validate_json(body)
+        if "v" in message.model_fields_set and message.v == MESSAGE_FORMAT:
+            return message
+    except ValidationError:
+        pass  # malformed, or of another format: the way below tells which
     data = json.loads(body)  # NaN and Infinity come back as floats, as they were sent
     if not isinstance(data, dict):
         return ChangeMessage.model_validate_json(body)  # names what is wrong with it
