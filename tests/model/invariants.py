@@ -1,0 +1,162 @@
+"""What must hold once everything is drained: the policy's answer on both sides, no row shared by two
+sources, no write that changes nothing, and counts that add up.
+
+The model of the answer (policy master_wins, master crm, deletes propagate both ways), per record, from
+the values both sides agreed on at the start of a round (`base`) and what users left on each side at its
+end (no change is applied while users edit, so "both sides changed it" is well defined):
+
+- new on one side: that side's record; new on both: the master's.
+- the master deleted it: gone everywhere, whatever the other side did (resurrecting it would override the
+  master); the other side deleted it: gone, unless the master changed it in the same round (master wins).
+- otherwise field by field: a field the master changed has the master's value, else the other side's if
+  it changed it, else the agreed one. A record the master deleted and re-created may also stand whole.
+Every comparison is between business values (a date-time as an instant at whole seconds, an amount in
+cents), never between the forms the two systems hold them in.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tests.model.world import PAIR, SYNCED, TO_ARCHIVE, TO_CRM, TO_ERP, World, business
+
+KEYS = ("K0", "K1", "K2", "K3")
+CODES = {"K0": "C0", "K1": "C1", "K2": "C2", "K3": "C0"}  # K0 and K3 map to one archive row
+
+Values = dict[str, Any] | None
+
+
+class InvariantBroken(AssertionError):
+    """One named invariant failed; the name leads the message so failures group by invariant."""
+
+
+def off() -> set[str]:
+    """Invariants switched off for an exploratory run (DUALSYNC_MODEL_OFF=name,name); CI switches off none."""
+    return {name.strip() for name in os.environ.get("DUALSYNC_MODEL_OFF", "").split(",") if name.strip()}
+
+
+def changed(row: dict[str, Any], base: dict[str, Any]) -> bool:
+    return any(row[f] != base[f] for f in SYNCED)
+
+
+def answers(base: Values, crm: Values, erp: Values, crm_recreated: bool) -> list[Values]:
+    """Every state the record may end in under the policy (usually one)."""
+    if base is None:
+        return [crm if crm is not None else erp]
+    if crm is None:
+        return [None]
+    if erp is None:
+        return [crm] if crm_recreated or changed(crm, base) else [None]
+    merged = dict(base)
+    for f in SYNCED:
+        merged[f] = crm[f] if crm[f] != base[f] else erp[f] if erp[f] != base[f] else base[f]
+    return [merged, crm] if crm_recreated and crm != merged else [merged]
+
+
+@dataclass
+class Round:
+    """What a round must end in: per key, the acceptable answers."""
+
+    expected: dict[str, list[Values]] = field(default_factory=dict)
+    crashed: bool = False
+
+
+def check(world: World, round_: Round, contended: set[str]) -> dict[str, Values]:
+    """Drain, then check every invariant; returns the agreed values per key (the next round's base)."""
+    skip = off()
+    try:
+        world.quiesce()
+    except AssertionError as exc:
+        if "settles" not in skip:
+            raise InvariantBroken(f"settles: {exc}") from None
+    crm = {k: business(world.crm_row(k)) for k in KEYS}
+    erp = {k: business(world.erp_row(k)) for k in KEYS}
+    problems: dict[str, list[str]] = {}
+
+    def fail(name: str, text: str) -> None:
+        if name not in skip:
+            problems.setdefault(name, []).append(text)
+
+    for key in KEYS:
+        if crm[key] != erp[key]:
+            fail("sides_agree", f"{key}: crm {_show(crm[key])} but erp {_show(erp[key])}")
+        elif crm[key] not in round_.expected[key]:
+            fail("policy_answer", f"{key}: both hold {_show(crm[key])}, the policy says "
+                                  f"{' or '.join(_show(v) for v in round_.expected[key])}")
+    _check_archive(world, crm, contended, fail)
+    noops = world.engine_noop_writes()
+    if round_.crashed:  # a one-way flow redoes a write a crash cut short: bounded, not a bug
+        noops = [n for n in noops if not n.startswith("erp archive")]
+    if noops:
+        fail("no_noop_writes", f"{len(noops)} writes changed nothing: {noops[:4]}")
+    _check_counts(world, contended, fail)
+    if problems:
+        raise InvariantBroken("; ".join(f"{name}: {' | '.join(texts)}" for name, texts in sorted(problems.items())))
+    return crm
+
+
+def _check_archive(world: World, crm: dict[str, Values], contended: set[str], fail: Any) -> None:
+    rows = world.erp_rows("archive")
+    links = world.app.state.lookup_keys(TO_ARCHIVE, "crm", KEYS)
+    by_target: dict[str, list[str]] = {}
+    for source_key, target_key in links.items():
+        by_target.setdefault(target_key, []).append(source_key)
+    for target_key, sources in by_target.items():
+        if len(sources) > 1:
+            fail("one_source_per_row", f"archive row {target_key} is linked to {sorted(sources)}")
+    for code, row in rows.items():
+        account = row["account"]
+        source = crm.get(account)
+        if source is None:
+            fail("nothing_resurrected", f"archive row {code} belongs to {account}, which crm no longer has")
+        elif business(row) != source or CODES[account] != code:
+            fail("one_way_answer", f"archive row {code}: {_show(business(row))} but {account} is {_show(source)}")
+    for key, values in crm.items():
+        code = CODES[key]
+        if values is None or code in contended:
+            continue
+        row = rows.get(code)
+        if row is None or row["account"] != key:
+            fail("one_way_answer", f"archive has no row {code} for {key}")
+
+
+def _check_counts(world: World, contended: set[str], fail: Any) -> None:
+    counts = world.bus.counts(world.app.queue)
+    if counts.active or counts.scheduled:
+        fail("counts_add_up", f"{counts.active} active and {counts.scheduled} scheduled left after draining")
+    if world.sent != world.completed + counts.dead_letter:
+        fail("counts_add_up", f"{world.sent} messages sent, {world.completed} completed + "
+                              f"{counts.dead_letter} dead-lettered")
+    settled = sum(world.outcomes.values())
+    if settled != world.completed + world.dead_lettered:
+        fail("counts_add_up", f"{settled} outcomes for {world.completed} completions and "
+                              f"{world.dead_lettered} dead letters")
+    unknown = [k for k in world.outcomes if k.split(":")[0] not in ("applied", "skipped", "retry", "dead_letter")]
+    if unknown:
+        fail("counts_add_up", f"outcomes of unexpected kinds: {unknown}")
+    for letter in world.bus.peek_dead_letters(world.app.queue, 100):
+        flow = letter.envelope.subject
+        key = str(letter.envelope.application_properties.get("key"))
+        if flow in (TO_ERP, TO_CRM) or CODES.get(key) not in contended:
+            fail("no_dead_letters", f"{flow} {key}: {letter.dead_letter_reason}: {letter.dead_letter_description}")
+
+
+def contended_codes(present: Iterable[str]) -> set[str]:
+    """Codes held by two present records at once."""
+    seen: dict[str, int] = {}
+    for key in present:
+        seen[CODES[key]] = seen.get(CODES[key], 0) + 1
+    return {code for code, n in seen.items() if n > 1}
+
+
+def _show(values: Values) -> str:
+    if values is None:
+        return "(absent)"
+    due = values["due"].strftime("%Y-%m-%d %H:%M:%S") if values.get("due") else None
+    return f"{{name={values['name']}, amount={values['amount']}c, due={due}}}"
+
+
+__all__ = ["CODES", "KEYS", "PAIR", "InvariantBroken", "Round", "answers", "check", "contended_codes"]
