@@ -33,6 +33,13 @@ class InvariantBroken(AssertionError):
     """One named invariant failed; the name leads the message so failures group by invariant."""
 
 
+ORDER = ("settles", "counts_add_up", "sides_agree", "policy_answer", "create_conflict", "delete_conflict",
+         "one_source_per_row", "nothing_resurrected",
+         "one_way_answer", "no_noop_writes", "no_dead_letters")
+# One exception class per invariant, so Hypothesis tells the failures apart and shrinks each on its own.
+BROKEN = {name: type(f"Broken_{name}", (InvariantBroken,), {}) for name in ORDER}
+
+
 def off() -> set[str]:
     """Invariants switched off for an exploratory run (DUALSYNC_MODEL_OFF=name,name); CI switches off none."""
     return {name.strip() for name in os.environ.get("DUALSYNC_MODEL_OFF", "").split(",") if name.strip()}
@@ -42,26 +49,36 @@ def changed(row: dict[str, Any], base: dict[str, Any]) -> bool:
     return any(row[f] != base[f] for f in SYNCED)
 
 
-def answers(base: Values, crm: Values, erp: Values, crm_recreated: bool) -> list[Values]:
-    """Every state the record may end in under the policy (usually one)."""
+def answers(base: Values, crm: Values, erp: Values, crm_recreated: bool) -> tuple[str, list[Values]]:
+    """Every state the record may end in under the policy (usually one), and the name of the invariant
+    that says so: `create_conflict` (created on both sides at once), `delete_conflict` (deleted on one
+    side, changed on the other) or `policy_answer`."""
     if base is None:
-        return [crm if crm is not None else erp]
+        if crm is not None and erp is not None and crm != erp:
+            return "create_conflict", [crm]
+        return "policy_answer", [crm if crm is not None else erp]
     if crm is None:
-        return [None]
+        return ("delete_conflict" if erp is not None and changed(erp, base) else "policy_answer"), [None]
     if erp is None:
-        return [crm] if crm_recreated or changed(crm, base) else [None]
+        if crm_recreated or changed(crm, base):
+            return "delete_conflict", [crm]
+        return "policy_answer", [None]
     merged = dict(base)
     for f in SYNCED:
         merged[f] = crm[f] if crm[f] != base[f] else erp[f] if erp[f] != base[f] else base[f]
-    return [merged, crm] if crm_recreated and crm != merged else [merged]
+    return "policy_answer", [merged, crm] if crm_recreated and crm != merged else [merged]
 
 
 @dataclass
 class Round:
-    """What a round must end in: per key, the acceptable answers."""
+    """What a round must end in: per key, the acceptable answers and the invariant that names them."""
 
     expected: dict[str, list[Values]] = field(default_factory=dict)
+    rule: dict[str, str] = field(default_factory=dict)
     crashed: bool = False
+
+    def expect(self, key: str, verdict: tuple[str, list[Values]]) -> None:
+        self.rule[key], self.expected[key] = verdict
 
 
 def check(world: World, round_: Round, contended: set[str]) -> dict[str, Values]:
@@ -71,7 +88,7 @@ def check(world: World, round_: Round, contended: set[str]) -> dict[str, Values]
         world.quiesce()
     except AssertionError as exc:
         if "settles" not in skip:
-            raise InvariantBroken(f"settles: {exc}") from None
+            raise BROKEN["settles"](f"settles: {exc}") from None
     crm = {k: business(world.crm_row(k)) for k in KEYS}
     erp = {k: business(world.erp_row(k)) for k in KEYS}
     problems: dict[str, list[str]] = {}
@@ -82,9 +99,10 @@ def check(world: World, round_: Round, contended: set[str]) -> dict[str, Values]
 
     for key in KEYS:
         if crm[key] != erp[key]:
-            fail("sides_agree", f"{key}: crm {_show(crm[key])} but erp {_show(erp[key])}")
+            rule = round_.rule.get(key, "policy_answer")
+            fail("sides_agree" if rule == "policy_answer" else rule, f"{key}: crm {_show(crm[key])} but erp {_show(erp[key])}")
         elif crm[key] not in round_.expected[key]:
-            fail("policy_answer", f"{key}: both hold {_show(crm[key])}, the policy says "
+            fail(round_.rule.get(key, "policy_answer"), f"{key}: both hold {_show(crm[key])}, the policy says "
                                   f"{' or '.join(_show(v) for v in round_.expected[key])}")
     _check_archive(world, crm, contended, fail)
     noops = world.engine_noop_writes()
@@ -94,7 +112,9 @@ def check(world: World, round_: Round, contended: set[str]) -> dict[str, Values]
         fail("no_noop_writes", f"{len(noops)} writes changed nothing: {noops[:4]}")
     _check_counts(world, contended, fail)
     if problems:
-        raise InvariantBroken("; ".join(f"{name}: {' | '.join(texts)}" for name, texts in sorted(problems.items())))
+        first = min(problems, key=ORDER.index)
+        raise BROKEN[first]("; ".join(f"{name}: {' | '.join(texts)}" for name, texts in sorted(problems.items(),
+                                                                                           key=lambda p: ORDER.index(p[0]))))
     return crm
 
 

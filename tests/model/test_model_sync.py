@@ -148,7 +148,7 @@ class SyncModel(RuleBasedStateMachine):
         self.phase = "pipeline"
         for key in KEYS:
             crm, erp = self.row("crm", key), self.row("erp", key)
-            self.round.expected[key] = answers(self.base[key], crm, erp, key in self.recreated["crm"])
+            self.round.expect(key, answers(self.base[key], crm, erp, key in self.recreated["crm"]))
         self.contended |= contended_codes(k for k in KEYS if any(v is not None for v in self.round.expected[k]))
 
     @precondition(lambda self: self.phase == "pipeline")

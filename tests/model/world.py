@@ -83,16 +83,16 @@ class FakeClock:
 SAME_FORMS = os.environ.get("DUALSYNC_MODEL_FORMS") == "same"
 
 
-def crm_amount(cents: int) -> int | float | str:
+def crm_amount(cents: int, same_forms: bool = False) -> int | float | str:
     """Dataverse returns a decimal as a JSON number."""
     value = Decimal(cents) / 100
-    if SAME_FORMS:
+    if same_forms:
         return format(value.quantize(Decimal("0.01")), "f")
     return int(value) if value == value.to_integral_value() else float(value)
 
 
-def crm_due(moment: datetime) -> str:
-    if SAME_FORMS:
+def crm_due(moment: datetime, same_forms: bool = False) -> str:
+    if same_forms:
         return moment.astimezone(UTC).replace(tzinfo=None).isoformat()
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -123,18 +123,18 @@ def business(row: dict[str, Any] | None) -> dict[str, Any] | None:
 class DataverseLike(MemoryConnector):
     """Rows in memory, values normalised the way Dataverse returns them; counts writes that change nothing."""
 
-    def __init__(self) -> None:
+    def __init__(self, same_forms: bool) -> None:
         super().__init__()
+        self.same_forms = same_forms
         self.noop_writes: list[str] = []
         self.engine_writes = 0
 
-    @staticmethod
-    def normalise(row: dict[str, Any]) -> dict[str, Any]:
+    def normalise(self, row: dict[str, Any]) -> dict[str, Any]:
         out = dict(row)
         if out.get("amount") is not None:
-            out["amount"] = crm_amount(cents_of(out["amount"]) or 0)
+            out["amount"] = crm_amount(cents_of(out["amount"]) or 0, self.same_forms)
         if out.get("due") is not None:
-            out["due"] = crm_due(moment_of(out["due"]))  # type: ignore[arg-type]
+            out["due"] = crm_due(moment_of(out["due"]), self.same_forms)  # type: ignore[arg-type]
         return out
 
     def put(self, entity: str, key: str, row: dict[str, Any]) -> None:
@@ -203,11 +203,11 @@ def make_erp(path: Path) -> str:
 # ---------------------------------------------------------------------------------------------- config
 
 
-def config(erp_url: str) -> dict[str, Any]:
+def config(erp_url: str, typed_fields: bool = True) -> dict[str, Any]:
     common = {"pair": PAIR, "master": "crm", "conflicts": "master_wins", "deletes": "delete", "page_size": 3}
     typed = [{"from": "name", "to": "name"}, {"from": "amount", "to": "amount", "type": "decimal"},
              {"from": "due", "to": "due", "type": "datetime"}]
-    if SAME_FORMS:  # declared types still turn a value into another form (issue 11 item 4)
+    if not typed_fields:  # declared types still turn a value into another form (issue 11 item 4)
         typed = [{k: v for k, v in f.items() if k != "type"} for f in typed]
     return {
         "systems": {"crm": {"kind": "sql", "url": "sqlite://"}, "erp": {"kind": "sql", "url": erp_url}},
@@ -365,13 +365,17 @@ class CountingBus:
 
 
 class World:
-    def __init__(self, root: Path) -> None:
+    """`same_forms`: the CRM holds values in the ERP's forms and no field declares a type, which takes values
+    that round-trip in another form out of a scenario (the default: DUALSYNC_MODEL_FORMS)."""
+
+    def __init__(self, root: Path, same_forms: bool = SAME_FORMS) -> None:
         self.root = root
+        self.same_forms = same_forms
         self.clock = FakeClock()
         self.faults = Faults()
         self.sent = self.completed = self.dead_lettered = 0
         self.outcomes: Counter[str] = Counter()  # kind:reason of every settled delivery
-        self.crm = DataverseLike()
+        self.crm = DataverseLike(same_forms)
         self.crm.tables["accounts"] = {}
         self.erp_url = make_erp(root / "erp.db")
         self.erp_engine = create_engine(self.erp_url)
@@ -382,7 +386,7 @@ class World:
         self.bus = SqliteBus(root / "bus.db", clock=self.clock.time, lock_duration=LOCK_SECONDS,
                              max_delivery_count=10)
         self.app = SyncApp(
-            config=parse_config(config(self.erp_url)),
+            config=parse_config(config(self.erp_url, typed_fields=not same_forms)),
             state=FaultyState(StateStore(SqliteTables(":memory:")), self.faults),  # type: ignore[arg-type]
             bus=CountingBus(self.bus, self),  # type: ignore[arg-type]
             retry_base=1.0, clock=self.clock.now, connector_factory=lambda name: connectors[name])
@@ -413,7 +417,7 @@ class World:
         """A user saves the record (creating it when absent) with these business values."""
         if side == "crm":
             row = {"accountnumber": key, **(self.crm_row(key) or {})}
-            row.update(_crm_form(values))
+            row.update({f: Decimal(v) / 100 if f == "amount" else v for f, v in values.items()})
             self.crm.put("accounts", key, row)
             return
         t = self.erp_tables["customers"]
@@ -519,15 +523,6 @@ class World:
 
 class SettleError(AssertionError):
     pass
-
-
-def _crm_form(values: dict[str, Any]) -> dict[str, Any]:
-    out = dict(values)
-    if "amount" in out:
-        out["amount"] = crm_amount(out["amount"])
-    if "due" in out:
-        out["due"] = crm_due(out["due"])
-    return out
 
 
 def _erp_form(values: dict[str, Any]) -> dict[str, Any]:

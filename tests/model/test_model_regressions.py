@@ -1,0 +1,85 @@
+"""The failures the model-based checker shrank to, as plain tests on the same world (tests/model/world.py).
+
+Each names the invariant it breaks. Those of a known item of issue 11 are expected to fail until its fix
+is merged (strict: an unexpected pass means the fix landed and the mark must go).
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+
+import pytest
+
+from tests.model.invariants import KEYS, Round, answers, check
+from tests.model.world import TO_ARCHIVE, TO_CRM, TO_ERP, Crash, Gate, SettleError, World, business
+
+DUE = datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
+LATER = datetime(2024, 12, 31, 23, 59, 59, tzinfo=UTC)
+
+
+@pytest.fixture
+def world(tmp_path):
+    """Values in one form on both sides, so a scenario about something else does not ping-pong (item 4)."""
+    w = World(tmp_path, same_forms=True)
+    yield w
+    w.close()
+
+
+@pytest.fixture
+def forms_world(tmp_path):
+    """The CRM hands values back in Dataverse's forms; fields declare their types."""
+    w = World(tmp_path, same_forms=False)
+    yield w
+    w.close()
+
+
+def account(code: str, name: str = "ann", amount: int = 1000, due: datetime = DUE) -> dict:
+    return {"code": code, "name": name, "amount": amount, "due": due}
+
+
+def both(world: World, key: str) -> tuple[dict | None, dict | None]:
+    return business(world.crm_row(key)), business(world.erp_row(key))
+
+
+@pytest.mark.xfail(strict=True, reason="issue 11 item 4")
+def test_a_datetime_and_a_decimal_that_come_back_in_another_form_settle(forms_world):
+    """Item 4: the CRM hands back `2024-05-01T10:00:00Z` and 10.5, the ERP `2024-05-01T10:00:00` and '10.50';
+    with `type: datetime` / `type: decimal` declared, the pair still wrote on every pass, forever."""
+    world = forms_world
+    world.user_write("crm", "K1", account("C1", amount=1050))
+    try:
+        world.quiesce()
+    except SettleError:
+        pytest.fail("settles: the pair kept writing the same values back and forth (ping-pong)")
+    assert world.engine_noop_writes() == []
+    assert both(world, "K1")[0] == both(world, "K1")[1] == account("C1", amount=1050)
+
+
+
+@pytest.mark.xfail(strict=True, reason="issue 11 item 3")
+def test_two_accounts_with_one_code_never_share_an_archive_row(world):
+    """Item 3 (one_source_per_row): K0 and K3 both carry code C0, the archive's key; both were written to
+    row C0 and linked to it, so deleting one would delete the other's row."""
+    world.user_write("crm", "K0", account("C0", name="ann"))
+    world.user_write("crm", "K3", account("C0", name="bob"))
+    world.pull(TO_ARCHIVE)
+    world.drain()
+    links = world.app.state.lookup_keys(TO_ARCHIVE, "crm", ["K0", "K3"])
+    assert len(links) == 1, f"archive row C0 is linked to {sorted(links)}"
+    [letter] = world.bus.peek_dead_letters(world.app.queue)
+    assert "K0" in letter.dead_letter_description and "K3" in letter.dead_letter_description
+
+
+@pytest.mark.xfail(strict=True, reason="NEW (not in issue 11's list): a create on both sides is not a conflict")
+def test_a_record_created_on_both_sides_in_one_poll_ends_as_the_masters(world):
+    """create_conflict: K1 is created in the CRM (the master) and in the ERP before either is synced. With the
+    ERP's change applied first, it overwrote the CRM's new record (no baseline, so no conflict was seen), and
+    the CRM's own change then looked like the echo of that write: the master's values were lost."""
+    world.user_write("crm", "K1", account("C1", name="ann"))
+    world.user_write("erp", "K1", account("C1", name="new"))
+    world.pull(TO_CRM)
+    world.pull(TO_ERP)
+    world.drain()
+    world.quiesce()
+    assert both(world, "K1") == (account("C1", name="ann"), account("C1", name="ann"))
