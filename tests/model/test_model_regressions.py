@@ -83,3 +83,69 @@ def test_a_record_created_on_both_sides_in_one_poll_ends_as_the_masters(world):
     world.drain()
     world.quiesce()
     assert both(world, "K1") == (account("C1", name="ann"), account("C1", name="ann"))
+
+
+def synced(world: World, key: str, **values) -> None:
+    world.user_write("crm", key, account("C1", **values))
+    world.quiesce()
+
+
+@pytest.mark.xfail(strict=True, reason="issue 11 item 2")
+def test_a_record_deleted_and_restored_with_the_same_values_is_written_again(world):
+    """policy_answer: K1 synced, deleted in the CRM (deleted in the ERP and the archive), then restored
+    with the same key and values: skipped as an echo (pair) and as unchanged (one-way flow), so the ERP
+    never got it back."""
+    synced(world, "K1")
+    world.user_delete("crm", "K1")
+    world.quiesce()
+    assert both(world, "K1") == (None, None)
+    world.user_write("crm", "K1", account("C1"))
+    world.quiesce()
+    assert both(world, "K1") == (account("C1"), account("C1"))
+    assert business(world.erp_row("C1", table="archive")) == account("C1")
+
+
+@pytest.mark.xfail(strict=True, reason="issue 11 item 2")
+def test_a_master_delete_racing_an_update_on_the_other_side_deletes_both(world):
+    """delete_conflict: the CRM (master) deletes K1 while the ERP updates it. With the ERP's update applied
+    first it re-created the CRM's record, the CRM's delete then deleted the ERP's row, and the two sides
+    stayed different for good."""
+    synced(world, "K1")
+    world.user_delete("crm", "K1")
+    world.user_write("erp", "K1", {"name": "bob"})
+    for flow in (TO_CRM, TO_ERP):
+        world.pull(flow)
+        world.reconcile(flow)
+    world.drain()
+    world.quiesce()
+    assert both(world, "K1") == (None, None)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 11 item 2 (the other way round: the master's update wins)")
+def test_a_master_update_racing_a_delete_on_the_other_side_keeps_the_record(world):
+    """delete_conflict: the ERP deletes K1 while the CRM (master) updates it; the ERP's delete was applied
+    first and deleted the master's updated record: the master's change was lost."""
+    synced(world, "K1")
+    world.user_delete("erp", "K1")
+    world.user_write("crm", "K1", {"name": "bob"})
+    for flow in (TO_CRM, TO_ERP):
+        world.pull(flow)
+        world.reconcile(flow)
+    world.drain()
+    world.quiesce()
+    assert both(world, "K1") == (account("C1", name="bob"), account("C1", name="bob"))
+
+
+@pytest.mark.xfail(strict=True, reason="issue 11 item 1")
+def test_two_workers_on_two_versions_of_one_record_end_on_the_newest(world):
+    """one_way_answer: v1 and v2 of K1 in flight on the one-way flow; worker A (v1) reads, decides, and is
+    held just before its write while worker B applies v2; A then writes v1 over v2, and its record state
+    (version v1) over B's, so the archive keeps the older version for good."""
+    synced(world, "K1")
+    world.user_write("crm", "K1", {"name": "bob"})
+    world.pull(TO_ARCHIVE)
+    world.user_write("crm", "K1", {"name": "cy"})
+    world.pull(TO_ARCHIVE)
+    world.two_workers(world.receive(1), world.receive(1), "target:before_write")
+    world.quiesce()
+    assert business(world.erp_row("C1", table="archive")) == account("C1", name="cy")

@@ -486,6 +486,34 @@ class World:
         except LockLostError:
             pass
 
+    def two_workers(self, first: list[Received], second: list[Received], step: str) -> None:
+        """Worker A holds `first` at `step` (a port call, see Faults) while worker B applies and settles
+        `second`; then A goes on. A crash or error in A is raised here once both are done."""
+        gate = Gate(step, 0)
+        errors: list[BaseException] = []
+
+        def worker_a() -> None:
+            gate.thread = threading.get_ident()
+            try:
+                self.deliver(first)
+            except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread
+                errors.append(exc)
+            finally:
+                gate.reached.set()
+
+        self.faults.gate = gate
+        thread = threading.Thread(target=worker_a, name="worker-a")
+        thread.start()
+        gate.reached.wait(10)
+        try:
+            self.deliver(second)
+        finally:
+            gate.release.set()
+            thread.join(10)
+            self.faults.gate = None
+        if errors:
+            raise errors[0]
+
     def restart(self) -> None:
         """After a crash: the dead worker's locks run out before anyone receives its messages again."""
         self.faults.gate = None
