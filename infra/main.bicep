@@ -101,6 +101,9 @@ param operatorPrincipalId string = ''
 ])
 param operatorPrincipalType string = 'User'
 
+@description('Client id of the Entra ID app registration that guards the admin API (app roles Reader and Operator, see docs/deploy.md). Empty: the admin API answers only /api/health (function key); use the CLI.')
+param adminAppClientId string = ''
+
 // ---- derived -----------------------------------------------------------------------------------------
 var resourceToken = toLower(uniqueString(subscription().id, resourceGroup().id, environmentName))
 var tags = {
@@ -224,6 +227,18 @@ module functionApp 'app/function-app.bicep' = {
     applyQueueName: applyQueueName
     crmClientSecretName: crmClientSecretName
     erpDbUrlSecretName: erpDbUrlSecretName
+    adminAppClientId: adminAppClientId
+  }
+}
+
+module diagnostics 'app/diagnostics.bicep' = {
+  name: 'diagnostics'
+  params: {
+    logAnalyticsId: monitoring.outputs.logAnalyticsId
+    keyVaultName: keyVault.outputs.name
+    storageAccountName: storage.outputs.name
+    serviceBusNamespaceName: serviceBus.outputs.name
+    functionAppName: functionApp.outputs.name
   }
 }
 

@@ -309,7 +309,9 @@ def _print_parked(table_name: str, flow: str | None, config: Path, workdir: Path
         table.add_column(column)
     for item in items:
         data = item.data
-        if "fields" in data:
+        if data.get("detail"):  # a delete racing an update: no field values to show
+            detail, since = data["detail"], data.get("detected_at", "")
+        elif "fields" in data:
             detail = "; ".join(f"{f}: incoming {data['incoming'].get(f)!r} vs target {data['target'].get(f)!r}"
                                for f in data["fields"])
             since = data.get("detected_at", "")

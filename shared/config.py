@@ -19,6 +19,9 @@ from shared.errors import ConfigError
 
 SECRET_REF = re.compile(r"^env:[A-Za-z_][A-Za-z0-9_]*$")
 _URL_PASSWORD = re.compile(r"^[a-z0-9+]+://[^/:@]*:[^/@]+@", re.IGNORECASE)
+# A password in the query string (`?password=`, `sslpassword=`, ODBC `PWD=` inside `odbc_connect`), URL-encoded
+# or not.
+_QUERY_SECRET = re.compile(r"(pass(word)?|pwd|secret|token|access_?key|sslkey)\s*(=|%3d)", re.IGNORECASE)
 
 
 class Strict(BaseModel):
@@ -78,6 +81,10 @@ class DataverseSystem(Strict):
     batch_size: int = Field(default=1000, ge=1, le=1000)
     max_concurrency: int = Field(default=4, ge=1, le=52)
     timeout_seconds: float = Field(default=60, gt=0)
+    # One pull reads at most this many pages (5,000 rows each by default); the next run resumes from the link.
+    max_pages_per_run: int = Field(default=2000, ge=1)
+    # An answer larger than this is refused while it streams in (a 5,000-row page is a few MB).
+    max_response_mb: int = Field(default=128, ge=1, le=1024)
     # Sent as the `tag` query parameter on every write; plug-ins see it as the shared variable "tag".
     tag: str | None = Field(default="dualsync", min_length=1, max_length=100)
 
@@ -89,8 +96,13 @@ class SqlSystem(Strict):
     @field_validator("url")
     @classmethod
     def _no_literal_password(cls, value: str) -> str:
-        if not value.startswith("env:") and _URL_PASSWORD.match(value):
+        if value.startswith("env:"):
+            return value
+        if _URL_PASSWORD.match(value):
             raise ValueError("a database URL with a password must be given as env:NAME")
+        _, _, query = value.partition("?")
+        if _QUERY_SECRET.search(query):
+            raise ValueError("a database URL with a secret in its query string must be given as env:NAME")
         return value
 
 

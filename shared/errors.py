@@ -21,6 +21,7 @@ class Reason(StrEnum):
     RETRIES_EXHAUSTED = "RetriesExhausted"
     CONFLICT = "Conflict"
     AMBIGUOUS_MATCH = "AmbiguousMatch"
+    DUPLICATE_TARGET_KEY = "DuplicateTargetKey"  # two source records map to one target row
 
 
 class SyncError(Exception):
@@ -54,6 +55,12 @@ class MissingReferenceError(PermanentError):
 
 class AuthError(SyncError):
     """401/403: retrying will not help and dead-lettering would lose nothing but time; pause the flow."""
+
+
+class UnsafeLinkError(SyncError):
+    """A link (an OData next/delta link from a response or from stored state) points outside the system's
+    configured origin and API path, or repeats an earlier page: it is not followed, so the credential is never
+    sent anywhere else and a paging loop cannot run forever."""
 
 
 class ConcurrencyError(SyncError):

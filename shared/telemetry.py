@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from datetime import UTC, datetime
 
 from opentelemetry import metrics
@@ -90,11 +90,17 @@ def record_pull(flow: str, pulled: int, run_id: str, status: str) -> None:
              extra={"flow": flow, "correlation_id": run_id, "pulled": pulled, "status": status})
 
 
-def record_outcomes(outcomes: Iterable[Outcome], started: float | None = None, finished: float | None = None) -> None:
+UNKNOWN_FLOW = "unknown"
+
+
+def record_outcomes(outcomes: Iterable[Outcome], flows: Collection[str], started: float | None = None,
+                    finished: float | None = None) -> None:
+    """`flows`: the configured flow names. A message names its own flow, and anyone who can send to the queue
+    could invent names: only configured ones become metric attributes, so the series stay bounded."""
     now = datetime.now(UTC)
     batch = list(outcomes)
     for o in batch:
-        attrs = {"flow": o.flow}
+        attrs = {"flow": o.flow if o.flow in flows else UNKNOWN_FLOW}
         if o.kind is Kind.APPLIED:
             APPLIED.add(1, attrs)
         elif o.kind is Kind.SKIPPED:
@@ -108,7 +114,7 @@ def record_outcomes(outcomes: Iterable[Outcome], started: float | None = None, f
         if o.kind is not Kind.APPLIED:
             _log_outcome(o)
     if started is not None and finished is not None and batch:
-        APPLY_LATENCY.record(finished - started, {"flow": batch[0].flow})
+        APPLY_LATENCY.record(finished - started, {"flow": batch[0].flow if batch[0].flow in flows else UNKNOWN_FLOW})
 
 
 def _log_outcome(o: Outcome) -> None:

@@ -42,6 +42,9 @@ param applyQueueName string
 param crmClientSecretName string
 param erpDbUrlSecretName string
 
+@description('Client id of the Entra ID app registration of the admin API (app roles Reader and Operator). Empty: no App Service authentication, and the admin API answers only /api/health.')
+param adminAppClientId string = ''
+
 // <namespace>.servicebus.windows.net, in whatever cloud the namespace lives.
 var serviceBusFqdn = replace(replace(serviceBusEndpoint, 'https://', ''), ':443/', '')
 
@@ -200,6 +203,64 @@ resource functionApp 'Microsoft.Web/sites@2023-12-01' = {
       runtime: {
         name: 'python'
         version: '3.11'
+      }
+    }
+  }
+}
+
+// Deployments go through Entra ID (azd / Core Tools with the deployer's identity): the basic-auth publishing
+// credentials of SCM and FTP are switched off.
+resource scmBasicAuth 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2023-12-01' = {
+  parent: functionApp
+  name: 'scm'
+  properties: {
+    allow: false
+  }
+}
+
+resource ftpBasicAuth 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2023-12-01' = {
+  parent: functionApp
+  name: 'ftp'
+  properties: {
+    allow: false
+  }
+}
+
+// App Service authentication (Entra ID) in front of the admin API: the platform validates the caller's token and
+// passes its app roles on in X-MS-CLIENT-PRINCIPAL, which shared/admin_access.py checks per route. Only
+// /api/health stays on a function key. Triggers other than HTTP are not affected.
+resource adminAuth 'Microsoft.Web/sites/config@2023-12-01' = if (!empty(adminAppClientId)) {
+  parent: functionApp
+  name: 'authsettingsV2'
+  properties: {
+    platform: {
+      enabled: true
+    }
+    globalValidation: {
+      requireAuthentication: true
+      unauthenticatedClientAction: 'Return401'
+      excludedPaths: [
+        '/api/health'
+      ]
+    }
+    identityProviders: {
+      azureActiveDirectory: {
+        enabled: true
+        registration: {
+          clientId: adminAppClientId
+          openIdIssuer: '${environment().authentication.loginEndpoint}${tenant().tenantId}/v2.0'
+        }
+        validation: {
+          allowedAudiences: [
+            'api://${adminAppClientId}'
+            adminAppClientId
+          ]
+        }
+      }
+    }
+    login: {
+      tokenStore: {
+        enabled: false
       }
     }
   }

@@ -9,7 +9,11 @@ shared variable) and *Use optional parameters*.
 Reading changes (`SourceSpec.changes`):
 
 - ``change_tracking``: ``GET <set>?$select=...`` with ``Prefer: odata.track-changes,odata.maxpagesize=N``.
-  ``@odata.nextLink`` is followed exactly as given; the ``@odata.deltaLink`` (last page only) is the cursor.
+  ``@odata.nextLink`` is followed as given, but only inside the organization's Web API (same scheme, host,
+  port and ``/api/data/vX/`` path; anything else, from a response or from the cursors table, raises
+  UnsafeLinkError before the bearer token is attached); a link that repeats an earlier page is a loop and
+  raises too. A run reads at most ``max_pages_per_run`` pages and says so in its notes; the next run
+  resumes from the stored link. The ``@odata.deltaLink`` (last page only) is the cursor.
   The position after a page is ``{"next_link": <link>, "delta_link": None}`` while more pages follow and
   ``{"next_link": None, "delta_link": <link>}`` after the last one, so a crash resumes where it stopped.
   A read from no position is a full read: its pages are ``snapshot=True``. A read that resumes from a stored
@@ -78,7 +82,7 @@ import httpx
 
 from shared.config import DataverseSystem, SourceSpec, TargetSpec, resolve_secret
 from shared.connectors.dataverse_auth import TokenProvider, token_provider_for
-from shared.errors import AuthError, ConfigError, PermanentError, Reason, SyncError, TransientError
+from shared.errors import AuthError, ConfigError, PermanentError, Reason, SyncError, TransientError, UnsafeLinkError
 from shared.keys import format_key, key_of, parse_key
 from shared.ports.connector import ChangePage, SourceRecord, WriteOp, WriteResult
 from shared.versions import sortable_version
@@ -304,6 +308,19 @@ def _http_part(mime: dict[str, str], content: bytes) -> _Part:
     return _Part(int(words[1]), headers, body.strip(), mime.get("content-id"))
 
 
+class _Trail:
+    """The links one paged read has followed: a next link that comes round again is a loop, not more data."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.seen: set[str] = set()
+
+    def visit(self, url: str) -> None:
+        if url in self.seen:
+            raise UnsafeLinkError(f"{self.what}: the next link repeats an earlier page; stopped to avoid a loop")
+        self.seen.add(url)
+
+
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
@@ -329,11 +346,17 @@ class DataverseConnector:
         tag: str | None = "dualsync",
         transport: httpx.BaseTransport | None = None,
         primary_ids: dict[str, str] | None = None,
+        max_pages_per_run: int = 2000,
+        max_response_bytes: int = 128 * 1024 * 1024,
     ) -> None:
         self.name = name
         self.url = url.rstrip("/")
         self.api = f"{self.url}/api/data/{api_version}/"
-        self._api_path = urlsplit(self.api).path
+        api = urlsplit(self.api)
+        self._origin = (api.scheme.lower(), api.netloc.lower())
+        self._api_path = api.path
+        self.max_pages_per_run = max_pages_per_run
+        self.max_response_bytes = max_response_bytes
         self.page_size = max(1, min(page_size, MAX_PAGE_SIZE))
         self.batch_size = max(1, min(batch_size, MAX_BATCH))
         self.timeout_seconds = timeout_seconds
@@ -368,6 +391,7 @@ class DataverseConnector:
             url, tokens, name=name, api_version=system.api_version, page_size=system.page_size,
             batch_size=system.batch_size, max_concurrency=system.max_concurrency,
             timeout_seconds=system.timeout_seconds, tag=system.tag, transport=transport, primary_ids=primary_ids,
+            max_pages_per_run=system.max_pages_per_run, max_response_bytes=system.max_response_mb * 1024 * 1024,
         )
 
     def __repr__(self) -> str:
@@ -382,7 +406,9 @@ class DataverseConnector:
               content: bytes | None = None) -> httpx.Response:
         """One request with a bearer token; a 401 refreshes the token and tries once more.
 
-        Raises TransientError (transport), AuthError (401 twice, 403). Other statuses are the caller's."""
+        Raises TransientError (transport), AuthError (401 twice, 403), UnsafeLinkError (a URL outside the
+        organization's Web API: the token is never attached to it). Other statuses are the caller's."""
+        self._check_link(url)
         refreshed = False
         while True:
             token = self._tokens.refresh() if refreshed else self._tokens.token()
@@ -390,7 +416,8 @@ class DataverseConnector:
             started = time.perf_counter()
             try:
                 with self._slots:
-                    response = self._client.request(method, url, headers=request_headers, content=content)
+                    response = self._bounded(self._client.build_request(
+                        method, url, headers=request_headers, content=content), what)
             except httpx.TimeoutException:
                 raise TransientError(f"{what}: no answer within {self.timeout_seconds:g}s") from None
             except httpx.TransportError as exc:
@@ -408,6 +435,39 @@ class DataverseConnector:
                 err = _error_of(403, response.headers, response.content)
                 raise AuthError(f"{what}: 403 Forbidden: {err.text()}")
             return response
+
+    def _bounded(self, request: httpx.Request, what: str) -> httpx.Response:
+        """Send and read the answer, refusing one larger than ``max_response_bytes`` before it fills memory."""
+        response = self._client.send(request, stream=True)
+        try:
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > self.max_response_bytes:
+                raise self._too_large(what, int(declared))
+            body = bytearray()
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > self.max_response_bytes:
+                    raise self._too_large(what, len(body))
+        finally:
+            response.close()
+        headers = [(k, v) for k, v in response.headers.multi_items()
+                   if k.lower() not in ("content-length", "content-encoding", "transfer-encoding")]
+        return httpx.Response(response.status_code, headers=headers, content=bytes(body), request=request)
+
+    def _too_large(self, what: str, size: int) -> PermanentError:
+        return PermanentError(Reason.TARGET_REJECTED, f"{what}: the answer is larger than the limit of "
+                                                      f"{self.max_response_bytes:,} bytes ({size:,} so far)")
+
+    def _check_link(self, url: str) -> None:
+        """Links come from responses and from the cursors table, both of which someone else may have written:
+        only this organization's scheme, host, port and Web API path may receive the bearer token."""
+        parts = urlsplit(url)
+        segments = parts.path.split("/")
+        if ((parts.scheme.lower(), parts.netloc.lower()) != self._origin or not parts.path.startswith(self._api_path)
+                or ".." in segments or "." in segments or "%2e" in parts.path.lower()):
+            shown = f"{parts.scheme}://{parts.hostname or ''}{parts.path[:80]}"
+            raise UnsafeLinkError(f"{self.name}: refusing to follow a link outside {self.api}: {shown} "
+                                  "(a tampered response or cursor; reset the flow's cursor if it is stored there)")
 
     def _get_json(self, url: str, what: str, prefer: str | None = None) -> tuple[dict[str, Any], httpx.Response]:
         headers = {"If-None-Match": "null"}
@@ -503,8 +563,10 @@ class DataverseConnector:
                 notes: list[str]) -> Iterator[ChangePage]:
         what = f"{source.entity}: reading changes"
         deleted_version = self._deleted_version(url)
+        trail = _Trail(what)
         first = True
         while url:
+            trail.visit(url)
             data, response = self._get_json(url, what, prefer)
             next_link = data.get("@odata.nextLink")
             delta_link = data.get("@odata.deltaLink")
@@ -528,10 +590,18 @@ class DataverseConnector:
                 page_notes.append(f"{skipped} deleted rows skipped: a composite key cannot be rebuilt from an id")
             if not next_link and not delta_link:
                 raise TransientError(f"{what}: the page has neither @odata.nextLink nor @odata.deltaLink")
+            capped = bool(next_link) and len(trail.seen) >= self.max_pages_per_run
+            if capped:
+                page_notes.append(self._cap_note())
             yield ChangePage(records, {"next_link": next_link, "delta_link": None if next_link else delta_link},
-                             snapshot=snapshot, notes=page_notes)
+                             snapshot=snapshot, notes=page_notes, stopped_early=capped)
+            if capped:
+                return
             first = False
             url = next_link
+
+    def _cap_note(self) -> str:
+        return f"page cap of {self.max_pages_per_run} pages per run reached: the next run continues from here"
 
     @staticmethod
     def _is_deleted(row: dict[str, Any]) -> bool:
@@ -565,7 +635,9 @@ class DataverseConnector:
         prefer = f"odata.maxpagesize={size}"
         what = f"{source.entity}: reading changes since {watermark}" if watermark else f"{source.entity}: full read"
         yielded = False
+        trail = _Trail(what)
         while url:
+            trail.visit(url)
             try:
                 data, _ = self._get_json(url, what, prefer)
             except _ApiError as err:
@@ -576,8 +648,11 @@ class DataverseConnector:
                 continue
             records = [self._record(source.key, source.entity, row, column) for row in rows]
             last = rows[-1]
+            capped = bool(url) and len(trail.seen) >= self.max_pages_per_run
             yield ChangePage(records, {"watermark": last.get(column), "last_key": [last.get(k) for k in source.key]},
-                             snapshot=snapshot)
+                             snapshot=snapshot, notes=[self._cap_note()] if capped else [], stopped_early=capped)
+            if capped:
+                return
             yielded = True
         if snapshot and not yielded:
             yield ChangePage([], {"watermark": None, "last_key": None}, snapshot=True)
@@ -636,7 +711,9 @@ class DataverseConnector:
 
     def _rows(self, url: str | None, what: str) -> Iterator[dict[str, Any]]:
         """Every row of a query, following @odata.nextLink page by page."""
+        trail = _Trail(what)
         while url:
+            trail.visit(url)
             try:
                 data, _ = self._get_json(url, what, f"odata.maxpagesize={MAX_PAGE_SIZE}")
             except _ApiError as err:

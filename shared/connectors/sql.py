@@ -261,6 +261,30 @@ def _to_db(column: Column, value: Any) -> Any:
     return value
 
 
+def describe_database(url: Any) -> str:
+    """How a database is named in messages and logs: dialect, host, port and database only. Userinfo and the
+    query string never appear (a password can hide in either: ``?password=``, ODBC ``PWD=``)."""
+    try:
+        parsed = make_url(url) if isinstance(url, str) else url
+    except Exception:  # noqa: BLE001 - an unparsable URL may quote its secret in the error
+        return "(unparsable database URL)"
+    backend = parsed.get_backend_name()
+    if not parsed.host and not parsed.database and parsed.query:
+        return f"{backend}://({', '.join(sorted(parsed.query))})"
+    host = f"{parsed.host}:{parsed.port}" if parsed.host and parsed.port else parsed.host or ""
+    return f"{backend}://{host}/{parsed.database or ''}"
+
+
+def _query_values(url: Any) -> list[str]:
+    """Every value in the URL's query string (and inside an ODBC connection string), longest first."""
+    values: list[str] = []
+    for value in url.query.values():
+        for text in (value if isinstance(value, tuple) else (value,)):
+            values.append(str(text))
+            values += [part.split("=", 1)[1] for part in str(text).split(";") if "=" in part]
+    return sorted({v for v in values if v}, key=len, reverse=True)
+
+
 def _after(columns: Sequence[Any], values: Sequence[Any]) -> Any:
     """(c1, c2, ...) > (v1, v2, ...), expanded: c1 > v1 OR (c1 = v1 AND c2 > v2) OR ..."""
     terms = []
@@ -305,15 +329,22 @@ class SqlConnector:
                     [f"sql url: SQLAlchemy cannot use dialect {parsed.drivername!r}: {type(exc).__name__}"]
                 ) from None
         self._engine = engine
-        self._password = engine.url.password or ""
-        self.database = engine.url.render_as_string(hide_password=True)
+        # Scrubbed from every error text: the password and, since drivers echo connection options, every
+        # query value (a password may be one, under any name).
+        self._secrets = [s for s in (str(engine.url.password or ""), *_query_values(engine.url)) if s]
+        self.database = describe_database(engine.url)
         self._tables: dict[str, _TableInfo] = {}
         self._lock = threading.Lock()
 
     # -- plumbing ---------------------------------------------------------------------------------
 
+    def __repr__(self) -> str:
+        return f"SqlConnector({self.database})"
+
     def _scrub(self, text: str) -> str:
-        return text.replace(self._password, "***") if self._password else text
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
 
     def _first_line(self, exc: BaseException) -> str:
         orig = getattr(exc, "orig", None)

@@ -23,9 +23,11 @@ from shared.app import SyncApp
 from shared.config import Flow
 from shared.engine.backoff import retry_at
 from shared.engine.conflicts import Decision, decide
+from shared.engine.delete_races import carry_delete, carry_record, changed_since, settle_race
 from shared.engine.identity import record_id
 from shared.engine.mapping import Lookups, lookup_requests, map_record
 from shared.engine.outcome import Kind, Outcome
+from shared.engine.target_claims import Claim, rivals
 from shared.engine.values import canonical, canonical_row, coerce, same_value
 from shared.engine.verdicts import verdict_outcome
 from shared.errors import AuthError, MissingReferenceError, PermanentError, Reason, SyncError, TransientError
@@ -45,6 +47,7 @@ class _Item:
     values: dict[str, Any] | None = None  # mapped values
     decision: Decision | None = None
     noop: bool = False  # the target already holds every value we would write
+    race: str = ""  # how a delete racing an update on the other side was settled (pairs)
 
 
 @dataclass
@@ -118,8 +121,7 @@ def _apply_flow(app: SyncApp, f: _Flow, items: list[_Item]) -> list[Outcome]:
         else:
             live.append(item)
     lookups = _resolve_lookups(app, flow, live)
-    ops: list[WriteOp] = []
-    mapped: list[_Item] = []
+    planned: list[WriteOp] = []
     for item in live:
         try:
             op = _write_op(f, item, lookups, links)
@@ -132,8 +134,17 @@ def _apply_flow(app: SyncApp, f: _Flow, items: list[_Item]) -> list[Outcome]:
         if op is None:
             reason = "deletes_ignored" if flow.deletes == "ignore" else "never_synced"
             outcomes.append(Outcome(item.received, item.message, Kind.SKIPPED, reason))
-        elif op.kind == "upsert" and f.bidirectional:
+        else:
+            planned.append(op)
+    ops: list[WriteOp] = []
+    mapped: list[_Item] = []
+    deletes: list[WriteOp] = []
+    for op in _claim_target_keys(app, f, planned, links, outcomes):
+        item = op.ref
+        if op.kind == "upsert" and f.bidirectional:
             mapped.append(item)
+        elif item.message.op == "delete" and f.bidirectional and not item.message.force:
+            deletes.append(op)
         else:
             ops.append(op)
     try:
@@ -141,6 +152,10 @@ def _apply_flow(app: SyncApp, f: _Flow, items: list[_Item]) -> list[Outcome]:
     except SyncError as exc:  # reading the target failed: these wait, the one-way ops still go
         outcomes += [_failure(app, flow, item, exc) for item in mapped]
         settled = []
+    try:
+        ops += _settle_delete_races(app, f, deletes, states, outcomes)
+    except SyncError as exc:
+        outcomes += [_failure(app, flow, op.ref, exc) for op in deletes]
     ops += [op for op in settled if not op.ref.noop]
     results = _write(app, flow, ops) if ops else []
     # A write that would change nothing is not sent, but its versions and values are still recorded.
@@ -165,8 +180,9 @@ def _newest_per_record(items: list[_Item], outcomes: list[Outcome]) -> list[_Ite
 
 
 def _current_sources(app: SyncApp, f: _Flow, items: list[_Item]) -> dict[str, SourceRecord]:
-    """Pairs re-read their source rows: a change that our own write has overtaken must not travel on."""
-    keys = [i.message.key for i in items if i.message.op == "upsert"]
+    """Pairs re-read their source rows: a change that our own write has overtaken must not travel on, nor
+    a delete of a record that exists again."""
+    keys = [i.message.key for i in items]
     if not keys:
         return {}
     source = f.flow.source
@@ -182,11 +198,17 @@ def _screen(app: SyncApp, f: _Flow, item: _Item, state: RecordState | None,
     applied = state.versions.get(source) if state else None
     if applied is not None and message.version <= applied:
         return "already_applied"
-    if f.bidirectional and message.op == "upsert":
+    if f.bidirectional:
         row = current.get(message.key)
-        if row is None:
+        if message.op == "delete":
+            if row is not None:
+                # Restored, re-created, or re-created by us when an update won a race against this delete:
+                # what the record holds now travels (or travelled) as a change of its own.
+                return "source_exists"
+        elif row is None:
             return "source_gone"  # its delete travels as a change of its own
-        item.payload = row.values
+        else:
+            item.payload = row.values
     if message.op == "upsert" and state and _unchanged(item.payload, state.values.get(source)):
         # Every field we manage equals what was last synced for this side: in a pair, our own write coming
         # back; otherwise a change to fields we do not sync.
@@ -241,6 +263,30 @@ def _write_op(f: _Flow, item: _Item, lookups: Lookups, links: dict[str, str]) ->
     return WriteOp("upsert", key, item.values, ref=item)
 
 
+def _claim_target_keys(app: SyncApp, f: _Flow, ops: list[WriteOp], links: dict[str, str],
+                       outcomes: list[Outcome]) -> list[WriteOp]:
+    """Dead-letter a change whose target row already belongs to another source record (see target_claims)."""
+    target = f.flow.target
+    claims = [Claim(op.ref.message.key, key_of(target.key, op.key))
+              for op in ops if op.kind == "upsert" and op.ref.message.key not in links]
+    refused = rivals(app.state, f.pair, target.system, claims)
+    if not refused:
+        return ops
+    kept: list[WriteOp] = []
+    for op in ops:
+        item: _Item = op.ref
+        rival = refused.get(item.message.key) if op.kind == "upsert" else None
+        if rival is None:
+            kept.append(op)
+            continue
+        holder = "an earlier change of the same batch, for source record" if rival.same_batch else "source record"
+        outcomes.append(Outcome(item.received, item.message, Kind.DEAD_LETTER, Reason.DUPLICATE_TARGET_KEY,
+                                f"flow {f.name} record {item.message.key}: target key {key_of(target.key, op.key)} "
+                                f"({target.system} {target.entity}) already belongs to {holder} {rival.owner}; "
+                                "two source records cannot share one target row"))
+    return kept
+
+
 def _settle_conflicts(app: SyncApp, f: _Flow, items: list[_Item], states: dict[str, RecordState],
                       outcomes: list[Outcome]) -> list[WriteOp]:
     """Pairs only: compare with the target as it is now, keep what it changed, settle what both changed."""
@@ -258,6 +304,8 @@ def _settle_conflicts(app: SyncApp, f: _Flow, items: list[_Item], states: dict[s
         current = row.values if row else None
         target_at = _moment(current.get(watermark)) if current else None
         baseline = state.values.get(target.system) if state and not item.message.force else None
+        if current is None and baseline and _deleted_by_target(app, f, item, outcomes):
+            continue
         item.decision = decide(flow, item.values or {}, baseline, current, item.message.changed_at, target_at)
         if item.decision.park:
             app.state.park(CONFLICTS, f.name, item.message.key, {
@@ -275,6 +323,69 @@ def _settle_conflicts(app: SyncApp, f: _Flow, items: list[_Item], states: dict[s
             name in current and same_value(value, canonical(current[name])) for name, value in write.items())
         ops.append(WriteOp("upsert", {k: item.values[k] for k in target.key}, write, ref=item))
     return ops
+
+
+def _deleted_by_target(app: SyncApp, f: _Flow, item: _Item, outcomes: list[Outcome]) -> bool:
+    """The target no longer has a record the pair synced: it was deleted there while this update was on its
+    way. True when the race is settled against this update (the delete wins, or it is parked)."""
+    reverse_name = app.config.reverse_of(f.name) or f.name
+    if app.config.flows[reverse_name].deletes == "ignore":
+        return False  # the delete never travels back: re-creating the record is the only way to agree
+    race = settle_race(f.flow, f.anchor, deleted_in=f.flow.target.system, updated_in=f.flow.source.system)
+    if race.winner is None:
+        _park_race(app, f, item, race.note)
+        outcomes.append(Outcome(item.received, item.message, Kind.SKIPPED, "conflict_parked", race.note,
+                                conflicts=1))
+        return True
+    if race.delete_wins:
+        outcome = Outcome(item.received, item.message, Kind.SKIPPED, "target_deleted", race.note, conflicts=1)
+        target_key = key_of(f.flow.target.key, item.values or {})
+        if carry_delete(app, reverse_name, target_key, item.message.correlation_id):
+            outcome.fetched_parent = reverse_name
+        outcomes.append(outcome)
+        return True
+    item.race = race.note  # the update re-creates the record
+    return False
+
+
+def _settle_delete_races(app: SyncApp, f: _Flow, ops: list[WriteOp], states: dict[str, RecordState],
+                         outcomes: list[Outcome]) -> list[WriteOp]:
+    """Pairs only: a delete whose target row changed since the pair last synced it races that update."""
+    if not ops:
+        return []
+    target = f.flow.target
+    keys = [key_of(target.key, op.key) for op in ops]
+    rows = app.connector(target.system).read_records(target.entity, target.key, keys)
+    kept: list[WriteOp] = []
+    for op, key in zip(ops, keys, strict=True):
+        item: _Item = op.ref
+        state = states.get(item.record_id)
+        row = rows.get(key)
+        if row is None or not changed_since(state.values.get(target.system) if state else None, row.values):
+            kept.append(op)
+            continue
+        race = settle_race(f.flow, f.anchor, deleted_in=f.flow.source.system, updated_in=target.system)
+        if race.winner is None:
+            _park_race(app, f, item, race.note)
+            outcomes.append(Outcome(item.received, item.message, Kind.SKIPPED, "conflict_parked", race.note,
+                                    conflicts=1))
+        elif race.delete_wins:
+            item.race = race.note
+            kept.append(op)
+        else:
+            outcome = Outcome(item.received, item.message, Kind.SKIPPED, "target_updated", race.note, conflicts=1)
+            reverse_name = app.config.reverse_of(f.name) or f.name
+            if carry_record(app, reverse_name, key, item.message.correlation_id):
+                outcome.fetched_parent = reverse_name
+            outcomes.append(outcome)
+    return kept
+
+
+def _park_race(app: SyncApp, f: _Flow, item: _Item, note: str) -> None:
+    app.state.park(CONFLICTS, f.name, item.message.key, {
+        "message": item.message.model_copy(update={"payload": item.payload}).model_dump(mode="json"),
+        "fields": [], "incoming": {}, "target": {}, "detail": note, "detected_at": app.clock().isoformat(),
+    })
 
 
 def _moment(value: Any) -> datetime | None:
@@ -313,9 +424,16 @@ def _record_results(app: SyncApp, f: _Flow, results: list[WriteResult], states: 
         state = states.get(item.record_id) or RecordState(record_id)
         state.record_id = record_id
         state.versions[flow.source.system] = message.version
-        state.remember(flow.target.system, canonical_row(result.op.values))
+        if result.op.kind == "delete":
+            state.forget(flow.target.system)
+        else:
+            state.remember(flow.target.system, canonical_row(result.op.values))
         if message.op == "upsert":
             state.remember(flow.source.system, {n: canonical(item.payload.get(n)) for n in observed_fields})
+        else:
+            # The record is gone from the source: if it comes back with the same values, that is a change
+            # to write, not one to skip as unchanged.
+            state.forget(flow.source.system)
         state.synced_at = now
         records.append(state)
         outcomes.append(_applied(item, result.op.kind))
@@ -335,6 +453,8 @@ def _applied(item: _Item, kind: str) -> Outcome:
         conflicts = len(decision.conflicts) if decision else 0
         return Outcome(item.received, item.message, Kind.SKIPPED, "target_wins" if conflicts else "target_has_it",
                        conflicts=conflicts)
+    if item.race:
+        return Outcome(item.received, item.message, Kind.APPLIED, kind, item.race, conflicts=1)
     if decision is None or not (decision.conflicts or decision.kept):
         return Outcome(item.received, item.message, Kind.APPLIED, kind)
     parts = [f"{name}: {winner} wins" for name, winner in decision.winners.items()]

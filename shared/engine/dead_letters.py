@@ -4,15 +4,17 @@
   what an operator needs to decide: reason, description, flow, key, attempt, enqueued time.
 * ``purge_dead_letters`` deletes dead-lettered messages for good: it receives them under a lock in batches
   and completes those matching the filter; the others are abandoned back to the DLQ untouched at the end.
-  Callers ask for a confirmation first (the admin endpoint wants the queue name, the CLI ``--yes``).
+  Callers ask for a confirmation first: the admin endpoint wants the ``confirm`` code of a dry run
+  (``plan_purge``), which only a caller who looked at exactly those dead letters has; the CLI ``--yes``.
 
 Replaying dead letters is shared/engine/replay.py.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -33,12 +35,14 @@ class DeadLetterFilter:
     flow: str | None = None
     reason: str | None = None
     key: str | None = None
+    only: frozenset[str] | None = None  # message ids (a purge confirmed from a dry run touches only those)
 
     def matches(self, letter: DeadLetter) -> bool:
         return (
             (self.flow is None or letter.flow == self.flow)
             and (self.reason is None or letter.reason == self.reason)
             and (self.key is None or letter.key == self.key)
+            and (self.only is None or letter.message_id in self.only)
         )
 
 
@@ -157,6 +161,30 @@ def purge_dead_letters(
                 pass
     result.left = len(held_back)
     return result
+
+
+PLAN_LIMIT = 100_000
+
+
+@dataclass(frozen=True)
+class PurgePlan:
+    """What a purge with this filter would delete now, and the code that confirms exactly that."""
+
+    which: DeadLetterFilter
+    count: int
+    confirm: str
+
+
+def plan_purge(app: SyncApp, which: DeadLetterFilter | None = None) -> PurgePlan:
+    """A dry run: the matching dead letters and a confirmation code derived from their message ids, so a purge
+    is confirmed only by someone who has seen this very set (if it changes, the code does too)."""
+    letters = list_dead_letters(app, which, limit=PLAN_LIMIT)
+    ids = frozenset(letter.message_id for letter in letters)
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update(app.queue.encode())
+    for message_id in sorted(ids):
+        digest.update(b"\0" + message_id.encode())
+    return PurgePlan(replace(which or DeadLetterFilter(), only=ids), len(ids), digest.hexdigest())
 
 
 def _int(value: Any) -> int | None:

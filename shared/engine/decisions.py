@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.app import SyncApp
+from shared.engine.deletes import delete_messages
 from shared.messages import ChangeMessage, bounded_id, to_envelope
 from shared.state.store import CONFLICTS, REQUESTS
 
@@ -56,12 +57,25 @@ def resolve_conflict(app: SyncApp, key: str, take: str, flow: str | None = None)
     else:
         raise DecisionError(f"--take must be {flow_cfg.source.system} or {flow_cfg.target.system}")
     app.state.unpark(CONFLICTS, item.flow, item.key)
+    _close_reverse(app, item.flow, message)
     app.state.add_run(item.flow, {"kind": "conflict_resolved", "key": key, "take": take, "message_id": sent})
     return sent
 
 
+def _close_reverse(app: SyncApp, flow: str, message: ChangeMessage) -> None:
+    """Both flows of a pair may have parked the same record (each met the other's change): one decision
+    settles both."""
+    reverse = app.config.reverse_of(flow)
+    if reverse is None:
+        return
+    other_key = app.state.lookup_keys(app.config.pair_of(flow), message.source_system, [message.key]).get(message.key)
+    if other_key is not None:
+        app.state.unpark(CONFLICTS, reverse, other_key)
+
+
 def _send_reverse(app: SyncApp, flow: str, message: ChangeMessage) -> str:
-    """The target's current record, sent back through the reverse flow with force."""
+    """The target's current record, sent back through the reverse flow with force; its delete, when the
+    target no longer has the record."""
     reverse = app.config.reverse_of(flow)
     if reverse is None:
         raise DecisionError(f"flow {flow} has no reverse flow to carry the target's values back")
@@ -71,7 +85,8 @@ def _send_reverse(app: SyncApp, flow: str, message: ChangeMessage) -> str:
         raise DecisionError(f"record {message.key} was never synced to {rflow.source.system}")
     record = app.connector(rflow.source.system).read_record(rflow.source, target_key)
     if record is None:
-        raise DecisionError(f"record {target_key} no longer exists in {rflow.source.system}")
+        [delete] = delete_messages(app, reverse, [target_key], run_id=message.correlation_id)
+        return _send(app, delete.model_copy(update={"force": True}), "resolved")
     back = ChangeMessage(flow=reverse, op="upsert", source_system=rflow.source.system, entity=rflow.source.entity,
                          key=record.key, version=record.version, changed_at=record.changed_at,
                          payload=record.values, force=True)

@@ -27,7 +27,8 @@ class Outcome:
     description: str = ""
     retry_at: datetime | None = None
     conflicts: int = 0  # fields both sides had changed, settled by the flow's policy
-    fetched_parent: str | None = None  # the flow a missing parent was read and sent through, on demand
+    # the flow a change was sent through on demand (a missing parent, the winner of a delete race)
+    fetched_parent: str | None = None
 
     @property
     def flow(self) -> str:

@@ -54,7 +54,9 @@ def pull_flow(
                 result.duplicates += len(messages) - accepted
             if flow.source.changes == "status_flag":
                 connector.acknowledge(flow.source, [m.key for m in messages], {})
-            if page.snapshot:
+            if page.stopped_early:  # an incomplete snapshot proves no delete
+                snapshot_keys = None
+            elif page.snapshot:
                 snapshot_keys = snapshot_keys if snapshot_keys is not None else set()
                 snapshot_keys.update(r.key for r in page.records)
             result.pulled += len(messages)

@@ -42,4 +42,4 @@ def settle(app: SyncApp, settler: Settler, outcomes: Sequence[Outcome], started:
     for o in outcomes:
         if o.kind is Kind.DEAD_LETTER:
             settler.dead_letter(o.received, str(o.reason), o.description[:4096])
-    telemetry.record_outcomes(outcomes, started, time.perf_counter() if started is not None else None)
+    telemetry.record_outcomes(outcomes, app.config.flows, started, time.perf_counter() if started is not None else None)

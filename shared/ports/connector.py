@@ -28,6 +28,9 @@ class ChangePage:
     # state knows but the snapshot lacks are then deletes.
     snapshot: bool = False
     notes: list[str] = field(default_factory=list)
+    # The read stopped at its page cap before the end; `position` resumes it on the next run. A snapshot
+    # that stopped early is incomplete: no delete may be inferred from it.
+    stopped_early: bool = False
 
 
 @dataclass

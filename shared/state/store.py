@@ -95,6 +95,10 @@ class RecordState:
     def remember(self, system: str, values: dict[str, Any]) -> None:
         self.values.setdefault(system, {}).update(values)
 
+    def forget(self, system: str) -> None:
+        """The record was deleted on `system`: nothing there to compare with any more."""
+        self.values.pop(system, None)
+
     def to_data(self) -> dict[str, Any]:
         return {
             "versions": self.versions,

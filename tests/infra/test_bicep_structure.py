@@ -54,6 +54,7 @@ EXCLUDED: dict[str, str] = {
         "connection-string alternative to STATE_TABLES_ENDPOINT; the account has shared-key access disabled, and "
         "when set it would win over the identity-based endpoint"
     ),
+    "WEBSITE_AUTH_ENABLED": "set by the platform when App Service authentication (infra/app/admin-auth.bicep) is on",
     "ServiceBusConnection": (
         "connection-string alternative to ServiceBusConnection__fullyQualifiedNamespace; the namespace has local "
         "(SAS) auth disabled, and when set both the code and the Functions host would use it instead"
@@ -180,7 +181,8 @@ def test_main_deploys_to_a_resource_group():
 def test_modules_get_the_parameters_they_need():
     modules = template(MAIN)["modules"]
     assert set(modules) == {
-        "identity", "monitoring", "storage", "serviceBus", "keyVault", "rbac", "functionApp", "alerts", "workbook"
+        "identity", "monitoring", "storage", "serviceBus", "keyVault", "rbac", "functionApp", "diagnostics",
+        "alerts", "workbook",
     }
     for module, declaration in modules.items():
         path = declaration["detail"]["path"]
@@ -443,6 +445,35 @@ def test_app_identity_holds_exactly_the_least_privilege_roles():
     assert accessor(module_params("rbac")["principalId"]) == ["identity", "outputs", "principalId"]
 
 
+def test_admin_api_is_behind_entra_id_app_roles_except_health():
+    auth = body(only("app/function-app.bicep", "Microsoft.Web/sites/config"))
+    resource = only("app/function-app.bicep", "Microsoft.Web/sites/config")
+    assert resource["config"]["condition"], "off when no admin app registration is given"
+    props = auth["properties"]
+    assert props["platform"]["enabled"] is True
+    validation = props["globalValidation"]
+    assert validation["requireAuthentication"] is True and validation["unauthenticatedClientAction"] == "Return401"
+    assert validation["excludedPaths"] == ["/api/health"]
+    aad = props["identityProviders"]["azureActiveDirectory"]
+    assert aad["enabled"] is True and aad["registration"]["clientId"] == "adminAppClientId"
+    assert module_params("functionApp")["adminAppClientId"] == "adminAppClientId"
+    assert param_default(MAIN, "adminAppClientId") == ""
+
+
+def test_basic_auth_publishing_credentials_are_off():
+    policies = resources("app/function-app.bicep", "Microsoft.Web/sites/basicPublishingCredentialsPolicies")
+    assert sorted(body(p)["name"] for p in policies.values()) == ["ftp", "scm"]
+    assert all(body(p)["properties"]["allow"] is False for p in policies.values())
+
+
+def test_every_data_resource_sends_its_logs_to_log_analytics():
+    settings = resources("app/diagnostics.bicep", "Microsoft.Insights/diagnosticSettings")
+    scopes = {body(s)["scope"] for s in settings.values()}
+    assert scopes == {"vault", "storage", "blobService", "tableService", "namespace", "functionApp"}
+    assert all(body(s)["properties"]["workspaceId"] == "logAnalyticsId" for s in settings.values())
+    assert accessor(module_params("diagnostics")["logAnalyticsId"]) == ["monitoring", "outputs", "logAnalyticsId"]
+
+
 def test_operator_roles_are_optional():
     operator = [a for a in role_assignments() if a["principal"] == "operatorPrincipalId"]
     assert operator and all(a["condition"] == "withOperator" for a in operator)
@@ -587,10 +618,39 @@ def test_azure_yaml_deploys_this_directory_as_the_function_app():
     assert azure["services"] == {"api": {"project": ".", "language": "python", "host": "function"}}
 
 
-def test_funcignore_keeps_the_app_and_drops_the_rest():
-    lines = (ROOT / ".funcignore").read_text().splitlines()
-    patterns = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
-    for needed in ("function_app.py", "host.json", "requirements.txt", "shared/", "functions/"):
-        assert not any(Path(needed.rstrip("/")).match(p.rstrip("/")) for p in patterns), needed
-    for dropped in (".venv/", "node_modules/", "tests/", "infra/"):
-        assert dropped in patterns
+def _shipped(path: str) -> bool:
+    """Whether .funcignore lets `path` into the package, read as gitignore rules (last match wins, `!` lets back
+    in) the way Core Tools and azd read it."""
+    import fnmatch
+
+    shipped = True
+    for raw in (ROOT / ".funcignore").read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        negate = line.startswith("!")
+        pattern = line[1:] if negate else line
+        pattern = pattern.rstrip("/")
+        parts = path.split("/")
+        candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        if pattern.startswith("**/"):
+            tail = pattern[3:]
+            hit = any(fnmatch.fnmatch(part, tail) for part in parts) or fnmatch.fnmatch(parts[-1], tail)
+        elif "/" in pattern:
+            hit = any(fnmatch.fnmatch(c, pattern) for c in candidates)
+        else:
+            hit = any(fnmatch.fnmatch(part, pattern) for part in parts)
+        if hit:
+            shipped = negate
+    return shipped
+
+
+def test_funcignore_ships_the_app_and_nothing_else():
+    for needed in ("function_app.py", "host.json", "requirements.txt", "flows.yaml", "shared/engine/apply.py",
+                   "functions/apply.py", "shared/state/store.py"):
+        assert _shipped(needed), needed
+    for dropped in (".env", "secrets.pem", "state.sqlite", ".vscode/settings.json", ".venv/lib/x.py",
+                    "node_modules/azurite/a.js", "tests/unit/test_apply.py", "infra/main.bicep", "dvsim/api.py",
+                    "shared/__pycache__/apply.cpython-311.pyc", "shared/.env", "functions/cert.pem",
+                    "local.settings.json", ".dualsync/state.db", "bench/initial_sync.py", "Makefile"):
+        assert not _shipped(dropped), dropped

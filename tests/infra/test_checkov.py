@@ -62,6 +62,12 @@ ACCEPTED: dict[tuple[str, str], str] = {
         "Plan not zone-redundant: a zone outage delays the sync (messages wait in Service Bus, cursors resume "
         "where they were), it loses nothing. Zone redundancy is left to the operator as a cost choice."
     ),
+    # checkov reads the authsettingsV2 child (Microsoft.Web/sites/config) as if it were a whole web app and runs
+    # the site checks on it; the site's own checks run on functionApp above.
+    **{(check, "Microsoft.Web/sites/config.adminAuth"): (
+        "a site check applied to the authsettingsV2 child resource, which has none of those properties"
+    ) for check in ("CKV_AZURE_13", "CKV_AZURE_63", "CKV_AZURE_65", "CKV_AZURE_66", "CKV_AZURE_80", "CKV_AZURE_88",
+                    "CKV_AZURE_222")},
 }
 
 

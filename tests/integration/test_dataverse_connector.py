@@ -581,6 +581,22 @@ def insert_erp(engine: sa.Engine, table: str, rows: list[dict[str, Any]]) -> Non
         conn.execute(ERP.tables[table].insert(), rows)
 
 
+def test_a_record_restored_with_its_id_and_values_is_written_again(tmp_path, sim, erp):
+    [row] = seed(sim, 1)
+    app = make_app(tmp_path, sim, {"accounts-to-erp": ACCOUNTS_TO_ERP})
+    pull_flow(app, "accounts-to-erp", owner="test")
+    drain(app)
+    sim.delete("accounts", row["accountid"])
+    pull_flow(app, "accounts-to-erp", owner="test")
+    assert kinds(drain(app)) == {"applied": 1}
+    assert erp_rows(erp) == {}
+    # Restored from the recycle bin: the same id, the same values, a new version.
+    sim.insert("accounts", {"accountid": row["accountid"], "name": row["name"], "accountnumber": row["accountnumber"]})
+    pull_flow(app, "accounts-to-erp", owner="test")
+    assert kinds(drain(app)) == {"applied": 1}
+    assert erp_rows(erp) == {"A-0000": {"account_number": "A-0000", "name": "Account 0", "crm_id": row["accountid"]}}
+
+
 def test_a_batch_of_100_with_3_bad_records(tmp_path, sim, erp):
     now = datetime(2026, 1, 1, 12)
     rows = [{"account_number": f"C{i:03d}", "name": f"Customer {i}", "status": i % 2, "credit": None,

@@ -3,6 +3,7 @@ core they share with the CLI (shared/engine/dead_letters.py), on the SQLite bus 
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import timedelta
 
@@ -16,15 +17,24 @@ from shared.engine.dead_letters import DeadLetterFilter, list_dead_letters, purg
 from shared.state.sqlite_tables import SqliteTables
 from shared.state.store import StateStore
 from tests.unit.conftest import CONFIG, account, change, deliver
-from tests.unit.test_function_app import indexed
+from tests.unit.test_function_app import bindings, indexed
 
 # -- invoking the functions -------------------------------------------------------------------------------------
 
 
+def principal(*roles: str, name: str = "ops@contoso.example") -> str:
+    """The X-MS-CLIENT-PRINCIPAL header App Service authentication passes on (base64 JSON of the claims)."""
+    claims = [{"typ": "name", "val": name}, *({"typ": "roles", "val": r} for r in roles)]
+    payload = {"auth_typ": "aad", "name_typ": "name", "role_typ": "roles", "claims": claims}
+    return base64.b64encode(json.dumps(payload).encode()).decode()
+
+
 def call(name: str, method: str = "GET", body: object = None, route: dict | None = None,
-         params: dict | None = None, raw: bytes | None = None) -> tuple[int, dict]:
+         params: dict | None = None, raw: bytes | None = None, who: str | None = None) -> tuple[int, dict]:
     data = raw if raw is not None else (b"" if body is None else json.dumps(body).encode())
-    req = func.HttpRequest(method=method, url=f"/api/{name}", headers={"content-type": "application/json"},
+    headers = {"content-type": "application/json",
+               "x-ms-client-principal": principal("Operator") if who is None else who}
+    req = func.HttpRequest(method=method, url=f"/api/{name}", headers=headers,
                            params=params or {}, route_params=route or {}, body=data)
     resp = indexed()[name].get_user_function()(req=req)
     assert resp.mimetype == "application/json"
@@ -33,7 +43,8 @@ def call(name: str, method: str = "GET", body: object = None, route: dict | None
 
 @pytest.fixture
 def wired(tmp_path, memory, monkeypatch):
-    """The function app's production bus: Service Bus (over the fake SDK client)."""
+    """The function app's production bus: Service Bus (over the fake SDK client), behind App Service auth."""
+    monkeypatch.setenv("WEBSITE_AUTH_ENABLED", "True")
     sync = make_app(_servicebus_fake(tmp_path), memory)
     monkeypatch.setattr(functions.admin, "sync_app", lambda: sync)
     yield sync
@@ -110,6 +121,59 @@ def test_replay_dry_run_then_for_real(wired, memory):
     assert (counts.dead_letter, counts.active) == (0, 1)
 
 
+def test_a_purge_confirmed_for_one_set_never_deletes_letters_that_arrived_since(wired):
+    seed_dead_letters(wired)
+    _, plan = call("purge_dead_letters", "POST", {"dry_run": True})
+    deliver(wired, account("a9", 1, name="y" * 50))  # a new dead letter after the dry run
+    status, body = call("purge_dead_letters", "POST", {"confirm": plan["confirm"]})
+    assert status == 409 and "dry run again" in body["error"]
+    assert wired.bus.counts(wired.queue).dead_letter == 5
+
+
+def test_replay_of_everything_must_say_so(wired, memory):
+    deliver(wired, account("a1", 1, name="x" * 50))
+    status, body = call("replay", "POST", {})
+    assert status == 400 and '"all": true' in body["error"]
+    assert wired.bus.counts(wired.queue).dead_letter == 1
+    assert call("replay", "POST", {"all": True})[0] == 200
+
+
+# -- who may call -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "method", "route"), [
+    ("flows", "GET", None), ("dead_letters", "GET", None), ("pause_flow", "POST", {"flow": "accounts"}),
+    ("resume_flow", "POST", {"flow": "accounts"}), ("replay", "POST", None), ("purge_dead_letters", "POST", None),
+])
+def test_every_route_but_health_needs_app_service_auth_and_a_role(wired, monkeypatch, name, method, route):
+    assert call(name, method, route=route, who="")[0] == 401  # auth on, nobody signed in
+    assert call(name, method, route=route, who=principal())[0] == 403  # signed in, no role
+    assert call(name, method, route=route, who="not base64 json")[0] == 401
+    monkeypatch.setenv("WEBSITE_AUTH_ENABLED", "False")  # a forged principal header without the platform
+    status, body = call(name, method, route=route, who=principal("Operator"))
+    assert status == 503 and "App Service authentication" in body["error"]
+    assert not wired.state.get_cursor("accounts") or not wired.state.get_cursor("accounts").paused
+
+
+def test_a_reader_reads_and_cannot_change_anything(wired):
+    seed_dead_letters(wired)
+    reader = principal("Reader")
+    assert call("flows", who=reader)[0] == 200 and call("dead_letters", who=reader)[0] == 200
+    for name, route, body in (("pause_flow", {"flow": "accounts"}, None), ("replay", None, {"all": True}),
+                              ("purge_dead_letters", None, {"dry_run": True})):
+        assert call(name, "POST", body, route=route, who=reader)[0] == 403
+    assert wired.bus.counts(wired.queue).dead_letter == 4
+
+
+def test_only_health_takes_a_function_key(wired):
+    levels = {name: bindings(name)["req"].auth_level for name in
+              ("health", "flows", "dead_letters", "pause_flow", "resume_flow", "replay", "purge_dead_letters")}
+    assert levels.pop("health") == func.AuthLevel.FUNCTION
+    assert set(levels.values()) == {func.AuthLevel.ANONYMOUS}
+    status, body = call("health", who="")
+    assert status == 200 and body == {"status": "ok", "flows": {"accounts": "ok", "contacts": "ok"}}
+
+
 def test_replay_filters_are_validated(wired):
     assert call("replay", "POST", {"flow": "ghost"})[0] == 404
     status, body = call("replay", "POST", {"dry_run": "yes"})
@@ -148,24 +212,31 @@ def test_dead_letters_filters_and_limit(wired):
     assert wired.bus.counts(wired.queue).dead_letter == 4  # browsing changes nothing
 
 
-def test_purge_requires_the_queue_name_as_confirmation(wired):
+def test_purge_needs_the_code_of_a_dry_run_and_the_error_reveals_nothing(wired):
     seed_dead_letters(wired)
-    for body in (None, {}, {"confirm": "yes"}, {"confirm": True}):
+    for body in (None, {}, {"confirm": "yes"}, {"confirm": wired.queue}, {"confirm": True}):
         status, answer = call("purge_dead_letters", "POST", body)
-        assert status == 400, body
-    status, answer = call("purge_dead_letters", "POST", {"confirm": "nope"})
-    assert f'{{"confirm": "{wired.queue}"}}' in answer["error"] and "for good" in answer["error"]
+        assert status in (400, 409), body
+        assert wired.queue not in answer["error"]
     assert wired.bus.counts(wired.queue).dead_letter == 4
+
+
+def purge(body: dict) -> tuple[int, dict]:
+    status, plan = call("purge_dead_letters", "POST", {**body, "dry_run": True})
+    assert status == 200 and plan["dry_run"] is True
+    return call("purge_dead_letters", "POST", {**body, "confirm": plan["confirm"]})
 
 
 def test_purge_with_a_filter_then_everything(wired):
     seed_dead_letters(wired)
-    status, body = call("purge_dead_letters", "POST", {"confirm": wired.queue, "reason": "ValidationFailed"})
-    assert (status, body) == (200, {"queue": wired.queue, "purged": 2, "left": 2})
+    status, plan = call("purge_dead_letters", "POST", {"reason": "ValidationFailed", "dry_run": True})
+    assert (status, plan["count"]) == (200, 2) and wired.bus.counts(wired.queue).dead_letter == 4
+    status, body = call("purge_dead_letters", "POST", {"confirm": plan["confirm"], "reason": "ValidationFailed"})
+    assert (status, body) == (200, {"purged": 2, "left": 2})
     _, listed = call("dead_letters")
     assert sorted(d["reason"] for d in listed["dead_letters"]) == ["MalformedMessage", "UnknownFlow"]
-    status, body = call("purge_dead_letters", "POST", {"confirm": wired.queue})
-    assert (status, body) == (200, {"queue": wired.queue, "purged": 2, "left": 0})
+    status, body = purge({})
+    assert (status, body) == (200, {"purged": 2, "left": 0})
     assert wired.bus.counts(wired.queue).dead_letter == 0
 
 

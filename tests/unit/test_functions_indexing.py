@@ -23,13 +23,14 @@ from tests.unit.test_function_app import indexed
 ROOT = Path(__file__).resolve().parents[2]
 
 HTTP = {
-    # name: (route, methods)
-    "flows": ("flows", ["GET"]),
-    "pause_flow": ("flows/{flow}/pause", ["POST"]),
-    "resume_flow": ("flows/{flow}/resume", ["POST"]),
-    "replay": ("replay", ["POST"]),
-    "dead_letters": ("dead-letters", ["GET"]),
-    "purge_dead_letters": ("dead-letters/purge", ["POST"]),
+    # name: (route, methods, auth level): Entra ID app roles guard every route but health (shared/admin_access.py)
+    "health": ("health", ["GET"], "FUNCTION"),
+    "flows": ("flows", ["GET"], "ANONYMOUS"),
+    "pause_flow": ("flows/{flow}/pause", ["POST"], "ANONYMOUS"),
+    "resume_flow": ("flows/{flow}/resume", ["POST"], "ANONYMOUS"),
+    "replay": ("replay", ["POST"], "ANONYMOUS"),
+    "dead_letters": ("dead-letters", ["GET"], "ANONYMOUS"),
+    "purge_dead_letters": ("dead-letters/purge", ["POST"], "ANONYMOUS"),
 }
 
 
@@ -55,11 +56,11 @@ def test_pull_is_a_timer_on_the_schedule_setting():
 
 
 @pytest.mark.parametrize("name", sorted(HTTP))
-def test_admin_functions_are_http_with_function_key_auth(name):
-    route, methods = HTTP[name]
+def test_admin_functions_are_http_and_only_health_takes_a_function_key(name):
+    route, methods, auth_level = HTTP[name]
     trigger, output = function_json(indexed()[name])
     assert trigger == {"direction": "IN", "type": "httpTrigger", "name": "req", "methods": methods,
-                       "authLevel": "FUNCTION", "route": route}
+                       "authLevel": auth_level, "route": route}
     assert output == {"direction": "OUT", "type": "http", "name": "$return"}
 
 

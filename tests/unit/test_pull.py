@@ -122,3 +122,22 @@ def test_lease_of_a_dead_process_on_this_host_is_taken_over(app):
     assert cursor_lease.acquire(app.state, "accounts", current_holder(), now) is not None
     # We are alive, so nobody takes the lease before it expires; a holder on another host is never judged.
     assert cursor_lease.acquire(app.state, "accounts", "otherhost:1", now) is None
+
+
+def test_a_snapshot_cut_short_by_the_page_cap_infers_no_delete(app, memory):
+    from shared.ports.connector import ChangePage
+    from shared.state.store import KeyLink
+
+    seed(memory, 3)
+    app.state.link_keys("accounts", [KeyLink("crm", "not-read-yet", "erp", "N-x")])
+    connector = app.connector("crm")
+    real = connector.read_changes
+
+    def capped(source, position, page_size):
+        pages = list(real(source, position, page_size))
+        yield ChangePage(pages[0].records, pages[0].position, snapshot=True, stopped_early=True)
+
+    connector.read_changes = capped
+    result = pull_flow(app, "accounts", owner="t")
+    assert (result.pulled, result.deletes_inferred) == (3, 0)
+    assert not [m for m in (parse_body(r.envelope.body) for r in queued(app)) if m.op == "delete"]

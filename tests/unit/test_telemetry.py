@@ -46,3 +46,13 @@ def test_outcomes_are_counted_by_flow_and_reason_and_logged_without_payload(app,
     assert (record.flow, record.key, record.attempt, record.reason) == ("accounts", "bad", 1, "ValidationFailed")
     assert record.levelno == logging.WARNING
     assert secret_name not in record.getMessage()
+
+
+def test_a_flow_name_the_config_does_not_know_is_counted_as_unknown(app):
+    from tests.unit.conftest import change
+
+    crafted = [f"crafted-{i}" for i in range(5)]
+    deliver(app, *(change("k", 1, flow=name) for name in crafted))
+    dead = points("dualsync.dead_lettered")
+    assert not [attrs for attrs in dead if any(v.startswith("crafted-") for _, v in attrs)]
+    assert dead[(("flow", "unknown"), ("reason", "UnknownFlow"))] >= 5

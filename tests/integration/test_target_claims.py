@@ -1,0 +1,122 @@
+"""Two source records mapping to one target key never share a target row (real SQLite on both sides)."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from shared.app import SyncApp
+from shared.bus.sqlite_bus import SqliteBus
+from shared.config import parse_config
+from shared.engine.apply import apply_batch
+from shared.engine.outcome import Outcome
+from shared.engine.pull import pull_flow
+from shared.engine.reconcile import reconcile_deletes
+from shared.engine.settle import settle
+from shared.errors import Reason
+from shared.state.sqlite_tables import SqliteTables
+from shared.state.store import StateStore
+
+FLOW = "accounts-to-erp"
+
+
+@pytest.fixture
+def dbs(tmp_path):
+    crm = create_engine(f"sqlite:///{tmp_path / 'crm.db'}")
+    erp = create_engine(f"sqlite:///{tmp_path / 'erp.db'}")
+    with crm.begin() as conn:
+        conn.execute(text("CREATE TABLE accounts (accountid TEXT PRIMARY KEY, accountnumber TEXT, name TEXT, "
+                          "modified TEXT NOT NULL)"))
+    with erp.begin() as conn:
+        conn.execute(text("CREATE TABLE customers (account_number TEXT PRIMARY KEY, name TEXT, crm_id TEXT)"))
+    yield crm, erp
+    crm.dispose()
+    erp.dispose()
+
+
+@pytest.fixture
+def app(tmp_path, dbs):
+    config = parse_config({
+        "systems": {"crm": {"kind": "sql", "url": f"sqlite:///{tmp_path / 'crm.db'}"},
+                    "erp": {"kind": "sql", "url": f"sqlite:///{tmp_path / 'erp.db'}"}},
+        "flows": {FLOW: {
+            "source": {"system": "crm", "entity": "accounts", "key": "accountid", "watermark": "modified"},
+            "target": {"system": "erp", "entity": "customers", "key": "account_number"},
+            "deletes": "delete",
+            "fields": [{"from": "accountnumber", "to": "account_number"}, {"from": "name", "to": "name"},
+                       {"from": "accountid", "to": "crm_id"}]}},
+    })
+    app = SyncApp(config=config, state=StateStore(SqliteTables(":memory:")), bus=SqliteBus(tmp_path / "bus.db"),
+                  retry_base=0.01)
+    yield app
+    app.close()
+
+
+def put(crm, accountid: str, number: str, name: str, modified: str) -> None:
+    with crm.begin() as conn:
+        conn.execute(text("INSERT INTO accounts VALUES (:i, :n, :m, :t) ON CONFLICT (accountid) DO UPDATE SET "
+                          "accountnumber = :n, name = :m, modified = :t"),
+                     {"i": accountid, "n": number, "m": name, "t": modified})
+
+
+def customers(erp) -> dict[str, tuple[str, str]]:
+    with erp.connect() as conn:
+        return {r[0]: (r[1], r[2]) for r in conn.execute(text("SELECT account_number, name, crm_id FROM customers"))}
+
+
+def run(app: SyncApp, reconcile: bool = False) -> list[Outcome]:
+    pull_flow(app, FLOW, owner="test")
+    if reconcile:
+        reconcile_deletes(app, FLOW)
+    outcomes: list[Outcome] = []
+    while batch := app.bus.receive(app.queue, max_messages=500, max_wait=0.05):
+        result = apply_batch(app, batch)
+        settle(app, app.bus.settler(app.queue), result)
+        outcomes += result
+    return outcomes
+
+
+def dead(outcomes: list[Outcome]) -> list[Outcome]:
+    return [o for o in outcomes if o.kind == "dead_letter"]
+
+
+def test_a_second_source_record_for_a_linked_target_key_is_dead_lettered_and_its_delete_spares_the_row(app, dbs):
+    crm, erp = dbs
+    put(crm, "G1", "N1", "First", "2026-06-01 00:00:01")
+    run(app)
+    put(crm, "G2", "N1", "Second", "2026-06-01 00:00:02")
+    [refused] = dead(run(app))
+    assert refused.reason == Reason.DUPLICATE_TARGET_KEY == "DuplicateTargetKey"
+    assert "record G2" in refused.description and "N1" in refused.description and "G1" in refused.description
+    assert customers(erp) == {"N1": ("First", "G1")}
+    with crm.begin() as conn:
+        conn.execute(text("DELETE FROM accounts WHERE accountid = 'G2'"))
+    assert not dead(run(app, reconcile=True))
+    assert customers(erp) == {"N1": ("First", "G1")}  # the never-linked second record deletes nothing
+
+
+def test_two_source_records_for_one_target_key_in_one_batch_keep_the_first(app, dbs):
+    crm, erp = dbs
+    put(crm, "G1", "N1", "First", "2026-06-01 00:00:01")
+    put(crm, "G2", "N1", "Second", "2026-06-01 00:00:02")
+    put(crm, "G3", "N3", "Third", "2026-06-01 00:00:03")
+    outcomes = run(app)
+    [refused] = dead(outcomes)
+    assert refused.message.key == "G2" and "G1" in refused.description and "N1" in refused.description
+    assert customers(erp) == {"N1": ("First", "G1"), "N3": ("Third", "G3")}
+    with crm.begin() as conn:
+        conn.execute(text("DELETE FROM accounts WHERE accountid = 'G2'"))
+    run(app, reconcile=True)
+    assert customers(erp) == {"N1": ("First", "G1"), "N3": ("Third", "G3")}
+
+
+def test_a_target_key_freed_by_a_delete_can_be_taken_by_another_record(app, dbs):
+    crm, erp = dbs
+    put(crm, "G1", "N1", "First", "2026-06-01 00:00:01")
+    run(app)
+    with crm.begin() as conn:
+        conn.execute(text("DELETE FROM accounts WHERE accountid = 'G1'"))
+    run(app, reconcile=True)
+    put(crm, "G2", "N1", "Second", "2026-06-01 00:00:02")
+    assert not dead(run(app))
+    assert customers(erp) == {"N1": ("Second", "G2")}
