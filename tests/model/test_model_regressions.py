@@ -44,7 +44,7 @@ def both(world: World, key: str) -> tuple[dict | None, dict | None]:
 
 @pytest.mark.xfail(strict=True, reason="issue 11 item 4")
 def test_a_datetime_and_a_decimal_that_come_back_in_another_form_settle(forms_world):
-    """Item 4: the CRM hands back `2024-05-01T10:00:00Z` and 10.5, the ERP `2024-05-01T10:00:00` and '10.50';
+    """Issue 11 item 4 (settles): the CRM hands back `2024-05-01T10:00:00Z` and 10.5, the ERP `2024-05-01T10:00:00` and '10.50';
     with `type: datetime` / `type: decimal` declared, the pair still wrote on every pass, forever."""
     world = forms_world
     world.user_write("crm", "K1", account("C1", amount=1050))
@@ -57,9 +57,8 @@ def test_a_datetime_and_a_decimal_that_come_back_in_another_form_settle(forms_wo
 
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 item 3")
 def test_two_accounts_with_one_code_never_share_an_archive_row(world):
-    """Item 3 (one_source_per_row): K0 and K3 both carry code C0, the archive's key; both were written to
+    """Issue 11 item 3 (one_source_per_row): K0 and K3 both carry code C0, the archive's key; both were written to
     row C0 and linked to it, so deleting one would delete the other's row."""
     world.user_write("crm", "K0", account("C0", name="ann"))
     world.user_write("crm", "K3", account("C0", name="bob"))
@@ -90,9 +89,8 @@ def synced(world: World, key: str, **values) -> None:
     world.quiesce()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 item 2")
 def test_a_record_deleted_and_restored_with_the_same_values_is_written_again(world):
-    """policy_answer: K1 synced, deleted in the CRM (deleted in the ERP and the archive), then restored
+    """Issue 11 item 2 (policy_answer): K1 synced, deleted in the CRM (deleted in the ERP and the archive), then restored
     with the same key and values: skipped as an echo (pair) and as unchanged (one-way flow), so the ERP
     never got it back."""
     synced(world, "K1")
@@ -105,9 +103,8 @@ def test_a_record_deleted_and_restored_with_the_same_values_is_written_again(wor
     assert business(world.erp_row("C1", table="archive")) == account("C1")
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 item 2")
 def test_a_master_delete_racing_an_update_on_the_other_side_deletes_both(world):
-    """delete_conflict: the CRM (master) deletes K1 while the ERP updates it. With the ERP's update applied
+    """Issue 11 item 2 (delete_conflict): the CRM (master) deletes K1 while the ERP updates it. With the ERP's update applied
     first it re-created the CRM's record, the CRM's delete then deleted the ERP's row, and the two sides
     stayed different for good."""
     synced(world, "K1")
@@ -121,9 +118,8 @@ def test_a_master_delete_racing_an_update_on_the_other_side_deletes_both(world):
     assert both(world, "K1") == (None, None)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 item 2 (the other way round: the master's update wins)")
 def test_a_master_update_racing_a_delete_on_the_other_side_keeps_the_record(world):
-    """delete_conflict: the ERP deletes K1 while the CRM (master) updates it; the ERP's delete was applied
+    """Issue 11 item 2, the other way round (delete_conflict): the ERP deletes K1 while the CRM (master) updates it; the ERP's delete was applied
     first and deleted the master's updated record: the master's change was lost."""
     synced(world, "K1")
     world.user_delete("erp", "K1")
@@ -138,7 +134,7 @@ def test_a_master_update_racing_a_delete_on_the_other_side_keeps_the_record(worl
 
 @pytest.mark.xfail(strict=True, reason="issue 11 item 1")
 def test_two_workers_on_two_versions_of_one_record_end_on_the_newest(world):
-    """one_way_answer: v1 and v2 of K1 in flight on the one-way flow; worker A (v1) reads, decides, and is
+    """Issue 11 item 1 (one_way_answer): v1 and v2 of K1 in flight on the one-way flow; worker A (v1) reads, decides, and is
     held just before its write while worker B applies v2; A then writes v1 over v2, and its record state
     (version v1) over B's, so the archive keeps the older version for good."""
     synced(world, "K1")
