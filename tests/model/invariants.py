@@ -75,10 +75,21 @@ class Round:
 
     expected: dict[str, list[Values]] = field(default_factory=dict)
     rule: dict[str, str] = field(default_factory=dict)
+    master_changed: dict[str, set[str]] = field(default_factory=dict)  # fields the master changed this round
     crashed: bool = False
 
-    def expect(self, key: str, verdict: tuple[str, list[Values]]) -> None:
+    def expect(self, key: str, verdict: tuple[str, list[Values]], base: Values, crm: Values) -> None:
         self.rule[key], self.expected[key] = verdict
+        self.master_changed[key] = {f for f in SYNCED if crm is not None and (base is None or crm[f] != base[f])}
+
+    def late_edit(self, key: str, name: str, value: Any) -> None:
+        """The ERP's user changed a field while the pipeline ran. It is the newest change of that field, so it
+        stands, unless the master changed the field too: then it depends on which was applied first (if the
+        master's change had reached the ERP, the edit came after it and stands; if not, master wins)."""
+        if name in self.master_changed[key]:
+            self.expected[key] = self.expected[key] + [{**v, name: value} for v in self.expected[key] if v]
+        else:
+            self.expected[key] = [{**v, name: value} for v in self.expected[key] if v]
 
 
 def check(world: World, round_: Round, contended: set[str]) -> dict[str, Values]:

@@ -145,3 +145,17 @@ def test_two_workers_on_two_versions_of_one_record_end_on_the_newest(world):
     world.two_workers(world.receive(1), world.receive(1), "target:before_write")
     world.quiesce()
     assert business(world.erp_row("C1", table="archive")) == account("C1", name="cy")
+
+
+@pytest.mark.xfail(strict=True, reason="issue 11 item 9")
+def test_an_erp_edit_made_while_a_change_is_being_applied_is_kept(world):
+    """Issue 11 item 9 (policy_answer): the CRM renames K1; the worker applying it has read the ERP's row
+    when an ERP user changes the amount; the worker then wrote every mapped field, the old amount included,
+    and the user's edit was lost on both sides."""
+    synced(world, "K1")
+    world.user_write("crm", "K1", {"name": "bob"})
+    world.pull(TO_ERP)
+    held = world.receive_for(TO_ERP, "K1")
+    world.interleave(held, "target:before_write", lambda: world.user_write("erp", "K1", {"amount": 99999}))
+    world.quiesce()
+    assert both(world, "K1") == (account("C1", name="bob", amount=99999), account("C1", name="bob", amount=99999))

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
 from tests.model.invariants import CODES, KEYS, Round, answers, check, contended_codes, off
-from tests.model.world import FLOWS, LOCK_SECONDS, SIDES, Crash, World, business
+from tests.model.world import FLOWS, LOCK_SECONDS, SIDES, TO_ERP, Crash, World, business
 
 NAMES = ("ann", "bob", "cy")
 CENTS = (0, 1000, 1050, 99999)  # 0, 10, 10.5, 999.99: '10.00' on one side is 10 on the other
@@ -166,7 +166,7 @@ class SyncModel(RuleBasedStateMachine):
         self.phase = "pipeline"
         for key in KEYS:
             crm, erp = self.row("crm", key), self.row("erp", key)
-            self.round.expect(key, answers(self.base[key], crm, erp, key in self.recreated["crm"]))
+            self.round.expect(key, answers(self.base[key], crm, erp, key in self.recreated["crm"]), self.base[key], crm)
         self.contended |= contended_codes(k for k in KEYS if any(v is not None for v in self.round.expected[k]))
 
     @precondition(lambda self: self.phase == "pipeline")
@@ -214,12 +214,30 @@ class SyncModel(RuleBasedStateMachine):
             self.world.faults.disarm()
 
     @precondition(lambda self: self.phase == "pipeline")
-    @rule(n=st.integers(1, 4), m=st.integers(1, 4), step=st.sampled_from(GATE_STEPS))
-    def two_workers(self, n: int, m: int, step: str) -> None:
-        """Worker A holds its batch at `step` while worker B applies and settles the next messages."""
+    @rule(n=st.integers(1, 4), m=st.integers(1, 4), step=st.sampled_from(GATE_STEPS), same_record=st.booleans())
+    def two_workers(self, n: int, m: int, step: str, same_record: bool) -> None:
+        """Worker A holds its batch at `step` while worker B applies and settles the next messages (with
+        `same_record`: A has one change of a record, B its newer ones)."""
         self.step("two_workers")
-        first, second = self.world.receive(n), self.world.receive(m)
+        if same_record:
+            first, second = self.world.receive_versions()
+        else:
+            first, second = self.world.receive(n), self.world.receive(m)
         self.world.two_workers(first, second, step)
+
+    @precondition(lambda self: self.phase == "pipeline")
+    @rule(key=st.sampled_from(KEYS), name=st.sampled_from(("name", "amount", "due")), value=st.data())
+    def erp_edit_during_apply(self, key: str, name: str, value: st.DataObject) -> None:
+        """An ERP user saves a field while a worker has read the ERP's row and is about to write it."""
+        answers_now = self.round.expected[key]
+        if len(answers_now) != 1 or answers_now[0] is None or self.row("erp", key) is None:
+            return
+        new = value.draw(st.sampled_from({"name": NAMES, "amount": CENTS, "due": DUES}[name]))
+        self.step("erp_edit_during_apply")
+        world = self.world
+        first = world.receive_for(TO_ERP, key)
+        world.interleave(first, "target:before_write", lambda: world.user_write("erp", key, {name: new}))
+        self.round.late_edit(key, name, new)
 
     @precondition(lambda self: self.phase == "pipeline")
     @rule(n=st.integers(1, 6))

@@ -486,9 +486,40 @@ class World:
         except LockLostError:
             pass
 
+    def receive_for(self, flow: str, key: str) -> list[Received]:
+        """The oldest change of one record on one flow, if any is ready; everything else received is abandoned."""
+        batch = self.receive(100)
+        mine = [m for m in batch if (m.envelope.application_properties.get("flow"),
+                                     str(m.envelope.application_properties.get("key"))) == (flow, key)][:1]
+        settler = self.bus.settler(self.app.queue)
+        for message in batch:
+            if message not in mine:
+                settler.abandon(message)
+        return mine
+
+    def receive_versions(self) -> tuple[list[Received], list[Received]]:
+        """Two versions of one record, as two workers would get them: the oldest change of the first record
+        with several on the queue, and its other changes; everything else received is abandoned."""
+        batch = self.receive(100)
+        groups: dict[tuple[str, str], list[Received]] = {}
+        for message in batch:
+            props = message.envelope.application_properties
+            groups.setdefault((str(props.get("flow")), str(props.get("key"))), []).append(message)
+        pair = next((g for g in groups.values() if len(g) > 1), batch[:1])
+        settler = self.bus.settler(self.app.queue)
+        for message in batch:
+            if message not in pair:
+                settler.abandon(message)
+        return pair[:1], pair[1:]
+
     def two_workers(self, first: list[Received], second: list[Received], step: str) -> None:
         """Worker A holds `first` at `step` (a port call, see Faults) while worker B applies and settles
-        `second`; then A goes on. A crash or error in A is raised here once both are done."""
+        `second`; then A goes on."""
+        self.interleave(first, step, lambda: self.deliver(second))
+
+    def interleave(self, first: list[Received], step: str, meanwhile: Callable[[], None]) -> None:
+        """Worker A holds `first` at `step` while `meanwhile` runs; then A goes on. A crash or error in A is
+        raised here once both are done."""
         gate = Gate(step, 0)
         errors: list[BaseException] = []
 
@@ -506,7 +537,7 @@ class World:
         thread.start()
         gate.reached.wait(10)
         try:
-            self.deliver(second)
+            meanwhile()
         finally:
             gate.release.set()
             thread.join(10)
