@@ -7,7 +7,8 @@ end (no change is applied while users edit, so "both sides changed it" is well d
 
 - new on one side: that side's record; new on both: the master's.
 - the master deleted it: gone everywhere, whatever the other side did (resurrecting it would override the
-  master); the other side deleted it: gone, unless the master changed it in the same round (master wins).
+  master); the other side deleted it: gone, unless the master changed it in the same round (master wins;
+  a master record deleted and restored unchanged may go either way: a poll may or may not have seen it gone).
 - otherwise field by field: a field the master changed has the master's value, else the other side's if
   it changed it, else the agreed one. A record the master deleted and re-created may also stand whole.
 Every comparison is between business values (a date-time as an instant at whole seconds, an amount in
@@ -61,9 +62,10 @@ def answers(base: Values, crm: Values, erp: Values, crm_recreated: bool) -> tupl
     if crm is None:
         return ("delete_conflict" if erp is not None and changed(erp, base) else "policy_answer"), [None]
     if erp is None:
-        if crm_recreated or changed(crm, base):
+        if changed(crm, base):
             return "delete_conflict", [crm]
-        return "policy_answer", [None]
+        # Deleted and restored unchanged in the master: if no poll saw the gap, nothing changed there.
+        return ("delete_conflict", [crm, None]) if crm_recreated else ("policy_answer", [None])
     merged = dict(base)
     for f in SYNCED:
         merged[f] = crm[f] if crm[f] != base[f] else erp[f] if erp[f] != base[f] else base[f]

@@ -33,7 +33,7 @@ CRASH_STEPS = ("target:before_write", "target:after_write", "state:link_keys", "
                "state:put_records", "bus:complete")
 GATE_STEPS = ("read:erp", "read:crm", "target:before_write", "state:link_keys", "state:put_records")
 
-EXAMPLES = int(os.environ.get("DUALSYNC_MODEL_EXAMPLES", "40"))
+EXAMPLES = int(os.environ.get("DUALSYNC_MODEL_EXAMPLES", "150"))
 STEPS = int(os.environ.get("DUALSYNC_MODEL_STEPS", "30"))
 STATS: Counter[str] = Counter()
 OFF = off()  # invariants, and the rules `delete` and `restore`, switched off for an exploratory run
@@ -293,11 +293,12 @@ SyncModel.TestCase.settings = settings(
 
 def test_model() -> None:
     started = time.perf_counter()
-    outcome = "ok"
+    outcome = "0 failures"
     try:
         SyncModel.TestCase("runTest").runTest()
-    except BaseException:
-        outcome = "FAILED"
+    except BaseException as exc:
+        found = list(exc.exceptions) if isinstance(exc, BaseExceptionGroup) else [exc]
+        outcome = f"{len(found)} distinct failures: " + ", ".join(type(e).__name__ for e in found)
         raise
     finally:
         took = time.perf_counter() - started
