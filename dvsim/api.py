@@ -30,7 +30,7 @@ from .tokens import (
     parse_skip_token,
     quote_delta_token,
 )
-from .values import check_payload_type, from_column, is_guid, new_guid, norm_guid, to_column, utcnow
+from .values import check_payload_type, dumps, from_column, is_guid, loads, new_guid, norm_guid, to_column, utcnow
 
 JSON_CONTENT_TYPE = "application/json; odata.metadata=minimal"
 MAX_PAGE_SIZE = 5000  # Dataverse ignores odata.maxpagesize above 5,000 ("Page results")
@@ -87,7 +87,7 @@ def error_response(err: ODataError, kind: str = "error") -> ApiResponse:
 
 def json_response(status: int, body: Any, kind: str, headers: dict[str, str] | None = None) -> ApiResponse:
     h = {"Content-Type": JSON_CONTENT_TYPE, "OData-Version": "4.0", **(headers or {})}
-    return ApiResponse(status, h, json.dumps(body).encode(), kind)
+    return ApiResponse(status, h, dumps(body).encode(), kind)
 
 
 def parse_prefer(value: str | None) -> dict[str, str | None]:
@@ -130,6 +130,9 @@ class DataverseApi:
         self.store = store
         self.stats = stats
         self._token_expired = token_expired  # (DeltaToken) -> bool, from the fault settings
+        # How a delta reports a deleted row: "deletedEntity" (Dataverse's own form) or "removed" (the
+        # OData JSON form other services send: {"@odata.id": "accounts(<id>)", "@removed": {...}}).
+        self.deleted_form = "deletedEntity"
 
     # --- dispatch --------------------------------------------------------------------------------
 
@@ -394,6 +397,8 @@ class DataverseApi:
         for kind, item in items:
             if kind == "u":
                 value.append(self._entity_json(entity, item, attrs))
+            elif self.deleted_form == "removed":
+                value.append({"@odata.id": f"{entity.set_name}({item[0]})", "@removed": {"reason": "deleted"}})
             else:
                 value.append({
                     "@odata.context": f"{req.service_root}$metadata#{entity.set_name}/$deletedEntity",
@@ -423,7 +428,7 @@ class DataverseApi:
     @staticmethod
     def _payload(entity: Entity, req: ApiRequest) -> dict[str, Any]:
         try:
-            payload = json.loads(req.body or b"{}")
+            payload = loads(req.body or b"{}")
         except ValueError as exc:
             raise errors.bad_payload(entity.set_name, f"Invalid JSON in the request body: {exc}") from None
         if not isinstance(payload, dict):

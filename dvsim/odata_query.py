@@ -198,7 +198,7 @@ class _FilterParser:
         else:
             self.syntax_error(right_tok if left_lit is None else left_tok)
             raise AssertionError  # unreachable
-        column = f'"{attr.name}"'
+        column = column_sql(attr)
         if lit.kind == "null":
             if op == "eq":
                 return f"{column} IS NULL"
@@ -244,6 +244,12 @@ class _FilterParser:
         return value
 
 
+def column_sql(attr: Attribute) -> str:
+    """The column as SQL: decimals are stored as exact text, so they are compared and ordered as numbers."""
+    column = f'"{attr.name}"'
+    return f"CAST({column} AS REAL)" if attr.type == "decimal" else column
+
+
 def parse_filter(entity: Entity, text: str) -> tuple[str, list[Any]]:
     """``$filter`` text to (SQL boolean expression, parameters)."""
     parser = _FilterParser(entity, text)
@@ -260,7 +266,8 @@ def parse_orderby(entity: Entity, text: str) -> list[tuple[str, bool]]:
         attr = entity.by_wire.get(words[0])
         if attr is None:
             raise errors.property_not_found(entity.type_name, words[0])
-        result.append((attr.name, len(words) == 2 and words[1] == "desc"))
+        result.append((column_sql(attr) if attr.type == "decimal" else attr.name,
+                       len(words) == 2 and words[1] == "desc"))
     return result
 
 

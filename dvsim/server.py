@@ -120,6 +120,7 @@ class DataverseSimulator:
         expire_tokens_after_s: float | None = None,
         seed: int | None = 0,
         verbose: bool = False,
+        deleted_form: str = "deletedEntity",
     ):
         self.schema: Schema = load_schema(schema_path)
         self.store = Store(self.schema, db_path)
@@ -137,6 +138,9 @@ class DataverseSimulator:
         # None accepts any bearer token; tests pass e.g. IdentityProvider.verify_token.
         self.token_verifier = token_verifier
         self.web_api = DataverseApi(self.schema, self.store, self.stats, self._delta_token_expired)
+        if deleted_form not in ("deletedEntity", "removed"):
+            raise ValueError(f"deleted_form must be deletedEntity or removed, got {deleted_form!r}")
+        self.web_api.deleted_form = deleted_form
         self.host = host
         self.port = port
         self.verbose = verbose
@@ -283,4 +287,4 @@ class DataverseSimulator:
 
     def dump(self) -> str:
         """All tables as JSON, for debugging a failing test."""
-        return json.dumps({e.set_name: self.rows(e.set_name) for e in self.schema.entities}, indent=2)
+        return json.dumps({e.set_name: self.rows(e.set_name) for e in self.schema.entities}, indent=2, default=str)

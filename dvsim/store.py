@@ -24,7 +24,7 @@ _SQL_TYPES = {
     "int": "INTEGER",
     "optionset": "INTEGER",
     "bool": "INTEGER",
-    "decimal": "REAL",
+    "decimal": "TEXT",  # exact digits; compared and ordered as numbers (odata_query.column_sql)
     "datetime": "TEXT",  # normalised ISO 8601 UTC, so text order is time order
     "lookup": "TEXT",
     "guid": "TEXT",
@@ -174,7 +174,8 @@ class Store:
         limit: int,
         offset: int = 0,
     ) -> list[dict[str, Any]]:
-        order_sql = ", ".join(f"{_q(col)} {'DESC' if desc else 'ASC'}" for col, desc in order)
+        order_sql = ", ".join(f"{col if col.startswith('CAST(') else _q(col)} {'DESC' if desc else 'ASC'}"
+                              for col, desc in order)
         sql = f"SELECT * FROM {_table(entity)} WHERE {where} ORDER BY {order_sql} LIMIT ? OFFSET ?"
         with self.lock:
             rows = self.conn.execute(sql, (*params, limit, offset)).fetchall()

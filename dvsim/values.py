@@ -6,9 +6,12 @@ how a datetime is normalised (UTC, second precision, ``Z`` suffix, so text order
 
 from __future__ import annotations
 
+import json
+import math
 import re
 import uuid
 from datetime import datetime, timezone
+from decimal import Decimal
 from typing import Any
 
 GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -51,6 +54,23 @@ def parse_datetime(text: str) -> str:
     return format_datetime(dt)
 
 
+def dumps(body: Any) -> str:
+    """JSON text in which a Decimal is written as the exact number it is (Dataverse keeps decimals exact;
+    json.dumps would have to go through float)."""
+    if isinstance(body, Decimal):
+        return format(body, "f")
+    if isinstance(body, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))}: {dumps(v)}" for k, v in body.items()) + "}"
+    if isinstance(body, list | tuple):
+        return "[" + ", ".join(dumps(v) for v in body) + "]"
+    return json.dumps(body)
+
+
+def loads(text: str | bytes) -> Any:
+    """JSON with its numbers with a fraction read as Decimal, so no digit is lost on the way in."""
+    return json.loads(text, parse_float=Decimal)
+
+
 def to_column(attr_type: str, value: Any) -> Any:
     """A JSON payload value (already type-checked) to its SQLite column value."""
     if value is None:
@@ -58,7 +78,7 @@ def to_column(attr_type: str, value: Any) -> Any:
     if attr_type == "bool":
         return 1 if value else 0
     if attr_type == "decimal":
-        return float(value)
+        return format(Decimal(str(value)), "f")  # stored as exact text (see store._SQL_TYPES)
     if attr_type == "datetime":
         return parse_datetime(value)
     if attr_type in ("lookup", "guid"):
@@ -73,7 +93,7 @@ def from_column(attr_type: str, value: Any) -> Any:
     if attr_type == "bool":
         return bool(value)
     if attr_type == "decimal":
-        return float(value)
+        return Decimal(str(value))
     return value
 
 
@@ -84,7 +104,8 @@ def check_payload_type(attr_type: str, value: Any) -> bool:
     if attr_type in ("int", "optionset"):
         return isinstance(value, int) and not isinstance(value, bool)
     if attr_type == "decimal":
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        # NaN and Infinity are not JSON numbers: Dataverse refuses them.
+        return isinstance(value, (int, float, Decimal)) and not isinstance(value, bool) and math.isfinite(value)
     if attr_type == "bool":
         return isinstance(value, bool)
     if attr_type == "datetime":

@@ -73,6 +73,11 @@ param storageSkuName string = 'Standard_LRS'
 @description('App setting APPLY_QUEUE: the queue that carries ChangeMessages.')
 param applyQueueName string = 'dualsync-changes'
 
+@minLength(3)
+@maxLength(63)
+@description('App setting PAYLOAD_BLOB_CONTAINER: holds the bodies of messages too large for Service Bus (claim check).')
+param payloadContainerName string = 'dualsync-payloads'
+
 @minValue(1)
 @description('Deliveries of one message before Service Bus dead-letters it (MaxDeliveryCountExceeded). Retries travel as clones, so this only counts crashes and lost locks.')
 param maxDeliveryCount int = 10
@@ -156,6 +161,7 @@ module storage 'core/storage/storage-account.bicep' = {
     tags: tags
     skuName: storageSkuName
     deploymentContainerName: deploymentContainerName
+    payloadContainerName: payloadContainerName
     tablePrefix: stateTablePrefix
     tableNames: stateTables
   }
@@ -214,6 +220,7 @@ module functionApp 'app/function-app.bicep' = {
     blobEndpoint: storage.outputs.blobEndpoint
     tableEndpoint: storage.outputs.tableEndpoint
     deploymentContainerName: deploymentContainerName
+    payloadContainerName: payloadContainerName
     serviceBusEndpoint: serviceBus.outputs.endpoint
     keyVaultUri: keyVault.outputs.uri
     applicationInsightsConnectionString: monitoring.outputs.applicationInsightsConnectionString

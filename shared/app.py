@@ -64,8 +64,9 @@ class SyncApp:
 
     @classmethod
     def local(cls, config: Config, workdir: str | Path, retry_base: float = BASE_SECONDS) -> SyncApp:
-        """The embedded runtime: SQLite state and SQLite queue under `workdir`."""
-        from shared.bus.sqlite_bus import SqliteBus
+        """The embedded runtime: SQLite state and SQLite queue under `workdir` (and, in `payloads/`, the bodies
+        of messages too large for one message)."""
+        from shared.bus.sqlite_bus import embedded_bus
         from shared.state.sqlite_tables import SqliteTables
 
         root = Path(workdir)
@@ -73,7 +74,7 @@ class SyncApp:
             config=config,
             state=StateStore(SqliteTables(root / "state.db")),
             # Retries travel as clones, so the delivery count only climbs on crashes and lost locks.
-            bus=SqliteBus(root / "bus.db", max_delivery_count=10),
+            bus=embedded_bus(root / "bus.db", max_delivery_count=10),
             retry_base=retry_base,
         )
 
@@ -95,6 +96,6 @@ def _bus_from_settings() -> MessageBus:
         from shared.bus.servicebus import ServiceBusBus
 
         return ServiceBusBus.from_settings()
-    from shared.bus.sqlite_bus import SqliteBus
+    from shared.bus.sqlite_bus import embedded_bus
 
-    return SqliteBus(setting("BUS_SQLITE_PATH") or ".dualsync/bus.db")
+    return embedded_bus(setting("BUS_SQLITE_PATH") or ".dualsync/bus.db")

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from shared.config import Config, load_config
@@ -85,9 +86,17 @@ def run(
                       transient=True) as progress:
             task = progress.add_task("syncing", total=None, pulled=0)
 
+            shown = 0
+            printing = threading.Lock()  # called from the pull thread and the apply loop
+
             def on_progress(tally) -> None:  # noqa: ANN001
+                nonlocal shown
                 pulled = sum(c.pulled for c in tally.flows.values())
                 progress.update(task, completed=tally.settled_total(), pulled=pulled)
+                with printing:
+                    for flow, error in tally.pull_errors[shown:]:  # as they happen, above the progress bar
+                        err_console.print(f"[red]pull failed[/red] {flow}: {escape(error)}", highlight=False)
+                    shown = len(tally.pull_errors)
 
             if once:
                 tally = run_once(sync, options, on_progress)
@@ -104,8 +113,13 @@ def run(
     console.print(summary_table(tally))
     for error in getattr(tally, "errors", [])[:10]:
         err_console.print(f"[yellow]worker error[/yellow] {error}")
+    failed = sorted({flow for flow, _ in tally.pull_errors})
+    if failed:
+        err_console.print(f"[red]pull failed[/red] for {', '.join(failed)} (see `dualsync status`)")
     if not all(c.adds_up() for c in tally.flows.values()):
         err_console.print("[red]counts do not add up[/red]")
+        raise typer.Exit(1)
+    if failed and once:
         raise typer.Exit(1)
 
 
@@ -223,6 +237,9 @@ def status(
         table.add_column(column)
     for f in report.flows:
         state = f"[red]paused[/red]: {f.paused_reason}" if f.paused else "running"
+        if f.last_error:
+            state += (f"\n[red]failing since {f.last_error.get('since', '?')}[/red] "
+                      f"(last {f.last_error.get('at', '?')}): {escape(str(f.last_error.get('error', '')))}")
         lag = "-" if f.lag_seconds is None else f"{f.lag_seconds:.0f}s"
         dead = ", ".join(f"{n} {why}" for why, n in sorted(f.dead_letters.items())) or "0"
         last = f.last_run

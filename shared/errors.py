@@ -22,6 +22,11 @@ class Reason(StrEnum):
     CONFLICT = "Conflict"
     AMBIGUOUS_MATCH = "AmbiguousMatch"
     DUPLICATE_TARGET_KEY = "DuplicateTargetKey"  # two source records map to one target row
+    # A message too large for the bus (shared/bus/claim_check.py): no payload store to carry it by reference,
+    # a stub whose body was not fetched before apply, or a body no longer in the store.
+    PAYLOAD_TOO_LARGE = "PayloadTooLarge"
+    PAYLOAD_NOT_FETCHED = "PayloadNotFetched"
+    PAYLOAD_MISSING = "PayloadMissing"
 
 
 class SyncError(Exception):
@@ -51,6 +56,11 @@ class MissingReferenceError(PermanentError):
         super().__init__(Reason.MISSING_REFERENCE, message)
         self.flow = flow
         self.key = key
+
+
+class TargetChanged(PermanentError):
+    """A conditional write found the target row no longer as it was read (412 on If-Match, a guarded UPDATE
+    that matched no row, a create-only write of a row someone created meanwhile). Apply decides again."""
 
 
 class AuthError(SyncError):

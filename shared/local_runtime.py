@@ -44,11 +44,8 @@ def run_once(
 
     def pull_all() -> None:
         try:
-            for name in app.config.flows:
-                result = pull_flow(app, name, on_page=lambda n, name=name: on_progress and on_progress(tally))
-                tally.pulled(name, result.pulled, result.duplicates)
-        except Exception as exc:  # noqa: BLE001 - reported with the counts; what was sent is applied
-            errors.append(f"pull: {describe_error(exc)}")
+            for name in app.config.flows:  # one flow's failure is its own: the others are pulled
+                _pull(app, tally, name, on_page=lambda n: on_progress and on_progress(tally))
         finally:
             pulling.clear()
 
@@ -68,6 +65,18 @@ def run_once(
     if on_progress:
         on_progress(tally)
     return tally
+
+
+def _pull(app: SyncApp, tally: Tally, name: str, on_page: Callable[[int], None] | None = None) -> None:
+    """Pull one flow and count what it sent, also when it failed part way (its error goes in the tally)."""
+    try:
+        result = pull_flow(app, name, on_page=on_page)
+    except Exception as exc:  # noqa: BLE001 - the state store failed: nothing could be recorded on the flow
+        tally.pull_failed(name, describe_error(exc))
+        return
+    tally.pulled(name, result.sent, result.duplicates)
+    if result.error:
+        tally.pull_failed(name, result.error)
 
 
 def _drained(app: SyncApp, bound: float) -> bool:
@@ -122,17 +131,13 @@ def run_forever(app: SyncApp, options: RunOptions, stop: threading.Event,
             now = datetime.now(UTC)
             for name, when in due.items():
                 if when <= now and not stop.is_set():
-                    try:
-                        result = pull_flow(app, name)
-                        tally.pulled(name, result.pulled, result.duplicates)
-                    except Exception as exc:  # noqa: BLE001 - the next schedule tries again
-                        errors.append(f"pull {name}: {describe_error(exc)}")
+                    _pull(app, tally, name)  # a failure is recorded and shown; the next schedule tries again
                     due[name] = next(schedules[name])
             if time.monotonic() - reconciled_at >= 60:  # reconcile schedules are coarse; a check a minute will do
                 reconciled_at = time.monotonic()
                 try:
                     for result in reconcile_due_flows(app):
-                        tally.pulled(result.flow, result.deleted)
+                        tally.pulled(result.flow, result.deleted, result.duplicates)
                 except Exception as exc:  # noqa: BLE001 - the next check tries again
                     errors.append(f"reconcile: {describe_error(exc)}")
             stop.wait(0.5)

@@ -16,10 +16,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 # Service Bus caps message_id at 128 characters.
 MAX_MESSAGE_ID = 128
+# Application properties of a message sent already condemned (shared/engine/verdicts.py, the claim check's
+# stubs in shared/bus/claim_check.py): apply dead-letters it with this reason and description, never applies it.
+VERDICT_REASON = "dead_letter_reason"
+VERDICT_DESCRIPTION = "dead_letter_description"
 
 
 class ChangeMessage(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN and Infinity travel as themselves (not as null), so apply can refuse them naming the field.
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
 
     flow: str = Field(min_length=1)
     op: Literal["upsert", "delete"]
@@ -35,6 +40,8 @@ class ChangeMessage(BaseModel):
     # a conflict resolved for this side); `approved` carries a reviewed change request past review.
     force: bool = False
     approved: bool = False
+    # A delete the engine inferred (the record is missing at its source); see shared.engine.deletes.
+    inferred: bool = False
     correlation_id: str = ""
     first_enqueued_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 

@@ -21,6 +21,8 @@ param blobEndpoint string
 @description('https://<account>.table.core.windows.net/')
 param tableEndpoint string
 param deploymentContainerName string
+@description('Blob container for the bodies of messages too large for Service Bus (the claim check).')
+param payloadContainerName string
 
 @description('https://<namespace>.servicebus.windows.net:443/')
 param serviceBusEndpoint string
@@ -124,6 +126,15 @@ var appSettings = [
   {
     name: 'BUS_BACKEND'
     value: 'servicebus'
+  }
+  // A message too large for Service Bus travels by reference: its body waits in this container.
+  {
+    name: 'PAYLOAD_BLOB_ENDPOINT'
+    value: blobEndpoint
+  }
+  {
+    name: 'PAYLOAD_BLOB_CONTAINER'
+    value: payloadContainerName
   }
   {
     name: 'APPLY_QUEUE'

@@ -67,7 +67,9 @@ resource appServiceBusReceiver 'Microsoft.Authorization/roleAssignments@2022-04-
   }
 }]
 
-// AzureWebJobsStorage (host keys, timer and singleton locks) and the Flex Consumption deployment package.
+// AzureWebJobsStorage (host keys, timer and singleton locks), the Flex Consumption deployment package, and the
+// claim-check container (bodies of messages too large for Service Bus: write, read, delete). Owner includes
+// everything Storage Blob Data Contributor grants, so the claim check needs no assignment of its own.
 resource appBlobOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(storage.id, principalId, roles.storageBlobDataOwner)
   scope: storage

@@ -21,6 +21,11 @@ Mapping differences the port hides:
 * Received application properties come back with ``bytes`` keys and ``bytes`` string values; they are decoded
   to ``str`` (ints stay ints).
 
+A message too large for the queue (256 KB on Standard, headers and properties included; the limit the sender's
+link reports) travels by reference through the claim check (shared/bus/claim_check.py): its body goes to Blob
+Storage (``PAYLOAD_BLOB_ENDPOINT`` / ``PAYLOAD_BLOB_CONNECTION``), or, with no store, it becomes a stub that
+apply dead-letters as PayloadTooLarge. ``receive`` fetches bodies; the apply trigger does it through ``claims``.
+
 The connection string is a secret: it is never logged, never put in an exception, and errors raised while
 parsing it are replaced (``from None``) by one that names the setting only.
 """
@@ -52,9 +57,11 @@ from azure.servicebus.exceptions import (
     SessionLockLostError,
 )
 
+from shared.bus.claim_check import ClaimCheck, MessageTooLargeError
+from shared.bus.payload_store import BlobPayloadStore, PayloadStore
 from shared.errors import ConfigError, LockLostError
 from shared.messages import Envelope
-from shared.ports.bus import QueueCounts, Received
+from shared.ports.bus import QueueCounts, Received, Settler
 from shared.settings import setting
 
 _LOG = logging.getLogger(__name__)
@@ -63,20 +70,6 @@ _LOG = logging.getLogger(__name__)
 _DEAD_LETTER_PROPERTIES = ("DeadLetterReason", "DeadLetterErrorDescription")
 # Errors that mean "this delivery can no longer be settled": someone else may hold the message now.
 _LOCK_ERRORS = (MessageLockLostError, SessionLockLostError, MessageNotFoundError, MessageAlreadySettled)
-
-
-class MessageTooLargeError(ValueError):
-    """One message does not fit in a Service Bus message/batch on its own (256 KB on the Standard tier)."""
-
-    def __init__(self, message_id: str, size: int | None, limit: int) -> None:
-        size_text = f"{size} bytes encoded" if size is not None else "too large"
-        super().__init__(
-            f"message {message_id!r} is {size_text}; it does not fit in one Service Bus batch "
-            f"(limit {limit} bytes): shrink its payload"
-        )
-        self.message_id = message_id
-        self.size = size
-        self.limit = limit
 
 
 @dataclass
@@ -96,9 +89,11 @@ class _Delivery:
 
 
 class ServiceBusBus:
-    def __init__(self, client: ServiceBusClient, *, admin: Any = None) -> None:
+    def __init__(self, client: ServiceBusClient, *, admin: Any = None, payloads: PayloadStore | None = None) -> None:
         self._client = client
         self._admin = admin
+        self.claims = ClaimCheck(payloads)
+        self._limits: dict[str, int] = {}  # queue -> max message size its sender's link reports
         self._lock = threading.Lock()  # guards the two caches below, never held during I/O
         self._senders: dict[str, _Handler] = {}
         self._receivers: dict[tuple[str, str, int], _Handler] = {}
@@ -114,12 +109,13 @@ class ServiceBusBus:
         ``ServiceBusConnection__fullyQualifiedNamespace`` with Entra ID (``ManagedIdentityCredential`` for the
         user-assigned identity in ``AZURE_CLIENT_ID`` when set, else ``DefaultAzureCredential``)."""
         env = dict(environ) if environ is not None else None
+        payloads = BlobPayloadStore.from_settings(env)
         conn = setting("ServiceBusConnection", env)
         if conn:
-            return cls._from_connection_string(conn)
+            return cls._from_connection_string(conn, payloads)
         namespace = setting("ServiceBusConnection__fullyQualifiedNamespace", env)
         if namespace:
-            return cls._from_namespace(namespace, setting("AZURE_CLIENT_ID", env))
+            return cls._from_namespace(namespace, setting("AZURE_CLIENT_ID", env), payloads)
         raise ConfigError(
             [
                 "BUS_BACKEND=servicebus needs app setting ServiceBusConnection (connection string) or "
@@ -128,7 +124,7 @@ class ServiceBusBus:
         )
 
     @classmethod
-    def _from_connection_string(cls, conn: str) -> ServiceBusBus:
+    def _from_connection_string(cls, conn: str, payloads: PayloadStore | None = None) -> ServiceBusBus:
         from azure.servicebus.management import ServiceBusAdministrationClient
 
         try:
@@ -137,7 +133,7 @@ class ServiceBusBus:
         except Exception as exc:  # noqa: BLE001 - replaced by an error that cannot leak the secret
             detail = f"{type(exc).__name__}: {_redact(str(exc), conn)}"
         else:
-            return cls(client, admin=admin)
+            return cls(client, admin=admin, payloads=payloads)
         # Raised outside the except block so the original (which may quote the string) is not even chained.
         raise ConfigError(
             [
@@ -148,7 +144,8 @@ class ServiceBusBus:
         )
 
     @classmethod
-    def _from_namespace(cls, namespace: str, client_id: str | None) -> ServiceBusBus:
+    def _from_namespace(cls, namespace: str, client_id: str | None,
+                        payloads: PayloadStore | None = None) -> ServiceBusBus:
         from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
         from azure.servicebus.management import ServiceBusAdministrationClient
 
@@ -161,7 +158,7 @@ class ServiceBusBus:
         credential = ManagedIdentityCredential(client_id=client_id) if client_id else DefaultAzureCredential()
         client = ServiceBusClient(host, credential)
         admin = ServiceBusAdministrationClient(host, credential)
-        return cls(client, admin=admin)
+        return cls(client, admin=admin, payloads=payloads)
 
     # -- handler caches -------------------------------------------------------------------------
     def _check_open(self) -> None:
@@ -195,13 +192,17 @@ class ServiceBusBus:
         """Send in as few SDK batches as fit (256 KB each on Standard); a scheduled envelope carries
         ``scheduled_enqueue_time_utc``, which is how the service schedules a normally sent message.
 
-        A message too large to travel even alone raises MessageTooLargeError naming it, before anything of this
-        call is sent (the check is exact for any message near the limit). A failure while sending later batches
-        leaves the earlier ones sent: re-sending the call is safe, duplicate detection drops what arrived."""
+        A message too large to travel alone goes by reference (the claim check, see the module docstring); one
+        that does not fit even then (a stub cannot shrink its properties) raises MessageTooLargeError naming it,
+        before anything of this call is sent (the check is exact for any message near the limit). A failure
+        while sending later batches leaves the earlier ones sent: re-sending the call is safe, duplicate
+        detection drops what arrived."""
         if not envelopes:
             return
-        messages = [to_service_bus_message(e) for e in envelopes]
         handler = self._sender(queue)
+        limit = self._limit(queue, handler)
+        envelopes = self.claims.check_in(queue, envelopes, lambda e: self._fits_alone(e, limit), limit)
+        messages = [to_service_bus_message(e) for e in envelopes]
         with handler.lock:
             sender = handler.sdk
             batch = sender.create_message_batch()
@@ -223,6 +224,18 @@ class ServiceBusBus:
             if len(batch):
                 sender.send_messages(batch)
 
+    def _limit(self, queue: str, handler: _Handler) -> int:
+        limit = self._limits.get(queue)
+        if limit is None:
+            with handler.lock:
+                limit = self._limits[queue] = handler.sdk.create_message_batch().max_size_in_bytes
+        return limit
+
+    def _fits_alone(self, envelope: Envelope, limit: int) -> bool:
+        if _rough_size(envelope) <= limit - _ROUGH_MARGIN:
+            return True
+        return self._try_add(ServiceBusMessageBatch(max_size_in_bytes=limit), to_service_bus_message(envelope))
+
     @staticmethod
     def _try_add(batch: ServiceBusMessageBatch, message: ServiceBusMessage) -> bool:
         try:
@@ -233,7 +246,8 @@ class ServiceBusBus:
 
     # -- receiving ------------------------------------------------------------------------------
     def receive(self, queue: str, max_messages: int = 100, max_wait: float = 1.0) -> list[Received]:
-        return self._receive(queue, max_messages, max_wait, dead_letter=False)
+        got = self._receive(queue, max_messages, max_wait, dead_letter=False)
+        return self.claims.resolve_all(got, _ServiceBusSettler().abandon)
 
     def receive_dead_letters(self, queue: str, max_messages: int = 100, max_wait: float = 1.0) -> list[Received]:
         return self._receive(queue, max_messages, max_wait, dead_letter=True)
@@ -263,11 +277,12 @@ class ServiceBusBus:
         return [to_received(m, None, dead_letter=dead_letter, peeked=True) for m in got]
 
     # -- settling -------------------------------------------------------------------------------
-    def settler(self, queue: str) -> _ServiceBusSettler:
-        return _ServiceBusSettler()
+    def settler(self, queue: str) -> Settler:
+        return self.claims.settler(_ServiceBusSettler())
 
     def complete_dead_letters(self, queue: str, messages: Sequence[Received]) -> None:
         _settle_all(messages, "complete")
+        self.claims.release(messages)
 
     # -- inspection -----------------------------------------------------------------------------
     def counts(self, queue: str) -> QueueCounts:
@@ -296,6 +311,7 @@ class ServiceBusBus:
                 _quietly(handler.sdk.close)
         if self._admin is not None and hasattr(self._admin, "close"):
             _quietly(self._admin.close)
+        _quietly(self.claims.close)
         _quietly(self._client.close)
 
 

@@ -13,6 +13,11 @@ empty): `shard_groups` puts every message of some flows into one shard (the two 
 bidirectional pair share record state, but a record's keys differ per side), and `receive_after` holds a
 flow's messages back until the earlier messages of the flows it looks up are settled (children after
 their parents, as a single in-order receiver would apply them).
+
+Message size: as strict as Service Bus Standard (256 KB per message, properties included, estimated from above
+by `message_size`). A larger message travels by reference through the claim check (shared/bus/claim_check.py):
+its body in `payloads` (files under the workdir in the embedded runtime), or, with no store, as a stub apply
+dead-letters as PayloadTooLarge. Only `receive` fetches bodies; peeked and dead-lettered copies are the stubs.
 """
 
 from __future__ import annotations
@@ -27,9 +32,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from shared.bus.claim_check import MAX_MESSAGE_BYTES, REF_PROPERTY, ClaimCheck, MessageTooLargeError, message_size
+from shared.bus.payload_store import FilePayloadStore, PayloadStore
 from shared.errors import LockLostError
 from shared.messages import Envelope
-from shared.ports.bus import QueueCounts, Received
+from shared.ports.bus import QueueCounts, Received, Settler
 from shared.process_identity import current_holder, holder_is_gone
 from shared.state.sqlite_tables import connect
 
@@ -105,8 +112,12 @@ class SqliteBus:
         max_delivery_count: int = 10,
         duplicate_window: float = 600.0,
         clock: Any = time.time,
+        max_message_size: int = MAX_MESSAGE_BYTES,
+        payloads: PayloadStore | None = None,
     ) -> None:
         self.path = str(path)
+        self.max_message_size = max_message_size
+        self.claims = ClaimCheck(payloads)
         self.lock_duration = lock_duration
         self.max_delivery_count = max_delivery_count
         self.duplicate_window = duplicate_window
@@ -130,6 +141,12 @@ class SqliteBus:
         """Returns how many were enqueued; the rest were duplicates within the window."""
         if not envelopes:
             return 0
+        checked = self.claims.check_in(queue, envelopes, self._fits, self.max_message_size)
+        for original, envelope in zip(envelopes, checked, strict=True):
+            # A stub cannot shrink its properties: one still too large is refused, as Service Bus would.
+            if envelope is not original and not self._fits(envelope):
+                raise MessageTooLargeError(envelope.message_id, message_size(envelope), self.max_message_size)
+        envelopes = checked
         now = self._clock()
         unique = list({e.message_id: e for e in reversed(envelopes)}.values())[::-1]
         with _Tx(self._conn()) as conn:
@@ -152,7 +169,24 @@ class SqliteBus:
                     for e in fresh
                 ],
             )
+            orphans = self._orphaned_payloads(conn, queue, [e for e in unique if e.message_id in seen])
+        self.claims.release(orphans)
         return len(fresh)
+
+    def _fits(self, envelope: Envelope) -> bool:
+        return message_size(envelope) <= self.max_message_size
+
+    @staticmethod
+    def _orphaned_payloads(conn: Any, queue: str, dropped: list[Envelope]) -> list[Received]:
+        """Duplicates dropped here whose body was stored again although no message refers to it any more (the
+        first copy was already completed): their bodies are released, not left behind."""
+        out = []
+        for e in dropped:
+            if REF_PROPERTY in e.application_properties and conn.execute(
+                "SELECT 1 FROM messages WHERE queue=? AND message_id=? LIMIT 1", (queue, e.message_id)
+            ).fetchone() is None:
+                out.append(Received(envelope=e, delivery_count=0, enqueued_at=datetime.now(UTC), sequence_number=0))
+        return out
 
     @staticmethod
     def _recently_seen(conn: Any, queue: str, ids: list[str], now: float) -> set[str]:
@@ -174,7 +208,8 @@ class SqliteBus:
         """shard=(i, n): only messages whose shard is i modulo n (see the module docstring)."""
         if shard is not None and not (shard[1] >= 1 and 0 <= shard[0] < shard[1]):
             raise ValueError(f"shard must be (i, n) with 0 <= i < n, not {shard!r}")
-        return self._receive(queue, max_messages, max_wait, dead=0, shard=shard)
+        got = self._receive(queue, max_messages, max_wait, dead=0, shard=shard)
+        return self.claims.resolve_all(got, self._abandon)
 
     def receive_dead_letters(self, queue: str, max_messages: int = 100, max_wait: float = 1.0) -> list[Received]:
         return self._receive(queue, max_messages, max_wait, dead=1)
@@ -270,8 +305,8 @@ class SqliteBus:
         )
 
     # -- settling --------------------------------------------------------------------------------
-    def settler(self, queue: str) -> _SqliteSettler:
-        return _SqliteSettler(self)
+    def settler(self, queue: str) -> Settler:
+        return self.claims.settler(_SqliteSettler(self))
 
     def _held(self, conn: Any, messages: Sequence[Received]) -> None:
         now = self._clock()
@@ -297,6 +332,7 @@ class SqliteBus:
 
     def complete_dead_letters(self, queue: str, messages: Sequence[Received]) -> None:
         self._complete(messages)
+        self.claims.release(messages)
 
     def _abandon(self, message: Received) -> None:
         with _Tx(self._conn()) as conn:
@@ -386,10 +422,17 @@ class SqliteBus:
         return _ts(row[0]) if row and row[0] is not None else None
 
     def close(self) -> None:
+        self.claims.close()
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             conn.close()
             self._local.conn = None
+
+
+def embedded_bus(path: str | Path, **options: Any) -> SqliteBus:
+    """The embedded runtime's bus: a message too large for one message keeps its body in `payloads/` beside
+    the queue file."""
+    return SqliteBus(path, payloads=FilePayloadStore(Path(path).parent / "payloads"), **options)
 
 
 class _SqliteSettler:

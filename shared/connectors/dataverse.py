@@ -20,14 +20,18 @@ Reading changes (`SourceSpec.changes`):
   next link is not, even if that link belongs to a full read: the engine infers deletes from a snapshot's
   key set, and a resumed read holds only part of it. A delta read with nothing new still yields one empty
   page, so the cursor moves to the fresh delta link (a token left unused ages towards its expiry).
-  ``$deletedEntity`` rows (``reason: deleted``) become ``SourceRecord(deleted=True)`` keyed by their ``id``,
-  which is the primary id: a change-tracked source should be keyed by its primary id (a composite key cannot
-  be rebuilt from an id; such deletes are skipped with a note). Their version is the version number of the
-  delta token they were read from plus ``~deleted`` (the delete happened after the token, and a record later
+  ``$deletedEntity`` rows (``reason: deleted``), and OData's ``{"@odata.id": "accounts(<id>)", "@removed":
+  {"reason": "deleted"}}`` form (``@odata.removed`` / ``@id`` too), become ``SourceRecord(deleted=True)``. They
+  name the row by its primary id only: a flow keyed by the primary id gets that as the key; a flow keyed by
+  an alternate (or composite) key gets key ``""`` and ``source_id`` = the id, and every record it reads carries
+  its ``source_id`` too, so the engine can name the delete (``shared.engine.aliases``). A row removed for
+  another reason (``reason: changed``) is skipped with a note. A delete's version is the version number of the
+  delta token it was read from plus ``~deleted`` (the delete happened after the token, and a record later
   re-created under the same id gets a higher version). An expired delta token (``0x80044352`` "Version stamp
   associated with the client has expired") starts a fresh full read at once: its pages are snapshots, with
   the note "delta token expired: re-baselined with a full read", so the engine emits every current row
-  (unchanged ones are skipped by the version check) and infers the deletes from the key map. A table without
+  (unchanged ones are skipped by the version check) and infers the deletes from the key map (each confirmed
+  by a re-read, see ``shared.engine.deletes``). A table without
   change tracking enabled answers without ``odata.track-changes`` in ``Preference-Applied``: a ConfigError.
 - ``watermark``: ``$filter=modifiedon gt X or (modifiedon eq X and key gt K)``, ``$orderby=modifiedon
   asc,key asc``, pages by ``@odata.nextLink``; the position is ``{"watermark": ..., "last_key": [...]}``.
@@ -42,8 +46,10 @@ and ``versionnumber`` are always added); without it every column is read.
 
 Writing (`write_batch`): upsert by key (``PATCH /accounts(accountnumber='A-1')``, the key left out of the
 body as *Use Upsert* advises; by ``/accounts(<guid>)`` when the key is the primary id), ``create_only`` ->
-``If-None-Match: *``, kind ``update`` -> ``If-Match: *`` (404 = not found), ``op.if_match`` -> ``If-Match:
-<etag>`` (412 -> ``PermanentError(Reason.CONFLICT)``), ``delete`` -> ``DELETE`` (404 = already gone = done).
+``If-None-Match: *`` (412 -> ``TargetChanged``, reason TargetRejected), kind ``update`` -> ``If-Match: *``
+(404 = not found), ``op.if_match`` -> ``If-Match: <etag>`` (412, or 404: the row is gone, -> ``TargetChanged``,
+reason Conflict; `conditional_writes = "etag"`: rows read carry their ``@odata.etag`` in
+``SourceRecord.etag``), ``delete`` -> ``DELETE`` (404 = already gone = done).
 Ops go out in ``$batch`` requests of up to ``batch_size`` (<= 1000) independent operations (no change sets:
 the records do not depend on each other) with ``Prefer: odata.continue-on-error``; each response part is
 mapped back to its op by position, so one bad record never fails its neighbours. A single op is sent as a
@@ -82,9 +88,18 @@ import httpx
 
 from shared.config import DataverseSystem, SourceSpec, TargetSpec, resolve_secret
 from shared.connectors.dataverse_auth import TokenProvider, token_provider_for
-from shared.errors import AuthError, ConfigError, PermanentError, Reason, SyncError, TransientError, UnsafeLinkError
+from shared.errors import (
+    AuthError,
+    ConfigError,
+    PermanentError,
+    Reason,
+    SyncError,
+    TargetChanged,
+    TransientError,
+    UnsafeLinkError,
+)
 from shared.keys import format_key, key_of, parse_key
-from shared.ports.connector import ChangePage, SourceRecord, WriteOp, WriteResult
+from shared.ports.connector import ChangePage, SourceRecord, ValuePrecision, WriteOp, WriteResult
 from shared.versions import sortable_version
 
 log = logging.getLogger(__name__)
@@ -101,6 +116,7 @@ _FILTER_KEYS = 100
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _ISO_MOMENT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})$")
 _ETAG_NUMBER = re.compile(r'^(?:W/)?"(\d+)"$')
+_ENTITY_ID = re.compile(r"\(([^()]*)\)\s*$")  # the key in an entity id: accounts(<guid>)
 _QUERY_SAFE = "$,()'/:*@"
 _KEY_SAFE = "(),='"
 _BASE_HEADERS = {
@@ -189,9 +205,21 @@ def odata_literal(value: Any, *, guid: bool = False) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def json_body(payload: Any) -> str:
+    """JSON with every Decimal written as the exact number it is: json.dumps can only go through float, and
+    99999999999999.99 would arrive as 99999999999999.98. NaN and Infinity have no JSON form: refused."""
+    if isinstance(payload, Decimal):
+        if not payload.is_finite():
+            raise ValueError(f"{payload} is not a number JSON can carry")
+        return format(payload, "f")
+    if isinstance(payload, dict):
+        return "{" + ",".join(f"{json.dumps(str(k))}:{json_body(v)}" for k, v in payload.items()) + "}"
+    if isinstance(payload, list | tuple):
+        return "[" + ",".join(json_body(v) for v in payload) + "]"
+    return json.dumps(payload, default=_json_default, allow_nan=False)
+
+
 def _json_default(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() and abs(value) < 2**53 else float(value)
     if isinstance(value, datetime):
         moment = value if value.tzinfo else value.replace(tzinfo=UTC)
         return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
@@ -331,6 +359,8 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 
 class DataverseConnector:
     """Connector over one Dataverse organization (its URL, e.g. ``https://contoso.crm.dynamics.com``)."""
+
+    conditional_writes = "etag"
 
     def __init__(
         self,
@@ -477,7 +507,7 @@ class DataverseConnector:
         if response.status_code >= 400:
             raise _error_of(response.status_code, response.headers, response.content)
         try:
-            data = response.json()
+            data = json.loads(response.content, parse_float=Decimal)  # decimals keep every digit
         except ValueError:
             raise TransientError(f"{what}: the answer is not JSON (HTTP {response.status_code})") from None
         if not isinstance(data, dict):
@@ -512,7 +542,7 @@ class DataverseConnector:
         except KeyError as exc:
             raise ConfigError([f"{entity}: key column {exc.args[0]!r} is not in the rows Dataverse returns"]) from None
         return SourceRecord(key, values, self._version(row), _moment(values.get(watermark))
-                            or _moment(values.get("modifiedon")) or datetime.now(UTC))
+                            or _moment(values.get("modifiedon")) or datetime.now(UTC), etag=row.get("@odata.etag"))
 
     @staticmethod
     def _version(row: dict[str, Any]) -> str:
@@ -564,6 +594,8 @@ class DataverseConnector:
         what = f"{source.entity}: reading changes"
         deleted_version = self._deleted_version(url)
         trail = _Trail(what)
+        primary = self.primary_id(source.entity)
+        by_id = list(source.key) != [primary]  # keyed by an alternate key: deletes carry the other id
         first = True
         while url:
             trail.visit(url)
@@ -578,16 +610,20 @@ class DataverseConnector:
             page_notes = list(notes) if first else []
             skipped = 0
             for row in data.get("value", []):
-                if self._is_deleted(row):
-                    if len(source.key) != 1:
-                        skipped += 1
-                        continue
-                    records.append(SourceRecord(str(row.get("id")), {}, deleted_version, datetime.now(UTC),
-                                                deleted=True))
+                if not self._is_deleted(row):
+                    record = self._record(source.key, source.entity, row)
+                    if by_id:
+                        record.source_id = self._primary_value(row, primary)
+                    records.append(record)
+                elif (record_id := self._deleted_id(row)) is None:
+                    skipped += 1
                 else:
-                    records.append(self._record(source.key, source.entity, row))
+                    # A delete names the row by its primary id only: the flow's own key is the engine's to
+                    # find (it remembers each record's id as it pulls it) unless the flow is keyed by the id.
+                    records.append(SourceRecord("" if by_id else record_id, {}, deleted_version, datetime.now(UTC),
+                                                deleted=True, source_id=record_id if by_id else None))
             if skipped:
-                page_notes.append(f"{skipped} deleted rows skipped: a composite key cannot be rebuilt from an id")
+                page_notes.append(f"{skipped} removed rows skipped: not deleted (reason changed) or without an id")
             if not next_link and not delta_link:
                 raise TransientError(f"{what}: the page has neither @odata.nextLink nor @odata.deltaLink")
             capped = bool(next_link) and len(trail.seen) >= self.max_pages_per_run
@@ -605,8 +641,32 @@ class DataverseConnector:
 
     @staticmethod
     def _is_deleted(row: dict[str, Any]) -> bool:
+        """Dataverse's ``$deletedEntity`` row, or OData's ``@removed`` / ``@odata.removed`` annotation."""
         context = str(row.get("@odata.context", ""))
-        return context.endswith("$deletedEntity") or ("reason" in row and "id" in row and len(row) <= 3)
+        return (context.endswith("$deletedEntity") or ("reason" in row and "id" in row and len(row) <= 3)
+                or "@removed" in row or "@odata.removed" in row)
+
+    @staticmethod
+    def _deleted_id(row: dict[str, Any]) -> str | None:
+        """The primary id of a deleted row: ``id``, or the key in ``@odata.id`` / ``@id`` (``accounts(<guid>)``,
+        also ``accounts(accountid=<guid>)`` or a full URL). None for a row removed for another reason (OData's
+        ``reason: changed``: it left the tracked set but still exists) or without a readable id."""
+        removed = row.get("@removed", row.get("@odata.removed"))
+        if isinstance(removed, dict) and removed.get("reason", "deleted") != "deleted":
+            return None
+        if row.get("id"):
+            value = str(row["id"])
+        else:
+            match = _ENTITY_ID.search(str(row.get("@odata.id") or row.get("@id") or ""))
+            if match is None:
+                return None
+            value = unquote(match.group(1)).rpartition("=")[2].strip("'")
+        return value.lower() if is_guid(value) else value
+
+    @staticmethod
+    def _primary_value(row: dict[str, Any], primary: str) -> str | None:
+        value = row.get(primary)
+        return str(value).lower() if value is not None else None
 
     @staticmethod
     def _deleted_version(url: str) -> str:
@@ -619,6 +679,12 @@ class DataverseConnector:
 
     def _watermark_column(self, source: SourceSpec) -> str:
         return source.watermark if "watermark" in source.model_fields_set else "modifiedon"
+
+    def change_time_column(self, source: SourceSpec) -> str | None:
+        return self._watermark_column(source)
+
+    def precision(self, entity: str, field: str) -> ValuePrecision:
+        return ValuePrecision(datetime_digits=0)  # Dataverse keeps date-times to the second
 
     def _read_watermark(self, source: SourceSpec, position: dict[str, Any], size: int) -> Iterator[ChangePage]:
         column = self._watermark_column(source)
@@ -706,7 +772,8 @@ class DataverseConnector:
                 record = self._record(key_fields, entity, row)
                 # Dataverse compares text case-insensitively: map a row back to the keys that asked for it.
                 for asked in by_fold.get(record.key.casefold(), ()):
-                    found[asked] = SourceRecord(asked, record.values, record.version, record.changed_at)
+                    found[asked] = SourceRecord(asked, record.values, record.version, record.changed_at,
+                                                etag=record.etag)
         return found
 
     def _rows(self, url: str | None, what: str) -> Iterator[dict[str, Any]]:
@@ -825,7 +892,7 @@ class DataverseConnector:
             # The key is in the URL; Dataverse advises leaving it out of the body ("Use Upsert").
             payload = {k: v for k, v in op.values.items() if k not in target.key}
             try:
-                body = json.dumps(payload, default=_json_default, separators=(",", ":")).encode()
+                body = json_body(payload).encode()
             except (TypeError, ValueError) as exc:
                 raise _Reject(str(exc)) from None
         return _Prepared(index, op, self._op_key(target, op), method, path, headers, body)
@@ -908,10 +975,10 @@ class DataverseConnector:
         err = _error_of(status, headers, body)
         where = f"{target.entity} key {item.key_text}"
         error: SyncError
-        if status == 412 and op.if_match and op.if_match != "*":
-            error = PermanentError(Reason.CONFLICT, f"{where}: changed since it was read: {err.text()}")
+        if status in (412, 404) and op.if_match and op.if_match != "*" and op.kind != "delete":
+            error = TargetChanged(Reason.CONFLICT, f"{where}: changed since it was read: {err.text()}")
         elif status == 412 and op.create_only:
-            error = PermanentError(Reason.TARGET_REJECTED, f"{where}: already exists: {err.text()}")
+            error = TargetChanged(Reason.TARGET_REJECTED, f"{where}: already exists: {err.text()}")
         elif status == 404 and op.kind == "update":
             error = PermanentError(Reason.TARGET_REJECTED, f"{where}: not found: {err.text()}")
         else:

@@ -55,7 +55,12 @@ columns; partial column sets leave other columns alone) when the key has a uniqu
 select-then-update/insert. If the batch fails with anything but a transient error, it is rolled back and
 the ops run again one by one, each inside a savepoint, so one bad row fails only itself. Transient errors
 (OperationalError, lost connections, timeouts) fail every op with a TransientError. ``if_match`` is ignored:
-SQL tables carry no etag.
+SQL tables carry no etag. Conditional writes go by values instead (`conditional_writes = "values"`): the
+rows of ops with ``if_values`` are read again inside the write's transaction (``SELECT ... FOR UPDATE`` where
+the dialect has it; SQLite's transaction already holds the write lock), their guarded columns compared with
+``if_values`` exactly as `read_records` presents values (so NULLs, and a date-time or decimal stored in
+another text form, compare as what was read), and an op whose row differs or is gone fails with
+``TargetChanged`` (reason Conflict), as does a ``create_only`` op whose row exists (reason TargetRejected).
 """
 
 from __future__ import annotations
@@ -97,9 +102,9 @@ from sqlalchemy.engine import Connection, Engine, make_url
 
 from shared.config import SourceSpec, TargetSpec
 from shared.connectors.keysort import ascending, sorted_keys
-from shared.errors import ConfigError, PermanentError, Reason, SyncError, TransientError
+from shared.errors import ConfigError, PermanentError, Reason, SyncError, TargetChanged, TransientError
 from shared.keys import format_key, key_of, parse_key
-from shared.ports.connector import ChangePage, SourceRecord, WriteOp, WriteResult
+from shared.ports.connector import ChangePage, SourceRecord, ValuePrecision, WriteOp, WriteResult
 from shared.versions import sortable_version
 
 CHUNK = 500  # keys per IN / OR query
@@ -108,6 +113,8 @@ PROCESSED = "P"
 FAILED = "E"
 _WM_TEXT = "_dualsync_wm_text"
 _SQLITE_PERMANENT = re.compile(r"^(no such |near |.* has no column |ON CONFLICT clause |.*syntax error)", re.I)
+_CHANGED = "changed since it was read"
+_EXISTS = "already exists"
 _TRUE = {"true", "1", "yes", "y", "t"}
 _FALSE = {"false", "0", "no", "n", "f"}
 
@@ -232,6 +239,8 @@ def _to_db(column: Column, value: Any) -> Any:
             if isinstance(value, bool) or not isinstance(value, int | float | Decimal | str):
                 raise _Reject(f"{value!r} is not a number")
             number = Decimal(value.strip() if isinstance(value, str) else str(value))
+            if not number.is_finite():  # a database would store NULL (SQLite) or refuse it
+                raise _Reject(f"{value!r} is not a finite number")
             return float(number) if isinstance(kind, sqltypes.Float) else number
         if isinstance(kind, sqltypes.String):
             if isinstance(value, bool):
@@ -308,8 +317,26 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 # ---------------------------------------------------------------------------------------------- connector
 
 
+def _column_precision(kind: Any, dialect: str) -> ValuePrecision:
+    if isinstance(kind, sqltypes.DateTime):
+        # TIMESTAMP(p) / DATETIME2(p) / MySQL DATETIME(fsp); SQL Server's DATETIME keeps 1/300 s.
+        digits = getattr(kind, "precision", None)
+        if digits is None:
+            digits = getattr(kind, "fsp", None)
+        if digits is None and dialect == "mssql" and type(kind) is sqltypes.DATETIME:
+            digits = 2
+        return ValuePrecision(datetime_digits=6 if digits is None else int(digits))
+    if isinstance(kind, sqltypes.Numeric) and not isinstance(kind, sqltypes.Float):
+        return ValuePrecision(decimal_scale=kind.scale)
+    if isinstance(kind, sqltypes.CHAR | sqltypes.NCHAR):
+        return ValuePrecision(trims_trailing_spaces=True)
+    return ValuePrecision()
+
+
 class SqlConnector:
     """Connector over one database URL (a SQLAlchemy URL; resolve `env:NAME` before calling)."""
+
+    conditional_writes = "values"
 
     def __init__(self, url: str, *, engine: Engine | None = None) -> None:
         if engine is None:
@@ -572,6 +599,28 @@ class SqlConnector:
                 found[key] = SourceRecord(key=key, values=values, version="", changed_at=read_at)
         return found
 
+    # -- capabilities -----------------------------------------------------------------------------
+
+    def precision(self, entity: str, field: str) -> ValuePrecision:
+        """From the column's type: fractional-second digits, decimal scale, CHAR padding."""
+        try:
+            column = self._table_info(entity).table.c.get(field)
+        except SyncError:  # the table is unreadable now: its writes will say so; compare exactly meanwhile
+            return ValuePrecision()
+        if column is None:
+            return ValuePrecision()
+        return _column_precision(column.type, self._engine.dialect.name)
+
+    def change_time_column(self, source: SourceSpec) -> str | None:
+        """The watermark, when it is a point in time (a counter orders changes but says nothing of when)."""
+        try:
+            column = self._table_info(source.entity).table.c.get(source.watermark)
+        except SyncError:
+            return None
+        if column is None or not isinstance(column.type, sqltypes.DateTime | sqltypes.Date):
+            return None
+        return source.watermark
+
     def iter_keys(self, source: SourceSpec) -> Iterator[str]:
         table = self._table_info(source.entity).table
         columns = [self._column(table, k, source.entity, "key") for k in source.key]
@@ -698,10 +747,13 @@ class SqlConnector:
             if batch_error is not None:
                 results[item.index] = WriteResult(item.op, ok=False, key=item.key_text, error=batch_error)
             elif item.index in failures:
-                message = f"{target.entity} key {item.key_text}: {failures[item.index]}"
-                results[item.index] = WriteResult(
-                    item.op, ok=False, key=item.key_text, error=PermanentError(Reason.TARGET_REJECTED, message)
-                )
+                why = failures[item.index]
+                message = f"{target.entity} key {item.key_text}: {why}"
+                error: PermanentError = (
+                    TargetChanged(Reason.CONFLICT, message) if why == _CHANGED
+                    else TargetChanged(Reason.TARGET_REJECTED, message) if why == _EXISTS
+                    else PermanentError(Reason.TARGET_REJECTED, message))
+                results[item.index] = WriteResult(item.op, ok=False, key=item.key_text, error=error)
             else:
                 results[item.index] = WriteResult(item.op, ok=True, key=item.key_text)
         return [r for r in results if r is not None]
@@ -743,7 +795,32 @@ class SqlConnector:
                     raise _Reject(f"column {name}: {exc}") from None
         row.update(key)
         key_text = format_key([plain_value(key[c.name]) for c in key_columns])
+        for name in op.if_values or {}:
+            if name not in table.c:
+                raise _Reject(f"column {name!r} does not exist in {table.name}")
         return _Item(index, op, key_text, key, row)
+
+    def _changed_since_read(self, conn: Connection, table: Table, key_columns: Sequence[Column],
+                            items: Sequence[_Item]) -> set[int]:
+        """Indexes of guarded items (op.if_values) whose row is gone or no longer holds what was read; the
+        rows are locked until the transaction ends where the dialect can (SQLite holds the write lock)."""
+        guarded = [item for item in items if item.op.if_values is not None and item.op.kind != "delete"]
+        if not guarded:
+            return set()
+        names = sorted({name for item in guarded for name in item.op.if_values or {}})
+        found: dict[tuple[Any, ...], Any] = {}
+        size = max(1, min(CHUNK, 900 // len(key_columns)))
+        for chunk in _chunks(guarded, size):
+            wanted = [self._key_tuple(item, key_columns) for item in chunk]
+            stmt = select(*key_columns, *[table.c[n] for n in names]).where(_key_match(key_columns, wanted))
+            for row in conn.execute(stmt.with_for_update()).mappings():
+                found[tuple(row[c.name] for c in key_columns)] = row
+        changed = set()
+        for item in guarded:
+            row = found.get(self._key_tuple(item, key_columns))
+            if row is None or any(plain_value(row[name]) != value for name, value in (item.op.if_values or {}).items()):
+                changed.add(item.index)
+        return changed
 
     def _native_upsert(self, info: _TableInfo, key_columns: Sequence[Column]) -> Any:
         """The dialect's INSERT ... ON CONFLICT construct, or None when it cannot be used here."""
@@ -826,7 +903,11 @@ class SqlConnector:
             generations[level].append(item)
         for generation in generations:
             groups: dict[tuple[Any, ...], list[_Item]] = defaultdict(list)
+            for index in self._changed_since_read(conn, table, key_columns, generation):
+                failures[index] = _CHANGED
             for item in generation:
+                if item.index in failures:
+                    continue
                 kind = item.op.kind
                 create_only = kind == "upsert" and item.op.create_only
                 columns = () if kind == "delete" else tuple(sorted(item.row))
@@ -847,7 +928,7 @@ class SqlConnector:
                     fresh = []
                     for item in group:
                         if self._key_tuple(item, key_columns) in existing:
-                            failures[item.index] = "already exists"
+                            failures[item.index] = _EXISTS
                         else:
                             fresh.append(item)
                     if fresh:
@@ -874,11 +955,13 @@ class SqlConnector:
         if kind == "delete":
             conn.execute(delete(table).where(_key_match(key_columns, [self._key_tuple(item, key_columns)])))
             return None
+        if self._changed_since_read(conn, table, key_columns, [item]):
+            return _CHANGED
         if kind == "update":
             return "not found" if self._update_rows(conn, table, key_columns, columns, [item]) == 0 else None
         if item.op.create_only:
             if self._existing(conn, table, key_columns, [item]):
-                return "already exists"
+                return _EXISTS
             conn.execute(insert(table), [item.row])
             return None
         stmt = self._upsert_statement(info, key_columns, columns)

@@ -7,10 +7,17 @@ conflicts -> one connector write_batch -> key map and record state in one batche
 
 The target is written before the state, so a crash in between re-applies an idempotent upsert on
 redelivery rather than losing the change.
+
+Concurrency (see shared.engine.record_lock): the decision and the target write happen under a per-record
+lease taken by an etag-guarded write of the state that was just read; the state is committed guarded by
+the lease's etag. In pairs the target write is conditional on the row as read (If-Match, or the values
+read) and writes only the fields that change. A lost race (the state or the target row changed since
+read) is decided again from fresh reads, up to MAX_ROUNDS times within one delivery, then retried.
 """
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,21 +28,34 @@ from pydantic import ValidationError
 
 from shared.app import SyncApp
 from shared.config import Flow
+from shared.engine import record_lock
 from shared.engine.backoff import retry_at
-from shared.engine.conflicts import Decision, decide
+from shared.engine.conflicts import Decision, decide, target_change_time
 from shared.engine.delete_races import carry_delete, carry_record, changed_since, settle_race
+from shared.engine.deletes import already_applied, ordering, record_applied
 from shared.engine.identity import record_id
 from shared.engine.mapping import Lookups, lookup_requests, map_record
 from shared.engine.outcome import Kind, Outcome
+from shared.engine.record_results import StateWrite, save_states
 from shared.engine.target_claims import Claim, rivals
-from shared.engine.values import canonical, canonical_row, coerce, same_value
+from shared.engine.values import Equivalence, canonical_row, equivalence
 from shared.engine.verdicts import verdict_outcome
-from shared.errors import AuthError, MissingReferenceError, PermanentError, Reason, SyncError, TransientError
+from shared.errors import (
+    AuthError,
+    MissingReferenceError,
+    PermanentError,
+    Reason,
+    SyncError,
+    TargetChanged,
+    TransientError,
+)
 from shared.keys import key_of, parse_key
 from shared.messages import ChangeMessage, parse_body, to_envelope
 from shared.ports.bus import Received
 from shared.ports.connector import SourceRecord, WriteOp, WriteResult
 from shared.state.store import CONFLICTS, REQUESTS, KeyLink, RecordState
+
+MAX_ROUNDS = 3  # decisions taken again within one delivery after lost races, before it is retried later
 
 
 @dataclass
@@ -59,11 +79,14 @@ class _Flow:
     pair: str
     anchor: str
     bidirectional: bool
+    rules: Equivalence  # how values compare, for the echo check, the no-op check and conflicts alike
 
     @classmethod
     def of(cls, app: SyncApp, name: str) -> _Flow:
-        return cls(name, app.config.flows[name], app.config.pair_of(name), app.config.anchor_of(name),
-                   app.config.reverse_of(name) is not None)
+        flow = app.config.flows[name]
+        rules = equivalence(flow, app.connector(flow.source.system), app.connector(flow.target.system))
+        return cls(name, flow, app.config.pair_of(name), app.config.anchor_of(name),
+                   app.config.reverse_of(name) is not None, rules)
 
 
 def apply_batch(app: SyncApp, batch: Sequence[Received]) -> list[Outcome]:
@@ -102,24 +125,49 @@ def _malformed(received: Received, exc: Exception) -> Outcome:
 
 
 def _apply_flow(app: SyncApp, f: _Flow, items: list[_Item]) -> list[Outcome]:
-    flow = f.flow
     outcomes: list[Outcome] = []
-    links = app.state.lookup_keys(f.pair, flow.source.system, [i.message.key for i in items])
+    links = app.state.lookup_keys(f.pair, f.flow.source.system, [i.message.key for i in items])
     for item in items:
         item.record_id = record_id(app.config, f.name, item.message.key, links)
-    items = _newest_per_record(items, outcomes)
+    pending = _newest_per_record(items, outcomes)
+    for round_no in range(1, MAX_ROUNDS + 1):
+        if not pending:
+            break
+        pending = _apply_round(app, f, pending, links, outcomes, last=round_no == MAX_ROUNDS)
+    for item in pending:
+        outcomes.append(_retry(app, item, "lost_race", f"flow {item.message.flow} record {item.message.key}: "
+                               f"changed by someone else while it was applied, {MAX_ROUNDS} times", None))
+    return outcomes
+
+
+def _apply_round(app: SyncApp, f: _Flow, items: list[_Item], links: dict[str, str], outcomes: list[Outcome],
+                 last: bool) -> list[_Item]:
+    """One decision for each item; returns those that lost a race and are to be decided again."""
+    flow = f.flow
     states = app.state.get_records(f.pair, [i.record_id for i in items])
     try:
         current = _current_sources(app, f, items) if f.bidirectional else {}
     except SyncError as exc:  # the source is throttled or down: the whole batch waits, nothing is lost
-        return outcomes + [_failure(app, flow, item, exc) for item in items]
-    live: list[_Item] = []
+        outcomes += [_failure(app, flow, item, exc) for item in items]
+        return []
+    now = app.clock()
+    screened: list[_Item] = []
     for item in items:
-        skip = _screen(app, f, item, states.get(item.record_id), current)
-        if skip:
+        item.noop, item.decision, item.race = False, None, ""
+        state = states.get(item.record_id)
+        busy_until = record_lock.held_by_other(state, record_lock.owner_of(item.message), now)
+        skip = None if busy_until else _screen(app, f, item, state, current)
+        if busy_until:
+            outcomes.append(_busy(app, item, busy_until))
+        elif skip:
             outcomes.append(Outcome(item.received, item.message, Kind.SKIPPED, skip))
         else:
-            live.append(item)
+            screened.append(item)
+    lost = record_lock.claim(app, f.pair, [(states.setdefault(i.record_id, RecordState(i.record_id)),
+                                            record_lock.owner_of(i.message)) for i in screened])
+    claimed_at = time.monotonic()
+    again = [i for i in screened if i.record_id in lost]
+    live = [i for i in screened if i.record_id not in lost]
     lookups = _resolve_lookups(app, flow, live)
     planned: list[WriteOp] = []
     for item in live:
@@ -157,12 +205,29 @@ def _apply_flow(app: SyncApp, f: _Flow, items: list[_Item]) -> list[Outcome]:
     except SyncError as exc:
         outcomes += [_failure(app, flow, op.ref, exc) for op in deletes]
     ops += [op for op in settled if not op.ref.noop]
+    if ops and time.monotonic() - claimed_at > record_lock.LEASE_SECONDS / 2:
+        # Too slow since the claim: the lease could run out while the target is written. Claim again.
+        again += [op.ref for op in ops]
+        ops = []
     results = _write(app, flow, ops) if ops else []
     # A write that would change nothing is not sent, but its versions and values are still recorded.
     results += [WriteResult(op, ok=True, key=key_of(flow.target.key, op.key)) for op in settled if op.ref.noop]
+    committed: set[str] = set()
     if results:
-        outcomes.extend(_record_results(app, f, results, states))
-    return outcomes
+        again += _record_results(app, f, results, states, outcomes, committed)
+    # Leases of changes that ended without a commit (failed, parked, skipped) are given back at once.
+    keep = set() if last else {i.record_id for i in again}
+    record_lock.release(app, f.pair, [states[i.record_id] for i in live
+                                      if i.record_id not in committed and i.record_id not in keep])
+    return again
+
+
+def _busy(app: SyncApp, item: _Item, until: datetime) -> Outcome:
+    """Another version of this record is being applied: wait for it (never past its lease's expiry)."""
+    when = min(retry_at(app.clock(), item.message.attempt, None, app.retry_base), until)
+    return Outcome(item.received, item.message, Kind.RETRY, "record_busy",
+                   f"flow {item.message.flow} record {item.message.key}: another change of it is being applied",
+                   retry_at=when)
 
 
 def _newest_per_record(items: list[_Item], outcomes: list[Outcome]) -> list[_Item]:
@@ -170,7 +235,7 @@ def _newest_per_record(items: list[_Item], outcomes: list[Outcome]) -> list[_Ite
     newest: dict[str, _Item] = {}
     for item in items:
         current = newest.get(item.record_id)
-        if current is None or item.message.version > current.message.version:
+        if current is None or ordering(item.message) > ordering(current.message):
             if current is not None:
                 outcomes.append(Outcome(current.received, current.message, Kind.SKIPPED, "superseded"))
             newest[item.record_id] = item
@@ -195,8 +260,7 @@ def _screen(app: SyncApp, f: _Flow, item: _Item, state: RecordState | None,
     message, source = item.message, f.flow.source.system
     if message.force:
         return None
-    applied = state.versions.get(source) if state else None
-    if applied is not None and message.version <= applied:
+    if already_applied(state, source, message):
         return "already_applied"
     if f.bidirectional:
         row = current.get(message.key)
@@ -209,7 +273,9 @@ def _screen(app: SyncApp, f: _Flow, item: _Item, state: RecordState | None,
             return "source_gone"  # its delete travels as a change of its own
         else:
             item.payload = row.values
-    if message.op == "upsert" and state and _unchanged(item.payload, state.values.get(source)):
+    restored = state is not None and source in state.tombstones  # the target no longer holds what was synced
+    if (message.op == "upsert" and state and not restored
+            and _unchanged(f.rules, item.payload, state.values.get(source))):
         # Every field we manage equals what was last synced for this side: in a pair, our own write coming
         # back; otherwise a change to fields we do not sync.
         return "echo" if f.bidirectional else "unchanged"
@@ -222,11 +288,11 @@ def _screen(app: SyncApp, f: _Flow, item: _Item, state: RecordState | None,
     return None
 
 
-def _unchanged(payload: dict[str, Any], known: dict[str, Any] | None) -> bool:
+def _unchanged(rules: Equivalence, payload: dict[str, Any], known: dict[str, Any] | None) -> bool:
     # Write-only names (Dataverse's `x@odata.bind`) never come back in a read; the read-side name of the same
     # lookup (`_x_value`) is remembered from the rows we saw, and compared instead.
     return bool(known) and all(
-        same_value(payload.get(name), value) for name, value in known.items() if "@" not in name)
+        rules.source(name).same(payload.get(name), value) for name, value in known.items() if "@" not in name)
 
 
 def _resolve_lookups(app: SyncApp, flow: Flow, items: list[_Item]) -> Lookups:
@@ -295,18 +361,20 @@ def _settle_conflicts(app: SyncApp, f: _Flow, items: list[_Item], states: dict[s
     flow = f.flow
     target = flow.target
     target_keys = [key_of(target.key, i.values or {}) for i in items]
-    rows = app.connector(target.system).read_records(target.entity, target.key, target_keys)
-    watermark = app.config.flows[app.config.reverse_of(f.name) or f.name].source.watermark
+    connector = app.connector(target.system)
+    guard = getattr(connector, "conditional_writes", None)
+    rows = connector.read_records(target.entity, target.key, target_keys)
+    reverse = app.config.flows[app.config.reverse_of(f.name) or f.name]
     ops: list[WriteOp] = []
     for item, target_key in zip(items, target_keys, strict=True):
         state = states.get(item.record_id)
         row = rows.get(target_key)
         current = row.values if row else None
-        target_at = _moment(current.get(watermark)) if current else None
         baseline = state.values.get(target.system) if state and not item.message.force else None
         if current is None and baseline and _deleted_by_target(app, f, item, outcomes):
             continue
-        item.decision = decide(flow, item.values or {}, baseline, current, item.message.changed_at, target_at)
+        item.decision = decide(flow, f.rules, item.values or {}, baseline, current, item.message.changed_at,
+                               lambda row=current: target_change_time(connector, reverse.source, row))
         if item.decision.park:
             app.state.park(CONFLICTS, f.name, item.message.key, {
                 "message": item.message.model_copy(update={"payload": item.payload}).model_dump(mode="json"),
@@ -318,11 +386,36 @@ def _settle_conflicts(app: SyncApp, f: _Flow, items: list[_Item], states: dict[s
             outcomes.append(Outcome(item.received, item.message, Kind.SKIPPED, "conflict_parked",
                                     f"fields {', '.join(item.decision.conflicts)} changed on both sides"))
             continue
-        write = item.decision.write
-        item.noop = current is not None and all(
-            name in current and same_value(value, canonical(current[name])) for name, value in write.items())
-        ops.append(WriteOp("upsert", {k: item.values[k] for k in target.key}, write, ref=item))
+        ops.append(_pair_write(item, row, guard, target.key, f.rules))
     return ops
+
+
+def _pair_write(item: _Item, row: SourceRecord | None, guard: str | None, key_fields: Sequence[str],
+                rules: Equivalence) -> WriteOp:
+    """Only the fields that change, on the condition that the row is still as read (where the target can
+    say so): a user's edit between our read and our write is then a lost race, decided again, never lost."""
+    write = (item.decision.write if item.decision else item.values) or {}
+    current = row.values if row else None
+    changes = {name: value for name, value in write.items()
+               if name in key_fields or current is None or name not in current
+               or not rules.target(name).same(value, current[name])}
+    item.noop = current is not None and all(name in key_fields for name in changes)
+    op = WriteOp("upsert", {k: write[k] for k in key_fields}, changes, ref=item)
+    if guard is None:
+        return op
+    if current is None:
+        op.create_only = True  # nobody may have created it meanwhile
+    elif guard == "etag" and row is not None and row.etag:
+        op.if_match = row.etag  # a row gone meanwhile fails it too
+    elif guard == "values":
+        op.if_values = {name: current[name] for name in changes if name not in key_fields and name in current}
+    return op
+
+
+def _lost_race(result: WriteResult) -> bool:
+    op = result.op
+    guarded = op.create_only or op.if_values is not None or op.if_match not in (None, "*")
+    return guarded and isinstance(result.error, TargetChanged)
 
 
 def _deleted_by_target(app: SyncApp, f: _Flow, item: _Item, outcomes: list[Outcome]) -> bool:
@@ -361,7 +454,8 @@ def _settle_delete_races(app: SyncApp, f: _Flow, ops: list[WriteOp], states: dic
         item: _Item = op.ref
         state = states.get(item.record_id)
         row = rows.get(key)
-        if row is None or not changed_since(state.values.get(target.system) if state else None, row.values):
+        if row is None or not changed_since(state.values.get(target.system) if state else None, row.values,
+                                             f.rules):
             kept.append(op)
             continue
         race = settle_race(f.flow, f.anchor, deleted_in=f.flow.source.system, updated_in=target.system)
@@ -388,13 +482,6 @@ def _park_race(app: SyncApp, f: _Flow, item: _Item, note: str) -> None:
     })
 
 
-def _moment(value: Any) -> datetime | None:
-    try:
-        return coerce(value, "datetime") if value not in (None, "") else None
-    except ValueError:
-        return None
-
-
 def _write(app: SyncApp, flow: Flow, ops: list[WriteOp]) -> list[WriteResult]:
     try:
         return app.connector(flow.target.system).write_batch(flow.target, ops)
@@ -402,64 +489,99 @@ def _write(app: SyncApp, flow: Flow, ops: list[WriteOp]) -> list[WriteResult]:
         return [WriteResult(op, ok=False, error=exc) for op in ops]
 
 
-def _record_results(app: SyncApp, f: _Flow, results: list[WriteResult], states: dict[str, RecordState]
-                    ) -> list[Outcome]:
+def _record_results(app: SyncApp, f: _Flow, results: list[WriteResult], states: dict[str, RecordState],
+                    outcomes: list[Outcome], committed: set[str]) -> list[_Item]:
+    """Key map and record state of what was written (the state guarded by the claim's etag). Returns the
+    items whose guarded target write lost a race, to be decided again."""
     flow = f.flow
-    outcomes: list[Outcome] = []
-    links: list[KeyLink] = []
-    unlinks: list[KeyLink] = []
-    records: list[RecordState] = []
+    again: list[_Item] = []
+    writes: list[StateWrite] = []
+    written: list[tuple[_Item, str]] = []
+    moved: list[str] = []
     now = app.clock()
     observed_fields = [fm.from_ for fm in flow.fields]
     for result in results:
         item: _Item = result.op.ref
         message = item.message
         if not result.ok:
-            outcomes.append(_failure(app, flow, item, result.error or TransientError("no result from the target")))
+            if _lost_race(result):
+                again.append(item)
+            else:
+                outcomes.append(_failure(app, flow, item, result.error or TransientError("no result from the target")))
             continue
         target_key = result.key or key_of(flow.target.key, result.op.key)
         link = KeyLink(flow.source.system, message.key, flow.target.system, target_key)
-        (unlinks if result.op.kind == "delete" else links).append(link)
         record_id = f"{f.anchor}|{message.key if flow.source.system == f.anchor else target_key}"
         state = states.get(item.record_id) or RecordState(record_id)
-        state.record_id = record_id
-        state.versions[flow.source.system] = message.version
+        if record_id != item.record_id:
+            # First sync of a record created on the non-anchor side: its state moves to the anchor's name.
+            moved.append(item.record_id)
+            state = RecordState(record_id, dict(state.versions), dict(state.values), tombstones=dict(state.tombstones))
+        state.lease = None
+        record_applied(state, flow.source.system, message)
         if result.op.kind == "delete":
             state.forget(flow.target.system)
         else:
-            state.remember(flow.target.system, canonical_row(result.op.values))
+            # What the target holds for every mapped field now: the fields written and those it already had.
+            agreed = item.decision.write if item.decision else result.op.values
+            state.remember(flow.target.system, {n: f.rules.target(n).stored(v) for n, v in agreed.items()})
         if message.op == "upsert":
-            state.remember(flow.source.system, {n: canonical(item.payload.get(n)) for n in observed_fields})
+            state.remember(flow.source.system,
+                           {n: f.rules.source(n).stored(item.payload.get(n)) for n in observed_fields})
         else:
             # The record is gone from the source: if it comes back with the same values, that is a change
             # to write, not one to skip as unchanged.
             state.forget(flow.source.system)
         state.synced_at = now
-        records.append(state)
-        outcomes.append(_applied(item, result.op.kind))
-    if links:
-        app.state.link_keys(f.pair, links)
-    if unlinks:
-        app.state.unlink_keys(f.pair, unlinks)
-    if records:
-        app.state.put_records(f.pair, records)
-    return outcomes
+        writes.append(StateWrite(link, result.op.kind == "delete", state, f"flow {f.name} record {message.key}"))
+        written.append((item, result.op.kind))
+    saved = save_states(app.state, f.pair, writes)
+    for index, (item, kind) in enumerate(written):
+        if index in saved.failed:
+            outcomes.append(_failure(app, flow, item, saved.failed[index]))
+        elif index in saved.lost:
+            outcomes.append(_resync(app, f, item))
+        else:
+            committed.add(item.record_id)
+            outcomes.append(_applied(item, kind))
+    for old_id in moved:
+        if old_id in committed:
+            app.state.forget_record(f.pair, old_id)
+    return again
 
+
+def _resync(app: SyncApp, f: _Flow, item: _Item) -> Outcome:
+    """Our lease ran out while we wrote, and someone else recorded this record meanwhile: our write may have
+    overwritten a newer one. The record goes again as its source has it now, past the version check."""
+    message = item.message
+    fresh = message.model_copy(update={"force": True})
+    try:
+        record = app.connector(f.flow.source.system).read_record(f.flow.source, message.key)
+    except SyncError:
+        record = None  # the forced retry re-reads it in a pair; one-way, it carries the payload it had
+    if record is not None:
+        fresh = fresh.model_copy(update={"op": "upsert", "payload": record.values, "changed_at": record.changed_at,
+                                         "version": max(record.version, message.version)})
+    return Outcome(item.received, fresh, Kind.RETRY, "lost_race",
+                   f"flow {message.flow} record {message.key}: recorded by someone else while it was written; "
+                   "sent again as its source has it now", retry_at=app.clock())
 
 
 def _applied(item: _Item, kind: str) -> Outcome:
     decision = item.decision
+    notes = "; ".join(decision.notes) if decision else ""  # a policy that could not decide as configured
     if item.noop:
         conflicts = len(decision.conflicts) if decision else 0
         return Outcome(item.received, item.message, Kind.SKIPPED, "target_wins" if conflicts else "target_has_it",
-                       conflicts=conflicts)
+                       notes, conflicts=conflicts)
     if item.race:
-        return Outcome(item.received, item.message, Kind.APPLIED, kind, item.race, conflicts=1)
+        return Outcome(item.received, item.message, Kind.APPLIED, kind, "; ".join([item.race, *decision.notes])
+                       if decision else item.race, conflicts=1)
     if decision is None or not (decision.conflicts or decision.kept):
         return Outcome(item.received, item.message, Kind.APPLIED, kind)
     parts = [f"{name}: {winner} wins" for name, winner in decision.winners.items()]
     parts += [f"{name}: target's change kept" for name in decision.kept if name not in decision.winners]
-    return Outcome(item.received, item.message, Kind.APPLIED, kind, "; ".join(parts),
+    return Outcome(item.received, item.message, Kind.APPLIED, kind, "; ".join(parts + decision.notes),
                    conflicts=len(decision.conflicts))
 
 

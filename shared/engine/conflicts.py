@@ -7,12 +7,13 @@ keep; a field both changed to different values is a conflict, settled by the flo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from shared.config import Flow
-from shared.engine.values import canonical, same_value
+from shared.config import Flow, SourceSpec
+from shared.engine.values import CoercionError, Equivalence, coerce
 
 
 @dataclass
@@ -22,16 +23,19 @@ class Decision:
     conflicts: list[str] = field(default_factory=list)  # fields both sides changed
     winners: dict[str, str] = field(default_factory=dict)  # conflict field -> system whose value stays
     park: bool = False  # policy manual: an operator decides
+    notes: list[str] = field(default_factory=list)  # how the policy decided when it could not as configured
 
 
 def decide(
     flow: Flow,
+    rules: Equivalence,
     mapped: dict[str, Any],
     baseline: dict[str, Any] | None,
     current: dict[str, Any] | None,
     incoming_at: datetime | None = None,
-    target_at: datetime | None = None,
+    target_at: Callable[[], datetime | None] | None = None,
 ) -> Decision:
+    """`target_at` is asked for the target's change time only when a conflict needs it."""
     if not baseline or current is None:
         return Decision(write=dict(mapped))
     owners = {f.to: f.owner for f in flow.fields}
@@ -43,16 +47,17 @@ def decide(
             # name): nothing to compare, so the incoming value stands.
             decision.write[name] = value
             continue
+        rule = rules.target(name)
         base = baseline[name]
-        incoming_changed = not same_value(value, base)
-        target_changed = not same_value(current[name], base)
-        if not target_changed or same_value(value, canonical(current[name])):
+        incoming_changed = not rule.same(value, base)
+        target_changed = not rule.same(current[name], base)
+        if not target_changed or rule.same(value, current[name]):
             decision.write[name] = value
         elif not incoming_changed:
             decision.kept.append(name)
         else:
             decision.conflicts.append(name)
-            winner = _winner(flow, owners.get(name), incoming_at, target_at)
+            winner = _winner(flow, owners.get(name), incoming_at, target_at, decision)
             if winner is None:
                 decision.park = True
             else:
@@ -64,11 +69,33 @@ def decide(
     return decision
 
 
-def _winner(flow: Flow, owner: str | None, incoming_at: datetime | None, target_at: datetime | None) -> str | None:
+def _winner(flow: Flow, owner: str | None, incoming_at: datetime | None,
+            target_at: Callable[[], datetime | None] | None, decision: Decision) -> str | None:
     if owner is not None:
         return owner
     if flow.conflicts == "manual":
         return None
-    if flow.conflicts == "last_writer_wins" and incoming_at is not None and target_at is not None:
-        return flow.source.system if incoming_at >= target_at else flow.target.system
-    return flow.master or flow.source.system
+    master = flow.master or flow.source.system
+    if flow.conflicts == "last_writer_wins":
+        target_time = target_at() if target_at is not None else None
+        if incoming_at is not None and target_time is not None:
+            return flow.source.system if incoming_at >= target_time else flow.target.system
+        missing = flow.target.system if target_time is None else flow.source.system
+        note = f"last_writer_wins: no change time from {missing}, so the master {master} wins"
+        if note not in decision.notes:
+            decision.notes.append(note)
+    return master
+
+
+def target_change_time(connector: Any, spec: SourceSpec, row: dict[str, Any] | None) -> datetime | None:
+    """When the target row last changed, from the column its connector says holds that time (`spec` is the
+    target entity as the reverse flow reads it)."""
+    declared = getattr(connector, "change_time_column", None)  # a connector that declares none has no clock
+    column = declared(spec) if declared is not None else None
+    value = row.get(column) if row and column else None
+    if value in (None, ""):
+        return None
+    try:
+        return coerce(value, "datetime")
+    except CoercionError:
+        return None

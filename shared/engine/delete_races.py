@@ -37,7 +37,7 @@ from typing import Any
 from shared.app import SyncApp
 from shared.config import Flow
 from shared.engine.deletes import delete_messages
-from shared.engine.values import same_value
+from shared.engine.values import Equivalence, same_value
 from shared.messages import ChangeMessage, to_envelope
 
 
@@ -65,12 +65,15 @@ def settle_race(flow: Flow, anchor: str, deleted_in: str, updated_in: str) -> De
     return DeleteRace(deleted_in, updated_in, winner, f"{what}: {why}; {outcome}")
 
 
-def changed_since(baseline: Mapping[str, Any] | None, current: Mapping[str, Any]) -> bool:
-    """Does a row differ from the values both sides last agreed on (so someone changed it since)?"""
+def changed_since(baseline: Mapping[str, Any] | None, current: Mapping[str, Any],
+                  rules: Equivalence | None = None) -> bool:
+    """Does a row differ from the values both sides last agreed on (so someone changed it since)? `rules`: the
+    flow's equivalence, so a value that only came back in another form is no change."""
     # Only fields the row reports are compared, as conflicts.decide does: write-only names (Dataverse's
     # `x@odata.bind`) never come back in a read, and a field the target does not report cannot tell.
     return bool(baseline) and any(
-        not same_value(current[name], value) for name, value in baseline.items() if name in current)
+        not (rules.target(name).same(current[name], value) if rules else same_value(current[name], value))
+        for name, value in baseline.items() if name in current)
 
 
 def carry_delete(app: SyncApp, flow_name: str, key: str, run_id: str) -> bool:

@@ -64,7 +64,11 @@ def handle_with_ledger(app: SyncApp, received: Received) -> list[Outcome]:
     if known is not None:
         raise DeadLetterViaLedger(f"{known['reason']}: {known['description']}")
     settler = LedgerSettler(app)
-    outcomes = handle_delivery(app, [received], settler)
+    # A body carried by reference is fetched here; on a transient store error the raise makes the host retry.
+    [received] = app.bus.claims.resolve_all([received], lambda _: None)
+    # The host completes after we return: a body carried by reference is released then (on the rare failure
+    # of that completion, the redelivery finds no body and is dead-lettered as PayloadMissing, replayable).
+    outcomes = handle_delivery(app, [received], app.bus.claims.settler(settler))
     if settler.dead:
         failure = app.state.get_failure(app.queue, received.envelope.message_id) or {}
         raise DeadLetterViaLedger(f"{failure.get('reason', 'abandoned')}: {failure.get('description', '')}")
@@ -165,7 +169,9 @@ def handle_with_actions(app: SyncApp, messages: Any, actions: Any) -> list[Outco
     try:
         for message, exc in unreadable:
             _dead_letter_unreadable(actions, message, exc)
-        return handle_delivery(app, received, settler)
+        # Bodies carried by reference are fetched here and released once their delivery completed.
+        received = app.bus.claims.resolve_all(received, settler.abandon)
+        return handle_delivery(app, received, app.bus.claims.settler(settler))
     except BaseException:
         settler.abandon_unsettled(received)
         raise

@@ -47,7 +47,7 @@ from typing import Any
 
 from shared.app import SyncApp
 from shared.config import Flow, SourceSpec
-from shared.engine import cursor_lease
+from shared.engine import aliases, cursor_lease
 from shared.engine.batching import chunked
 from shared.engine.mapping import Lookups, lookup_requests, map_record
 from shared.engine.values import CoercionError, canonical, canonical_row, coerce, same_value
@@ -213,6 +213,7 @@ class _Run:
             records = [r for r in page.records if not r.deleted]
             self.result.pages += 1
             self._decide_page(records)
+            aliases.remember(self.app, self.name, self.flow, records)  # its deletes may come by id only
             self._keep_lease(page.position)
         if self.rekeyed:
             self.result.notes.append(

@@ -10,7 +10,7 @@ import re
 from typing import Any
 
 from shared.config import Flow
-from shared.engine.values import CoercionError, coerce
+from shared.engine.values import CoercionError, check_finite, coerce
 from shared.errors import MissingReferenceError, PermanentError, Reason
 from shared.keys import parse_key
 
@@ -53,6 +53,7 @@ def map_record(flow_name: str, flow: Flow, key: str, payload: dict[str, Any], lo
             value = target_key
         try:
             value = coerce(value, field.type)
+            check_finite(value)  # NaN and Infinity would arrive as NULL (SQL) or not at all (JSON)
         except CoercionError as exc:
             raise PermanentError(Reason.VALIDATION_FAILED, f"{where}: {name}: {exc}") from None
         if field.required and value in (None, ""):

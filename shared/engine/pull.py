@@ -2,10 +2,20 @@
 
 Enqueue first, advance after: a crash between the two re-sends a page (dropped by duplicate detection
 or the version check), it never skips one.
+
+A full read (`ChangePage.snapshot`) also finds deletes: linked keys it did not see are candidates, and
+`shared.engine.deletes` confirms each by a re-read before sending its delete. The cursor records that a full
+read started (`deletes_pending`) in the same write as its first page and clears it once the deletes were
+sent, so a run that died in between is finished by the next run, by a key-set comparison, before it reads on.
+
+A failing pull is the flow's own business: its error (first seen when, last seen when) is recorded on the
+cursor, the lease is released, what it had already sent is counted and its run written, and the caller
+goes on with the other flows. An auth failure also pauses the flow, as it does when writing.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -13,25 +23,36 @@ from datetime import datetime
 from shared import telemetry
 from shared.app import SyncApp
 from shared.config import Flow
-from shared.engine import cursor_lease
-from shared.engine.batching import chunked
-from shared.engine.deletes import delete_messages
-from shared.errors import ConcurrencyError
+from shared.engine import aliases, cursor_lease
+from shared.engine.deletes import Confirmed, send_confirmed_deletes
+from shared.engine.reconcile import missing_keys
+from shared.errors import AuthError, ConcurrencyError
 from shared.messages import ChangeMessage, fingerprint, new_run_id, to_envelope
 from shared.ports.connector import SourceRecord
 from shared.process_identity import current_holder
+from shared.state.store import Cursor
+
+log = logging.getLogger("dualsync.pull")
+
+MAX_ERROR = 2000
 
 
 @dataclass
 class PullResult:
     flow: str
     run_id: str
-    status: str = "ok"  # ok | leased | paused | lease_lost | disabled
+    status: str = "ok"  # ok | leased | paused | lease_lost | disabled | failed | auth_failed (now paused)
     pulled: int = 0
     duplicates: int = 0  # re-sent after a crash and dropped by duplicate detection (when the bus can tell)
     deletes_inferred: int = 0
     pages: int = 0
+    error: str | None = None  # why the pull failed (status failed / auth_failed)
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def sent(self) -> int:
+        """Changes this run put on the bus: what apply will settle (duplicates aside)."""
+        return self.pulled + self.deletes_inferred
 
 
 def pull_flow(
@@ -44,38 +65,94 @@ def pull_flow(
                                                    app.clock())
     if cursor is None:
         return result
-    connector = app.connector(flow.source.system)
-    snapshot_keys: set[str] | None = None
     try:
-        for page in connector.read_changes(flow.source, cursor.position, flow.page_size):
-            messages = [_message(flow_name, flow, record, result.run_id, app.clock()) for record in page.records]
-            accepted = app.bus.send(app.queue, [to_envelope(m) for m in messages])
-            if accepted is not None:
-                result.duplicates += len(messages) - accepted
-            if flow.source.changes == "status_flag":
-                connector.acknowledge(flow.source, [m.key for m in messages], {})
-            if page.stopped_early:  # an incomplete snapshot proves no delete
-                snapshot_keys = None
-            elif page.snapshot:
-                snapshot_keys = snapshot_keys if snapshot_keys is not None else set()
-                snapshot_keys.update(r.key for r in page.records)
-            result.pulled += len(messages)
-            result.pages += 1
-            result.notes.extend(page.notes)
-            cursor = cursor_lease.advance(app.state, cursor, page.position, app.clock())
-            if on_page:
-                on_page(len(messages))
-        if snapshot_keys is not None:
-            result.deletes_inferred = _send_inferred_deletes(app, flow_name, flow, snapshot_keys, result.run_id)
+        _finish_pending_deletes(app, flow_name, flow, cursor, result)
+        _read(app, flow_name, flow, cursor, result, on_page)
+        cursor.last_error = None
     except ConcurrencyError:
         result.status = "lease_lost"
         return result
+    except Exception as exc:  # noqa: BLE001 - any failure of this flow is recorded on it; the others go on
+        _failed(app, cursor, result, exc)
     summary = {k: v for k, v in asdict(result).items() if k != "notes"} | {
         "notes": "; ".join(result.notes), "finished_at": app.clock().isoformat()}
-    cursor_lease.release(app.state, cursor, summary)
+    try:
+        cursor_lease.release(app.state, cursor, summary)
+    except ConcurrencyError:
+        result.status = "lease_lost"
+        return result
     app.state.add_run(flow_name, {"kind": "pull", **summary})
     telemetry.record_pull(flow_name, result.pulled, result.run_id, result.status)
     return result
+
+
+def _read(app: SyncApp, flow_name: str, flow: Flow, cursor: Cursor, result: PullResult,
+          on_page: Callable[[int], None] | None) -> None:
+    connector = app.connector(flow.source.system)
+    infers_deletes = flow.deletes != "ignore"  # apply would skip every delete: no point looking for them
+    seen: set[str] | None = None  # the keys of a full read
+    complete = True
+    for page in connector.read_changes(flow.source, cursor.position, flow.page_size):
+        named = aliases.name_deletes(app, flow_name, flow, page.records)
+        if named.unresolved:
+            result.notes.append(f"{named.unresolved} deletes left out: only their id came, and no record with "
+                                "that id was pulled by this flow")
+        messages = [_message(flow_name, flow, record, result.run_id, app.clock()) for record in named.records]
+        accepted = app.bus.send(app.queue, [to_envelope(m) for m in messages])
+        if accepted is not None:
+            result.duplicates += len(messages) - accepted
+        aliases.forget(app, flow_name, flow, named)
+        if flow.source.changes == "status_flag":
+            connector.acknowledge(flow.source, [m.key for m in messages], {})
+        complete = not page.stopped_early  # a page cap cut the read short: it resumes next run
+        if page.snapshot and infers_deletes:
+            if seen is None:
+                seen = set()
+                cursor.deletes_pending = app.clock().isoformat()  # stored with this page's position
+            seen.update(r.key for r in named.records)
+        result.pulled += len(messages)
+        result.pages += 1
+        result.notes.extend(page.notes)
+        cursor_lease.advance(app.state, cursor, page.position, app.clock())
+        if on_page:
+            on_page(len(messages))
+    # A snapshot cut short keeps its deletes pending: the next run infers them from the source's key listing.
+    if seen is not None and cursor.deletes_pending and complete:
+        pair = app.config.pair_of(flow_name)
+        candidates = (key for key in app.state.linked_keys(pair, flow.source.system) if key not in seen)
+        _count(result, send_confirmed_deletes(app, flow_name, candidates, result.run_id))
+        cursor.deletes_pending = None  # stored by the release
+
+
+def _finish_pending_deletes(app: SyncApp, flow_name: str, flow: Flow, cursor: Cursor, result: PullResult) -> None:
+    """The full read of an earlier run ended (or died) before its deletes were inferred: infer them now, from
+    the source's key listing, since that run's key set is gone."""
+    if not cursor.deletes_pending:
+        return
+    if flow.deletes != "ignore":
+        _count(result, send_confirmed_deletes(app, flow_name, missing_keys(app, flow_name), result.run_id))
+        result.notes.append(f"inferred the deletes of the full read started {cursor.deletes_pending}")
+    cursor.deletes_pending = None
+    app.state.save_cursor(cursor)
+
+
+def _count(result: PullResult, confirmed: Confirmed) -> None:
+    result.deletes_inferred += confirmed.sent
+    result.duplicates += confirmed.duplicates
+
+
+def _failed(app: SyncApp, cursor: Cursor, result: PullResult, exc: Exception) -> None:
+    """Record the failure on the flow: since when it has been failing, and the latest error."""
+    result.error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR]
+    result.status = "failed"
+    now = app.clock().isoformat()
+    since = (cursor.last_error or {}).get("since") or now
+    cursor.last_error = {"error": result.error, "since": since, "at": now, "run_id": result.run_id}
+    if isinstance(exc, AuthError):
+        result.status = "auth_failed"
+        cursor.paused, cursor.paused_reason = True, f"auth failure while pulling: {exc}"[:MAX_ERROR]
+    log.error("pull flow=%s run_id=%s failed after %d changes: %s", result.flow, result.run_id, result.sent,
+              result.error)
 
 
 def _message(flow_name: str, flow: Flow, record: SourceRecord, run_id: str, now: datetime) -> ChangeMessage:
@@ -92,14 +169,3 @@ def _message(flow_name: str, flow: Flow, record: SourceRecord, run_id: str, now:
         correlation_id=run_id,
         first_enqueued_at=now,
     )
-
-
-def _send_inferred_deletes(app: SyncApp, flow_name: str, flow: Flow, seen: set[str], run_id: str) -> int:
-    """A full read is authoritative: keys we linked before but the source no longer has were deleted."""
-    pair = app.config.pair_of(flow_name)
-    sent = 0
-    gone = (key for key in app.state.linked_keys(pair, flow.source.system) if key not in seen)
-    for chunk in chunked(gone, 500):
-        app.bus.send(app.queue, [to_envelope(m) for m in delete_messages(app, flow_name, chunk, run_id)])
-        sent += len(chunk)
-    return sent

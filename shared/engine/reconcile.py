@@ -5,14 +5,13 @@ for that system (`StateStore.linked_keys`, ascending): a linked key the source n
 Both sides are streams and the join holds one key of each, plus at most one batch of candidates, so
 memory stays flat whatever the table size (tests/unit/test_reconcile.py measures it).
 
-A candidate is re-read from the source (`read_records`, one query per batch) before its delete is sent:
-a record created and linked while the scan ran (after the database took its snapshot), or a database
-whose order is not quite Python's, must never turn into a false delete. A stream found out of order
-raises ConfigError; deletes already sent were all confirmed that way.
-
-Deletes travel as ordinary ChangeMessages, exactly as pull's snapshot delete inference builds them
-(version = last applied version + DELETE_SUFFIX), so both yield the same message_id and duplicate
-detection drops whichever comes second.
+A candidate is confirmed by a re-read from the source before its delete is sent, by the mechanism pull's
+snapshot delete inference shares (`shared.engine.deletes.send_confirmed_deletes`): a record created and
+linked while the scan ran (after the database took its snapshot), or a database whose order is not quite
+Python's, must never turn into a false delete. A stream found out of order raises ConfigError; deletes
+already sent were all confirmed that way. Both build the same messages, so the same deletion found by
+both yields one message_id and duplicate detection drops whichever comes second. Pull also uses this
+scan (`missing_keys`) to finish the delete inference of a full read whose run died before it.
 
 Every run is recorded twice in `runs`: in the flow's own partition (`kind: reconcile`, for status) and
 as the newest row of partition `reconcile:<flow>`, which the scheduler reads to decide whether the flow's
@@ -28,11 +27,8 @@ from datetime import datetime
 
 from shared.app import SyncApp
 from shared.connectors.keysort import ascending
-from shared.engine.batching import chunked
-from shared.engine.deletes import delete_messages
-from shared.messages import new_run_id, to_envelope
-
-BATCH = 500
+from shared.engine.deletes import BATCH, send_confirmed_deletes
+from shared.messages import new_run_id
 
 
 def runs_partition(flow_name: str) -> str:
@@ -48,6 +44,7 @@ class ReconcileResult:
     scanned: int = 0  # keys the source has
     known: int = 0  # keys the key map has for the source system
     deleted: int = 0  # delete messages sent
+    duplicates: int = 0  # of those, dropped by duplicate detection (found and sent before)
     present_on_recheck: int = 0  # candidates the confirming read still found (created during the scan)
     notes: list[str] = field(default_factory=list)
 
@@ -65,21 +62,25 @@ def reconcile_deletes(app: SyncApp, flow_name: str, batch_size: int = BATCH) -> 
             result.status = "paused"
     if result.status != "ok":
         return result
-    pair = app.config.pair_of(flow_name)
-    system = flow.source.system
-    connector = app.connector(system)
-    source = _counted(ascending(connector.iter_keys(flow.source), f"{system} {flow.source.entity}"), result, "scanned")
-    known = _counted(ascending(app.state.linked_keys(pair, system), f"key map {pair}/{system}"), result, "known")
-    for candidates in chunked(_missing(source, known), batch_size):
-        still_there = connector.read_records(flow.source.entity, flow.source.key, candidates)
-        gone = [key for key in candidates if key not in still_there]
-        result.present_on_recheck += len(candidates) - len(gone)
-        if gone:
-            messages = delete_messages(app, flow_name, gone, result.run_id)
-            app.bus.send(app.queue, [to_envelope(m) for m in messages])
-            result.deleted += len(messages)
+    confirmed = send_confirmed_deletes(app, flow_name, missing_keys(app, flow_name, result), result.run_id,
+                                       batch_size)
+    result.deleted, result.duplicates = confirmed.sent, confirmed.duplicates
+    result.present_on_recheck = confirmed.present
     record_run(app, result)
     return result
+
+
+def missing_keys(app: SyncApp, flow_name: str, result: ReconcileResult | None = None) -> Iterator[str]:
+    """Linked keys of the flow's source system that the source's key listing lacks (candidates, not yet
+    confirmed); counts what it scans into `result`."""
+    flow = app.config.flows[flow_name]
+    result = result or ReconcileResult(flow_name, "")
+    pair = app.config.pair_of(flow_name)
+    system = flow.source.system
+    listing = app.connector(system).iter_keys(flow.source)
+    source = _counted(ascending(listing, f"{system} {flow.source.entity}"), result, "scanned")
+    known = _counted(ascending(app.state.linked_keys(pair, system), f"key map {pair}/{system}"), result, "known")
+    return _missing(source, known)
 
 
 def last_reconciled(app: SyncApp, flow_name: str) -> datetime | None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pydantic import ValidationError
 
 from shared.app import SyncApp
+from shared.engine.deletes import already_applied
 from shared.errors import Reason
 from shared.messages import ChangeMessage, bounded_id, parse_body, to_envelope
 from shared.ports.bus import Received
@@ -98,8 +99,7 @@ def _replay_one(app: SyncApp, received: Received, message: ChangeMessage, result
         pair = app.config.pair_of(message.flow)
         state = app.state.get_records(pair, [f"{message.source_system}|{message.key}"]).get(
             f"{message.source_system}|{message.key}")
-        applied = state.versions.get(flow.source.system) if state else None
-        if applied is not None and fresh.version <= applied:
+        if already_applied(state, flow.source.system, fresh):
             result.skipped["already_applied"] += 1
         else:
             replay_id = bounded_id(f"{fresh.base_message_id()}:replay-{uuid.uuid4().hex[:8]}")

@@ -3,7 +3,7 @@
 A flow with a `reconcile` NCRONTAB also gets a key-set reconciliation (shared.engine.reconcile) when that
 comes round, after the pulls; its last run is read from the runs table (`reconcile:<flow>` partition).
 A failing reconciliation is logged and recorded as that slot's run (the next try waits for the next slot);
-it never stops the pulls.
+it never stops the pulls. A failing pull never stops the other flows' pulls either (see shared.engine.pull).
 """
 
 from __future__ import annotations
@@ -47,11 +47,21 @@ def pull_due_flows(
         cursor = cursors.get(name)
         last = cursor.last_run.get("finished_at") if cursor else None
         if flow.enabled and is_due(flow.schedule, datetime.fromisoformat(last) if last else None, now):
-            results.append(pull_flow(app, name, owner))
+            results.append(_pull(app, name, owner))
     for result in reconcile_due_flows(app, now):
         if on_reconcile:
             on_reconcile(result)
     return results
+
+
+def _pull(app: SyncApp, name: str, owner: str | None) -> PullResult:
+    """pull_flow records a flow's own failures on the flow; this also keeps one whose recording failed (the
+    state store is down) from stopping the flows after it."""
+    try:
+        return pull_flow(app, name, owner)
+    except Exception as exc:  # noqa: BLE001 - reported in the result, which the timer function raises on
+        log.exception("pull flow=%s failed and could not be recorded", name)
+        return PullResult(name, new_run_id(), status="failed", error=f"{type(exc).__name__}: {exc}")
 
 
 def reconcile_due_flows(app: SyncApp, now: datetime | None = None) -> list[ReconcileResult]:

@@ -25,6 +25,8 @@ class FlowStatus(BaseModel):
     lag_seconds: float | None = None  # now minus the oldest unapplied change seen at the head of the queue
     dead_letters: dict[str, int] = {}
     last_run: dict = {}
+    # The last pull failure, kept until a pull succeeds: {"error", "since" (first failure), "at", "run_id"}
+    last_error: dict | None = None
 
 
 class SystemStatus(BaseModel):
@@ -57,6 +59,7 @@ def collect_status(app: SyncApp) -> SystemStatus:
             lag_seconds=(now - oldest[name]).total_seconds() if name in oldest else None,
             dead_letters=dict(dead.get(name, {})),
             last_run=cursor.last_run if cursor else {},
+            last_error=cursor.last_error if cursor else None,
         ))
     return SystemStatus(queue=app.queue, active=counts.active, scheduled=counts.scheduled,
                         dead_letter=counts.dead_letter, flows=flows)

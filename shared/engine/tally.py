@@ -34,6 +34,11 @@ class Tally:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.flows: dict[str, FlowCounts] = defaultdict(FlowCounts)
+        self.pull_errors: list[tuple[str, str]] = []  # (flow, error) in the order the pulls failed
+
+    def pull_failed(self, flow: str, error: str) -> None:
+        with self._lock:
+            self.pull_errors.append((flow, error))
 
     def pulled(self, flow: str, n: int, duplicates: int = 0) -> None:
         with self._lock:

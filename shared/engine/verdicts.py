@@ -23,11 +23,11 @@ from collections.abc import Sequence
 
 from shared.app import SyncApp
 from shared.engine.outcome import Kind, Outcome
-from shared.messages import ChangeMessage, Envelope, bounded_id, to_envelope
+from shared.messages import VERDICT_DESCRIPTION, VERDICT_REASON, ChangeMessage, Envelope, bounded_id, to_envelope
 from shared.ports.bus import Received
 
-REASON_PROPERTY = "dead_letter_reason"
-DESCRIPTION_PROPERTY = "dead_letter_description"
+REASON_PROPERTY = VERDICT_REASON
+DESCRIPTION_PROPERTY = VERDICT_DESCRIPTION
 MAX_DESCRIPTION = 4096  # what settle() passes to dead_letter
 
 

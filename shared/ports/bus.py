@@ -7,9 +7,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from shared.messages import Envelope
+
+if TYPE_CHECKING:
+    from shared.bus.claim_check import ClaimCheck
 
 
 @dataclass
@@ -45,6 +48,10 @@ class Settler(Protocol):
 
 
 class MessageBus(Protocol):
+    # Carries a message too large for the bus by reference (shared/bus/claim_check.py). ``receive`` resolves
+    # it; messages delivered by the Functions host go through ``claims.resolve_all`` and ``claims.settler``.
+    claims: ClaimCheck
+
     def send(self, queue: str, envelopes: Sequence[Envelope]) -> int | None:
         """Send (or schedule, per envelope.scheduled_enqueue_time_utc) in batches; a message_id seen within
         the duplicate-detection window is dropped silently, as Service Bus does. Returns how many were

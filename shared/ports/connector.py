@@ -18,6 +18,12 @@ class SourceRecord:
     version: str  # sortable: a newer change always compares greater
     changed_at: datetime
     deleted: bool = False
+    # The record's own id at a source whose change feed names deleted rows by that id only (Dataverse's
+    # primary id, when the flow is keyed by another column): set on every record read from such a feed, and a
+    # delete from it has key "" and only this id. The engine remembers id -> key as it pulls the records and
+    # resolves those deletes with it (shared.engine.aliases).
+    source_id: str | None = None
+    etag: str | None = None  # the row's concurrency token, where the system has one (Dataverse @odata.etag)
 
 
 @dataclass
@@ -33,6 +39,16 @@ class ChangePage:
     stopped_early: bool = False
 
 
+@dataclass(frozen=True)
+class ValuePrecision:
+    """How exactly a system keeps the values of one column (a connector capability): comparisons between two
+    systems use the coarser of the two, so a value that comes back rounded is still the same value."""
+
+    datetime_digits: int = 6  # fractional-second digits a date-time keeps (Dataverse: 0)
+    decimal_scale: int | None = None  # decimal places a number keeps; None: as sent
+    trims_trailing_spaces: bool = False  # e.g. CHAR columns, which pad and compare without the padding
+
+
 @dataclass
 class WriteOp:
     kind: Literal["upsert", "update", "delete"]
@@ -40,6 +56,9 @@ class WriteOp:
     values: dict[str, Any] = field(default_factory=dict)
     create_only: bool = False
     if_match: str | None = None
+    # Write only if these fields still hold these values (as read): a connector declaring
+    # conditional_writes = "values" honours it; a lost race is a TargetChanged error.
+    if_values: dict[str, Any] | None = None
     ref: Any = None  # the caller's correlation, returned untouched in the result
 
 
@@ -53,6 +72,11 @@ class WriteResult:
 
 
 class Connector(Protocol):
+    # How a write can be made conditional on the row being as it was read: "etag" (If-Match with
+    # SourceRecord.etag), "values" (WriteOp.if_values), or None (not at all). A lost race, and a create-only
+    # write of a row that exists, fail that op with TargetChanged.
+    conditional_writes: str | None
+
     def read_changes(
         self, source: SourceSpec, position: dict[str, Any] | None, page_size: int
     ) -> Iterator[ChangePage]: ...
@@ -71,6 +95,15 @@ class Connector(Protocol):
 
     def write_batch(self, target: TargetSpec, ops: Sequence[WriteOp]) -> list[WriteResult]:
         """One result per op, in order; one bad op never fails its neighbours."""
+        ...
+
+    def precision(self, entity: str, field: str) -> ValuePrecision:
+        """How exactly `entity.field` keeps values (datetime digits, decimal scale, trailing spaces)."""
+        ...
+
+    def change_time_column(self, source: SourceSpec) -> str | None:
+        """The column of `source.entity` holding when a row last changed (what last_writer_wins compares),
+        or None when the system has none."""
         ...
 
     def acknowledge(self, source: SourceSpec, keys: Sequence[str], failed: dict[str, str]) -> None:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 Row = tuple[str, str, dict[str, Any]]  # partition key, row key, values
+# partition key, row key, values, etag read (None: the row must not exist yet)
+GuardedRow = tuple[str, str, dict[str, Any], str | None]
 
 
 @dataclass
@@ -41,6 +43,11 @@ class TableBackend(Protocol):
 
     def update(self, table: str, pk: str, rk: str, data: dict[str, Any], etag: str) -> str:
         """Replace only if unchanged since `etag`; ConcurrencyError otherwise (also when absent)."""
+        ...
+
+    def write_guarded(self, table: str, rows: Sequence[GuardedRow]) -> dict[tuple[str, str], str | None]:
+        """Many `insert` (etag None) / `update` (etag given) at once, each on its own condition.
+        Returns (pk, rk) -> the new etag, or None for a row whose condition failed (the others are written)."""
         ...
 
     def upsert_many(self, table: str, rows: Sequence[Row]) -> None:

@@ -65,10 +65,17 @@ from azure.core.exceptions import (
     ResourceModifiedError,
     ResourceNotFoundError,
 )
-from azure.data.tables import EdmType, EntityProperty, TableClient, TableServiceClient, UpdateMode
+from azure.data.tables import (
+    EdmType,
+    EntityProperty,
+    TableClient,
+    TableServiceClient,
+    TableTransactionError,
+    UpdateMode,
+)
 
 from shared.errors import ConcurrencyError, ConfigError
-from shared.ports.tables import Entity, Row
+from shared.ports.tables import Entity, GuardedRow, Row
 from shared.settings import setting
 
 # -- key encoding --------------------------------------------------------------------------------
@@ -105,6 +112,9 @@ _PROPERTY_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
 _TABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]{2,62}")
 _INT32 = range(-(2**31), 2**31)
 _INT64 = range(-(2**63), 2**63)
+# What a transaction answers when one operation's condition fails (Azure and Azurite).
+_CONDITION_FAILED = frozenset({"EntityAlreadyExists", "UpdateConditionNotSatisfied", "ResourceNotFound",
+                               "EntityNotFound"})
 
 
 class KeyTooLongError(ValueError):
@@ -295,6 +305,21 @@ def _error_code(exc: HttpResponseError) -> str | None:
     return code
 
 
+def _transactions(operations: list[tuple[Any, Any]]) -> Iterator[list[tuple[Any, Any]]]:
+    """(row, operation) pairs of one partition in chunks a single entity group transaction takes."""
+    chunk: list[tuple[Any, Any]] = []
+    size = 0
+    for pair in operations:
+        entity_size = _approx_size(pair[1][1])
+        if chunk and (len(chunk) >= MAX_BATCH_OPERATIONS or size + entity_size > MAX_BATCH_BYTES):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(pair)
+        size += entity_size
+    if chunk:
+        yield chunk
+
+
 # -- backend -------------------------------------------------------------------------------------
 
 _created_lock = threading.Lock()
@@ -467,6 +492,36 @@ class AzureTables:
                 raise ConcurrencyError(f"{table}/{pk}/{rk} changed since it was read (or is gone)") from None
             raise
         return meta["etag"]
+
+    def write_guarded(self, table: str, rows: Sequence[GuardedRow]) -> dict[tuple[str, str], str | None]:
+        """One entity group transaction per partition and 100 rows. A row whose condition fails fails its
+        whole transaction; the service names it (the index), so it is left out and the rest sent again."""
+        written: dict[tuple[str, str], str | None] = {}
+        partitions: dict[str, list[tuple[tuple[str, str], Any]]] = defaultdict(list)
+        for pk, rk, data, etag in rows:
+            entity = to_entity(table, pk, rk, data)
+            if etag is None:
+                operation: Any = ("create", entity)
+            else:
+                operation = ("update", entity, {"mode": UpdateMode.REPLACE, "etag": etag,
+                                                "match_condition": MatchConditions.IfNotModified})
+            partitions[entity["PartitionKey"]].append(((pk, rk), operation))
+        client = self._client(table)
+        for operations in partitions.values():
+            for chunk in _transactions(operations):
+                while chunk:
+                    try:
+                        answers = client.submit_transaction([operation for _, operation in chunk])
+                    except TableTransactionError as exc:
+                        if _error_code(exc) not in _CONDITION_FAILED or not 0 <= exc.index < len(chunk):
+                            raise
+                        written[chunk[exc.index][0]] = None
+                        chunk = chunk[: exc.index] + chunk[exc.index + 1 :]
+                        continue
+                    for (row, _), answer in zip(chunk, answers, strict=True):
+                        written[row] = answer["etag"]
+                    break
+        return written
 
     def upsert_many(self, table: str, rows: Sequence[Row]) -> None:
         if not rows:

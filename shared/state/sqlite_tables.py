@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import sqlite3
 import threading
 import uuid
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.errors import ConcurrencyError
-from shared.ports.tables import Entity, Row
+from shared.ports.tables import Entity, GuardedRow, Row
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entities (
@@ -42,7 +43,8 @@ _etag_counter = itertools.count()
 
 
 def _etag() -> str:
-    return f"{_ETAG_PREFIX}-{next(_etag_counter):x}"
+    # The pid too: a process forked after import shares the prefix and the counter's position.
+    return f"{_ETAG_PREFIX}-{os.getpid():x}-{next(_etag_counter):x}"
 
 
 class SqliteTables:
@@ -109,6 +111,29 @@ class SqliteTables:
         if cur.rowcount != 1:
             raise ConcurrencyError(f"{table}/{pk}/{rk} changed since it was read (or is gone)")
         return new
+
+    def write_guarded(self, table: str, rows: Sequence[GuardedRow]) -> dict[tuple[str, str], str | None]:
+        written: dict[tuple[str, str], str | None] = {}
+        if not rows:
+            return written
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                for pk, rk, data, etag in rows:
+                    new = _etag()
+                    if etag is None:
+                        cur = self._conn.execute("INSERT OR IGNORE INTO entities VALUES (?,?,?,?,?)",
+                                                 (table, pk, rk, json.dumps(data), new))
+                    else:
+                        cur = self._conn.execute(
+                            "UPDATE entities SET data=?, etag=? WHERE tbl=? AND pk=? AND rk=? AND etag=?",
+                            (json.dumps(data), new, table, pk, rk, etag))
+                    written[(pk, rk)] = new if cur.rowcount == 1 else None
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        return written
 
     def upsert_many(self, table: str, rows: Sequence[Row]) -> None:
         if not rows:

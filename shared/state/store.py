@@ -1,18 +1,21 @@
 """Sync state on top of the table port: cursors and leases, key map, record state, runs, failures.
 
 Written once for every backend. Cursor writes are always etag-guarded (insert / update-if-unchanged),
-never blind upserts, so two pullers can never both advance one flow.
+never blind upserts, so two pullers can never both advance one flow; so are apply's record-state writes
+(`save_records`, the per-record leases of shared.engine.record_lock).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from shared.engine.values import DIGEST_OVER, EXACT, is_digest
 from shared.ports.tables import Entity, TableBackend
 
 CURSORS = "cursors"
@@ -25,6 +28,12 @@ REQUESTS = "changerequests"
 TABLES = (CURSORS, KEYMAP, RECORDS, RUNS, FAILURES, CONFLICTS, REQUESTS)
 
 RECORD_BUCKETS = 16
+# Record values are JSON (ASCII, so one character is one UTF-16 unit) split over properties `values_0`,
+# `values_1`, ...: a Table property holds 32 Ki UTF-16 units (64 KiB), an entity 1 MiB. Long values are digests
+# (see _bounded_values), and at most 12 parts (720 KB as UTF-16) are written, so the entity always fits.
+_VALUES_CHUNK = 30_000
+_VALUES_CHUNKS = 12
+_SHORT_DIGEST_OVER = 48  # when even that does not fit, every value longer than this becomes a digest
 _CURSOR_RK = "cursor"
 _MAX_TICKS = 10**19  # inverted timestamps sort newest first
 
@@ -46,6 +55,11 @@ class Cursor:
     paused: bool = False
     paused_reason: str | None = None
     last_run: dict[str, Any] = field(default_factory=dict)
+    # Set when a full read starts, cleared once its deletes were inferred: a run that finds it set (the
+    # last one died in between) infers them by a key-set comparison before it reads on.
+    deletes_pending: str | None = None
+    # The flow's last pull failure ({"error", "since", "at", "run_id"}), kept until a pull succeeds.
+    last_error: dict[str, Any] | None = None
     etag: str = ""
 
     def to_data(self) -> dict[str, Any]:
@@ -56,6 +70,8 @@ class Cursor:
             "paused": self.paused,
             "paused_reason": self.paused_reason,
             "last_run": self.last_run,
+            "deletes_pending": self.deletes_pending,
+            "last_error": self.last_error,
         }
 
     @classmethod
@@ -69,6 +85,8 @@ class Cursor:
             paused=bool(d.get("paused", False)),
             paused_reason=d.get("paused_reason"),
             last_run=d.get("last_run") or {},
+            deletes_pending=d.get("deletes_pending"),
+            last_error=d.get("last_error") or None,
             etag=entity.etag,
         )
 
@@ -84,6 +102,14 @@ class KeyLink:
 
 
 @dataclass
+class RecordLease:
+    """Who is applying a version of this record right now (see shared.engine.record_lock)."""
+
+    owner: str
+    until: datetime
+
+
+@dataclass
 class RecordState:
     record_id: str  # "<system>|<key>" of the side the pair treats as canonical
     versions: dict[str, str] = field(default_factory=dict)  # system -> last applied version from it
@@ -91,6 +117,11 @@ class RecordState:
     # synced). An incoming change equal to it is an echo; a target differing from it changed since.
     values: dict[str, dict[str, Any]] = field(default_factory=dict)
     synced_at: datetime | None = None
+    # system -> when a delete was inferred for the record there (shared.engine.deletes): its version stays
+    # the last real one, and any real change from that system wins over the tombstone.
+    tombstones: dict[str, str] = field(default_factory=dict)
+    lease: RecordLease | None = None
+    etag: str = ""  # as read or last written; "" = not stored yet
 
     def remember(self, system: str, values: dict[str, Any]) -> None:
         self.values.setdefault(system, {}).update(values)
@@ -100,21 +131,55 @@ class RecordState:
         self.values.pop(system, None)
 
     def to_data(self) -> dict[str, Any]:
-        return {
-            "versions": self.versions,
-            "values": self.values,
-            "synced_at": _iso(self.synced_at),
-        }
+        data: dict[str, Any] = {"versions": self.versions, "synced_at": _iso(self.synced_at),
+                                "tombstones": self.tombstones}
+        text = _bounded_values(self.record_id, self.values)
+        for number, start in enumerate(range(0, len(text), _VALUES_CHUNK)):
+            data[f"values_{number}"] = text[start : start + _VALUES_CHUNK]
+        if self.lease is not None:
+            data["lease"] = {"owner": self.lease.owner, "until": _iso(self.lease.until)}
+        return data
 
     @classmethod
     def from_entity(cls, entity: Entity) -> RecordState:
         d = entity.data
+        values = d.get("values")  # written before values were split into parts
+        if values is None:
+            parts = []
+            while f"values_{len(parts)}" in d:
+                parts.append(d[f"values_{len(parts)}"])
+            values = json.loads("".join(parts)) if parts else {}
+        lease = d.get("lease")
         return cls(
             record_id=entity.rk,
             versions=d.get("versions") or {},
-            values=d.get("values") or {},
+            values=values,
             synced_at=_from_iso(d.get("synced_at")),
+            tombstones=d.get("tombstones") or {},
+            lease=RecordLease(lease["owner"], _from_iso(lease["until"])) if lease else None,  # type: ignore[arg-type]
+            etag=entity.etag,
         )
+
+
+def _bounded_values(record_id: str, values: dict[str, dict[str, Any]]) -> str:
+    """The values as JSON that fits the entity: long values (remembered in full by an older writer, or
+    by a caller that did not digest them) become digests of their normal form, compared by digest."""
+    limit = _VALUES_CHUNK * _VALUES_CHUNKS
+    for over in (DIGEST_OVER, _SHORT_DIGEST_OVER):
+        shrunk = {system: {name: _shrunk(value, over) for name, value in fields.items()}
+                  for system, fields in values.items()}
+        text = json.dumps(shrunk, ensure_ascii=True, separators=(",", ":"), default=str)
+        if len(text) <= limit:
+            return text
+    raise ValueError(f"record {record_id}: the state of {sum(len(f) for f in values.values())} fields is "
+                     f"{len(text)} characters with every value over {_SHORT_DIGEST_OVER} characters digested, more than "
+                     f"the {limit} it may hold")
+
+
+def _shrunk(value: Any, over: int) -> Any:
+    if is_digest(value) or not isinstance(value, str) or len(value) <= over:
+        return value
+    return EXACT.digest(value)
 
 
 def record_partition(pair: str, record_id: str) -> str:
@@ -169,6 +234,25 @@ class StateStore:
         for entity in self.tables.query(KEYMAP, pair, rk_prefix=prefix):
             yield entity.rk[len(prefix) :]
 
+    # Aliases live in the key map partition under their own prefix, so `linked_keys` never lists them.
+    @staticmethod
+    def _alias_rk(system: str, entity: str, source_id: str) -> str:
+        return f"~id|{system}|{entity}|{source_id}"
+
+    def put_aliases(self, pair: str, system: str, entity: str, keys_by_id: dict[str, str]) -> None:
+        """Remember a source's own record ids -> the flow's keys (see SourceRecord.source_id)."""
+        self.tables.upsert_many(KEYMAP, [(pair, self._alias_rk(system, entity, i), {"key": k})
+                                         for i, k in keys_by_id.items()])
+
+    def get_aliases(self, pair: str, system: str, entity: str, ids: Iterable[str]) -> dict[str, str]:
+        wanted = {self._alias_rk(system, entity, i): i for i in dict.fromkeys(ids)}
+        found = self.tables.get_many(KEYMAP, pair, list(wanted))
+        return {wanted[rk]: e.data["key"] for rk, e in found.items()}
+
+    def drop_aliases(self, pair: str, system: str, entity: str, ids: Iterable[str]) -> None:
+        for source_id in ids:
+            self.tables.delete(KEYMAP, pair, self._alias_rk(system, entity, source_id))
+
     def count_keys(self, pair: str, system: str) -> int:
         return sum(1 for _ in self.linked_keys(pair, system))
 
@@ -186,6 +270,23 @@ class StateStore:
     def put_records(self, pair: str, records: Sequence[RecordState]) -> None:
         rows = [(record_partition(pair, r.record_id), r.record_id, r.to_data()) for r in records]
         self.tables.upsert_many(RECORDS, rows)
+
+    def save_records(self, pair: str, records: Sequence[RecordState]) -> set[str]:
+        """Each record written only if unchanged since it was read (its etag; none: only if still absent).
+        Returns the record ids that lost that race; the others carry their new etag."""
+        rows = [(record_partition(pair, r.record_id), r.record_id, r.to_data(), r.etag or None) for r in records]
+        written = self.tables.write_guarded(RECORDS, rows)
+        lost: set[str] = set()
+        for record in records:
+            etag = written.get((record_partition(pair, record.record_id), record.record_id))
+            if etag is None:
+                lost.add(record.record_id)
+            else:
+                record.etag = etag
+        return lost
+
+    def forget_record(self, pair: str, record_id: str) -> None:
+        self.tables.delete(RECORDS, record_partition(pair, record_id), record_id)
 
     # -- runs ---------------------------------------------------------------------------------
     def add_run(self, flow: str, summary: dict[str, Any], at: datetime | None = None) -> None:

@@ -139,3 +139,56 @@ def test_peek_browses_without_locking(bus, queue):
     assert len(drain(bus, queue, 5)) == 5  # nothing was locked by peeking
     later = bus.peek(queue, max_messages=10, from_sequence=peeked[2].sequence_number)
     assert [m.envelope.message_id for m in later][:1] == ["m-2"]
+
+
+# -- message size: Service Bus Standard's 256 KB, on every bus --------------------------------------------
+LIMIT = 256 * 1024
+
+
+def change_env(i: int | str, text_bytes: int) -> Envelope:
+    from shared.messages import ChangeMessage, to_envelope
+
+    change = ChangeMessage(flow="flow-a", op="upsert", source_system="crm", entity="notes", key=str(i),
+                           version="0001", changed_at=datetime(2030, 1, 1, tzinfo=UTC), payload={"t": "x" * text_bytes})
+    return to_envelope(change, message_id=f"m-{i}")
+
+
+def test_a_message_over_256_kb_without_a_payload_store_arrives_as_a_payload_too_large_stub(bus, queue):
+    bus.claims.store = None
+    bus.send(queue, [change_env("small", LIMIT - 4096), change_env("big", LIMIT)])
+
+    got = {m.envelope.message_id: m for m in drain(bus, queue, 2)}
+
+    assert len(got["m-small"].envelope.body) > LIMIT - 4096  # under the limit: carried as it is
+    assert "dead_letter_reason" not in got["m-small"].envelope.application_properties
+    stub = got["m-big"].envelope
+    assert stub.application_properties["dead_letter_reason"] == "PayloadTooLarge"
+    assert "flow flow-a record big" in stub.application_properties["dead_letter_description"]
+    assert b'"payload":{}' in stub.body and len(stub.body) < 1024
+    bus.settler(queue).complete(list(got.values()))
+
+
+def test_a_message_over_256_kb_travels_by_reference_and_its_body_lives_until_settled_for_good(bus, queue, tmp_path):
+    from shared.bus.claim_check import REF_PROPERTY
+    from shared.bus.payload_store import FilePayloadStore
+
+    bus.claims.store = store = FilePayloadStore(tmp_path / "payloads")
+    applied, failed = change_env("applied", 2 * LIMIT), change_env("failed", 2 * LIMIT)
+    bus.send(queue, [applied, failed])
+    stored = lambda: sorted(p.name for p in (tmp_path / "payloads").rglob("*") if p.is_file())  # noqa: E731
+    assert len(stored()) == 2
+    assert all(len(m.envelope.body) < 1024 for m in bus.peek(queue))  # browsing sees the stubs
+
+    got = {m.envelope.message_id: m for m in drain(bus, queue, 2)}
+
+    assert got["m-applied"].envelope.body == applied.body  # receive hands back the message as it was sent
+    assert "dead_letter_reason" not in got["m-applied"].envelope.application_properties
+    settler = bus.settler(queue)
+    settler.complete([got["m-applied"]])
+    settler.dead_letter(got["m-failed"], "ValidationFailed", "bad")
+    assert len(stored()) == 1  # the dead letter keeps its body, so it can still be looked at and replayed
+    [dead] = bus.receive_dead_letters(queue, max_messages=5, max_wait=1.0)
+    assert REF_PROPERTY in dead.envelope.application_properties
+    bus.complete_dead_letters(queue, [dead])
+    assert stored() == []
+    assert store.get(str(dead.envelope.application_properties[REF_PROPERTY])) is None

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 from shared.config import SourceSpec, TargetSpec
 from shared.connectors.sql import SqlConnector
-from shared.errors import ConfigError, PermanentError, Reason, TransientError
+from shared.errors import ConfigError, PermanentError, Reason, TargetChanged, TransientError
 from shared.keys import format_key
 from shared.ports.connector import WriteOp
 from shared.versions import sortable_version
@@ -411,8 +411,31 @@ def test_create_only_duplicate_fails_just_that_op(backend):
            WriteOp("upsert", {"id": 2}, {"name": "fresh"}, create_only=True)]
     results = backend.connector.write_batch(TARGET, ops)
     assert [r.ok for r in results] == [False, True]
-    assert isinstance(results[0].error, PermanentError) and "already exists" in str(results[0].error)
+    assert isinstance(results[0].error, TargetChanged) and "already exists" in str(results[0].error)
+    assert results[0].error.reason == Reason.TARGET_REJECTED
     assert [r["name"] for r in backend.rows("customers")] == ["c1", "fresh"]
+
+
+def test_a_write_conditional_on_the_values_read_fails_when_the_row_changed(backend):
+    customers(backend, 4)
+    backend.update("customers", {"id": 2}, {"credit": None})
+    read = backend.connector.read_records("customers", ["id"], ["1", "2", "3", "4"])
+    backend.update("customers", {"id": 1}, {"city": "Bergen"})  # a user's edit after our read
+    backend.update("customers", {"id": 3}, {"name": "elsewhere"})  # a field we do not guard
+    backend.update("customers", {"id": 4}, {"credit": Decimal("10.5")})  # the same value, written again
+
+    def guarded(key: int, **values: Any) -> WriteOp:
+        seen = read[str(key)].values
+        return WriteOp("update", {"id": key}, values, if_values={n: seen[n] for n in ("city", "credit")})
+
+    ops = [guarded(1, city="Paris"), guarded(2, city="Rome"), guarded(3, city="Lima"), guarded(4, city="Nice")]
+    results = backend.connector.write_batch(TARGET, ops)
+    assert [r.ok for r in results] == [False, True, True, True]
+    assert isinstance(results[0].error, TargetChanged) and results[0].error.reason == Reason.CONFLICT
+    assert [r["city"] for r in backend.rows("customers")] == ["Bergen", "Rome", "Lima", "Nice"]
+    backend.connector.write_batch(TARGET, [WriteOp("delete", {"id": 2})])
+    (gone,) = backend.connector.write_batch(TARGET, [guarded(2, city="Oslo")])
+    assert isinstance(gone.error, TargetChanged)
 
 
 def test_one_row_violating_not_null_fails_only_itself(backend):

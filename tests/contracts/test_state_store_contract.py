@@ -46,6 +46,26 @@ def test_upsert_many_spans_partitions_and_more_than_a_transaction(tables):
     assert len(list(tables.query("keymap"))) == 250
 
 
+def test_write_guarded_writes_each_row_on_its_own_condition(tables):
+    old = tables.insert("records", "p0", "taken", {"v": 1})
+    moved = tables.insert("records", "p0", "moved", {"v": 1})
+    tables.update("records", "p0", "moved", {"v": 2}, moved)
+    rows = [("p0", "taken", {"v": 9}, None), ("p0", "moved", {"v": 9}, moved), ("p0", "fresh", {"v": 9}, None)]
+    rows += [(f"p{i % 2}", f"r{i:03d}", {"v": i}, None) for i in range(230)]  # several transactions
+    rows.append(("p1", "taken-update", {"v": 9}, old))  # absent: an update of it cannot hold
+    written = tables.write_guarded("records", rows)
+    lost = sorted(rk for (_, rk), etag in written.items() if etag is None)
+    assert lost == ["moved", "taken", "taken-update"]
+    assert len(written) == len(rows)
+    assert tables.get("records", "p0", "taken").data == {"v": 1}
+    assert tables.get("records", "p0", "moved").data == {"v": 2}
+    fresh = tables.get("records", "p0", "fresh")
+    assert fresh.data == {"v": 9} and fresh.etag == written[("p0", "fresh")]
+    assert len(list(tables.query("records", "p1"))) == 115
+    again = tables.write_guarded("records", [("p0", "fresh", {"v": 10}, fresh.etag)])
+    assert again[("p0", "fresh")] and tables.get("records", "p0", "fresh").data == {"v": 10}
+
+
 def test_query_by_prefix_is_ordered_and_complete(tables):
     rows = [("pair", f"{side}|{i:05d}", {}) for side in ("crm", "erp") for i in range(1200)]
     tables.upsert_many("keymap", rows)
@@ -110,6 +130,27 @@ def test_key_map_both_directions(store):
     assert list(store.linked_keys("pair", "crm")) == ["A-2", "A/1#"]
     store.unlink_keys("pair", [KeyLink("crm", "A-2", "erp", "C-2")])
     assert store.count_keys("pair", "crm") == 1
+
+
+def test_id_aliases_live_beside_the_key_map_without_being_linked_keys(store):
+    store.link_keys("pair", [KeyLink("crm", "A-1", "erp", "C-1")])
+    store.put_aliases("pair", "crm", "accounts", {"6f9619ff-0000": "A-1", "7a": '["x/1","#2"]'})
+    assert store.get_aliases("pair", "crm", "accounts", ["7a", "6f9619ff-0000", "nope"]) == {
+        "6f9619ff-0000": "A-1", "7a": '["x/1","#2"]'}
+    assert store.get_aliases("pair", "crm", "contacts", ["7a"]) == {}
+    assert list(store.linked_keys("pair", "crm")) == ["A-1"] and store.count_keys("pair", "crm") == 1
+    store.drop_aliases("pair", "crm", "accounts", ["7a", "never-there"])
+    assert store.get_aliases("pair", "crm", "accounts", ["7a", "6f9619ff-0000"]) == {"6f9619ff-0000": "A-1"}
+
+
+def test_pull_bookkeeping_round_trips(store):
+    error = {"error": "TransientError: 503", "since": "2026-03-01T12:00:00+00:00", "at": "2026-03-01T12:05:00+00:00",
+             "run_id": "r1"}
+    store.create_cursor(Cursor("f", deletes_pending="2026-03-01T12:00:00+00:00", last_error=error))
+    got = store.get_cursor("f")
+    assert (got.deletes_pending, got.last_error) == ("2026-03-01T12:00:00+00:00", error)
+    store.put_records("pair", [RecordState("crm|1", versions={"crm": "v1"}, tombstones={"crm": "2026-03-01"})])
+    assert store.get_records("pair", ["crm|1"])["crm|1"].tombstones == {"crm": "2026-03-01"}
 
 
 def test_record_state_round_trip_across_buckets(store):

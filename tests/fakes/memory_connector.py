@@ -9,10 +9,12 @@ from typing import Any
 from shared.config import SourceSpec, TargetSpec
 from shared.errors import SyncError
 from shared.keys import format_key, key_of
-from shared.ports.connector import ChangePage, SourceRecord, WriteOp, WriteResult
+from shared.ports.connector import ChangePage, SourceRecord, ValuePrecision, WriteOp, WriteResult
 
 
 class MemoryConnector:
+    conditional_writes = None  # writes are never conditional
+
     def __init__(self) -> None:
         self.tables: dict[str, dict[str, dict[str, Any]]] = {}
         self.versions: dict[tuple[str, str], int] = {}
@@ -75,6 +77,12 @@ class MemoryConnector:
                 self.put(target.entity, key, {**rows.get(key, {}), **op.values})
             results.append(WriteResult(op, ok=True, key=key_of(target.key, op.key)))
         return results
+
+    def precision(self, entity: str, field: str) -> ValuePrecision:
+        return ValuePrecision()  # keeps every value exactly as written
+
+    def change_time_column(self, source: SourceSpec) -> str | None:
+        return source.watermark  # rows carry their change time in the watermark column (`modified`)
 
     def acknowledge(self, source: SourceSpec, keys: Sequence[str], failed: dict[str, str]) -> None:
         return None

@@ -688,6 +688,10 @@ class NamespacedBus:
     def settler(self, queue: str) -> Any:
         return self.inner.settler(queue)
 
+    @property
+    def claims(self) -> Any:
+        return self.inner.claims
+
     def complete_dead_letters(self, queue: str, messages: Any) -> None:
         self.inner.complete_dead_letters(queue, messages)
 

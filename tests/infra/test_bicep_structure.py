@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -54,7 +53,11 @@ EXCLUDED: dict[str, str] = {
         "connection-string alternative to STATE_TABLES_ENDPOINT; the account has shared-key access disabled, and "
         "when set it would win over the identity-based endpoint"
     ),
-    "WEBSITE_AUTH_ENABLED": "set by the platform when App Service authentication (infra/app/admin-auth.bicep) is on",
+    "WEBSITE_AUTH_ENABLED": "set by the platform when App Service authentication (authsettingsV2 in infra/app/function-app.bicep) is on",
+    "PAYLOAD_BLOB_CONNECTION": (
+        "connection-string alternative to PAYLOAD_BLOB_ENDPOINT; the account has shared-key access disabled, and "
+        "when set it would win over the identity-based endpoint"
+    ),
     "ServiceBusConnection": (
         "connection-string alternative to ServiceBusConnection__fullyQualifiedNamespace; the namespace has local "
         "(SAS) auth disabled, and when set both the code and the Functions host would use it instead"
@@ -290,9 +293,19 @@ def test_storage_account_is_identity_only():
     assert props["minimumTlsVersion"] == "TLS1_2"
     assert props["supportsHttpsTrafficOnly"] is True
     container_type = "Microsoft.Storage/storageAccounts/blobServices/containers"
-    container = body(only("core/storage/storage-account.bicep", container_type))
-    assert container["name"] == "deploymentContainerName"
-    assert container["properties"]["publicAccess"] == "None"
+    containers = {c["name"]: c for c in map(body, resources("core/storage/storage-account.bicep", container_type)
+                                              .values())}
+    assert set(containers) == {"deploymentContainerName", "payloadContainerName"}
+    assert all(c["properties"]["publicAccess"] == "None" for c in containers.values())
+
+
+def test_claim_check_container_is_wired_to_the_app_settings():
+    settings = app_settings()
+    assert ref("app/function-app.bicep", settings["PAYLOAD_BLOB_ENDPOINT"]) == ("param", "blobEndpoint")
+    assert ref("app/function-app.bicep", settings["PAYLOAD_BLOB_CONTAINER"]) == ("param", "payloadContainerName")
+    assert param_default(MAIN, "payloadContainerName") == APP_SETTINGS["PAYLOAD_BLOB_CONTAINER"][0]
+    assert module_params("storage")["payloadContainerName"] == "payloadContainerName"
+    assert module_params("functionApp")["payloadContainerName"] == "payloadContainerName"
 
 
 def test_state_tables_are_the_stores_tables():

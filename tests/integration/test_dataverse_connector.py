@@ -41,7 +41,7 @@ from shared.connectors.dataverse_auth import (
 from shared.engine.delivery import handle_delivery
 from shared.engine.outcome import Kind, Outcome
 from shared.engine.pull import pull_flow
-from shared.errors import AuthError, ConfigError, PermanentError, Reason, TransientError
+from shared.errors import AuthError, ConfigError, Reason, TargetChanged, TransientError
 from shared.ports.connector import WriteOp
 from shared.state.sqlite_tables import SqliteTables
 from shared.state.store import StateStore
@@ -266,7 +266,8 @@ def test_upsert_by_alternate_key_with_quotes_in_batches_and_alone(sim, crm):
 
 def test_write_semantics_create_only_update_only_etag_and_delete(sim, crm):
     existing = seed(sim, 2)
-    etag = f'W/"{existing[1]["versionnumber"]}"'
+    etag = crm.read_records("accounts", ["accountnumber"], ["A-0001"])["A-0001"].etag
+    assert etag == f'W/"{existing[1]["versionnumber"]}"'  # rows read carry their ETag, for If-Match
     ops = [
         WriteOp("upsert", {"accountnumber": "A-0000"}, {"name": "dupe"}, create_only=True),
         WriteOp("upsert", {"accountnumber": "A-9"}, {"name": "fresh"}, create_only=True),
@@ -282,7 +283,8 @@ def test_write_semantics_create_only_update_only_etag_and_delete(sim, crm):
     assert [r.ok for r in results] == [False, True, False, True, False, True, True, False, False]
     assert "already exists" in str(results[0].error) and results[0].error.reason == Reason.TARGET_REJECTED
     assert "not found" in str(results[2].error) and "A-404" in str(results[2].error)
-    assert isinstance(results[4].error, PermanentError) and results[4].error.reason == Reason.CONFLICT
+    assert isinstance(results[0].error, TargetChanged)
+    assert isinstance(results[4].error, TargetChanged) and results[4].error.reason == Reason.CONFLICT
     assert "0x80060882" in str(results[4].error)
     assert "Work with alternate keys" in str(results[7].error)
     assert "missing" in str(results[8].error)

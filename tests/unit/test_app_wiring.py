@@ -23,5 +23,23 @@ def test_embedded_backends_and_settings(tmp_path, monkeypatch):
         assert (app.queue, app.max_attempts) == ("orders-queue", 3)
         assert set(app.config.flows) == set(load_config(flows).flows)
         assert (tmp_path / "s" / "state.db").exists() and (tmp_path / "b" / "bus.db").exists()
+        # records too large for one message keep their bodies beside the queue file
+        assert app.bus.claims.store.root == tmp_path / "b" / "payloads"
+    finally:
+        app.close()
+
+
+def test_service_bus_carries_large_records_through_the_blob_settings(tmp_path, monkeypatch):
+    flows = tmp_path / "flows.yaml"
+    flows.write_text(FLOWS_YAML)
+    monkeypatch.setenv("DUALSYNC_CONFIG", str(flows))
+    monkeypatch.setenv("STATE_SQLITE_PATH", str(tmp_path / "state.db"))
+    monkeypatch.setenv("BUS_BACKEND", "servicebus")
+    monkeypatch.setenv("ServiceBusConnection__fullyQualifiedNamespace", "ns.servicebus.windows.net")
+    monkeypatch.setenv("PAYLOAD_BLOB_ENDPOINT", "https://acct.blob.core.windows.net/")
+    monkeypatch.setenv("PAYLOAD_BLOB_CONTAINER", "big-bodies")
+    app = SyncApp.from_settings()
+    try:
+        assert "acct.blob.core.windows.net/big-bodies" in repr(app.bus.claims.store)
     finally:
         app.close()

@@ -174,9 +174,24 @@ def test_5000_one_kb_messages_are_split_into_batches_under_256_kb(bus, fake):
     assert sorted(m.envelope.message_id for m in got) == sorted(f"m-{i}" for i in range(5000))
 
 
-def test_a_message_over_the_limit_names_its_message_id_and_nothing_is_sent(bus, fake):
+def test_a_message_over_the_limit_travels_as_a_condemned_stub_without_a_payload_store(bus, fake):
     client, _ = fake
     huge = env("huge", body=b"x" * (MAX_BATCH_SIZE_STANDARD + 1))
+
+    bus.send(Q, [env(1), huge, env(2)])
+
+    got = {m.envelope.message_id: m for m in drain(bus, 3)}
+    assert set(got) == {"m-1", "m-huge", "m-2"}
+    props = got["m-huge"].envelope.application_properties
+    assert props["dead_letter_reason"] == "PayloadTooLarge" and props["payload_bytes"] == MAX_BATCH_SIZE_STANDARD + 1
+    assert "no payload store is configured" in props["dead_letter_description"]
+    assert len(got["m-huge"].envelope.body) < 100
+
+
+def test_a_message_that_cannot_fit_even_by_reference_names_its_message_id_and_nothing_is_sent(bus, fake):
+    client, _ = fake
+    props = {"flow": "f", "key": "k" * MAX_BATCH_SIZE_STANDARD}
+    huge = env("huge").model_copy(update={"application_properties": props})
 
     with pytest.raises(MessageTooLargeError) as caught:
         bus.send(Q, [env(1), huge, env(2)])

@@ -1,5 +1,6 @@
 // The function app's storage account: host storage (AzureWebJobsStorage, identity-based), the Flex
-// Consumption deployment container, and the sync state tables. Shared-key access is disabled, so only
+// Consumption deployment container, the claim-check container (bodies of messages too large for Service Bus),
+// and the sync state tables. Shared-key access is disabled, so only
 // Entra ID (the managed identity's roles in app/rbac.bicep) can reach the data.
 param name string
 param location string
@@ -16,6 +17,9 @@ param skuName string = 'Standard_LRS'
 
 @description('Blob container the Flex Consumption app is deployed from.')
 param deploymentContainerName string
+
+@description('Blob container for the bodies of messages too large for Service Bus (app setting PAYLOAD_BLOB_CONTAINER).')
+param payloadContainerName string
 
 @description('Prefix of the state table names (app setting STATE_TABLE_PREFIX).')
 param tablePrefix string
@@ -66,6 +70,15 @@ resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01'
 resource deploymentContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
   parent: blobService
   name: deploymentContainerName
+  properties: {
+    publicAccess: 'None'
+  }
+}
+
+// Bodies of messages sent by reference; each is deleted once its message is settled for good.
+resource payloadContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
+  parent: blobService
+  name: payloadContainerName
   properties: {
     publicAccess: 'None'
   }
