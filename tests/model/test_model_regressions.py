@@ -42,7 +42,6 @@ def both(world: World, key: str) -> tuple[dict | None, dict | None]:
     return business(world.crm_row(key)), business(world.erp_row(key))
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 item 4")
 def test_a_datetime_and_a_decimal_that_come_back_in_another_form_settle(forms_world):
     """Issue 11 item 4 (settles): the CRM hands back `2024-05-01T10:00:00Z` and 10.5, the ERP `2024-05-01T10:00:00` and '10.50';
     with `type: datetime` / `type: decimal` declared, the pair still wrote on every pass, forever."""
@@ -132,7 +131,6 @@ def test_a_master_update_racing_a_delete_on_the_other_side_keeps_the_record(worl
     assert both(world, "K1") == (account("C1", name="bob"), account("C1", name="bob"))
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 item 1")
 def test_two_workers_on_two_versions_of_one_record_end_on_the_newest(world):
     """Issue 11 item 1 (one_way_answer): v1 and v2 of K1 in flight on the one-way flow; worker A (v1) reads, decides, and is
     held just before its write while worker B applies v2; A then writes v1 over v2, and its record state
@@ -147,7 +145,6 @@ def test_two_workers_on_two_versions_of_one_record_end_on_the_newest(world):
     assert business(world.erp_row("C1", table="archive")) == account("C1", name="cy")
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 item 9")
 def test_an_erp_edit_made_while_a_change_is_being_applied_is_kept(world):
     """Issue 11 item 9 (policy_answer): the CRM renames K1; the worker applying it has read the ERP's row
     when an ERP user changes the amount; the worker then wrote every mapped field, the old amount included,
@@ -181,9 +178,8 @@ def test_a_delete_is_not_superseded_by_an_older_change_of_the_deleted_record(wor
     assert world.erp_rows("archive") == {}
 
 
-@pytest.mark.xfail(strict=True, reason="NEW (not in issue 11's list): an inferred delete sorts above every version")
 def test_a_record_recreated_after_an_inferred_delete_is_synced(world):
-    """sides_agree: K0 created in the ERP and synced to the CRM, so no CRM version was ever applied. Deleted
+    """Found by the checker (sides_agree), not in issue 11's list: K0 created in the ERP and synced to the CRM, so no CRM version was ever applied. Deleted
     in the CRM, a poll infers the delete with version '~deleted' (no last version, plus the suffix), which
     sorts above every real version; the CRM user re-creates K0 with other values, and that change was dropped
     as superseded by the delete (itself skipped: the source has the record again). The two sides stayed
