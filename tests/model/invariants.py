@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.model.world import PAIR, SYNCED, TO_ARCHIVE, TO_CRM, TO_ERP, World, business
+from tests.model.world import SYNCED, TO_ARCHIVE, TO_CRM, TO_ERP, World, business
 
 KEYS = ("K0", "K1", "K2", "K3")
 CODES = {"K0": "C0", "K1": "C1", "K2": "C2", "K3": "C0"}  # K0 and K3 map to one archive row
@@ -114,7 +114,8 @@ def check(world: World, round_: Round, contended: set[str]) -> dict[str, Values]
     for key in KEYS:
         if crm[key] != erp[key]:
             rule = round_.rule.get(key, "policy_answer")
-            fail("sides_agree" if rule == "policy_answer" else rule, f"{key}: crm {_show(crm[key])} but erp {_show(erp[key])}")
+            fail("sides_agree" if rule == "policy_answer" else rule,
+                 f"{key}: crm {_show(crm[key])} but erp {_show(erp[key])}")
         elif crm[key] not in round_.expected[key]:
             fail(round_.rule.get(key, "policy_answer"), f"{key}: both hold {_show(crm[key])}, the policy says "
                                   f"{' or '.join(_show(v) for v in round_.expected[key])}")
@@ -127,8 +128,8 @@ def check(world: World, round_: Round, contended: set[str]) -> dict[str, Values]
     _check_counts(world, contended, fail)
     if problems:
         first = min(problems, key=ORDER.index)
-        raise BROKEN[first]("; ".join(f"{name}: {' | '.join(texts)}" for name, texts in sorted(problems.items(),
-                                                                                           key=lambda p: ORDER.index(p[0]))))
+        named = sorted(problems.items(), key=lambda p: ORDER.index(p[0]))
+        raise BROKEN[first]("; ".join(f"{name}: {' | '.join(texts)}" for name, texts in named))
     return crm
 
 
@@ -193,4 +194,3 @@ def _show(values: Values) -> str:
     return f"{{name={values['name']}, amount={values['amount']}c, due={due}}}"
 
 
-__all__ = ["CODES", "KEYS", "PAIR", "InvariantBroken", "Round", "answers", "check", "contended_codes"]

@@ -1,21 +1,19 @@
 """The failures the model-based checker shrank to, as plain tests on the same world (tests/model/world.py).
 
-Each names the invariant it breaks. Those of a known item of issue 11 are expected to fail until its fix
-is merged (strict: an unexpected pass means the fix landed and the mark must go).
+Each names the invariant it broke and, where it is one, the item of issue 11. Those still failing on main
+are strict xfails (an unexpected pass means the fix landed and the mark must go); the others failed on
+main when the checker found them and pass since their fix was merged.
 """
 
 from __future__ import annotations
 
-import threading
 from datetime import UTC, datetime
 
 import pytest
 
-from tests.model.invariants import KEYS, Round, answers, check
-from tests.model.world import TO_ARCHIVE, TO_CRM, TO_ERP, Crash, Gate, SettleError, World, business
+from tests.model.world import TO_ARCHIVE, TO_CRM, TO_ERP, SettleError, World, business
 
 DUE = datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
-LATER = datetime(2024, 12, 31, 23, 59, 59, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -43,8 +41,9 @@ def both(world: World, key: str) -> tuple[dict | None, dict | None]:
 
 
 def test_a_datetime_and_a_decimal_that_come_back_in_another_form_settle(forms_world):
-    """Issue 11 item 4 (settles): the CRM hands back `2024-05-01T10:00:00Z` and 10.5, the ERP `2024-05-01T10:00:00` and '10.50';
-    with `type: datetime` / `type: decimal` declared, the pair still wrote on every pass, forever."""
+    """Issue 11 item 4 (settles): the CRM hands back `2024-05-01T10:00:00Z` and 10.5, the ERP
+    `2024-05-01T10:00:00` and '10.50'; with `type: datetime` / `type: decimal` declared, the pair still wrote
+    on every pass, forever."""
     world = forms_world
     world.user_write("crm", "K1", account("C1", amount=1050))
     try:
@@ -55,10 +54,9 @@ def test_a_datetime_and_a_decimal_that_come_back_in_another_form_settle(forms_wo
     assert both(world, "K1")[0] == both(world, "K1")[1] == account("C1", amount=1050)
 
 
-
 def test_two_accounts_with_one_code_never_share_an_archive_row(world):
-    """Issue 11 item 3 (one_source_per_row): K0 and K3 both carry code C0, the archive's key; both were written to
-    row C0 and linked to it, so deleting one would delete the other's row."""
+    """Issue 11 item 3 (one_source_per_row): K0 and K3 both carry code C0, the archive's key; both were
+    written to row C0 and linked to it, so deleting one would delete the other's row."""
     world.user_write("crm", "K0", account("C0", name="ann"))
     world.user_write("crm", "K3", account("C0", name="bob"))
     world.pull(TO_ARCHIVE)
@@ -71,9 +69,10 @@ def test_two_accounts_with_one_code_never_share_an_archive_row(world):
 
 @pytest.mark.xfail(strict=True, reason="NEW (not in issue 11's list): a create on both sides is not a conflict")
 def test_a_record_created_on_both_sides_in_one_poll_ends_as_the_masters(world):
-    """create_conflict: K1 is created in the CRM (the master) and in the ERP before either is synced. With the
-    ERP's change applied first, it overwrote the CRM's new record (no baseline, so no conflict was seen), and
-    the CRM's own change then looked like the echo of that write: the master's values were lost."""
+    """Not in issue 11's list (create_conflict): K1 is created in the CRM (the master) and in the ERP before
+    either is synced. With the ERP's change applied first, it overwrote the CRM's new record (no baseline,
+    so no conflict was seen), and the CRM's own change then looked like the echo of that write: the
+    master's values were lost."""
     world.user_write("crm", "K1", account("C1", name="ann"))
     world.user_write("erp", "K1", account("C1", name="new"))
     world.pull(TO_CRM)
@@ -89,9 +88,9 @@ def synced(world: World, key: str, **values) -> None:
 
 
 def test_a_record_deleted_and_restored_with_the_same_values_is_written_again(world):
-    """Issue 11 item 2 (policy_answer): K1 synced, deleted in the CRM (deleted in the ERP and the archive), then restored
-    with the same key and values: skipped as an echo (pair) and as unchanged (one-way flow), so the ERP
-    never got it back."""
+    """Issue 11 item 2 (policy_answer): K1 synced, deleted in the CRM (so in the ERP and the archive), then
+    restored with the same key and values: skipped as an echo (pair) and as unchanged (one-way flow), so
+    the ERP never got it back."""
     synced(world, "K1")
     world.user_delete("crm", "K1")
     world.quiesce()
@@ -103,9 +102,9 @@ def test_a_record_deleted_and_restored_with_the_same_values_is_written_again(wor
 
 
 def test_a_master_delete_racing_an_update_on_the_other_side_deletes_both(world):
-    """Issue 11 item 2 (delete_conflict): the CRM (master) deletes K1 while the ERP updates it. With the ERP's update applied
-    first it re-created the CRM's record, the CRM's delete then deleted the ERP's row, and the two sides
-    stayed different for good."""
+    """Issue 11 item 2 (delete_conflict): the CRM (master) deletes K1 while the ERP updates it. With the
+    ERP's update applied first it re-created the CRM's record, the CRM's delete then deleted the ERP's row,
+    and the two sides stayed different for good."""
     synced(world, "K1")
     world.user_delete("crm", "K1")
     world.user_write("erp", "K1", {"name": "bob"})
@@ -118,8 +117,9 @@ def test_a_master_delete_racing_an_update_on_the_other_side_deletes_both(world):
 
 
 def test_a_master_update_racing_a_delete_on_the_other_side_keeps_the_record(world):
-    """Issue 11 item 2, the other way round (delete_conflict): the ERP deletes K1 while the CRM (master) updates it; the ERP's delete was applied
-    first and deleted the master's updated record: the master's change was lost."""
+    """Issue 11 item 2, the other way round (delete_conflict): the ERP deletes K1 while the CRM (master)
+    updates it; the ERP's delete was applied first and deleted the master's updated record: the master's
+    change was lost."""
     synced(world, "K1")
     world.user_delete("erp", "K1")
     world.user_write("crm", "K1", {"name": "bob"})
@@ -132,9 +132,9 @@ def test_a_master_update_racing_a_delete_on_the_other_side_keeps_the_record(worl
 
 
 def test_two_workers_on_two_versions_of_one_record_end_on_the_newest(world):
-    """Issue 11 item 1 (one_way_answer): v1 and v2 of K1 in flight on the one-way flow; worker A (v1) reads, decides, and is
-    held just before its write while worker B applies v2; A then writes v1 over v2, and its record state
-    (version v1) over B's, so the archive keeps the older version for good."""
+    """Issue 11 item 1 (one_way_answer): v1 and v2 of K1 in flight on the one-way flow; worker A (v1)
+    reads, decides, and is held just before its write while worker B applies v2; A then wrote v1 over v2,
+    and its record state (version v1) over B's, so the archive kept the older version for good."""
     synced(world, "K1")
     world.user_write("crm", "K1", {"name": "bob"})
     world.pull(TO_ARCHIVE)
@@ -158,12 +158,12 @@ def test_an_erp_edit_made_while_a_change_is_being_applied_is_kept(world):
     assert both(world, "K1") == (account("C1", name="bob", amount=99999), account("C1", name="bob", amount=99999))
 
 
-@pytest.mark.xfail(strict=True, reason="NEW (not in issue 11's list): an inferred delete is superseded by a stale upsert")
+@pytest.mark.xfail(strict=True, reason="NEW (not in issue 11's list): an inferred delete loses to an older change")
 def test_a_delete_is_not_superseded_by_an_older_change_of_the_deleted_record(world):
-    """sides_agree / nothing_resurrected: K0 synced (v1), saved unchanged in the CRM (v2, pulled), then
-    deleted. The next poll infers the delete with version 'v1~deleted' (the last applied version plus a
-    suffix), which sorts below v2: in one batch the delete was dropped as superseded by v2, and v2 itself
-    was skipped (source gone, unchanged). The ERP row and the archive row stayed until a later
+    """Not in issue 11's list (sides_agree, nothing_resurrected): K0 synced (v1), saved unchanged in the CRM
+    (v2, pulled), then deleted. The next poll infers the delete with version 'v1~deleted' (the last applied
+    version plus a suffix), which sorts below v2: in one batch the delete was dropped as superseded by v2,
+    and v2 itself was skipped (source gone, unchanged). The ERP row and the archive row stayed until a later
     reconciliation re-sent the delete after the duplicate-detection window."""
     world.user_write("crm", "K0", account("C0"))
     world.quiesce()
@@ -179,11 +179,11 @@ def test_a_delete_is_not_superseded_by_an_older_change_of_the_deleted_record(wor
 
 
 def test_a_record_recreated_after_an_inferred_delete_is_synced(world):
-    """Found by the checker (sides_agree), not in issue 11's list: K0 created in the ERP and synced to the CRM, so no CRM version was ever applied. Deleted
-    in the CRM, a poll infers the delete with version '~deleted' (no last version, plus the suffix), which
-    sorts above every real version; the CRM user re-creates K0 with other values, and that change was dropped
-    as superseded by the delete (itself skipped: the source has the record again). The two sides stayed
-    different for good."""
+    """Not in issue 11's list (sides_agree): K0 created in the ERP and synced to the CRM, so no CRM version
+    was ever applied. Deleted in the CRM, a poll infers the delete with version '~deleted' (no last version,
+    plus the suffix), which sorts above every real version; the CRM user re-creates K0 with other values,
+    and that change was dropped as superseded by the delete (itself skipped: the source has the record
+    again). The two sides stayed different for good."""
     world.user_write("erp", "K0", account("C0"))
     world.quiesce()
     world.user_delete("crm", "K0")

@@ -21,7 +21,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -127,7 +127,6 @@ class DataverseLike(MemoryConnector):
         super().__init__()
         self.same_forms = same_forms
         self.noop_writes: list[str] = []
-        self.engine_writes = 0
 
     def normalise(self, row: dict[str, Any]) -> dict[str, Any]:
         out = dict(row)
@@ -147,11 +146,8 @@ class DataverseLike(MemoryConnector):
             before = rows.get(key)
             if op.kind != "delete" and before is not None:
                 after = self.normalise({**before, **op.values})
-                self.engine_writes += 1
                 if business(after) == business(before):
                     self.noop_writes.append(f"crm {target.entity} {key}: {op.values}")
-            elif before is not None or op.kind != "delete":
-                self.engine_writes += 1
         return super().write_batch(target, ops)
 
 
@@ -593,7 +589,3 @@ def _erp_form(values: dict[str, Any]) -> dict[str, Any]:
     if "due" in out:
         out["due"] = out["due"].astimezone(UTC).replace(tzinfo=None)
     return out
-
-
-def days(n: int) -> timedelta:
-    return timedelta(days=n)
