@@ -18,6 +18,7 @@ cents), never between the forms the two systems hold them in.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,7 +37,7 @@ class InvariantBroken(AssertionError):
 
 ORDER = ("settles", "counts_add_up", "sides_agree", "policy_answer", "create_conflict", "delete_conflict",
          "one_source_per_row", "nothing_resurrected",
-         "one_way_answer", "no_noop_writes", "no_dead_letters")
+         "one_way_answer", "key_reuse", "no_noop_writes", "no_dead_letters")
 # One exception class per invariant, so Hypothesis tells the failures apart and shrinks each on its own.
 BROKEN = {name: type(f"Broken_{name}", (InvariantBroken,), {}) for name in ORDER}
 
@@ -95,8 +96,12 @@ class Round:
             self.expected[key] = [{**v, name: value} for v in self.expected[key] if v]
 
 
-def check(world: World, round_: Round, contended: set[str]) -> dict[str, Values]:
-    """Drain, then check every invariant; returns the agreed values per key (the next round's base)."""
+def check(world: World, round_: Round, contended: set[str], reused: frozenset[str] = frozenset()
+          ) -> dict[str, Values]:
+    """Drain, then check every invariant; returns the agreed values per key (the next round's base).
+
+    `contended`: archive codes two records held at once (either may own the row, the other is dead-lettered).
+    `reused`: codes two records held one after the other; what breaks there is reported as `key_reuse`."""
     skip = off()
     try:
         world.quiesce(until_quiet="late_delete" in skip)
@@ -119,13 +124,13 @@ def check(world: World, round_: Round, contended: set[str]) -> dict[str, Values]
         elif crm[key] not in round_.expected[key]:
             fail(round_.rule.get(key, "policy_answer"), f"{key}: both hold {_show(crm[key])}, the policy says "
                                   f"{' or '.join(_show(v) for v in round_.expected[key])}")
-    _check_archive(world, crm, contended, fail)
+    _check_archive(world, crm, contended, _reuse(reused, fail))
     noops = world.engine_noop_writes()
     if round_.crashed:  # a one-way flow redoes a write a crash cut short: bounded, not a bug
         noops = [n for n in noops if not n.startswith("erp archive")]
     if noops:
         fail("no_noop_writes", f"{len(noops)} writes changed nothing: {noops[:4]}")
-    _check_counts(world, contended, fail)
+    _check_counts(world, contended, _reuse(reused, fail))
     if problems:
         first = min(problems, key=ORDER.index)
         named = sorted(problems.items(), key=lambda p: ORDER.index(p[0]))
@@ -177,6 +182,16 @@ def _check_counts(world: World, contended: set[str], fail: Any) -> None:
         key = str(letter.envelope.application_properties.get("key"))
         if flow in (TO_ERP, TO_CRM) or CODES.get(key) not in contended:
             fail("no_dead_letters", f"{flow} {key}: {letter.dead_letter_reason}: {letter.dead_letter_description}")
+
+
+def _reuse(reused: frozenset[str], fail: Any) -> Any:
+    """Report a failure about a reused archive code under `key_reuse`."""
+
+    def report(name: str, text: str) -> None:
+        codes = set(re.findall(r"\bC\d\b", text)) | {CODES.get(k) for k in re.findall(r"\bK\d\b", text)}
+        fail("key_reuse" if "archive" in text and codes & reused else name, text)
+
+    return report
 
 
 def contended_codes(present: Iterable[str]) -> set[str]:

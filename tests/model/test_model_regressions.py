@@ -208,3 +208,18 @@ def test_an_older_delete_delivered_after_a_newer_restore_does_not_win(world):
         world.deliver([message])
     world.quiesce()
     assert business(world.erp_row("C0", table="archive")) == account("C0")
+
+
+@pytest.mark.xfail(strict=True, reason="NEW (not in issue 11's list): a deleted record's stale change keeps its key")
+def test_a_target_key_freed_by_a_delete_goes_to_the_record_that_holds_it_now(world):
+    """Not in issue 11's list (key_reuse, found after item 3's fix): K0 (code C0) is created and polled, then
+    deleted, and K3 is created with code C0. K0's stale change (the one-way flow does not re-read its source)
+    claimed archive row C0 in the same batch, so K3 was dead-lettered as DuplicateTargetKey; K0's delete then
+    removed the row, and K3, the only record with code C0, never got it."""
+    world.user_write("crm", "K0", account("C0"))
+    world.pull(TO_ARCHIVE)
+    world.user_delete("crm", "K0")
+    world.user_write("crm", "K3", account("C0", name="bob"))
+    world.quiesce()
+    assert world.bus.peek_dead_letters(world.app.queue) == []
+    assert business(world.erp_row("C0", table="archive")) == account("C0", name="bob")

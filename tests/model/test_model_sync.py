@@ -57,6 +57,7 @@ class SyncModel(RuleBasedStateMachine):
         self.recreated: dict[str, set[str]] = {side: set() for side in SIDES}
         self.deleted: dict[tuple[str, str], dict] = {}  # (side, key) -> values before its last delete
         self.contended: set[str] = set()
+        self.present: set[str] = set()  # keys that existed on either side at some point
         STATS["examples"] += 1
 
     # -- helpers ----------------------------------------------------------------------------------
@@ -65,7 +66,9 @@ class SyncModel(RuleBasedStateMachine):
 
     def note_presence(self) -> None:
         for side in SIDES:
-            self.contended |= contended_codes(k for k in KEYS if self.row(side, k) is not None)
+            now = {k for k in KEYS if self.row(side, k) is not None}
+            self.contended |= contended_codes(now)
+            self.present |= now
 
     def step(self, name: str) -> None:
         STATS["operations"] += 1
@@ -267,7 +270,7 @@ class SyncModel(RuleBasedStateMachine):
         if self.phase == "edit":
             self.users_stop()
         STATS["rounds"] += 1
-        self.base = check(self.world, self.round, self.contended)
+        self.base = check(self.world, self.round, self.contended, frozenset(contended_codes(self.present)))
         self.phase, self.dirty, self.round, self.applies = "edit", False, Round(), 0
         self.recreated = {side: set() for side in SIDES}
 
