@@ -52,7 +52,7 @@ class SyncModel(RuleBasedStateMachine):
         self.base: dict[str, dict | None] = {k: None for k in KEYS}
         self.phase = "edit"
         self.dirty = False
-        self.applies = 0  # apply steps this round
+        self.pipeline_steps = 0  # pipeline steps this round
         self.round = Round()
         self.recreated: dict[str, set[str]] = {side: set() for side in SIDES}
         self.deleted: dict[tuple[str, str], dict] = {}  # (side, key) -> values before its last delete
@@ -75,7 +75,7 @@ class SyncModel(RuleBasedStateMachine):
         STATS[f"op:{name}"] += 1
         self.dirty = True
         if self.phase == "pipeline":
-            self.applies += 1
+            self.pipeline_steps += 1
 
     # -- users (edit phase) -----------------------------------------------------------------------
     @initialize(seeded=st.lists(st.tuples(st.sampled_from(SIDES), st.sampled_from(KEYS)), max_size=3,
@@ -261,7 +261,7 @@ class SyncModel(RuleBasedStateMachine):
         self.step("time_passes")
         self.world.clock.advance(seconds)
 
-    @precondition(lambda self: self.phase == "pipeline" and self.applies > 0)
+    @precondition(lambda self: self.phase == "pipeline" and self.pipeline_steps > 0)
     @rule()
     def settle_and_check(self) -> None:
         self.finish_round()
@@ -271,7 +271,7 @@ class SyncModel(RuleBasedStateMachine):
             self.users_stop()
         STATS["rounds"] += 1
         self.base = check(self.world, self.round, self.contended, frozenset(contended_codes(self.present)))
-        self.phase, self.dirty, self.round, self.applies = "edit", False, Round(), 0
+        self.phase, self.dirty, self.round, self.pipeline_steps = "edit", False, Round(), 0
         self.recreated = {side: set() for side in SIDES}
 
     def teardown(self) -> None:
