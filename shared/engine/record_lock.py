@@ -24,6 +24,7 @@ source (see apply).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from shared.app import SyncApp
@@ -45,14 +46,33 @@ def held_by_other(state: RecordState | None, owner: str, now: datetime) -> datet
     return lease.until
 
 
-def claim(app: SyncApp, pair: str, claims: Iterable[tuple[RecordState, str]]) -> set[str]:
-    """Lease each (state as read, owner); returns the record ids whose state changed since it was read."""
+@dataclass
+class Claimed:
+    lost: set[str] = field(default_factory=set)  # record ids whose state changed since it was read
+    failed: dict[str, Exception] = field(default_factory=dict)  # record ids whose claim could not be written
+
+
+def claim(app: SyncApp, pair: str, claims: Iterable[tuple[RecordState, str]]) -> Claimed:
+    """Lease each (state as read, owner). A store error on the batch is narrowed down record by record, so
+    it holds back only the changes whose lease could not be written, never the whole batch."""
     until = app.clock() + timedelta(seconds=LEASE_SECONDS)
     states = []
     for state, owner in claims:
         state.lease = RecordLease(owner, until)
         states.append(state)
-    return app.state.save_records(pair, states) if states else set()
+    if not states:
+        return Claimed()
+    try:
+        return Claimed(lost=app.state.save_records(pair, states))
+    except Exception:  # noqa: BLE001 - which record's claim fails is found below
+        pass
+    claimed = Claimed()
+    for state in states:
+        try:
+            claimed.lost |= app.state.save_records(pair, [state])
+        except Exception as exc:  # noqa: BLE001 - this change alone waits
+            claimed.failed[state.record_id] = exc
+    return claimed
 
 
 def release(app: SyncApp, pair: str, states: Iterable[RecordState]) -> None:

@@ -55,11 +55,18 @@ class FailingRecordState:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.tables, name)
 
-    def upsert_many(self, table: str, rows: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
-        if self.failures_left and table == RECORDS and any(rk.endswith(f"|{self.poisoned}") for _, rk, _ in rows):
+    def _refuse(self, table: str, rows: Sequence[tuple[Any, ...]]) -> None:
+        if self.failures_left and table == RECORDS and any(row[1].endswith(f"|{self.poisoned}") for row in rows):
             self.failures_left -= 1
             raise ServiceRequestError("connection reset while writing the record state")
+
+    def upsert_many(self, table: str, rows: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
+        self._refuse(table, rows)
         self.tables.upsert_many(table, rows)
+
+    def write_guarded(self, table: str, rows: Sequence[tuple[Any, ...]]) -> Any:
+        self._refuse(table, rows)
+        return self.tables.write_guarded(table, rows)
 
 
 @pytest.fixture

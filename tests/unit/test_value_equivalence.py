@@ -11,6 +11,7 @@ from shared.config import parse_config
 from shared.engine.conflicts import decide
 from shared.engine.values import DIGEST_OVER, EXACT, Equivalence, FieldRule, equivalence, is_digest
 from shared.ports.connector import ValuePrecision
+from shared.ports.tables import Entity
 from shared.state.store import RecordState
 
 
@@ -87,7 +88,7 @@ def test_record_state_fits_one_table_entity_whatever_the_values():
     data = state.to_data()
     parts = [v for k, v in data.items() if k.startswith("values_")]
     assert all(len(p) <= 30_000 for p in parts) and sum(map(len, parts)) < 1_000_000
-    back = RecordState.from_entity(type("E", (), {"rk": "crm|1", "data": data})())
+    back = RecordState.from_entity(Entity("records", "crm|1", data))
     assert is_digest(back.values["erp"]["body"]) and back.values["crm"]["f1"] == "y" * 40
 
 
