@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -200,6 +201,9 @@ class Flow(Strict):
     fetch_missing_parents: bool = False  # pull a missing lookup parent on demand instead of waiting
     max_attempts: int | None = Field(default=None, ge=1, le=100)  # None: the MAX_ATTEMPTS app setting
     missing_reference_attempts: int = Field(default=5, ge=1, le=100)
+    # How long a change may keep being throttled (429 / Retry-After), from its first throttle, before it is
+    # dead-lettered; throttling never uses max_attempts. ISO 8601 (PT6H) or seconds.
+    throttle_budget: timedelta = Field(default=timedelta(hours=6), gt=timedelta(0))
     page_size: int = Field(default=1000, ge=1, le=10000)
     enabled: bool = True
 
