@@ -131,6 +131,7 @@ from shared.config import SourceSpec, TargetSpec
 from shared.connectors.keysort import ascending, sorted_keys
 from shared.errors import ConfigError, PermanentError, Reason, SyncError, TargetChanged, TransientError
 from shared.keys import format_key, key_of, parse_key
+from shared.numbers import bounded_decimal
 from shared.ports.connector import ChangePage, SourceRecord, ValuePrecision, WriteOp, WriteResult
 from shared.versions import sortable_version
 
@@ -273,16 +274,20 @@ def _to_db(column: Column, value: Any) -> Any:
                 return int(value)
             if isinstance(value, int):
                 return value
-            number = Decimal(value.strip() if isinstance(value, str) else str(value))
-            if not number.is_finite() or number != number.to_integral_value():
+            number = _number(value)
+            if number != number.to_integral_value():
                 raise _Reject(f"{value!r} is not a whole number")
+            if abs(number) >= 2**63:
+                raise _Reject(f"{value!r} is beyond a 64-bit integer column")
             return int(number)
         if isinstance(kind, sqltypes.Numeric):  # Float included
             if isinstance(value, bool) or not isinstance(value, int | float | Decimal | str):
                 raise _Reject(f"{value!r} is not a number")
-            number = Decimal(value.strip() if isinstance(value, str) else str(value))
-            if not number.is_finite():  # a database would store NULL (SQLite) or refuse it
-                raise _Reject(f"{value!r} is not a finite number")
+            number = _number(value)  # NaN and Infinity: a database would store NULL (SQLite) or refuse it
+            precision, scale = getattr(kind, "precision", None), getattr(kind, "scale", None) or 0
+            if precision and not isinstance(kind, sqltypes.Float) and number.adjusted() >= precision - scale:
+                raise _Reject(f"{value!r} has more than the {precision - scale} digits before the point the "
+                              f"column allows (NUMERIC({precision},{scale}))")
             return float(number) if isinstance(kind, sqltypes.Float) else number
         if isinstance(kind, sqltypes.String):
             if isinstance(value, bool):
@@ -290,6 +295,8 @@ def _to_db(column: Column, value: Any) -> Any:
             elif isinstance(value, str):
                 text = value
             elif isinstance(value, int | float | Decimal | uuid.UUID | date | time):
+                if isinstance(value, float | Decimal):
+                    _number(value)  # its digits are written out: refuse one no column holds before that
                 text = str(plain_value(value))
             else:
                 raise _Reject(f"a {type(value).__name__} is not text")
@@ -339,6 +346,13 @@ def _query_values(url: Any) -> list[str]:
 def _same_values(current: dict[str, Any], read: dict[str, Any]) -> bool:
     """Do two rows' JSON-friendly values agree? (NULL equals NULL, NaN equals NaN: compared as JSON.)"""
     return json.dumps(current, sort_keys=True, default=str) == json.dumps(read, sort_keys=True, default=str)
+
+
+def _number(value: Any) -> Decimal:
+    try:
+        return bounded_decimal(value)
+    except ValueError as exc:
+        raise _Reject(str(exc)) from None
 
 
 def _after(columns: Sequence[Any], values: Sequence[Any]) -> Any:
