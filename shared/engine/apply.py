@@ -288,7 +288,7 @@ def _screen(app: SyncApp, f: _Flow, item: _Item, state: RecordState | None,
             item.payload = row.values
     restored = state is not None and source in state.tombstones  # the target no longer holds what was synced
     if (message.op == "upsert" and state and not restored
-            and _unchanged(f.rules, item.payload, state.values.get(source))):
+            and _unchanged(f.rules, [fm.from_ for fm in f.flow.fields], item.payload, state.values.get(source))):
         # Every field we manage equals what was last synced for this side: in a pair, our own write coming
         # back; otherwise a change to fields we do not sync.
         return "echo" if f.bidirectional else "unchanged"
@@ -301,11 +301,15 @@ def _screen(app: SyncApp, f: _Flow, item: _Item, state: RecordState | None,
     return None
 
 
-def _unchanged(rules: Equivalence, payload: dict[str, Any], known: dict[str, Any] | None) -> bool:
+def _unchanged(rules: Equivalence, fields: list[str], payload: dict[str, Any], known: dict[str, Any] | None) -> bool:
+    """Every field this flow reads equals what both sides last agreed on. A field with nothing agreed (a record
+    the other side created, where only what was written there is known) is not "unchanged": it goes on to the
+    no-op check against the target, which writes nothing when the target already holds it."""
     # Write-only names (Dataverse's `x@odata.bind`) never come back in a read; the read-side name of the same
     # lookup (`_x_value`) is remembered from the rows we saw, and compared instead.
-    return bool(known) and all(
-        rules.source(name).same(payload.get(name), value) for name, value in known.items() if "@" not in name)
+    if not known or any(name not in known for name in fields if "@" not in name):
+        return False
+    return all(rules.source(name).same(payload.get(name), value) for name, value in known.items() if "@" not in name)
 
 
 def _resolve_lookups(app: SyncApp, flow: Flow, items: list[_Item]) -> Lookups:
@@ -383,7 +387,7 @@ def _settle_conflicts(app: SyncApp, f: _Flow, items: list[_Item], states: dict[s
         state = states.get(item.record_id)
         row = rows.get(target_key)
         current = row.values if row else None
-        baseline = state.values.get(target.system) if state and not item.forced else None
+        baseline = None if item.forced else (state.values.get(target.system) or {}) if state else {}
         if current is None and baseline and _deleted_by_target(app, f, item, outcomes):
             continue
         item.decision = decide(flow, f.rules, item.values or {}, baseline, current, item.message.changed_at,

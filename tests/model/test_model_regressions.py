@@ -67,7 +67,6 @@ def test_two_accounts_with_one_code_never_share_an_archive_row(world):
     assert "K0" in letter.dead_letter_description and "K3" in letter.dead_letter_description
 
 
-@pytest.mark.xfail(strict=True, reason="NEW (not in issue 11's list): a create on both sides is not a conflict")
 def test_a_record_created_on_both_sides_in_one_poll_ends_as_the_masters(world):
     """Not in issue 11's list (create_conflict): K1 is created in the CRM (the master) and in the ERP before
     either is synced. With the ERP's change applied first, it overwrote the CRM's new record (no baseline,
