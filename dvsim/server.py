@@ -253,13 +253,16 @@ class DataverseSimulator:
         entity = self.schema.entity(set_name)
         with self.store.transaction():
             values, body_id = self.web_api.coerce(entity, row, creating=True, raw_lookups=True)
-            stored = self.store.insert(entity, body_id or new_guid(), values, None)
+            record_id = body_id or new_guid()
+            self.web_api.check_status(entity, values, None, record_id)
+            stored = self.store.insert(entity, record_id, values, None)
         return self.web_api.serialize(entity, stored, None)
 
     def update(self, set_name: str, record_id: str, changes: Mapping[str, Any]) -> dict[str, Any]:
         entity = self.schema.entity(set_name)
         with self.store.transaction():
             values, _ = self.web_api.coerce(entity, changes, creating=False, raw_lookups=True)
+            self.web_api.check_status(entity, values, self.store.get(entity, record_id), record_id)
             stored = self.store.update(entity, record_id, values, None)
         return self.web_api.serialize(entity, stored, None)
 
