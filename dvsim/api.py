@@ -156,6 +156,7 @@ class DataverseApi:
         # How a delta reports a deleted row: "deletedEntity" (Dataverse's own form) or "removed" (the
         # OData JSON form other services send: {"@odata.id": "accounts(<id>)", "@removed": {...}}).
         self.deleted_form = "deletedEntity"
+        self.echo_track_changes = True
 
     # --- dispatch --------------------------------------------------------------------------------
 
@@ -422,7 +423,7 @@ class DataverseApi:
             delta = str(make_delta_token(self.store.current_version, utcnow()))
             body["@odata.deltaLink"] = self._link(req, entity, [("$deltatoken", delta)], ("$select",))
         headers = self._applied(
-            "odata.track-changes" if "odata.track-changes" in prefs else None,
+            "odata.track-changes" if "odata.track-changes" in prefs and self.echo_track_changes else None,
             f"odata.maxpagesize={page_size}" if size_applied else None,
             self._annotations_applied(req),
         )
@@ -481,7 +482,7 @@ class DataverseApi:
             body["@odata.deltaLink"] = self._link(req, entity, [("$deltatoken", delta)], ("$select",))
         prefs = parse_prefer(req.header("prefer"))
         headers = self._applied(
-            "odata.track-changes" if "odata.track-changes" in prefs else None,
+            "odata.track-changes" if "odata.track-changes" in prefs and self.echo_track_changes else None,
             f"odata.maxpagesize={page_size}" if size_applied else None,
             self._annotations_applied(req),
         )

@@ -121,6 +121,7 @@ class DataverseSimulator:
         seed: int | None = 0,
         verbose: bool = False,
         deleted_form: str = "deletedEntity",
+        echo_track_changes: bool = True,
     ):
         self.schema: Schema = load_schema(schema_path)
         self.store = Store(self.schema, db_path)
@@ -141,6 +142,9 @@ class DataverseSimulator:
         if deleted_form not in ("deletedEntity", "removed"):
             raise ValueError(f"deleted_form must be deletedEntity or removed, got {deleted_form!r}")
         self.web_api.deleted_form = deleted_form
+        # False: change-tracking answers leave odata.track-changes out of Preference-Applied (nothing documented
+        # says Dataverse always echoes it; a client must judge by the delta link on the last page).
+        self.web_api.echo_track_changes = echo_track_changes
         self.host = host
         self.port = port
         self.verbose = verbose
