@@ -8,7 +8,9 @@ shared variable) and *Use optional parameters*.
 
 Reading changes (`SourceSpec.changes`):
 
-- ``change_tracking``: ``GET <set>?$select=...`` with ``Prefer: odata.track-changes,odata.maxpagesize=N``.
+- ``change_tracking``: ``GET <set>?$select=...`` with ``Prefer: odata.track-changes,odata.maxpagesize=N,
+  odata.include-annotations="Microsoft.Dynamics.CRM.lookuplogicalname"`` (only that annotation: formatted values
+  were reported to cost the delta link on the last page, powerapps-docs#439).
   ``@odata.nextLink`` is followed as given, but only inside the organization's Web API (same scheme, host,
   port and ``/api/data/vX/`` path; anything else, from a response or from the cursors table, raises
   UnsafeLinkError before the bearer token is attached); a link that repeats an earlier page is a loop and
@@ -20,6 +22,12 @@ Reading changes (`SourceSpec.changes`):
   next link is not, even if that link belongs to a full read: the engine infers deletes from a snapshot's
   key set, and a resumed read holds only part of it. A delta read with nothing new still yields one empty
   page, so the cursor moves to the fresh delta link (a token left unused ages towards its expiry).
+  A full read ends with a catch-up: the delta token comes with the last page, and nothing documented says
+  changes made while a long full read ran are in the next delta, so the rows modified since the read began
+  (``modifiedon ge`` the first answer's ``Date`` less ``CATCH_UP_MARGIN``) are read again and emitted with the
+  last page, less those the read returned at the same version. Until then the position stays on the last page
+  (``catch_up_since`` in it), so a crash repeats the catch-up; a read resumed in a later run emits again the
+  rows its earlier run saw, which the engine skips by version.
   ``$deletedEntity`` rows (``reason: deleted``), and OData's ``{"@odata.id": "accounts(<id>)", "@removed":
   {"reason": "deleted"}}`` form (``@odata.removed`` / ``@id`` too), become ``SourceRecord(deleted=True)``. They
   name the row by its primary id only: a flow keyed by the primary id gets that as the key; a flow keyed by
@@ -28,11 +36,14 @@ Reading changes (`SourceSpec.changes`):
   another reason (``reason: changed``) is skipped with a note. A delete's version is the version number of the
   delta token it was read from plus ``~deleted`` (the delete happened after the token, and a record later
   re-created under the same id gets a higher version). An expired delta token (``0x80044352`` "Version stamp
-  associated with the client has expired") starts a fresh full read at once: its pages are snapshots, with
-  the note "delta token expired: re-baselined with a full read", so the engine emits every current row
+  associated with the client has expired"), or any other client error to a stored link (a token the service
+  cannot read; not 401/403/408/413/429), starts a fresh full read at once: its pages are snapshots, with
+  the note "delta token expired: re-baselined with a full read" (or "stored link refused: ..." and the error),
+  so a flow never stalls on its cursor, and the engine emits every current row
   (unchanged ones are skipped by the version check) and infers the deletes from the key map (each confirmed
-  by a re-read, see ``shared.engine.deletes``). A table without
-  change tracking enabled answers without ``odata.track-changes`` in ``Preference-Applied``: a ConfigError.
+  by a re-read, see ``shared.engine.deletes``). A table without change tracking enabled answers a plain
+  query: its last page has no delta link, a ConfigError (``Preference-Applied`` is not relied on: Dataverse
+  need not echo ``odata.track-changes``).
 - ``watermark``: ``$filter=modifiedon gt X or (modifiedon eq X and key gt K)``, ``$orderby=modifiedon
   asc,key asc``, pages by ``@odata.nextLink``; the position is ``{"watermark": ..., "last_key": [...]}``.
   Literals are typed: strings quoted with ``''`` doubling, the primary id as a bare GUID, numbers bare,
@@ -41,11 +52,14 @@ Reading changes (`SourceSpec.changes`):
 
 Every record: ``key`` = ``shared.keys.key_of(source.key, row)``, ``version`` = ``sortable_version(versionnumber)``
 (or the number in ``@odata.etag``), ``changed_at`` = ``modifiedon``; values are the row minus ``@``
-annotations (lookups stay ``_x_value`` fields). ``SourceSpec.select`` sets ``$select`` (key, ``modifiedon``
+annotations (lookups stay ``_x_value`` fields), except ``_x_value@Microsoft.Dynamics.CRM.lookuplogicalname``, the
+table a lookup points to (a customer lookup is an account or a contact). Activity tables are keyed by
+``activityid`` (``primary_id_of``). ``SourceSpec.select`` sets ``$select`` (key, ``modifiedon``
 and ``versionnumber`` are always added); without it every column is read.
 
 Writing (`write_batch`): upsert by key (``PATCH /accounts(accountnumber='A-1')``, the key left out of the
-body as *Use Upsert* advises; by ``/accounts(<guid>)`` when the key is the primary id), ``create_only`` ->
+body as *Use Upsert* advises; by ``/accounts(<guid>)`` when the key is the primary id; a lookup column in a key
+as a bare GUID, ``(_primarycontactid_value=<guid>)``), ``create_only`` ->
 ``If-None-Match: *`` (412 -> ``TargetChanged``, reason TargetRejected), kind ``update`` -> ``If-Match: *``
 (404 = not found), ``op.if_match`` -> ``If-Match: <etag>`` (412, or 404: the row is gone, -> ``TargetChanged``,
 reason Conflict; `conditional_writes = "etag"`: rows read carry their ``@odata.etag`` in
