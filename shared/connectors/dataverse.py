@@ -132,8 +132,9 @@ CATCH_UP_MARGIN = timedelta(seconds=60)  # a full read's start, less this, is wh
 # Activity tables (task, email, ...) share activitypointer's primary id: activityid, not <table>id.
 ACTIVITY_SETS = frozenset({
     "activitypointers", "appointments", "emails", "faxes", "letters", "phonecalls", "tasks",
-    "recurringappointmentmasters", "serviceappointments", "socialactivities", "campaignactivities", "campaignresponses", "bulkoperations",
-    "incidentresolutions", "opportunitycloses", "ordercloses", "quotecloses", "chats",
+    "recurringappointmentmasters", "serviceappointments", "socialactivities", "campaignactivities",
+    "campaignresponses", "bulkoperations", "incidentresolutions", "opportunitycloses", "ordercloses", "quotecloses",
+    "chats",
 })
 DELETED_SUFFIX = "~deleted"
 UNADDRESSABLE = set("/<>*%&:\\?+")  # "Work with alternate keys": GET/PATCH by such a key value does not work

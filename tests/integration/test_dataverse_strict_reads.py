@@ -243,3 +243,32 @@ def test_an_activity_table_is_keyed_by_activityid(sim, crm):
     sim.delete("tasks", task_id)
     (gone,) = [r for p in read_all(crm, tasks, pages[-1].position, 10) for r in p.records]
     assert gone.deleted and gone.key == task_id  # a delete names the row by its primary id
+
+
+@pytest.mark.parametrize(("status", "code", "rebaselines"), [
+    (400, "0x80044352", True), (400, "0x80060888", True), (404, "0x8006088a", True), (410, "", True),
+    (429, "0x80072322", False), (503, "0x80040216", False)])
+def test_a_client_error_to_a_stored_delta_link_rebaselines_and_a_transient_one_does_not(status, code, rebaselines):
+    from shared.connectors.dataverse_auth import StaticTokenProvider
+    from shared.errors import TransientError
+
+    base = "https://org.example/api/data/v9.2/"
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if "$deltatoken" in str(request.url):
+            return httpx.Response(status, json={"error": {"code": code, "message": "refused"}},
+                                  headers={"Retry-After": "1"})
+        if "modifiedon ge" in request.url.params.get("$filter", ""):
+            return httpx.Response(200, json={"value": []})
+        return httpx.Response(200, json={"value": [{"accountid": "a1", "versionnumber": 5, "name": "A"}],
+                                         "@odata.deltaLink": base + "accounts?$deltatoken=9%2101%2f01%2f2026"})
+
+    crm = DataverseConnector("https://org.example", StaticTokenProvider("env:DV_TOKEN"),
+                             transport=httpx.MockTransport(answer))
+    position = {"next_link": None, "delta_link": base + "accounts?$deltatoken=1%2101%2f01%2f2026"}
+    if rebaselines:
+        (page,) = list(crm.read_changes(ACCOUNTS_CT, position, 10))
+        assert page.snapshot and [r.key for r in page.records] == ["a1"]
+    else:
+        with pytest.raises(TransientError):
+            list(crm.read_changes(ACCOUNTS_CT, position, 10))
