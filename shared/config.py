@@ -187,8 +187,9 @@ class FieldMap(Strict):
             raise ValueError(f"bind {self.bind!r} must be <entity set> or <entity set>(<key column>,...)")
         if isinstance(self.bind, dict) and "{table}" not in self.to:
             raise ValueError("a bind per table needs a 'to' with {table} in it, e.g. parentcustomerid_{table}@odata.bind")
-        if self.polymorphic and isinstance(self.bind, dict) and isinstance(self.lookup, dict) \
-                and set(self.bind) != set(self.lookup):
+        if "{table}" in self.to and not isinstance(self.bind, dict):
+            raise ValueError("a 'to' with {table} in it needs a bind per table")
+        if isinstance(self.bind, dict) and isinstance(self.lookup, dict) and set(self.bind) != set(self.lookup):
             raise ValueError(f"lookup and bind name different tables: {sorted(self.lookup)} vs {sorted(self.bind)}")
         return self
 

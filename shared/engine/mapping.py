@@ -58,10 +58,10 @@ def map_record(flow_name: str, flow: Flow, key: str, payload: dict[str, Any], lo
             lookup = lookup.get(table) if isinstance(lookup, dict) else lookup
             bind = bind.get(table) if isinstance(bind, dict) else bind
             to = to.replace("{table}", table)
-            if bind is None and "{table}" in field.to:
-                raise PermanentError(Reason.MAPPING_FAILED, f"{where}: {name}: no bind for a {table}")
         elif "{table}" in to:
             # An empty polymorphic lookup: clear every table's navigation property it may point to.
+            if field.required:
+                raise PermanentError(Reason.VALIDATION_FAILED, f"{where}: {name}: is required but empty")
             for table in sorted(bind if isinstance(bind, dict) else {}):
                 values[to.replace("{table}", table)] = None
             continue
