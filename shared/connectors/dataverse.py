@@ -27,7 +27,8 @@ Reading changes (`SourceSpec.changes`):
   (``modifiedon ge`` the first answer's ``Date`` less ``CATCH_UP_MARGIN``) are read again and emitted with the
   last page, less those the read returned at the same version. Until then the position stays on the last page
   (``catch_up_since`` in it), so a crash repeats the catch-up; a read resumed in a later run emits again the
-  rows its earlier run saw, which the engine skips by version.
+  rows its earlier run saw, which the engine skips by version. A row deleted during the full read after it
+  was read is not caught up (``modifiedon`` cannot show a delete): the next full read or reconcile finds it.
   ``$deletedEntity`` rows (``reason: deleted``), and OData's ``{"@odata.id": "accounts(<id>)", "@removed":
   {"reason": "deleted"}}`` form (``@odata.removed`` / ``@id`` too), become ``SourceRecord(deleted=True)``. They
   name the row by its primary id only: a flow keyed by the primary id gets that as the key; a flow keyed by
