@@ -17,7 +17,10 @@ Mapping differences the port hides:
 
 * The Python SDK reports the AMQP header's delivery-count, i.e. *prior* unsuccessful deliveries (0 on the first
   receive; the SDK's own live tests assert ``delivery_count == 0``). The port counts deliveries the way Service
-  Bus / .NET do (1 on the first receive), so ``Received.delivery_count = msg.delivery_count + 1``.
+  Bus / .NET do (1 on the first receive), so ``Received.delivery_count = msg.delivery_count + 1`` for what this
+  bus receives. A message the Functions host delivers through the settlement extension is different: the host
+  received it with the .NET SDK, which stores the count 1-based in the message's header, and hands the worker
+  that raw AMQP message, so its count is taken as is (``from_host``).
 * Received application properties come back with ``bytes`` keys and ``bytes`` string values; they are decoded
   to ``str`` (ints stay ints).
 
@@ -380,9 +383,18 @@ def to_service_bus_message(envelope: Envelope) -> ServiceBusMessage:
     )
 
 
+def from_host(msg: ServiceBusReceivedMessage) -> Received:
+    """A message the Functions host delivered through the settlement extension; it settles only through the
+    extension's message actions, so the SDK message itself is the handle. Its header's delivery count is the
+    .NET SDK's, already 1-based (see the module docstring)."""
+    return to_received(msg, msg, counted_from=1)
+
+
 def to_received(
-    msg: ServiceBusReceivedMessage, handle: Any, *, dead_letter: bool = False, peeked: bool = False
+    msg: ServiceBusReceivedMessage, handle: Any, *, dead_letter: bool = False, peeked: bool = False,
+    counted_from: int = 0,
 ) -> Received:
+    """``counted_from``: what the header's delivery count is on a first delivery (0 from the Python SDK)."""
     strip = _DEAD_LETTER_PROPERTIES if dead_letter else ()
     envelope = Envelope(
         message_id=_text(msg.message_id),
@@ -394,8 +406,8 @@ def to_received(
     )
     return Received(
         envelope=envelope,
-        # SDK: prior unsuccessful deliveries (AMQP header); port: this delivery's number, as Service Bus counts.
-        delivery_count=(msg.delivery_count or 0) + 1,
+        # Port: this delivery's number, as Service Bus counts (1 on the first delivery).
+        delivery_count=max((msg.delivery_count or 0) + 1 - counted_from, 1),
         enqueued_at=msg.enqueued_time_utc or datetime.now(UTC),
         sequence_number=msg.sequence_number or 0,
         lock_token="" if peeked or msg.lock_token is None else str(msg.lock_token),

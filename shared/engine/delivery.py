@@ -156,14 +156,14 @@ def handle_with_actions(app: SyncApp, messages: Any, actions: Any) -> list[Outco
     dead-lettered as MalformedMessage. If anything raises unexpectedly, every delivery not yet settled is
     abandoned and the error propagates (the host logs the failed invocation).
     """
-    from shared.bus.servicebus import to_received  # azure-servicebus only where Service Bus is used
+    from shared.bus.servicebus import from_host  # azure-servicebus only where Service Bus is used
 
     settler = ActionsSettler(actions)
     received: list[Received] = []
     unreadable: list[tuple[Any, Exception]] = []
     for message in _as_list(messages):
         try:
-            received.append(to_received(message, message))
+            received.append(from_host(message))
         except Exception as exc:  # noqa: BLE001 - an unreadable delivery is dead-lettered, not retried
             unreadable.append((message, exc))
     try:

@@ -23,6 +23,7 @@ import pytest
 from azure.functions.servicebus import ServiceBusMessage
 from azure.servicebus import ServiceBusReceivedMessage as SdkReceivedMessage
 from azure.servicebus._pyamqp._encode import encode_payload
+from azure.servicebus._pyamqp.message import Header
 from azure.servicebus._pyamqp.types import TYPE, VALUE, AMQPTypes
 from azurefunctions.extensions.base import Datum
 from azurefunctions.extensions.bindings.servicebus import ServiceBusConverter, ServiceBusReceivedMessage
@@ -61,6 +62,11 @@ def host_delivered(messages: Sequence[SdkReceivedMessage]) -> list[SdkReceivedMe
 
 def _content(message: SdkReceivedMessage) -> bytes:
     wire = message._message  # noqa: SLF001 - the pyamqp message as received, broker annotations included
+    # The host received the message with the .NET SDK, which stores the delivery count 1-based in the message's
+    # AMQP header (AmqpMessageConverter: header delivery-count + 1 unless peeked); the raw AMQP message the host
+    # serializes for the worker (GetRawAmqpMessage().ToBytes()) carries that count.
+    header = wire.header or Header()
+    wire = wire._replace(header=header._replace(delivery_count=(header.delivery_count or 0) + 1))
     annotations = {
         k: ({TYPE: AMQPTypes.timestamp, VALUE: v} if k in _TIMESTAMPS else
             {TYPE: AMQPTypes.long, VALUE: v} if isinstance(v, int) and not isinstance(v, bool) else v)
@@ -187,6 +193,23 @@ def test_host_delivered_messages_are_what_the_extension_decodes():
     assert decoded.message_id == got.message_id and decoded.subject == "accounts"
     assert decoded.application_properties[b"flow"] == b"accounts"  # bytes keys, as the real SDK returns them
     assert decoded.body_type == "data" and b"".join(decoded.body) == b"".join(got.body)
+
+
+def test_delivery_count_through_the_extension_is_the_hosts_own(h, monkeypatch):
+    """The host's count is already 1-based: the first delivery is 1, a redelivery 2, never one more."""
+    import shared.engine.delivery as delivery
+
+    seen: list[int] = []
+    real = delivery.apply_batch
+    monkeypatch.setattr(delivery, "apply_batch", lambda app, batch: seen.extend(r.delivery_count for r in batch)
+                        or real(app, batch))
+    h.send(account("a1", 1))
+    [got] = h.receiver.receive_messages(max_message_count=1, max_wait_time=1)
+    h.receiver.abandon_message(got)  # a first delivery that failed
+    [again] = h.receiver.receive_messages(max_message_count=1, max_wait_time=1)
+    assert again.delivery_count == 1  # the Python SDK's header: prior unsuccessful deliveries
+    h.apply(messages=host_delivered([again]), message_actions=RecordingActions(h.receiver, [again], h.events))
+    assert seen == [2]
 
 
 def test_applied_and_skipped_messages_are_completed(h, memory):
