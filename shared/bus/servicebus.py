@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from azure.core.exceptions import AzureError, HttpResponseError
 from azure.servicebus import (
     ServiceBusClient,
     ServiceBusMessage,
@@ -64,7 +65,7 @@ from shared.bus.claim_check import ClaimCheck, MessageTooLargeError
 from shared.bus.payload_store import BlobPayloadStore, PayloadStore
 from shared.errors import ConfigError, LockLostError
 from shared.messages import Envelope
-from shared.ports.bus import QueueCounts, Received, Settler
+from shared.ports.bus import CountsUnavailable, QueueCounts, Received, Settler
 from shared.settings import setting
 
 _LOG = logging.getLogger(__name__)
@@ -289,12 +290,23 @@ class ServiceBusBus:
 
     # -- inspection -----------------------------------------------------------------------------
     def counts(self, queue: str) -> QueueCounts:
+        """From the administration API, which needs the Manage right on the queue (Azure Service Bus Data Owner;
+        Data Sender and Receiver are not enough). Refused or failing, it raises CountsUnavailable saying why."""
         if self._admin is None:
-            raise RuntimeError(
-                "ServiceBusBus.counts needs a ServiceBusAdministrationClient (admin=...); from_settings builds one. "
-                "Identity-based access also needs the Manage right (Azure Service Bus Data Owner) to read counts."
-            )
-        props = self._admin.get_queue_runtime_properties(queue)
+            raise CountsUnavailable("no Service Bus administration client to read queue counts with")
+        try:
+            props = self._admin.get_queue_runtime_properties(queue)
+        except HttpResponseError as exc:
+            if exc.status_code in (401, 403):
+                raise CountsUnavailable(
+                    f"Service Bus refused to read the counts of queue {queue} ({exc.status_code}): the administration "
+                    "API needs the Manage right, i.e. the role Azure Service Bus Data Owner on the queue"
+                ) from None
+            raise CountsUnavailable(f"Service Bus could not read the counts of queue {queue}: "
+                                    f"{type(exc).__name__} ({exc.status_code})") from exc
+        except AzureError as exc:  # no token, no connection
+            raise CountsUnavailable(f"could not read the counts of queue {queue}: {type(exc).__name__}: "
+                                    f"{str(exc).splitlines()[0][:300] if str(exc) else ''}") from exc
         return QueueCounts(
             active=props.active_message_count or 0,
             scheduled=props.scheduled_message_count or 0,
