@@ -71,8 +71,8 @@ HOST_SETTINGS: dict[str, str] = {
     "ServiceBusConnection__credential": "apply trigger connection: use the managed identity",
     "ServiceBusConnection__clientId": "apply trigger connection: which identity",
     "APPLICATIONINSIGHTS_AUTHENTICATION_STRING": "Entra ID auth for host telemetry (local auth is disabled)",
-    "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY": "the Python worker streams our OpenTelemetry data (host.json "
-                                                   "telemetryMode OpenTelemetry): nothing is exported twice",
+    "PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME": "the logger the Python worker's Azure Monitor collects: 'dualsync' "
+                                              "(tests/unit/test_telemetry_once.py)",
 }
 # Connector secrets: read through flows.yaml references (env:NAME, shared.config.resolve_secret).
 CONNECTOR_SECRETS = {"CRM_CLIENT_SECRET", "ERP_DB_URL"}
