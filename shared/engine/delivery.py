@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from shared.app import SyncApp
 from shared.engine.apply import apply_batch
+from shared.engine.lock_renewal import locks_kept, renewal_interval
 from shared.engine.outcome import Outcome
 from shared.engine.settle import settle
 from shared.errors import Reason
@@ -82,8 +84,9 @@ class ActionsSettler:
     """Settler over the Functions Service Bus settlement extension.
 
     ``actions`` is duck-typed like ``azurefunctions.extensions.bindings.servicebus.ServiceBusMessageActions``:
-    ``complete(message)``, ``abandon(message)`` and ``deadletter(message, deadletter_reason=...,
-    deadletter_error_description=...)``, each taking the SDK message the host delivered (it settles by that
+    ``complete(message)``, ``abandon(message)``, ``deadletter(message, deadletter_reason=...,
+    deadletter_error_description=...)`` and ``renew_message_lock(message)``, each taking the SDK message the host
+    delivered (it settles by that
     message's lock token over the host's gRPC settlement service). ``Received.handle`` holds that SDK message.
 
     It remembers which deliveries it settled, so that after a failure exactly the rest can be abandoned.
@@ -113,6 +116,11 @@ class ActionsSettler:
     def abandon(self, message: Received) -> None:
         self.actions.abandon(message.handle)
         self._settled.add(id(message))
+
+    def renew(self, message: Received) -> None:
+        """Extend the delivery's lock (``renew_message_lock`` in azurefunctions-extensions-bindings-servicebus
+        1.0.0b2, a RenewMessageLock call to the host's settlement service)."""
+        self.actions.renew_message_lock(message.handle)
 
     def dead_letter(self, message: Received, reason: str, description: str) -> None:
         self.actions.deadletter(message.handle, deadletter_reason=reason, deadletter_error_description=description)
@@ -171,7 +179,9 @@ def handle_with_actions(app: SyncApp, messages: Any, actions: Any) -> list[Outco
             _dead_letter_unreadable(actions, message, exc)
         # Bodies carried by reference are fetched here and released once their delivery completed.
         received = app.bus.claims.resolve_all(received, settler.abandon)
-        return handle_delivery(app, received, app.bus.claims.settler(settler))
+        # The host renews no lock for a batch: the locks are kept here while the batch is applied and settled.
+        with locks_kept(received, settler.renew, settler.is_settled, renewal_interval(received, datetime.now(UTC))):
+            return handle_delivery(app, received, app.bus.claims.settler(settler))
     except BaseException:
         settler.abandon_unsettled(received)
         raise

@@ -12,6 +12,8 @@ returns and abandons when it raises.
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -86,6 +88,9 @@ class RecordingActions:
         self.by_token = {str(m.lock_token): m for m in delivered}
         self.events: list[tuple[str, ...]] = events if events is not None else []
         self.fail_on: set[str] = set()  # methods that raise, to test settlement failures
+        # The host's settlement service takes calls from any thread; the fake receiver behind it must not be
+        # entered by two at once (lock renewal runs beside the batch).
+        self._serial = threading.Lock()
 
     def _held(self, method: str, message: Any) -> SdkReceivedMessage:
         token = str(message.lock_token)
@@ -96,18 +101,32 @@ class RecordingActions:
         return self.by_token[token]
 
     def complete(self, message: Any) -> None:
-        self.events.append(("complete", message.message_id))
-        self.receiver.complete_message(self._held("complete", message))
+        with self._serial:
+            self.events.append(("complete", message.message_id))
+            self.receiver.complete_message(self._held("complete", message))
 
     def abandon(self, message: Any) -> None:
-        self.events.append(("abandon", message.message_id))
-        self.receiver.abandon_message(self._held("abandon", message))
+        with self._serial:
+            self.events.append(("abandon", message.message_id))
+            self.receiver.abandon_message(self._held("abandon", message))
 
     def deadletter(self, message: Any, deadletter_reason: str | None = None,
                    deadletter_error_description: str | None = None) -> None:
-        self.events.append(("deadletter", message.message_id, deadletter_reason, deadletter_error_description))
-        self.receiver.dead_letter_message(self._held("deadletter", message), reason=deadletter_reason,
-                                          error_description=deadletter_error_description)
+        with self._serial:
+            self.events.append(("deadletter", message.message_id, deadletter_reason, deadletter_error_description))
+            self.receiver.dead_letter_message(self._held("deadletter", message), reason=deadletter_reason,
+                                              error_description=deadletter_error_description)
+
+    def renew_message_lock(self, message: Any) -> None:
+        with self._serial:
+            self.events.append(("renew", message.message_id))
+            try:
+                self.receiver.renew_message_lock(self._held("renew_message_lock", message))
+            except SettlementError:
+                raise
+            except Exception as exc:  # as the extension reports a failed gRPC call
+                raise SettlementError("renew_message_lock", f"Failed to renew lock for {message.lock_token}",
+                                      exc) from exc
 
 
 class SpyBus:
@@ -135,9 +154,9 @@ def user_function(bp: func.Blueprint, name: str = "apply"):
 
 
 class Harness:
-    def __init__(self, memory: dict) -> None:
+    def __init__(self, memory: dict, lock_seconds: float = 30) -> None:
         self.client, self.admin = fake_service_bus()
-        self.admin.create_queue(QUEUE, lock_duration=timedelta(seconds=30), max_delivery_count=5,
+        self.admin.create_queue(QUEUE, lock_duration=timedelta(seconds=lock_seconds), max_delivery_count=5,
                                 requires_duplicate_detection=True)
         self.events: list[tuple] = []
         self.bus = ServiceBusBus(self.client, admin=self.admin)
@@ -210,6 +229,35 @@ def test_delivery_count_through_the_extension_is_the_hosts_own(h, monkeypatch):
     assert again.delivery_count == 1  # the Python SDK's header: prior unsuccessful deliveries
     h.apply(messages=host_delivered([again]), message_actions=RecordingActions(h.receiver, [again], h.events))
     assert seen == [2]
+
+
+def test_a_batch_running_past_the_lock_duration_keeps_its_locks_and_settles(memory, monkeypatch):
+    """The host renews no lock for a batch function: the trigger renews them itself while the batch runs."""
+    import shared.engine.delivery as delivery
+
+    harness = Harness(memory, lock_seconds=1.0)
+    monkeypatch.setattr(functions.apply, "sync_app", lambda: harness.app)
+    real = delivery.apply_batch
+
+    def slow(app, batch):  # a throttled target: the batch outlives the 1 s lock more than twice over
+        time.sleep(2.5)
+        return real(app, batch)
+
+    monkeypatch.setattr(delivery, "apply_batch", slow)
+    try:
+        harness.deliver(*[account(f"a{i}", 1) for i in range(5)])
+        assert len(harness.settled("complete")) == 5
+        renewals = harness.settled("renew")
+        assert len(renewals) >= 2 * 5, renewals  # every lock, several times
+        assert not harness.receiver.receive_messages(max_message_count=5, max_wait_time=1.5), "redelivered"
+        counts = harness.counts()
+        assert (counts.active, counts.scheduled, counts.dead_letter) == (0, 0, 0)
+        assert len(memory["erp"].tables["customers"]) == 5
+        # Renewal stopped with the batch.
+        time.sleep(0.5)
+        assert len(harness.settled("renew")) == len(renewals)
+    finally:
+        harness.close()
 
 
 def test_applied_and_skipped_messages_are_completed(h, memory):
