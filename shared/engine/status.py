@@ -8,6 +8,7 @@ from datetime import datetime
 from pydantic import BaseModel
 
 from shared.app import SyncApp
+from shared.engine.ledger_reasons import peek_dead_letters
 from shared.messages import parse_body
 from shared.ports.bus import CountsUnavailable, QueueCounts
 
@@ -92,7 +93,7 @@ def _oldest_unapplied(app: SyncApp) -> dict[str, datetime]:
 def _dead_letters_by_flow(app: SyncApp) -> dict[str, Counter[str]]:
     by_flow: dict[str, Counter[str]] = defaultdict(Counter)
     start = 0
-    while page := app.bus.peek_dead_letters(app.queue, max_messages=250, from_sequence=start):
+    while page := peek_dead_letters(app, max_messages=250, from_sequence=start):
         for m in page:
             flow = str(m.envelope.application_properties.get("flow", m.envelope.subject))
             by_flow[flow][m.dead_letter_reason or "unknown"] += 1

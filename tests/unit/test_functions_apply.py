@@ -34,7 +34,7 @@ from azurefunctions.extensions.bindings.servicebus.serviceBusMessageActions impo
 import functions.apply
 from functions.apply import build_apply_blueprint
 from shared.app import SyncApp
-from shared.bus.servicebus import ServiceBusBus
+from shared.bus.servicebus import ServiceBusBus, decode_properties
 from shared.config import parse_config
 from shared.engine.delivery import DeadLetterViaLedger, handle_with_actions
 from shared.errors import AuthError, TransientError
@@ -380,6 +380,16 @@ def host_message(message: ChangeMessage, delivery_count: int = 1) -> ServiceBusM
     )
 
 
+def plain_trigger_message(m: SdkReceivedMessage) -> ServiceBusMessage:
+    """The message as the plain trigger hands it to the function: the host's own (1-based) delivery count."""
+    props = decode_properties(m.application_properties)
+    return ServiceBusMessage(
+        body=b"".join(m.body), message_id=m.message_id, content_type=m.content_type,
+        correlation_id=m.correlation_id, label=m.subject, subject=m.subject, application_properties=props,
+        user_properties=props, delivery_count=m.delivery_count + 1, enqueued_time_utc=m.enqueued_time_utc,
+        sequence_number=m.sequence_number, lock_token=str(m.lock_token))
+
+
 @pytest.fixture
 def ledger(app, monkeypatch):
     monkeypatch.setattr(functions.apply, "sync_app", lambda: app)
@@ -436,3 +446,26 @@ def test_ledger_unexpected_error_raises_so_the_host_abandons(ledger, memory):
 def test_unknown_settlement_mode_fails_the_indexing():
     with pytest.raises(ValueError, match="SETTLEMENT_MODE='auto'"):
         build_apply_blueprint("auto")
+
+
+def test_ledger_dead_letters_read_with_the_reason_extension_mode_would_give(h, monkeypatch):
+    """In ledger mode Service Bus dead-letters the message itself (MaxDeliveryCountExceeded); status, the
+    dead-letter list, purge and replay read the failure ledger's reason instead, as if the trigger had set it."""
+    from shared.engine.dead_letters import DeadLetterFilter, list_dead_letters
+    from shared.engine.replay import ReplayFilter, replay_dead_letters
+    from shared.engine.status import collect_status
+
+    ledger = user_function(build_apply_blueprint("ledger"))
+    h.send(account("a1", 1, name="x" * 50))
+    while got := h.receiver.receive_messages(max_message_count=1, max_wait_time=0.2):  # as the host does
+        with pytest.raises(DeadLetterViaLedger):
+            ledger(msg=plain_trigger_message(got[0]))
+        h.receiver.abandon_message(got[0])
+    [raw] = h.bus.peek_dead_letters(QUEUE)
+    assert raw.dead_letter_reason == "MaxDeliveryCountExceeded"  # what Service Bus set
+    [letter] = list_dead_letters(h.app)
+    assert letter.reason == "ValidationFailed" and "record a1" in letter.description and "field name" in letter.description
+    assert [d.key for d in list_dead_letters(h.app, DeadLetterFilter(reason="ValidationFailed"))] == ["a1"]
+    accounts = next(f for f in collect_status(h.app).flows if f.flow == "accounts")
+    assert accounts.dead_letters == {"ValidationFailed": 1}
+    assert replay_dead_letters(h.app, ReplayFilter(reason="ValidationFailed"), dry_run=True).matched == 1
