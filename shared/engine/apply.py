@@ -21,15 +21,15 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
 
 from shared.app import SyncApp
 from shared.config import Flow
-from shared.engine import record_lock
-from shared.engine.backoff import retry_at
+from shared.engine import grants, record_lock
+from shared.engine.backoff import retry_at, throttle_delay
 from shared.engine.conflicts import Decision, decide, target_change_time
 from shared.engine.delete_races import carry_delete, carry_record, changed_since, settle_race
 from shared.engine.deletes import already_applied, ordering, record_applied
@@ -54,6 +54,7 @@ from shared.messages import ChangeMessage, parse_body, to_envelope
 from shared.ports.bus import Received
 from shared.ports.connector import SourceRecord, WriteOp, WriteResult
 from shared.state.store import CONFLICTS, REQUESTS, KeyLink, RecordState
+from shared.versions import version_problem
 
 MAX_ROUNDS = 3  # decisions taken again within one delivery after lost races, before it is retried later
 
@@ -68,6 +69,7 @@ class _Item:
     decision: Decision | None = None
     noop: bool = False  # the target already holds every value we would write
     race: str = ""  # how a delete racing an update on the other side was settled (pairs)
+    forced: bool = False  # an operator's grant in state lets it past the version, echo and conflict checks
 
 
 @dataclass
@@ -101,8 +103,12 @@ def apply_batch(app: SyncApp, batch: Sequence[Received]) -> list[Outcome]:
             outcomes.append(_malformed(received, exc))
             continue
         condemned = verdict_outcome(received, message)  # e.g. an ambiguous match found by initial sync
+        problem = version_problem(message.version, message.op, app.clock())
         if condemned is not None:
             outcomes.append(condemned)
+        elif problem is not None:
+            outcomes.append(Outcome(received, message, Kind.DEAD_LETTER, Reason.MALFORMED_MESSAGE,
+                                    f"flow {message.flow} record {message.key}: field version: {problem}"))
         elif message.flow not in app.config.flows:
             outcomes.append(Outcome(received, message, Kind.DEAD_LETTER, Reason.UNKNOWN_FLOW,
                                     f"flow {message.flow} record {message.key}: no such flow in the config"))
@@ -196,7 +202,7 @@ def _apply_round(app: SyncApp, f: _Flow, items: list[_Item], links: dict[str, st
         item = op.ref
         if op.kind == "upsert" and f.bidirectional:
             mapped.append(item)
-        elif item.message.op == "delete" and f.bidirectional and not item.message.force:
+        elif item.message.op == "delete" and f.bidirectional and not item.forced:
             deletes.append(op)
         else:
             ops.append(op)
@@ -230,9 +236,10 @@ def _apply_round(app: SyncApp, f: _Flow, items: list[_Item], links: dict[str, st
 def _busy(app: SyncApp, item: _Item, until: datetime) -> Outcome:
     """Another version of this record is being applied: wait for it (never past its lease's expiry)."""
     when = min(retry_at(app.clock(), item.message.attempt, None, app.retry_base), until)
+    # Waiting is not failing: like a throttle it spends no attempt, only the flow's throttle budget.
     return Outcome(item.received, item.message, Kind.RETRY, "record_busy",
                    f"flow {item.message.flow} record {item.message.key}: another change of it is being applied",
-                   retry_at=when)
+                   retry_at=when, clone=item.message.throttled_clone(app.clock()))
 
 
 def _newest_per_record(items: list[_Item], outcomes: list[Outcome]) -> list[_Item]:
@@ -263,7 +270,8 @@ def _screen(app: SyncApp, f: _Flow, item: _Item, state: RecordState | None,
             current: dict[str, SourceRecord]) -> str | None:
     """The reason to skip this change, or None to apply it."""
     message, source = item.message, f.flow.source.system
-    if message.force:
+    item.forced = grants.honoured(app, message, grants.FORCE)
+    if item.forced:
         return None
     if already_applied(state, source, message):
         return "already_applied"
@@ -284,7 +292,7 @@ def _screen(app: SyncApp, f: _Flow, item: _Item, state: RecordState | None,
         # Every field we manage equals what was last synced for this side: in a pair, our own write coming
         # back; otherwise a change to fields we do not sync.
         return "echo" if f.bidirectional else "unchanged"
-    if f.flow.review and not message.approved and message.op == "upsert":
+    if f.flow.review and message.op == "upsert" and not grants.honoured(app, message, grants.APPROVED):
         app.state.park(REQUESTS, f.name, message.key, {
             "message": message.model_copy(update={"payload": item.payload}).model_dump(mode="json"),
             "status": "pending", "created_at": app.clock().isoformat(),
@@ -375,7 +383,7 @@ def _settle_conflicts(app: SyncApp, f: _Flow, items: list[_Item], states: dict[s
         state = states.get(item.record_id)
         row = rows.get(target_key)
         current = row.values if row else None
-        baseline = state.values.get(target.system) if state and not item.message.force else None
+        baseline = state.values.get(target.system) if state and not item.forced else None
         if current is None and baseline and _deleted_by_target(app, f, item, outcomes):
             continue
         item.decision = decide(flow, f.rules, item.values or {}, baseline, current, item.message.changed_at,
@@ -548,6 +556,7 @@ def _record_results(app: SyncApp, f: _Flow, results: list[WriteResult], states: 
             outcomes.append(_resync(app, f, item))
         else:
             committed.add(item.record_id)
+            grants.used(app, item.message)
             outcomes.append(_applied(item, kind))
     for old_id in moved:
         if old_id in committed:
@@ -559,7 +568,7 @@ def _resync(app: SyncApp, f: _Flow, item: _Item) -> Outcome:
     """Our lease ran out while we wrote, and someone else recorded this record meanwhile: our write may have
     overwritten a newer one. The record goes again as its source has it now, past the version check."""
     message = item.message
-    fresh = message.model_copy(update={"force": True})
+    fresh = message
     try:
         record = app.connector(f.flow.source.system).read_record(f.flow.source, message.key)
     except SyncError:
@@ -567,6 +576,7 @@ def _resync(app: SyncApp, f: _Flow, item: _Item) -> Outcome:
     if record is not None:
         fresh = fresh.model_copy(update={"op": "upsert", "payload": record.values, "changed_at": record.changed_at,
                                          "version": max(record.version, message.version)})
+    fresh = grants.granted(app, fresh, grants.FORCE)
     return Outcome(item.received, fresh, Kind.RETRY, "lost_race",
                    f"flow {message.flow} record {message.key}: recorded by someone else while it was written; "
                    "sent again as its source has it now", retry_at=app.clock())
@@ -624,6 +634,8 @@ def _failure(app: SyncApp, flow: Flow, item: _Item, exc: BaseException) -> Outco
         return Outcome(item.received, message, Kind.DEAD_LETTER, exc.reason, str(exc))
     retry_after = exc.retry_after if isinstance(exc, TransientError) else None
     description = f"flow {message.flow} record {message.key}: {type(exc).__name__}: {exc}"
+    if isinstance(exc, TransientError) and exc.throttled:
+        return _throttled(app, flow, item, description, retry_after)
     if message.attempt >= (flow.max_attempts or app.max_attempts):
         return Outcome(item.received, message, Kind.DEAD_LETTER, Reason.RETRIES_EXHAUSTED,
                        f"{description} (after {message.attempt} attempts)")
@@ -635,11 +647,27 @@ def _retry(app: SyncApp, item: _Item, reason: str, description: str, retry_after
     return Outcome(item.received, item.message, Kind.RETRY, reason, description, retry_at=when)
 
 
+def _throttled(app: SyncApp, flow: Flow, item: _Item, description: str, retry_after: float | None) -> Outcome:
+    """The target asked us to slow down: wait as long as it says, for up to the flow's throttle budget (time
+    since the first throttle), without spending an attempt; attempts are for errors."""
+    message, now = item.message, app.clock()
+    since = message.throttled_since or now
+    if now - since > flow.throttle_budget:
+        return Outcome(item.received, message, Kind.DEAD_LETTER, Reason.RETRIES_EXHAUSTED,
+                       f"{description} (throttled since {since.isoformat()}, {message.throttles + 1} times; "
+                       f"budget {flow.throttle_budget})")
+    when = now + timedelta(seconds=throttle_delay(message.throttles + 1, retry_after, app.retry_base))
+    return Outcome(item.received, message, Kind.RETRY, "throttled", description, retry_at=when,
+                   clone=message.throttled_clone(now))
+
+
 def _flag_failed_sources(app: SyncApp, flow: Flow, outcomes: list[Outcome]) -> None:
     """Status-flag sources learn which rows failed for good: E and the reason, on the source row."""
     if flow.source.changes != "status_flag":
         return
-    failed = {o.message.key: f"{o.reason}: {o.description}"[:2000]
-              for o in outcomes if o.kind is Kind.DEAD_LETTER and o.message is not None}
+    # Each with the version and values that failed: a row the user has fixed since keeps its new flag.
+    failed = [(SourceRecord(o.message.key, o.message.payload, o.message.version, o.message.changed_at),
+               f"{o.reason}: {o.description}"[:2000])
+              for o in outcomes if o.kind is Kind.DEAD_LETTER and o.message is not None]
     if failed:
         app.connector(flow.source.system).acknowledge(flow.source, [], failed)

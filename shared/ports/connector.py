@@ -18,6 +18,9 @@ class SourceRecord:
     version: str  # sortable: a newer change always compares greater
     changed_at: datetime
     deleted: bool = False
+    # Why this record must be dead-lettered rather than applied: the source gave it a value no change can
+    # have (a change time far in the future). Pull sends it condemned, so an operator sees and fixes it.
+    refused: str | None = None
     # The record's own id at a source whose change feed names deleted rows by that id only (Dataverse's
     # primary id, when the flow is keyed by another column): set on every record read from such a feed, and a
     # delete from it has key "" and only this id. The engine remembers id -> key as it pulls the records and
@@ -106,8 +109,15 @@ class Connector(Protocol):
         or None when the system has none."""
         ...
 
-    def acknowledge(self, source: SourceSpec, keys: Sequence[str], failed: dict[str, str]) -> None:
-        """Status-flag sources: mark rows as sent (P) or failed (E, with reason). Others ignore it."""
+    def acknowledge(
+        self, source: SourceSpec, sent: Sequence[SourceRecord], failed: Sequence[tuple[SourceRecord, str]]
+    ) -> None:
+        """Status-flag sources: mark rows as sent (P) or failed (E, with the reason). Others ignore it.
+
+        Each record is the row as it was read (key, version, values), and a mark is conditional on it: P only
+        where the row is still flagged and still holds what was read, E only where it still holds the values
+        that failed and was not re-flagged by a later edit. A row changed since it was read keeps its flag, so
+        the change is read again and never lost."""
         ...
 
     def close(self) -> None: ...

@@ -25,7 +25,8 @@ RUNS = "runs"
 FAILURES = "failures"
 CONFLICTS = "conflicts"
 REQUESTS = "changerequests"
-TABLES = (CURSORS, KEYMAP, RECORDS, RUNS, FAILURES, CONFLICTS, REQUESTS)
+GRANTS = "grants"  # operator decisions a message must match to lift a check (shared.engine.grants)
+TABLES = (CURSORS, KEYMAP, RECORDS, RUNS, FAILURES, CONFLICTS, REQUESTS, GRANTS)
 
 RECORD_BUCKETS = 16
 # Record values are JSON (ASCII, so one character is one UTF-16 unit) split over properties `values_0`,
@@ -304,12 +305,20 @@ class StateStore:
         return runs
 
     # -- failure ledger (apply without settlement: reason kept until the DLQ takes the message) --
-    def record_failure(self, queue: str, message_id: str, reason: str, description: str) -> None:
-        self.tables.upsert_many(FAILURES, [(queue, message_id, {"reason": reason, "description": description})])
+    def record_failure(self, queue: str, message_id: str, reason: str, description: str,
+                       sequence_number: int | None = None) -> None:
+        """`sequence_number` names the delivery the verdict is for (None: every delivery of that message_id)."""
+        data: dict[str, Any] = {"reason": reason, "description": description}
+        if sequence_number:
+            data["sequence_number"] = sequence_number
+        self.tables.upsert_many(FAILURES, [(queue, message_id, data)])
 
     def get_failure(self, queue: str, message_id: str) -> dict[str, Any] | None:
         entity = self.tables.get(FAILURES, queue, message_id)
         return entity.data if entity else None
+
+    def clear_failure(self, queue: str, message_id: str) -> None:
+        self.tables.delete(FAILURES, queue, message_id)
 
     # -- parked decisions: conflicts (policy manual) and change requests (review: true) -------------
     def park(self, table: str, flow: str, key: str, data: dict[str, Any]) -> None:
@@ -326,6 +335,16 @@ class StateStore:
 
     def unpark(self, table: str, flow: str, key: str) -> None:
         self.tables.delete(table, flow, key)
+
+    # -- grants: operator decisions a message must match (shared.engine.grants) -----------------------
+    def grant(self, flow: str, key: str, version: str, kind: str) -> None:
+        self.tables.upsert_many(GRANTS, [(flow, f"{kind}|{version}|{key}", {"granted_at": _iso(datetime.now(UTC))})])
+
+    def has_grant(self, flow: str, key: str, version: str, kind: str) -> bool:
+        return self.tables.get(GRANTS, flow, f"{kind}|{version}|{key}") is not None
+
+    def revoke_grant(self, flow: str, key: str, version: str, kind: str) -> None:
+        self.tables.delete(GRANTS, flow, f"{kind}|{version}|{key}")
 
     def close(self) -> None:
         self.tables.close()

@@ -74,7 +74,7 @@ class HostLoop:
 
         monkeypatch.setattr(shared.engine.delivery, "handle_delivery", counted)
 
-    def drain(self, bound: float = 300.0) -> None:
+    def drain(self, bound: float = 300.0) -> None:  # a bound on a hang, not a speed test: CI machines vary
         deadline = time.monotonic() + bound
         while time.monotonic() < deadline:
             got = self.receiver.receive_messages(max_message_count=MAX_BATCH, max_wait_time=0.1)
