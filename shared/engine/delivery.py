@@ -95,8 +95,8 @@ class ActionsSettler:
     ``actions`` is duck-typed like ``azurefunctions.extensions.bindings.servicebus.ServiceBusMessageActions``:
     ``complete(message)``, ``abandon(message)``, ``deadletter(message, deadletter_reason=...,
     deadletter_error_description=...)`` and ``renew_message_lock(message)``, each taking the SDK message the host
-    delivered (it settles by that
-    message's lock token over the host's gRPC settlement service). ``Received.handle`` holds that SDK message.
+    delivered (it acts by that message's lock token over the host's gRPC settlement service). ``Received.handle``
+    holds that SDK message.
 
     It remembers which deliveries it settled, so that after a failure exactly the rest can be abandoned.
     """

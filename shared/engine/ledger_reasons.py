@@ -1,10 +1,9 @@
 """Dead letters as every reader sees them: with the reason dualsync gave, in either settlement mode.
 
 In ``SETTLEMENT_MODE=ledger`` the apply trigger cannot dead-letter a message itself: it writes the reason and
-description to the failure ledger (state table ``failures``, keyed by queue and message id, with the
-sequence number of the delivery it condemned) and fails the
-invocation until Service Bus moves the message to the dead-letter queue after maxDeliveryCount, where it carries
-``MaxDeliveryCountExceeded``. Reading the dead-letter queue through ``peek_dead_letters`` /
+description to the failure ledger (state table ``failures``, keyed by queue and message id, with the sequence
+number of the delivery it condemned) and fails the invocation until Service Bus moves the message to the
+dead-letter queue after maxDeliveryCount, where it carries ``MaxDeliveryCountExceeded``. Reading the dead-letter queue through ``peek_dead_letters`` /
 ``receive_dead_letters`` here puts the ledger's reason and description back on such a message, so status, the
 dead-letter list, purge and replay (and their filters by reason) see exactly what extension mode would have set.
 A MaxDeliveryCountExceeded without a ledger entry (a crash loop, lost locks) stays what Service Bus said.
