@@ -9,10 +9,11 @@ AZURITE := node_modules/.bin/azurite-table
 CHECKOV_VENV := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 
-.PHONY: demo test test-fast bench install checkov clean
+.PHONY: demo test test-fast soak bench install checkov clean lock
 
-$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+$(STAMP): requirements.txt requirements-cli.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
@@ -41,8 +42,21 @@ test: $(STAMP) $(AZURITE) $(CHECKOV_STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest tests/unit
 
+# The model-based checker at length: random seeds, shrinking on, a summary at the end.
+SOAK_EXAMPLES ?= 10000
+soak: $(STAMP)
+	DUALSYNC_MODEL_EXAMPLES=$(SOAK_EXAMPLES) DUALSYNC_MODEL_RANDOM=1 DUALSYNC_MODEL_SHRINK=1 \
+		$(PY) -m pytest tests/model/test_model_sync.py -q -s -p no:cacheprovider --timeout=0
+
 bench: $(STAMP)
 	$(PY) bench/initial_sync.py
+
+# requirements.txt is compiled from requirements.in with every transitive pin and its hashes.
+lock:
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --quiet --disable-pip-version-check pip-tools==7.5.2
+	.venv-lock/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
+		--no-emit-find-links -o requirements.txt requirements.in
 
 clean:
 	rm -rf $(VENV) $(CHECKOV_VENV) node_modules .pytest_cache .dualsync

@@ -121,6 +121,7 @@ class DataverseSimulator:
         seed: int | None = 0,
         verbose: bool = False,
         deleted_form: str = "deletedEntity",
+        echo_track_changes: bool = True,
     ):
         self.schema: Schema = load_schema(schema_path)
         self.store = Store(self.schema, db_path)
@@ -141,6 +142,9 @@ class DataverseSimulator:
         if deleted_form not in ("deletedEntity", "removed"):
             raise ValueError(f"deleted_form must be deletedEntity or removed, got {deleted_form!r}")
         self.web_api.deleted_form = deleted_form
+        # False: change-tracking answers leave odata.track-changes out of Preference-Applied (nothing documented
+        # says Dataverse always echoes it; a client must judge by the delta link on the last page).
+        self.web_api.echo_track_changes = echo_track_changes
         self.host = host
         self.port = port
         self.verbose = verbose
@@ -253,13 +257,16 @@ class DataverseSimulator:
         entity = self.schema.entity(set_name)
         with self.store.transaction():
             values, body_id = self.web_api.coerce(entity, row, creating=True, raw_lookups=True)
-            stored = self.store.insert(entity, body_id or new_guid(), values, None)
+            record_id = body_id or new_guid()
+            self.web_api.check_status(entity, values, None, record_id)
+            stored = self.store.insert(entity, record_id, values, None)
         return self.web_api.serialize(entity, stored, None)
 
     def update(self, set_name: str, record_id: str, changes: Mapping[str, Any]) -> dict[str, Any]:
         entity = self.schema.entity(set_name)
         with self.store.transaction():
             values, _ = self.web_api.coerce(entity, changes, creating=False, raw_lookups=True)
+            self.web_api.check_status(entity, values, self.store.get(entity, record_id), record_id)
             stored = self.store.update(entity, record_id, values, None)
         return self.web_api.serialize(entity, stored, None)
 

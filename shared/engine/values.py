@@ -49,12 +49,12 @@ def coerce(value: Any, type_name: str | None) -> Any:
         if type_name == "int":
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise CoercionError(f"{value!r} is not a whole number")
-            number = _bounded(value)
+            number = _bounded(value, type_name)
             if number != number.to_integral_value():
                 raise CoercionError(f"{value!r} is not a whole number")
             return int(number)
         if type_name == "decimal":
-            return _bounded(value)
+            return _bounded(value, type_name)
         if type_name == "bool":
             if isinstance(value, bool):
                 return value
@@ -77,10 +77,12 @@ def coerce(value: Any, type_name: str | None) -> Any:
     raise CoercionError(f"unknown type {type_name!r}")
 
 
-def _bounded(value: Any) -> Decimal:
+def _bounded(value: Any, type_name: str) -> Decimal:
     try:
         return bounded_decimal(value)
     except ValueError as exc:
+        if str(exc).endswith("is not a number"):
+            raise CoercionError(f"{value!r} is not a valid {type_name}") from None
         raise CoercionError(str(exc)) from None
 
 
