@@ -9,7 +9,8 @@ app (changing it needs a restart, which changing an app setting does anyway):
     ``auto_complete_messages=False`` so the host leaves settlement to the function. Messages arrive in batches
     (``cardinality=many``, at most host.json ``maxMessageBatchSize``), so ``apply_batch`` writes each flow's
     changes to the target in one batch. ``handle_with_actions`` settles every delivery: complete, dead-letter
-    with reason and description, or (after an unexpected error) abandon.
+    with reason and description, or (after an unexpected error) abandon. The host renews no lock for a batch, so
+    ``handle_with_actions`` renews them itself while the batch runs (``renew_message_lock``).
 
 ``ledger``
     The plain trigger (``func.ServiceBusMessage``, one message per call, the host auto-completes), for plans

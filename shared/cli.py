@@ -234,8 +234,12 @@ def status(
     if as_json:
         console.print_json(report.model_dump_json())
         return
-    console.print(f"queue {report.queue}: {report.active} active, {report.scheduled} scheduled, "
-                  f"{report.dead_letter} dead-lettered")
+    if report.counts_unavailable:
+        console.print(f"queue {report.queue}: counts unknown ({escape(report.counts_unavailable)}); "
+                      f"{report.dead_letter} dead-lettered")
+    else:
+        console.print(f"queue {report.queue}: {report.active} active, {report.scheduled} scheduled, "
+                      f"{report.dead_letter} dead-lettered")
     table = Table()
     for column in ("flow", "state", "queued", "lag", "dead letters", "last run", "cursor"):
         table.add_column(column)

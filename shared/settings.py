@@ -29,6 +29,8 @@ APP_SETTINGS: dict[str, tuple[str | None, str]] = {
     "SETTLEMENT_MODE": ("extension", "extension | ledger: how the apply trigger dead-letters"),
     "MAX_ATTEMPTS": ("8", "apply attempts before RetriesExhausted, for flows that set no max_attempts"),
     "APPLICATIONINSIGHTS_CONNECTION_STRING": (None, "Application Insights; console telemetry when unset"),
+    "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY": ("false", "true on Azure: the Functions Python worker exports "
+                                                             "our logs and metrics, so the app configures none"),
     "WEBSITE_AUTH_ENABLED": ("False", "set by App Service when its authentication (Entra ID) is on; the admin "
                                       "API's role routes refuse every call without it. Never set it yourself"),
 }

@@ -1,10 +1,18 @@
 """Structured logs and OpenTelemetry metrics for every pull and every settled message.
 
-Where it goes:
-- Azure: `configure_azure_monitor` once per worker when APPLICATIONINSIGHTS_CONNECTION_STRING is set,
-  signing in with the managed identity (the workspace takes no keys). host.json sets
-  `telemetryMode: OpenTelemetry` and the app setting PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY=true, as the
-  Functions Python guidance asks, so the host stops forwarding worker logs itself and nothing is sent twice.
+Where it goes, configured exactly once per process:
+- Azure Functions: the Python worker configures Azure Monitor itself when the app setting
+  PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY=true, before it imports the app: it calls
+  ``configure_azure_monitor(connection_string=APPLICATIONINSIGHTS_CONNECTION_STRING,
+  logger_name=PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME)`` (azure_functions_worker, ``initialize_azure_monitor``),
+  and the exporter signs in with the managed identity named in APPLICATIONINSIGHTS_AUTHENTICATION_STRING. The
+  Bicep sets the logger name to ``dualsync``, so exactly our loggers are collected (not the root logger, which
+  would also export the SDKs' own logs, the exporter's included). Our metrics, created on the global meter
+  provider's proxy, export through the provider the worker set. Configuring again here would add a second
+  handler on the ``dualsync`` path and export every line twice, so ``configure`` leaves it to the worker.
+  With host.json ``telemetryMode: OpenTelemetry`` the host does not forward worker logs either.
+- Elsewhere with APPLICATIONINSIGHTS_CONNECTION_STRING set (the CLI or `dualsync run` reporting to Azure):
+  ``configure_azure_monitor`` here, for the ``dualsync`` logger, with the managed identity in AZURE_CLIENT_ID.
 - Locally: metrics to the console every minute for the long-running `dualsync run`; `--once` prints its
   own summary table instead.
 
@@ -48,6 +56,8 @@ def configure(console: bool = False) -> str:
         if _done:
             return "configured"
         _done = True
+        if (setting("PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY") or "").strip().lower() == "true":
+            return "worker"  # the Functions Python worker configured Azure Monitor already (see above)
         if setting("APPLICATIONINSIGHTS_CONNECTION_STRING"):
             from azure.identity import ManagedIdentityCredential
             from azure.monitor.opentelemetry import configure_azure_monitor

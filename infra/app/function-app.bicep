@@ -90,10 +90,17 @@ var appSettings = [
     value: applicationInsightsConnectionString
   }
   {
-    // With host.json telemetryMode OpenTelemetry: the worker streams our OpenTelemetry data and the host stops
-    // forwarding worker logs itself, so nothing reaches Application Insights twice.
+    // The Python worker configures Azure Monitor (configure_azure_monitor) and exports our logs and metrics; the
+    // app then configures none itself (shared/telemetry.py), and with host.json telemetryMode OpenTelemetry the
+    // host stops forwarding worker logs: every line reaches Application Insights once.
     name: 'PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY'
     value: 'true'
+  }
+  {
+    // The logger the worker collects: ours only. The default (root) would also export the SDKs' logs, the
+    // exporter's own included, which then log their own export.
+    name: 'PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME'
+    value: 'dualsync'
   }
   {
     name: 'AZURE_CLIENT_ID'

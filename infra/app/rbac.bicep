@@ -12,8 +12,7 @@ param operatorPrincipalId string = ''
 param operatorPrincipalType string = 'User'
 
 var roles = {
-  serviceBusDataSender: '69a216fc-b8fb-44d8-bc22-1f3c2cd27a39' // Azure Service Bus Data Sender
-  serviceBusDataReceiver: '4f6d3b9b-027b-4f4c-9142-0e5a2a2247e0' // Azure Service Bus Data Receiver
+  serviceBusDataOwner: '090c5cfd-751d-490a-894a-3ce6f1109419' // Azure Service Bus Data Owner
   storageBlobDataOwner: 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b' // Storage Blob Data Owner
   storageTableDataContributor: '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3' // Storage Table Data Contributor
   keyVaultSecretsUser: '4633458b-17de-408a-b874-0445c86b69e6' // Key Vault Secrets User
@@ -45,23 +44,15 @@ resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing
 
 // ---- the function app's identity ---------------------------------------------------------------------
 
-// pull sends ChangeMessages; apply sends retry clones; replay sends dead letters back.
-resource appServiceBusSender 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for (queue, i) in queueNames: {
-  name: guid(queues[i].id, principalId, roles.serviceBusDataSender)
+// Data Owner on each queue (never the namespace): pull sends ChangeMessages; apply receives, settles and sends
+// retry clones; replay reads the dead-letter sub-queue; and the Manage right that Data Sender + Receiver lack lets
+// `dualsync status` / GET /api/flows read the queue's counts and the Functions scale controller read its length
+// for target-based scaling (without it the scale controller logs "does not have Manage claim" and scales blind).
+resource appServiceBusOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for (queue, i) in queueNames: {
+  name: guid(queues[i].id, principalId, roles.serviceBusDataOwner)
   scope: queues[i]
   properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.serviceBusDataSender)
-    principalId: principalId
-    principalType: 'ServicePrincipal'
-  }
-}]
-
-// The apply trigger receives, completes and dead-letters; replay reads the dead-letter sub-queue.
-resource appServiceBusReceiver 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for (queue, i) in queueNames: {
-  name: guid(queues[i].id, principalId, roles.serviceBusDataReceiver)
-  scope: queues[i]
-  properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.serviceBusDataReceiver)
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.serviceBusDataOwner)
     principalId: principalId
     principalType: 'ServicePrincipal'
   }
@@ -126,21 +117,13 @@ resource operatorSecretsOfficer 'Microsoft.Authorization/roleAssignments@2022-04
   }
 }
 
-resource operatorServiceBusSender 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for (queue, i) in queueNames: if (withOperator) {
-  name: guid(queues[i].id, operatorPrincipalId, roles.serviceBusDataSender)
+// Replay and Service Bus Explorer (send, receive, peek the dead-letter queue) and the queue counts in
+// `dualsync status` (Manage), on each queue only.
+resource operatorServiceBusOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for (queue, i) in queueNames: if (withOperator) {
+  name: guid(queues[i].id, operatorPrincipalId, roles.serviceBusDataOwner)
   scope: queues[i]
   properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.serviceBusDataSender)
-    principalId: operatorPrincipalId
-    principalType: operatorPrincipalType
-  }
-}]
-
-resource operatorServiceBusReceiver 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for (queue, i) in queueNames: if (withOperator) {
-  name: guid(queues[i].id, operatorPrincipalId, roles.serviceBusDataReceiver)
-  scope: queues[i]
-  properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.serviceBusDataReceiver)
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.serviceBusDataOwner)
     principalId: operatorPrincipalId
     principalType: operatorPrincipalType
   }

@@ -17,7 +17,10 @@ Mapping differences the port hides:
 
 * The Python SDK reports the AMQP header's delivery-count, i.e. *prior* unsuccessful deliveries (0 on the first
   receive; the SDK's own live tests assert ``delivery_count == 0``). The port counts deliveries the way Service
-  Bus / .NET do (1 on the first receive), so ``Received.delivery_count = msg.delivery_count + 1``.
+  Bus / .NET do (1 on the first receive), so ``Received.delivery_count = msg.delivery_count + 1`` for what this
+  bus receives. A message the Functions host delivers through the settlement extension is different: the host
+  received it with the .NET SDK, which stores the count 1-based in the message's header, and hands the worker
+  that raw AMQP message, so its count is taken as is (``from_host``).
 * Received application properties come back with ``bytes`` keys and ``bytes`` string values; they are decoded
   to ``str`` (ints stay ints).
 
@@ -45,6 +48,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from azure.core.exceptions import AzureError, HttpResponseError
 from azure.servicebus import (
     ServiceBusClient,
     ServiceBusMessage,
@@ -66,7 +70,7 @@ from shared.bus.claim_check import ClaimCheck, MessageTooLargeError
 from shared.bus.payload_store import BlobPayloadStore, PayloadStore
 from shared.errors import ConfigError, LockLostError
 from shared.messages import Envelope
-from shared.ports.bus import QueueCounts, Received, Settler
+from shared.ports.bus import CountsUnavailable, QueueCounts, Received, Settler
 from shared.settings import setting
 
 _LOG = logging.getLogger(__name__)
@@ -291,12 +295,23 @@ class ServiceBusBus:
 
     # -- inspection -----------------------------------------------------------------------------
     def counts(self, queue: str) -> QueueCounts:
+        """From the administration API, which needs the Manage right on the queue (Azure Service Bus Data Owner;
+        Data Sender and Receiver are not enough). Refused or failing, it raises CountsUnavailable saying why."""
         if self._admin is None:
-            raise RuntimeError(
-                "ServiceBusBus.counts needs a ServiceBusAdministrationClient (admin=...); from_settings builds one. "
-                "Identity-based access also needs the Manage right (Azure Service Bus Data Owner) to read counts."
-            )
-        props = self._admin.get_queue_runtime_properties(queue)
+            raise CountsUnavailable("no Service Bus administration client to read queue counts with")
+        try:
+            props = self._admin.get_queue_runtime_properties(queue)
+        except HttpResponseError as exc:
+            if exc.status_code in (401, 403):
+                raise CountsUnavailable(
+                    f"Service Bus refused to read the counts of queue {queue} ({exc.status_code}): the administration "
+                    "API needs the Manage right, i.e. the role Azure Service Bus Data Owner on the queue"
+                ) from None
+            raise CountsUnavailable(f"Service Bus could not read the counts of queue {queue}: "
+                                    f"{type(exc).__name__} ({exc.status_code})") from exc
+        except AzureError as exc:  # no token, no connection
+            raise CountsUnavailable(f"could not read the counts of queue {queue}: {type(exc).__name__}: "
+                                    f"{str(exc).splitlines()[0][:300] if str(exc) else ''}") from exc
         return QueueCounts(
             active=props.active_message_count or 0,
             scheduled=props.scheduled_message_count or 0,
@@ -385,9 +400,18 @@ def to_service_bus_message(envelope: Envelope) -> ServiceBusMessage:
     )
 
 
+def from_host(msg: ServiceBusReceivedMessage) -> Received:
+    """A message the Functions host delivered through the settlement extension; it settles only through the
+    extension's message actions, so the SDK message itself is the handle. Its header's delivery count is the
+    .NET SDK's, already 1-based (see the module docstring)."""
+    return to_received(msg, msg, counted_from=1)
+
+
 def to_received(
-    msg: ServiceBusReceivedMessage, handle: Any, *, dead_letter: bool = False, peeked: bool = False
+    msg: ServiceBusReceivedMessage, handle: Any, *, dead_letter: bool = False, peeked: bool = False,
+    counted_from: int = 0,
 ) -> Received:
+    """``counted_from``: what the header's delivery count is on a first delivery (0 from the Python SDK)."""
     strip = _DEAD_LETTER_PROPERTIES if dead_letter else ()
     envelope = Envelope(
         message_id=_text(msg.message_id),
@@ -399,8 +423,8 @@ def to_received(
     )
     return Received(
         envelope=envelope,
-        # SDK: prior unsuccessful deliveries (AMQP header); port: this delivery's number, as Service Bus counts.
-        delivery_count=(msg.delivery_count or 0) + 1,
+        # Port: this delivery's number, as Service Bus counts (1 on the first delivery).
+        delivery_count=max((msg.delivery_count or 0) + 1 - counted_from, 1),
         enqueued_at=msg.enqueued_time_utc or datetime.now(UTC),
         sequence_number=msg.sequence_number or 0,
         lock_token="" if peeked or msg.lock_token is None else str(msg.lock_token),

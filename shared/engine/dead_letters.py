@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from shared.app import SyncApp
+from shared.engine.ledger_reasons import peek_dead_letters, receive_dead_letters
 from shared.messages import parse_body
 from shared.ports.bus import Received
 
@@ -106,7 +107,7 @@ def list_dead_letters(app: SyncApp, which: DeadLetterFilter | None = None, limit
     seen: set[int] = set()
     start = 0
     while len(found) < limit:
-        page = app.bus.peek_dead_letters(app.queue, max_messages=PAGE, from_sequence=start)
+        page = peek_dead_letters(app, max_messages=PAGE, from_sequence=start)
         # Browse continues after the highest sequence number seen, whatever order a page comes in.
         fresh = sorted((r for r in page if r.sequence_number not in seen), key=lambda r: r.sequence_number)
         if not fresh:
@@ -143,7 +144,7 @@ def purge_dead_letters(
     result = PurgeResult()
     held_back: list[Received] = []
     try:
-        while got := app.bus.receive_dead_letters(app.queue, max_messages=batch, max_wait=max_wait):
+        while got := receive_dead_letters(app, max_messages=batch, max_wait=max_wait):
             doomed = []
             for received in got:
                 (doomed if which.matches(describe(received)) else held_back).append(received)

@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from shared.app import SyncApp
 from shared.engine.apply import apply_batch
+from shared.engine.ledger_reasons import condemns
+from shared.engine.lock_renewal import locks_kept, renewal_interval
 from shared.engine.outcome import Outcome
 from shared.engine.settle import settle
 from shared.errors import Reason
@@ -62,19 +65,12 @@ class LedgerSettler:
         self.dead.append(message.envelope.message_id)
 
 
-def _condemns(failure: dict[str, Any], received: Received) -> bool:
-    """Whether a ledger entry is the verdict on this delivery: one recorded for this very enqueued message (same
-    sequence number), or one recorded before sending (a condemned message's verdict, for every delivery)."""
-    sequence = failure.get("sequence_number")
-    return sequence is None or not received.sequence_number or sequence == received.sequence_number
-
-
 def handle_with_ledger(app: SyncApp, received: Received) -> list[Outcome]:
     """A delivery the ledger already condemned is not applied again: it is only walked to the DLQ. The same
     message_id sent again later is a new delivery: it is applied, and on success the old verdict is cleared."""
     message_id = received.envelope.message_id
     known = app.state.get_failure(app.queue, message_id)
-    if known is not None and _condemns(known, received):
+    if known is not None and condemns(known, received):
         raise DeadLetterViaLedger(f"{known['reason']}: {known['description']}")
     settler = LedgerSettler(app)
     # A body carried by reference is fetched here; on a transient store error the raise makes the host retry.
@@ -97,9 +93,10 @@ class ActionsSettler:
     """Settler over the Functions Service Bus settlement extension.
 
     ``actions`` is duck-typed like ``azurefunctions.extensions.bindings.servicebus.ServiceBusMessageActions``:
-    ``complete(message)``, ``abandon(message)`` and ``deadletter(message, deadletter_reason=...,
-    deadletter_error_description=...)``, each taking the SDK message the host delivered (it settles by that
-    message's lock token over the host's gRPC settlement service). ``Received.handle`` holds that SDK message.
+    ``complete(message)``, ``abandon(message)``, ``deadletter(message, deadletter_reason=...,
+    deadletter_error_description=...)`` and ``renew_message_lock(message)``, each taking the SDK message the host
+    delivered (it acts by that message's lock token over the host's gRPC settlement service). ``Received.handle``
+    holds that SDK message.
 
     It remembers which deliveries it settled, so that after a failure exactly the rest can be abandoned.
     """
@@ -128,6 +125,11 @@ class ActionsSettler:
     def abandon(self, message: Received) -> None:
         self.actions.abandon(message.handle)
         self._settled.add(id(message))
+
+    def renew(self, message: Received) -> None:
+        """Extend the delivery's lock (``renew_message_lock`` in azurefunctions-extensions-bindings-servicebus
+        1.0.0b2, a RenewMessageLock call to the host's settlement service)."""
+        self.actions.renew_message_lock(message.handle)
 
     def dead_letter(self, message: Received, reason: str, description: str) -> None:
         self.actions.deadletter(message.handle, deadletter_reason=reason, deadletter_error_description=description)
@@ -171,14 +173,14 @@ def handle_with_actions(app: SyncApp, messages: Any, actions: Any) -> list[Outco
     dead-lettered as MalformedMessage. If anything raises unexpectedly, every delivery not yet settled is
     abandoned and the error propagates (the host logs the failed invocation).
     """
-    from shared.bus.servicebus import to_received  # azure-servicebus only where Service Bus is used
+    from shared.bus.servicebus import from_host  # azure-servicebus only where Service Bus is used
 
     settler = ActionsSettler(actions)
     received: list[Received] = []
     unreadable: list[tuple[Any, Exception]] = []
     for message in _as_list(messages):
         try:
-            received.append(to_received(message, message))
+            received.append(from_host(message))
         except Exception as exc:  # noqa: BLE001 - an unreadable delivery is dead-lettered, not retried
             unreadable.append((message, exc))
     try:
@@ -186,7 +188,9 @@ def handle_with_actions(app: SyncApp, messages: Any, actions: Any) -> list[Outco
             _dead_letter_unreadable(actions, message, exc)
         # Bodies carried by reference are fetched here and released once their delivery completed.
         received = app.bus.claims.resolve_all(received, settler.abandon)
-        return handle_delivery(app, received, app.bus.claims.settler(settler))
+        # The host renews no lock for a batch: the locks are kept here while the batch is applied and settled.
+        with locks_kept(received, settler.renew, settler.is_settled, renewal_interval(received, datetime.now(UTC))):
+            return handle_delivery(app, received, app.bus.claims.settler(settler))
     except BaseException:
         settler.abandon_unsettled(received)
         raise

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from shared.app import SyncApp
 from shared.engine.deletes import already_applied
+from shared.engine.ledger_reasons import receive_dead_letters
 from shared.errors import Reason
 from shared.messages import ChangeMessage, bounded_id, parse_body, to_envelope
 from shared.ports.bus import Received
@@ -55,7 +56,7 @@ def replay_dead_letters(
     settler = app.bus.settler(app.queue)
     held_back: list[Received] = []  # locked but not ours to replay: released at the end, never lost
     try:
-        while batch := app.bus.receive_dead_letters(app.queue, max_messages=BATCH, max_wait=1.0):
+        while batch := receive_dead_letters(app, max_messages=BATCH, max_wait=1.0):
             for received in batch:
                 message = _parse(app, received)
                 if message is None or not which.matches(received, message):

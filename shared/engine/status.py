@@ -8,7 +8,9 @@ from datetime import datetime
 from pydantic import BaseModel
 
 from shared.app import SyncApp
+from shared.engine.ledger_reasons import peek_dead_letters
 from shared.messages import parse_body
+from shared.ports.bus import CountsUnavailable, QueueCounts
 
 HEAD = 1000  # how many queued messages are browsed to find each flow's oldest unapplied change
 
@@ -31,15 +33,21 @@ class FlowStatus(BaseModel):
 
 class SystemStatus(BaseModel):
     queue: str
-    active: int
-    scheduled: int
-    dead_letter: int
+    # None: unknown, and counts_unavailable says why (on Service Bus, counts need the Manage right)
+    active: int | None
+    scheduled: int | None
+    dead_letter: int | None
     flows: list[FlowStatus]
+    counts_unavailable: str | None = None
 
 
 def collect_status(app: SyncApp) -> SystemStatus:
     now = app.clock()
-    counts = app.bus.counts(app.queue)
+    try:
+        counts: QueueCounts | None = app.bus.counts(app.queue)
+        unavailable = None
+    except CountsUnavailable as exc:
+        counts, unavailable = None, str(exc)
     cursors = {c.flow: c for c in app.state.list_cursors()}
     per_flow = getattr(app.bus, "counts_by_flow", lambda q: None)(app.queue)
     oldest = _oldest_unapplied(app)
@@ -61,6 +69,11 @@ def collect_status(app: SyncApp) -> SystemStatus:
             last_run=cursor.last_run if cursor else {},
             last_error=cursor.last_error if cursor else None,
         ))
+    if counts is None:
+        # The dead-letter queue was browsed whole above (which Data Receiver may do): its count is still known.
+        return SystemStatus(queue=app.queue, active=None, scheduled=None,
+                            dead_letter=sum(sum(reasons.values()) for reasons in dead.values()), flows=flows,
+                            counts_unavailable=unavailable)
     return SystemStatus(queue=app.queue, active=counts.active, scheduled=counts.scheduled,
                         dead_letter=counts.dead_letter, flows=flows)
 
@@ -80,7 +93,7 @@ def _oldest_unapplied(app: SyncApp) -> dict[str, datetime]:
 def _dead_letters_by_flow(app: SyncApp) -> dict[str, Counter[str]]:
     by_flow: dict[str, Counter[str]] = defaultdict(Counter)
     start = 0
-    while page := app.bus.peek_dead_letters(app.queue, max_messages=250, from_sequence=start):
+    while page := peek_dead_letters(app, max_messages=250, from_sequence=start):
         for m in page:
             flow = str(m.envelope.application_properties.get("flow", m.envelope.subject))
             by_flow[flow][m.dead_letter_reason or "unknown"] += 1

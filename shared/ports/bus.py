@@ -37,6 +37,11 @@ class QueueCounts:
     dead_letter: int
 
 
+class CountsUnavailable(Exception):
+    """The bus cannot tell how many messages a queue holds (on Service Bus the administration API needs the
+    Manage right); the message says why. Status shows such counts as unknown rather than failing."""
+
+
 class Settler(Protocol):
     """Settles messages one delivery at a time; the apply trigger and the local worker both use it."""
 
@@ -75,6 +80,8 @@ class MessageBus(Protocol):
 
     def complete_dead_letters(self, queue: str, messages: Sequence[Received]) -> None: ...
 
-    def counts(self, queue: str) -> QueueCounts: ...
+    def counts(self, queue: str) -> QueueCounts:
+        """Raises CountsUnavailable when the bus cannot read them."""
+        ...
 
     def close(self) -> None: ...

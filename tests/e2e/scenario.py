@@ -6,6 +6,7 @@ from sqlalchemy import create_engine, func, select, text
 
 from demo import sample_data
 from shared.app import SyncApp
+from shared.engine.ledger_reasons import peek_dead_letters
 from shared.engine.tally import Tally
 
 
@@ -32,8 +33,9 @@ def assert_demo_scenario(app: SyncApp, tally: Tally, erp_url: str) -> None:
     assert accounts.adds_up() and contacts.adds_up()
     assert erp_count(erp_url, "customers") == 1996 == app.state.count_keys("accounts-to-customers", "erp")
     assert erp_count(erp_url, "contacts") == 2997 == app.state.count_keys("contacts-to-erp", "erp")
+    # As operators read them (status, dead-letters list, replay): in ledger mode with the failure ledger's reason.
     dead = {(m.envelope.application_properties["flow"], m.envelope.application_properties["key"]):
-            (m.dead_letter_reason, m.dead_letter_description) for m in app.bus.peek_dead_letters(app.queue)}
+            (m.dead_letter_reason, m.dead_letter_description) for m in peek_dead_letters(app)}
     for bad in sample_data.bad_rows(2000, 3000):
         reason, description = dead[(bad.flow, bad.key)]
         assert reason == bad.reason

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.servicebus import (
     ServiceBusMessage,
     ServiceBusMessageBatch,
@@ -598,10 +598,24 @@ class FakeServiceBusClient:
 
 
 class FakeServiceBusAdministrationClient:
-    """Stands in for ``ServiceBusAdministrationClient``; returns the SDK's own property models."""
+    """Stands in for ``ServiceBusAdministrationClient``; returns the SDK's own property models.
+
+    ``refuse_manage = True`` plays an identity without the Manage right (Azure Service Bus Data Sender and
+    Receiver only): the service answers the management (ATOM) endpoint with 401, the generated client maps it to
+    ``ClientAuthenticationError`` and the SDK's ``_handle_response_error`` re-raises it as a plain
+    ``HttpResponseError`` carrying the response, which is what the caller sees."""
 
     def __init__(self, broker: FakeBroker) -> None:
         self.broker = broker
+        self.refuse_manage = False
+
+    def _authorize(self, queue_name: str) -> None:
+        if self.refuse_manage:
+            raise HttpResponseError(
+                message=f"Unauthorized access. 'Manage,EntityRead' claim(s) are required to perform this operation. "
+                        f"Resource: 'sb://{self.broker.queue(queue_name).name}'.",
+                response=_Refused(401, "Unauthorized"),
+            )
 
     def _known(self, name: str) -> _Queue:
         q = self.broker.queues.get(name)
@@ -610,6 +624,7 @@ class FakeServiceBusAdministrationClient:
         return q
 
     def get_queue_runtime_properties(self, queue_name: str, **_: Any) -> QueueRuntimeProperties:
+        self._authorize(queue_name)
         self._known(queue_name)
         active, scheduled, dead = self.broker.runtime_counts(queue_name)
         internal = QueueDescription(
@@ -622,6 +637,7 @@ class FakeServiceBusAdministrationClient:
         return QueueRuntimeProperties._from_internal_entity(queue_name, internal)  # noqa: SLF001
 
     def get_queue(self, queue_name: str, **_: Any) -> QueueProperties:
+        self._authorize(queue_name)
         q = self._known(queue_name)
         internal = QueueDescription(
             lock_duration=timedelta(seconds=q.lock_duration),
@@ -644,6 +660,17 @@ class FakeServiceBusAdministrationClient:
 
     def __exit__(self, *_: Any) -> None:
         self.close()
+
+
+@dataclass
+class _Refused:
+    """The parts of an HTTP response ``HttpResponseError`` reads."""
+
+    status_code: int
+    reason: str
+
+    def text(self) -> str:
+        return ""
 
 
 def fake_service_bus(**broker_kwargs: Any) -> tuple[FakeServiceBusClient, FakeServiceBusAdministrationClient]:

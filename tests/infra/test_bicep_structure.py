@@ -28,8 +28,7 @@ MAIN = "main.bicep"
 # articles/role-based-access-control/built-in-roles.md), and the one resource type each may be scoped to.
 SB_QUEUE = "Microsoft.ServiceBus/namespaces/queues"
 ROLES: dict[str, tuple[str, str]] = {
-    "69a216fc-b8fb-44d8-bc22-1f3c2cd27a39": ("Azure Service Bus Data Sender", SB_QUEUE),
-    "4f6d3b9b-027b-4f4c-9142-0e5a2a2247e0": ("Azure Service Bus Data Receiver", SB_QUEUE),
+    "090c5cfd-751d-490a-894a-3ce6f1109419": ("Azure Service Bus Data Owner", SB_QUEUE),
     "b7e6dc6d-f1e8-4753-8033-0f276bb0955b": ("Storage Blob Data Owner", "Microsoft.Storage/storageAccounts"),
     "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3": ("Storage Table Data Contributor", "Microsoft.Storage/storageAccounts"),
     "4633458b-17de-408a-b874-0445c86b69e6": ("Key Vault Secrets User", "Microsoft.KeyVault/vaults"),
@@ -38,8 +37,9 @@ ROLES: dict[str, tuple[str, str]] = {
 }
 # The function app's identity holds exactly these (issue 7), no more.
 APP_IDENTITY_ROLES = {
-    "Azure Service Bus Data Sender",
-    "Azure Service Bus Data Receiver",
+    # send, receive, settle, and Manage on the queue alone: queue counts for `dualsync status` / GET /api/flows and
+    # the scale controller's queue length for target-based scaling (docs/deploy.md says why not Sender + Receiver)
+    "Azure Service Bus Data Owner",
     "Storage Blob Data Owner",
     "Storage Table Data Contributor",
     "Key Vault Secrets User",
@@ -72,8 +72,8 @@ HOST_SETTINGS: dict[str, str] = {
     "ServiceBusConnection__credential": "apply trigger connection: use the managed identity",
     "ServiceBusConnection__clientId": "apply trigger connection: which identity",
     "APPLICATIONINSIGHTS_AUTHENTICATION_STRING": "Entra ID auth for host telemetry (local auth is disabled)",
-    "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY": "the Python worker streams our OpenTelemetry data (host.json "
-                                                   "telemetryMode OpenTelemetry): nothing is exported twice",
+    "PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME": "the logger the Python worker's Azure Monitor collects: 'dualsync' "
+                                              "(tests/unit/test_telemetry_once.py)",
 }
 # Connector secrets: read through flows.yaml references (env:NAME, shared.config.resolve_secret).
 CONNECTOR_SECRETS = {"CRM_CLIENT_SECRET", "ERP_DB_URL"}
@@ -498,6 +498,13 @@ def test_every_data_resource_sends_its_logs_to_log_analytics():
     assert scopes == {"vault", "storage", "blobService", "tableService", "namespace", "functionApp"}
     assert all(body(s)["properties"]["workspaceId"] == "logAnalyticsId" for s in settings.values())
     assert accessor(module_params("diagnostics")["logAnalyticsId"]) == ["monitoring", "outputs", "logAnalyticsId"]
+
+
+def test_service_bus_roles_are_data_owner_on_each_queue_for_app_and_operator():
+    service_bus = [a for a in role_assignments() if a["scope_type"] == SB_QUEUE]
+    assert {(ROLES[a["guid"]][0], a["principal"]) for a in service_bus} == {
+        ("Azure Service Bus Data Owner", "principalId"), ("Azure Service Bus Data Owner", "operatorPrincipalId")}
+    assert all(a["scope"] == "queues" for a in service_bus), "one assignment per queue, never the namespace"
 
 
 def test_operator_roles_are_optional():

@@ -74,6 +74,43 @@ def test_flows_reports_every_flow(wired):
     assert {"paused", "lag_seconds", "dead_letters", "last_run"} <= set(body["flows"][0])
 
 
+def test_flows_answers_with_unknown_counts_when_service_bus_refuses_manage(wired):
+    """An identity with Data Sender and Receiver only cannot read queue counts (the administration API needs
+    Manage): the status still answers, with the counts it could not read shown as unknown and why."""
+    seed_dead_letters(wired)
+    wired.bus._admin.refuse_manage = True  # noqa: SLF001
+    status, body = call("flows", who=principal("Reader"))
+    assert status == 200
+    assert (body["active"], body["scheduled"]) == (None, None)
+    assert body["dead_letter"] == 4  # browsed from the dead-letter queue instead, which Receiver may do
+    assert "401" in body["counts_unavailable"] and "Azure Service Bus Data Owner" in body["counts_unavailable"]
+    assert body["flows"][0]["dead_letters"] == {"ValidationFailed": 1}
+    status, body = call("health")
+    assert status == 200 and body["status"] == "ok"
+
+
+def test_status_cli_shows_counts_it_cannot_read_as_unknown(wired, tmp_path, monkeypatch):
+    from contextlib import contextmanager
+
+    from typer.testing import CliRunner
+
+    import shared.cli
+    from shared.cli import app as cli
+
+    @contextmanager
+    def session(config, workdir):
+        yield wired
+
+    monkeypatch.setattr(shared.cli, "_session", session)
+    wired.bus._admin.refuse_manage = True  # noqa: SLF001
+    result = CliRunner().invoke(cli, ["status"], catch_exceptions=False, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "queue dualsync-changes: counts unknown" in text and "Azure Service Bus Data Owner" in text
+    result = CliRunner().invoke(cli, ["status", "--json"], catch_exceptions=False)
+    assert result.exit_code == 0 and json.loads(result.output)["active"] is None
+
+
 def test_pause_and_resume_a_flow(wired):
     status, body = call("pause_flow", "POST", {"reason": "ERP maintenance"}, route={"flow": "accounts"})
     assert (status, body) == (200, {"flow": "accounts", "paused": True, "paused_reason": "ERP maintenance"})

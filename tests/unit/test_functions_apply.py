@@ -12,6 +12,8 @@ returns and abandons when it raises.
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -23,6 +25,7 @@ import pytest
 from azure.functions.servicebus import ServiceBusMessage
 from azure.servicebus import ServiceBusReceivedMessage as SdkReceivedMessage
 from azure.servicebus._pyamqp._encode import encode_payload
+from azure.servicebus._pyamqp.message import Header
 from azure.servicebus._pyamqp.types import TYPE, VALUE, AMQPTypes
 from azurefunctions.extensions.base import Datum
 from azurefunctions.extensions.bindings.servicebus import ServiceBusConverter, ServiceBusReceivedMessage
@@ -31,7 +34,7 @@ from azurefunctions.extensions.bindings.servicebus.serviceBusMessageActions impo
 import functions.apply
 from functions.apply import build_apply_blueprint
 from shared.app import SyncApp
-from shared.bus.servicebus import ServiceBusBus
+from shared.bus.servicebus import ServiceBusBus, decode_properties
 from shared.config import parse_config
 from shared.engine.delivery import DeadLetterViaLedger, handle_with_actions
 from shared.errors import AuthError, PermanentError, Reason, TransientError
@@ -61,6 +64,11 @@ def host_delivered(messages: Sequence[SdkReceivedMessage]) -> list[SdkReceivedMe
 
 def _content(message: SdkReceivedMessage) -> bytes:
     wire = message._message  # noqa: SLF001 - the pyamqp message as received, broker annotations included
+    # The host received the message with the .NET SDK, which stores the delivery count 1-based in the message's
+    # AMQP header (AmqpMessageConverter: header delivery-count + 1 unless peeked); the raw AMQP message the host
+    # serializes for the worker (GetRawAmqpMessage().ToBytes()) carries that count.
+    header = wire.header or Header()
+    wire = wire._replace(header=header._replace(delivery_count=(header.delivery_count or 0) + 1))
     annotations = {
         k: ({TYPE: AMQPTypes.timestamp, VALUE: v} if k in _TIMESTAMPS else
             {TYPE: AMQPTypes.long, VALUE: v} if isinstance(v, int) and not isinstance(v, bool) else v)
@@ -80,6 +88,9 @@ class RecordingActions:
         self.by_token = {str(m.lock_token): m for m in delivered}
         self.events: list[tuple[str, ...]] = events if events is not None else []
         self.fail_on: set[str] = set()  # methods that raise, to test settlement failures
+        # The host's settlement service takes calls from any thread; the fake receiver behind it must not be
+        # entered by two at once (lock renewal runs beside the batch).
+        self._serial = threading.Lock()
 
     def _held(self, method: str, message: Any) -> SdkReceivedMessage:
         token = str(message.lock_token)
@@ -90,18 +101,32 @@ class RecordingActions:
         return self.by_token[token]
 
     def complete(self, message: Any) -> None:
-        self.events.append(("complete", message.message_id))
-        self.receiver.complete_message(self._held("complete", message))
+        with self._serial:
+            self.events.append(("complete", message.message_id))
+            self.receiver.complete_message(self._held("complete", message))
 
     def abandon(self, message: Any) -> None:
-        self.events.append(("abandon", message.message_id))
-        self.receiver.abandon_message(self._held("abandon", message))
+        with self._serial:
+            self.events.append(("abandon", message.message_id))
+            self.receiver.abandon_message(self._held("abandon", message))
 
     def deadletter(self, message: Any, deadletter_reason: str | None = None,
                    deadletter_error_description: str | None = None) -> None:
-        self.events.append(("deadletter", message.message_id, deadletter_reason, deadletter_error_description))
-        self.receiver.dead_letter_message(self._held("deadletter", message), reason=deadletter_reason,
-                                          error_description=deadletter_error_description)
+        with self._serial:
+            self.events.append(("deadletter", message.message_id, deadletter_reason, deadletter_error_description))
+            self.receiver.dead_letter_message(self._held("deadletter", message), reason=deadletter_reason,
+                                              error_description=deadletter_error_description)
+
+    def renew_message_lock(self, message: Any) -> None:
+        with self._serial:
+            self.events.append(("renew", message.message_id))
+            try:
+                self.receiver.renew_message_lock(self._held("renew_message_lock", message))
+            except SettlementError:
+                raise
+            except Exception as exc:  # as the extension reports a failed gRPC call
+                raise SettlementError("renew_message_lock", f"Failed to renew lock for {message.lock_token}",
+                                      exc) from exc
 
 
 class SpyBus:
@@ -129,9 +154,9 @@ def user_function(bp: func.Blueprint, name: str = "apply"):
 
 
 class Harness:
-    def __init__(self, memory: dict) -> None:
+    def __init__(self, memory: dict, lock_seconds: float = 30) -> None:
         self.client, self.admin = fake_service_bus()
-        self.admin.create_queue(QUEUE, lock_duration=timedelta(seconds=30), max_delivery_count=5,
+        self.admin.create_queue(QUEUE, lock_duration=timedelta(seconds=lock_seconds), max_delivery_count=5,
                                 requires_duplicate_detection=True)
         self.events: list[tuple] = []
         self.bus = ServiceBusBus(self.client, admin=self.admin)
@@ -187,6 +212,52 @@ def test_host_delivered_messages_are_what_the_extension_decodes():
     assert decoded.message_id == got.message_id and decoded.subject == "accounts"
     assert decoded.application_properties[b"flow"] == b"accounts"  # bytes keys, as the real SDK returns them
     assert decoded.body_type == "data" and b"".join(decoded.body) == b"".join(got.body)
+
+
+def test_delivery_count_through_the_extension_is_the_hosts_own(h, monkeypatch):
+    """The host's count is already 1-based: the first delivery is 1, a redelivery 2, never one more."""
+    import shared.engine.delivery as delivery
+
+    seen: list[int] = []
+    real = delivery.apply_batch
+    monkeypatch.setattr(delivery, "apply_batch", lambda app, batch: seen.extend(r.delivery_count for r in batch)
+                        or real(app, batch))
+    h.send(account("a1", 1))
+    [got] = h.receiver.receive_messages(max_message_count=1, max_wait_time=1)
+    h.receiver.abandon_message(got)  # a first delivery that failed
+    [again] = h.receiver.receive_messages(max_message_count=1, max_wait_time=1)
+    assert again.delivery_count == 1  # the Python SDK's header: prior unsuccessful deliveries
+    h.apply(messages=host_delivered([again]), message_actions=RecordingActions(h.receiver, [again], h.events))
+    assert seen == [2]
+
+
+def test_a_batch_running_past_the_lock_duration_keeps_its_locks_and_settles(memory, monkeypatch):
+    """The host renews no lock for a batch function: the trigger renews them itself while the batch runs."""
+    import shared.engine.delivery as delivery
+
+    harness = Harness(memory, lock_seconds=1.0)
+    monkeypatch.setattr(functions.apply, "sync_app", lambda: harness.app)
+    real = delivery.apply_batch
+
+    def slow(app, batch):  # a throttled target: the batch outlives the 1 s lock more than twice over
+        time.sleep(2.5)
+        return real(app, batch)
+
+    monkeypatch.setattr(delivery, "apply_batch", slow)
+    try:
+        harness.deliver(*[account(f"a{i}", 1) for i in range(5)])
+        assert len(harness.settled("complete")) == 5
+        renewals = harness.settled("renew")
+        assert len(renewals) >= 2 * 5, renewals  # every lock, several times
+        assert not harness.receiver.receive_messages(max_message_count=5, max_wait_time=1.5), "redelivered"
+        counts = harness.counts()
+        assert (counts.active, counts.scheduled, counts.dead_letter) == (0, 0, 0)
+        assert len(memory["erp"].tables["customers"]) == 5
+        # Renewal stopped with the batch.
+        time.sleep(0.5)
+        assert len(harness.settled("renew")) == len(renewals)
+    finally:
+        harness.close()
 
 
 def test_applied_and_skipped_messages_are_completed(h, memory):
@@ -310,6 +381,16 @@ def host_message(message: ChangeMessage, delivery_count: int = 1, sequence_numbe
     )
 
 
+def plain_trigger_message(m: SdkReceivedMessage) -> ServiceBusMessage:
+    """The message as the plain trigger hands it to the function: the host's own (1-based) delivery count."""
+    props = decode_properties(m.application_properties)
+    return ServiceBusMessage(
+        body=b"".join(m.body), message_id=m.message_id, content_type=m.content_type,
+        correlation_id=m.correlation_id, label=m.subject, subject=m.subject, application_properties=props,
+        user_properties=props, delivery_count=m.delivery_count + 1, enqueued_time_utc=m.enqueued_time_utc,
+        sequence_number=m.sequence_number, lock_token=str(m.lock_token))
+
+
 @pytest.fixture
 def ledger(app, monkeypatch):
     monkeypatch.setattr(functions.apply, "sync_app", lambda: app)
@@ -381,3 +462,26 @@ def test_ledger_unexpected_error_raises_so_the_host_abandons(ledger, memory):
 def test_unknown_settlement_mode_fails_the_indexing():
     with pytest.raises(ValueError, match="SETTLEMENT_MODE='auto'"):
         build_apply_blueprint("auto")
+
+
+def test_ledger_dead_letters_read_with_the_reason_extension_mode_would_give(h, monkeypatch):
+    """In ledger mode Service Bus dead-letters the message itself (MaxDeliveryCountExceeded); status, the
+    dead-letter list, purge and replay read the failure ledger's reason instead, as if the trigger had set it."""
+    from shared.engine.dead_letters import DeadLetterFilter, list_dead_letters
+    from shared.engine.replay import ReplayFilter, replay_dead_letters
+    from shared.engine.status import collect_status
+
+    ledger = user_function(build_apply_blueprint("ledger"))
+    h.send(account("a1", 1, name="x" * 50))
+    while got := h.receiver.receive_messages(max_message_count=1, max_wait_time=0.2):  # as the host does
+        with pytest.raises(DeadLetterViaLedger):
+            ledger(msg=plain_trigger_message(got[0]))
+        h.receiver.abandon_message(got[0])
+    [raw] = h.bus.peek_dead_letters(QUEUE)
+    assert raw.dead_letter_reason == "MaxDeliveryCountExceeded"  # what Service Bus set
+    [letter] = list_dead_letters(h.app)
+    assert letter.reason == "ValidationFailed" and "record a1" in letter.description and "field name" in letter.description
+    assert [d.key for d in list_dead_letters(h.app, DeadLetterFilter(reason="ValidationFailed"))] == ["a1"]
+    accounts = next(f for f in collect_status(h.app).flows if f.flow == "accounts")
+    assert accounts.dead_letters == {"ValidationFailed": 1}
+    assert replay_dead_letters(h.app, ReplayFilter(reason="ValidationFailed"), dry_run=True).matched == 1

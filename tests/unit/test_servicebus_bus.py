@@ -33,6 +33,7 @@ from shared.bus import servicebus as sb
 from shared.bus.servicebus import MessageTooLargeError, ServiceBusBus, decode_properties, to_service_bus_message
 from shared.errors import ConfigError, LockLostError
 from shared.messages import ChangeMessage, Envelope, to_envelope
+from shared.ports.bus import CountsUnavailable
 from tests.fakes.servicebus import fake_service_bus
 
 Q = "dualsync-changes"
@@ -407,12 +408,16 @@ def test_namespace_setting_uses_the_user_assigned_identity(monkeypatch):
     assert used == [("DefaultAzureCredential", {})]
 
 
-def test_counts_without_an_admin_client_is_a_clear_error(fake):
-    client, _ = fake
+def test_counts_it_cannot_read_are_unavailable_with_the_reason(fake):
+    client, admin = fake
     bus = ServiceBusBus(client)
-    with pytest.raises(RuntimeError, match="ServiceBusAdministrationClient"):
+    with pytest.raises(CountsUnavailable, match="no Service Bus administration client"):
         bus.counts(Q)
     bus.close()
+    admin.refuse_manage = True  # Data Sender + Receiver only: the administration API answers 401
+    bus = ServiceBusBus(client, admin=admin)
+    with pytest.raises(CountsUnavailable, match=r"\(401\).*Manage right.*Azure Service Bus Data Owner on the queue"):
+        bus.counts(Q)
 
 
 def test_close_closes_handlers_and_the_bus(bus, fake):

@@ -34,7 +34,9 @@ resource queues 'Microsoft.ServiceBus/namespaces/queues@2024-01-01' = [for queue
   parent: namespace
   name: queue
   properties: {
-    // Longer than a normal apply, and host.json renews the lock (maxAutoLockRenewalDuration).
+    // The longest Service Bus allows. The host renews it (host.json maxAutoLockRenewalDuration) only for
+    // single-message functions (SETTLEMENT_MODE=ledger); a batch (extension mode) renews its own locks while it
+    // runs (shared/engine/lock_renewal.py), each a third of the lock after the last, within functionTimeout.
     lockDuration: 'PT5M'
     maxDeliveryCount: maxDeliveryCount
     defaultMessageTimeToLive: messageTimeToLive
