@@ -219,6 +219,8 @@ module rbac 'app/rbac.bicep' = {
     queueNames: queueNames
     keyVaultName: keyVault.outputs.name
     applicationInsightsName: monitoring.outputs.applicationInsightsName
+    deploymentContainerName: deploymentContainerName
+    payloadContainerName: payloadContainerName
     operatorPrincipalId: operatorPrincipalId
     operatorPrincipalType: operatorPrincipalType
   }

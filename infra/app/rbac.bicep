@@ -6,6 +6,10 @@ param serviceBusNamespaceName string
 param queueNames array
 param keyVaultName string
 param applicationInsightsName string
+@description('The Flex Consumption deployment container: the app reads its package there and can never rewrite it.')
+param deploymentContainerName string
+@description('The claim-check container (bodies of messages too large for Service Bus).')
+param payloadContainerName string
 
 @description('Optional operator (user or group): writes connector secrets, runs `dualsync status` / `dualsync replay`.')
 param operatorPrincipalId string = ''
@@ -14,6 +18,8 @@ param operatorPrincipalType string = 'User'
 var roles = {
   serviceBusDataOwner: '090c5cfd-751d-490a-894a-3ce6f1109419' // Azure Service Bus Data Owner
   storageBlobDataOwner: 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b' // Storage Blob Data Owner
+  storageBlobDataContributor: 'ba92f5b4-2d11-453d-a403-e96b0029c9fe' // Storage Blob Data Contributor
+  storageBlobDataReader: '2a2b9908-6ea1-4ae2-8e65-a410df84e7d1' // Storage Blob Data Reader
   storageTableDataContributor: '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3' // Storage Table Data Contributor
   keyVaultSecretsUser: '4633458b-17de-408a-b874-0445c86b69e6' // Key Vault Secrets User
   keyVaultSecretsOfficer: 'b86a8fe4-44ce-4948-aee5-eccb2c155cd7' // Key Vault Secrets Officer
@@ -23,6 +29,33 @@ var withOperator = !empty(operatorPrincipalId)
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: storageAccountName
+}
+
+resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' existing = {
+  parent: storage
+  name: 'default'
+}
+
+// The Functions host's own containers (AzureWebJobsStorage): timer and singleton locks, host keys. Created by
+// the storage module, so roles scoped to them suffice (creating a container would need the account).
+var hostContainerNames = [
+  'azure-webjobs-hosts'
+  'azure-webjobs-secrets'
+]
+
+resource hostContainers 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' existing = [for container in hostContainerNames: {
+  parent: blobService
+  name: container
+}]
+
+resource deploymentContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' existing = {
+  parent: blobService
+  name: deploymentContainerName
+}
+
+resource payloadContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' existing = {
+  parent: blobService
+  name: payloadContainerName
 }
 
 resource namespace 'Microsoft.ServiceBus/namespaces@2024-01-01' existing = {
@@ -58,14 +91,36 @@ resource appServiceBusOwner 'Microsoft.Authorization/roleAssignments@2022-04-01'
   }
 }]
 
-// AzureWebJobsStorage (host keys, timer and singleton locks), the Flex Consumption deployment package, and the
-// claim-check container (bodies of messages too large for Service Bus: write, read, delete). Owner includes
-// everything Storage Blob Data Contributor grants, so the claim check needs no assignment of its own.
-resource appBlobOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(storage.id, principalId, roles.storageBlobDataOwner)
-  scope: storage
+// Blob roles are scoped to the containers the app uses, never the account: it cannot read or rewrite anything
+// else, least of all its own deployment package.
+// The host's containers: blob leases for timer and singleton locks, host keys.
+resource appHostBlobOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for (container, i) in hostContainerNames: {
+  name: guid(hostContainers[i].id, principalId, roles.storageBlobDataOwner)
+  scope: hostContainers[i]
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataOwner)
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+  }
+}]
+
+// Flex Consumption reads the app's package with this identity; deployments upload it with the deployer's.
+resource appPackageReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(deploymentContainer.id, principalId, roles.storageBlobDataReader)
+  scope: deploymentContainer
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataReader)
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// The claim check writes, reads and deletes message bodies.
+resource appPayloadContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(payloadContainer.id, principalId, roles.storageBlobDataContributor)
+  scope: payloadContainer
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataContributor)
     principalId: principalId
     principalType: 'ServicePrincipal'
   }

@@ -27,9 +27,12 @@ MAIN = "main.bicep"
 # (learn.microsoft.com/azure/role-based-access-control/built-in-roles; MicrosoftDocs/azure-docs
 # articles/role-based-access-control/built-in-roles.md), and the one resource type each may be scoped to.
 SB_QUEUE = "Microsoft.ServiceBus/namespaces/queues"
+BLOB_CONTAINER = "Microsoft.Storage/storageAccounts/blobServices/containers"  # never the whole account
 ROLES: dict[str, tuple[str, str]] = {
     "090c5cfd-751d-490a-894a-3ce6f1109419": ("Azure Service Bus Data Owner", SB_QUEUE),
-    "b7e6dc6d-f1e8-4753-8033-0f276bb0955b": ("Storage Blob Data Owner", "Microsoft.Storage/storageAccounts"),
+    "b7e6dc6d-f1e8-4753-8033-0f276bb0955b": ("Storage Blob Data Owner", BLOB_CONTAINER),
+    "ba92f5b4-2d11-453d-a403-e96b0029c9fe": ("Storage Blob Data Contributor", BLOB_CONTAINER),
+    "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1": ("Storage Blob Data Reader", BLOB_CONTAINER),
     "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3": ("Storage Table Data Contributor", "Microsoft.Storage/storageAccounts"),
     "4633458b-17de-408a-b874-0445c86b69e6": ("Key Vault Secrets User", "Microsoft.KeyVault/vaults"),
     "b86a8fe4-44ce-4948-aee5-eccb2c155cd7": ("Key Vault Secrets Officer", "Microsoft.KeyVault/vaults"),
@@ -40,7 +43,9 @@ APP_IDENTITY_ROLES = {
     # send, receive, settle, and Manage on the queue alone: queue counts for `dualsync status` / GET /api/flows and
     # the scale controller's queue length for target-based scaling (docs/deploy.md says why not Sender + Receiver)
     "Azure Service Bus Data Owner",
-    "Storage Blob Data Owner",
+    "Storage Blob Data Owner",  # the host's own containers only
+    "Storage Blob Data Reader",  # the deployment package: read, never rewrite
+    "Storage Blob Data Contributor",  # the claim check
     "Storage Table Data Contributor",
     "Key Vault Secrets User",
     "Monitoring Metrics Publisher",
@@ -308,7 +313,11 @@ def test_storage_account_is_identity_only():
     container_type = "Microsoft.Storage/storageAccounts/blobServices/containers"
     containers = {c["name"]: c for c in map(body, resources("core/storage/storage-account.bicep", container_type)
                                               .values())}
-    assert set(containers) == {"deploymentContainerName", "payloadContainerName"}
+    # `container`: the host's azure-webjobs-hosts and azure-webjobs-secrets, created so blob roles can be
+    # scoped to them (app/rbac.bicep) rather than to the account.
+    assert set(containers) == {"deploymentContainerName", "payloadContainerName", "container"}
+    text = (INFRA / "core/storage/storage-account.bicep").read_text()
+    assert "'azure-webjobs-hosts'" in text and "'azure-webjobs-secrets'" in text
     assert all(c["properties"]["publicAccess"] == "None" for c in containers.values())
 
 

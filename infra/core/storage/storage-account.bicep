@@ -75,6 +75,18 @@ resource deploymentContainer 'Microsoft.Storage/storageAccounts/blobServices/con
   }
 }
 
+// The Functions host's containers, created here so the identity's blob roles can be scoped to them (app/rbac.bicep).
+resource hostContainers 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = [for container in [
+  'azure-webjobs-hosts'
+  'azure-webjobs-secrets'
+]: {
+  parent: blobService
+  name: container
+  properties: {
+    publicAccess: 'None'
+  }
+}]
+
 // Bodies of messages sent by reference; each is deleted once its message is settled for good.
 resource payloadContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
   parent: blobService
