@@ -160,9 +160,9 @@ def invalid_delta_token(token: str) -> ODataError:
 # --- service faults --------------------------------------------------------------------------
 
 def retry_after_text(seconds: float) -> str:
-    """Dataverse sends whole seconds; below one second (a test's scaled-down window) the simulator sends a
-    decimal, so such a test does not wait a whole second per throttle."""
-    return str(math.ceil(seconds)) if seconds >= 1 else f"{math.ceil(seconds * 1000) / 1000:g}"
+    """Dataverse sends whole seconds; below ten seconds (a test's scaled-down window) the simulator sends
+    milliseconds too, so such a test neither waits a whole second per throttle nor loses the growth."""
+    return str(math.ceil(seconds)) if seconds >= 10 else f"{math.ceil(seconds * 1000) / 1000:g}"
 
 
 def _throttle(code: str, message: str, retry_after_s: float) -> ODataError:

@@ -50,7 +50,6 @@ class _User:
     started: deque[float] = field(default_factory=deque)  # start times of requests inside the window
     active: int = 0
     blocked_until: float = 0.0  # the Retry-After last given ends here
-    last_retry_after: float = 0.0
 
 
 def user_of(token: str) -> str:
@@ -107,7 +106,6 @@ class ServiceLimiter:
                                                      s.max_execution_s, s.window_s)
             u.active += 1
             u.started.append(now)
-            u.last_retry_after = 0.0  # a request got through: the next throttle starts from scratch
         return Admission(self, user, now)
 
     def _finish(self, user: str, started: float) -> dict[str, str]:
@@ -145,12 +143,10 @@ class ServiceLimiter:
 
     @staticmethod
     def _retry_after(u: _User, now: float, wait: float) -> float:
-        """At least until the window frees up; longer each time the caller comes back before the last
-        Retry-After has passed."""
+        """At least until the window frees up; a caller that comes back before its last Retry-After has
+        passed has the time it was told to wait added on top (how much longer is not documented)."""
         wait = max(wait, 0.001)
         if now < u.blocked_until:
-            wait = max(wait, u.last_retry_after * 2)
-        u.last_retry_after = wait
+            wait += u.blocked_until - now
         u.blocked_until = now + wait
         return wait
-

@@ -10,7 +10,8 @@ sending anything more (every further request while throttled lengthens the wait)
   slow one, a timeout or an execution-time throttle, and stays below a size the service refused as too large.
 - `Pacer`: one pause for the whole connector; every request waits for it, so a 429 slows everything at once
   instead of each record finding the limit on its own.
-- `ConcurrencyLimit`: a semaphore whose limit follows ``x-ms-dop-hint`` (never above the configured maximum).
+- `ConcurrencyLimit`: a semaphore whose limit follows ``x-ms-dop-hint`` (never above the configured maximum),
+  halves on a 429 and grows back one step at a time.
 - `cookieless_jar`: a cookie jar that keeps nothing, so the affinity cookie is never sent back.
 """
 
@@ -59,35 +60,65 @@ class AdaptiveBatchSize:
 
 
 class Pacer:
-    """A pause shared by every request of one connector."""
+    """A pause shared by every request of one connector.
+
+    When a pause ends, one request goes first; the others wait until it is answered. Had they all gone at
+    once, most would meet the limit again and each would lengthen the wait (Dataverse extends Retry-After
+    for a caller that keeps sending)."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
         self._until = 0.0
+        self._testing = False  # after a pause, until the first request through is answered
+        self._probe_out = False
 
     def pause(self, seconds: float) -> None:
-        with self._lock:
+        with self._cond:
             self._until = max(self._until, time.monotonic() + max(0.0, seconds))
+            self._testing = True
+            self._cond.notify_all()
 
     def remaining(self) -> float:
         return max(0.0, self._until - time.monotonic())
 
-    def wait(self) -> float:
-        """Sleep until the pause is over (it may be extended meanwhile); returns the seconds waited."""
-        waited = 0.0
-        while (left := self.remaining()) > 0:
-            time.sleep(left)
-            waited += left
-        return waited
+    def wait(self) -> tuple[float, bool]:
+        """Wait until this request may go: (seconds waited, whether it goes first after a pause)."""
+        started = time.monotonic()
+        with self._cond:
+            while True:
+                left = self._until - time.monotonic()
+                if left > 0:
+                    self._cond.wait(left)
+                elif self._testing and self._probe_out:
+                    self._cond.wait(1.0)
+                else:
+                    probe = self._testing
+                    self._probe_out = probe
+                    return time.monotonic() - started, probe
+
+    def answered(self, probe: bool, throttled: bool) -> None:
+        """A request is done; the first one after a pause ends the test unless it was throttled again."""
+        if not probe:
+            return
+        with self._cond:
+            self._probe_out = False
+            if not throttled:
+                self._testing = False
+            self._cond.notify_all()
 
 
 class ConcurrencyLimit:
-    """A semaphore whose limit can change while requests hold it."""
+    """A semaphore whose limit changes while requests hold it: it follows ``x-ms-dop-hint`` (never above the
+    configured maximum), shrinks to the requests left in the window (``x-ms-ratelimit-burst-remaining-
+    xrm-requests``), halves on a 429 and grows back by one after a limit's worth of answered requests, so
+    few requests meet a limit that one of them has already found."""
 
     def __init__(self, ceiling: int) -> None:
         self.ceiling = max(1, ceiling)
+        self._target = self.ceiling  # min(ceiling, the hint)
         self._limit = self.ceiling
         self._active = 0
+        self._answered = 0
         self._cond = threading.Condition()
 
     @property
@@ -95,12 +126,36 @@ class ConcurrencyLimit:
         return self._limit
 
     def follow_hint(self, hint: str | None) -> None:
-        """Adopt ``x-ms-dop-hint`` (bounded by the configured maximum); ignore anything that is not a number."""
+        """Adopt ``x-ms-dop-hint``; ignore anything that is not a positive whole number."""
         if not hint or not hint.strip().isdigit() or int(hint) < 1:
             return
         with self._cond:
-            self._limit = min(self.ceiling, int(hint))
-            self._cond.notify_all()
+            target = min(self.ceiling, int(hint))
+            if target != self._target:
+                self._target = target
+                self._limit = min(self._limit, target) if self._limit <= target else target
+                self._cond.notify_all()
+
+    def follow_budget(self, remaining: str | None) -> None:
+        """``x-ms-ratelimit-burst-remaining-xrm-requests``: with only so many requests left in the window,
+        no more than that many (at least one) go at once, so at most one meets the limit."""
+        if not remaining or not remaining.strip().isdigit():
+            return
+        with self._cond:
+            self._limit = max(1, min(self._limit, int(remaining)))
+
+    def throttled(self) -> None:
+        with self._cond:
+            self._limit = max(1, self._limit // 2)
+            self._answered = 0
+
+    def answered(self) -> None:
+        with self._cond:
+            self._answered += 1
+            if self._limit < self._target and self._answered >= self._limit:
+                self._limit += 1
+                self._answered = 0
+                self._cond.notify()
 
     def __enter__(self) -> ConcurrencyLimit:
         with self._cond:
