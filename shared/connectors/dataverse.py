@@ -50,19 +50,42 @@ body as *Use Upsert* advises; by ``/accounts(<guid>)`` when the key is the prima
 (404 = not found), ``op.if_match`` -> ``If-Match: <etag>`` (412, or 404: the row is gone, -> ``TargetChanged``,
 reason Conflict; `conditional_writes = "etag"`: rows read carry their ``@odata.etag`` in
 ``SourceRecord.etag``), ``delete`` -> ``DELETE`` (404 = already gone = done).
-Ops go out in ``$batch`` requests of up to ``batch_size`` (<= 1000) independent operations (no change sets:
-the records do not depend on each other) with ``Prefer: odata.continue-on-error``; each response part is
-mapped back to its op by position, so one bad record never fails its neighbours. A single op is sent as a
-plain request. Every write carries ``?tag=<tag>`` (the plug-in shared variable), inside a batch too.
-Alternate key values containing ``/ < > * % & : \\ ? +`` cannot be addressed (*Work with alternate keys*):
-such an op is rejected on its own with that reason.
+Ops go out in ``$batch`` requests (no change sets: the records do not depend on each other) with ``Prefer:
+odata.continue-on-error``; each response part is mapped back to its op by position, so one bad record never
+fails its neighbours. A single op is sent as a plain request. Every write carries ``?tag=<tag>`` (the plug-in
+shared variable), inside a batch too. Alternate key values containing ``/ < > * % & : \\ ? +`` cannot be
+addressed (*Work with alternate keys*): such an op is rejected on its own with that reason.
 
-Errors: 429 -> TransientError(retry_after=Retry-After seconds); 5xx, timeouts, lost connections ->
-TransientError; 400 and other refusals -> ``PermanentError(Reason.TARGET_REJECTED, "<set> key <k>: <code>
-<message>")``; 401 -> one token refresh and one retry, then AuthError; 403 -> AuthError. Reads raise; writes
-return one result per op (a whole ``$batch`` that fails gives every op that error).
+How much goes at once (``shared.connectors.dataverse_throttle``; *Service protection API limits*, *Send
+parallel requests*): a table's batches start at ``initial_batch_size`` (10, as Microsoft advises) and grow
+while they answer in under a twelfth of ``timeout_seconds``, up to ``batch_size`` (<= 1000); an answer
+slower than a sixth of it, a timeout or an execution-time 429 (``0x80072321``) halves them. Batches of one
+``write_batch`` go out in parallel (in order when two ops share a key), as many as the concurrency limit
+allows: ``max_concurrency``, lowered to ``x-ms-dop-hint`` and to the requests left in the window
+(``x-ms-ratelimit-burst-remaining-xrm-requests``), halved on a 429. No cookie is kept, so the
+``ARRAffinity`` cookie is never sent back.
 
-Requests per connector are capped by ``max_concurrency`` (a semaphore, and the httpx pool size);
+Settling every op inside one ``write_batch`` (at most WRITE_ROUNDS sends each):
+
+- a 429 pauses the whole connector until Retry-After; every request waits for the pause, then one goes
+  first and the rest follow once it is answered; the 429'd request is sent again. After
+  ``max_throttle_wait_seconds`` of waiting the op fails with TransientError(retry_after).
+- no answer (timeout, connection lost after sending): the outcome is unknown, and Dataverse may still be
+  running the request. The rows are read back before anything is sent again: a create-only op whose row
+  now exists, created since the first unanswered attempt began (createdon, one second of slack), is done,
+  not "already exists" (and is not run again); an older row is "already exists". A delete whose row is
+  gone is done. Upserts and updates are sent again (same values). A create-only op that meets 412 after an
+  unanswered attempt is read back the same way.
+- a plain upsert answered 412 lost a race with a concurrent create of its key: sent again as an update
+  (``If-Match: *``).
+- 413 for a whole batch: the ops go again in batches of half the size (the table's size stays below the
+  refused one); a single op that is 413 on its own is rejected (PermanentError).
+
+Errors: 429 after the wait allowed -> TransientError(retry_after=Retry-After seconds); 5xx, timeouts, lost
+connections -> TransientError; 400 and other refusals -> ``PermanentError(Reason.TARGET_REJECTED, "<set> key
+<k>: <code> <message>")``; 401 -> one token refresh and one retry, then AuthError; 403 -> AuthError. Reads
+raise; writes return one result per op (a whole ``$batch`` that fails gives every op that error).
+
 ``timeout_seconds`` bounds each request. Tokens come from a `TokenProvider` (``dataverse_auth``); neither
 the token nor a secret is ever logged or put in an error message.
 """
