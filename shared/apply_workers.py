@@ -13,9 +13,18 @@ mode serialises their writes; the bus locks batches with BEGIN IMMEDIATE):
   bus how far that batch was settled (completed rows are gone, dead-lettered ones are marked), counts
   exactly that, releases the dead worker's locks and starts a replacement. After `max_restarts` the
   parent applies that shard itself. The death goes to `tally.errors`.
-- Workers finish their batch, settle, report and exit when told to stop, and exit at once when the parent
-  dies (SIGKILL included): a watchdog thread waits on the parent's sentinel; their locks are released by
-  the next run.
+- A batch is small (`APPLY_BATCH`): what a worker has received is what it has in flight, so a worker killed
+  after writing the target but before saving record state costs at most one batch written again, and the
+  locks it held are released without counting a delivery against those messages (the bus can tell that
+  their holder died).
+- Workers finish their batch, settle, report and exit when told to stop (EOF on their stop pipe), and exit
+  at once when the parent dies (SIGKILL included): a watchdog thread waits on the parent's sentinel; their
+  locks are released by the next run. They ignore SIGINT and SIGTERM, which a terminal or a service manager
+  sends to the whole process group: the parent gets it too and decides (were workers to exit on it, the
+  parent could take them for crashed and start replacements while it stops). A pipe per worker, not a shared
+  Event: a worker killed inside `Event.wait()` leaves the Event's condition waiting for a sleeper that never
+  wakes, and `set()` blocks forever. Workers still busy `STOP_TIMEOUT` after being told are killed; what
+  they held goes back to the queue.
 
 With `workers=0` the calling process applies, one batch at a time (tests, fakes, small runs).
 """
@@ -43,15 +52,19 @@ from shared.engine.settle import settle
 from shared.engine.tally import Tally
 from shared.ports.bus import Received
 
-APPLY_BATCH = 1000
+# Messages received, applied and settled at a time per worker: the most a crash makes us write again. At 100
+# the embedded SQL path runs about as fast as with 1,000 (bench/crash_redo.py); on a Dataverse target it is one
+# $batch round trip per 100 writes, small next to the time Dataverse takes for the writes themselves.
+APPLY_BATCH = 100
 RECEIVE_WAIT = 0.2  # seconds the main loop waits for work or reports before looking around again
 IDLE_POLL = 0.05  # seconds between receives on an empty queue (or shard)
 STALL_RELEASE = 1.0  # no progress for this long: release locks of dead holders (a previous run's workers)
-STOP_TIMEOUT = 120.0  # workers get this long to finish their batch when told to stop, then are killed
+STOP_TIMEOUT = 30.0  # workers get this long to finish their batch when told to stop, then are killed
 # Imported once by the fork server, so a worker starts in milliseconds. Not the SQLite stores: per-process
 # state created at import (sqlite_tables' etag prefix) would be shared by every worker forked from it.
-_PRELOAD = ["sqlalchemy", "sqlalchemy.dialects.sqlite", "sqlalchemy.orm", "pydantic", "croniter",
-            "shared.apply_workers", "shared.connectors.sql"]
+# shared.forkserver_signals makes the fork server itself ignore SIGTERM (see that module).
+_PRELOAD = ["shared.forkserver_signals", "sqlalchemy", "sqlalchemy.dialects.sqlite", "sqlalchemy.orm", "pydantic",
+            "croniter", "shared.apply_workers", "shared.connectors.sql"]
 _PER_PROCESS = ["shared.state.sqlite_tables"]  # must be imported by each worker itself
 
 
@@ -72,6 +85,7 @@ class RunOptions:
     worker_init: str | None = None
     # Workers set up telemetry as the CLI did for itself (telemetry.configure(console=...)); None: leave it.
     telemetry_console: bool | None = None
+    stop_timeout: float = STOP_TIMEOUT  # seconds workers get to finish their batch when told to stop
 
 
 class _Counted(NamedTuple):
@@ -227,11 +241,33 @@ def _call_init(target: str | None, app: SyncApp) -> Callable[[], Any] | None:
     return getattr(importlib.import_module(module), name)(app)
 
 
-def _worker_main(spec: _WorkerSpec, conn: multiprocessing.connection.Connection, stop: Any) -> None:
-    """One apply worker: its shard of the queue until `stop` is set. Reports over `conn`: ("batch", n, groups)
+class _StopSignal:
+    """A worker's stop flag: set by anything on, or the end of, its stop pipe from the parent."""
+
+    def __init__(self, conn: multiprocessing.connection.Connection) -> None:
+        self.conn = conn
+        self.stopped = False
+
+    def wait(self, timeout: float) -> bool:
+        if not self.stopped:
+            try:
+                self.stopped = self.conn.poll(timeout)
+            except (EOFError, OSError):
+                self.stopped = True
+        return self.stopped
+
+    def is_set(self) -> bool:
+        return self.wait(0)
+
+
+def _worker_main(spec: _WorkerSpec, conn: multiprocessing.connection.Connection,
+                 stop_conn: multiprocessing.connection.Connection) -> None:
+    """One apply worker: its shard of the queue until told to stop. Reports over `conn`: ("batch", n, groups)
     before settling batch n, ("settled", n, groups) after it (only the part that took effect if settling
     failed), ("error", text), and ("exit", report) when it stops as told. Dying without "exit" is a crash."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the parent decides
+    stop = _StopSignal(stop_conn)
+    for signum in (signal.SIGINT, signal.SIGTERM):  # they reach the whole process group; the parent decides
+        signal.signal(signum, signal.SIG_IGN)
     _exit_with_parent()
     # A fork server's children inherit the server's environment and directory, not the parent's current ones.
     os.environ.clear()
@@ -306,6 +342,7 @@ class _Slot:
     index: int
     process: Any = None
     conn: Any = None
+    stop: Any = None  # the write end of the worker's stop pipe
     pending: tuple[int, Groups] | None = None
     exited: bool = False  # said goodbye ("exit" received)
     done: bool = False  # process gone and accounted for
@@ -328,7 +365,6 @@ class _ProcessPool:
                          receive_after=_receive_after(config), worker_init=options.worker_init,
                          telemetry_console=options.telemetry_console)
         self.ctx = _context()
-        self.stop_event = self.ctx.Event()
         self.slots = [_Slot(i) for i in range(n)]
         for slot in self.slots:
             self._start(slot)
@@ -336,11 +372,16 @@ class _ProcessPool:
     def _start(self, slot: _Slot) -> None:
         spec = _WorkerSpec(**self.spec, shard=(slot.index, len(self.slots)), env=dict(os.environ), cwd=os.getcwd())
         reader, writer = self.ctx.Pipe(duplex=False)
-        process = self.ctx.Process(target=_worker_main, args=(spec, writer, self.stop_event), daemon=True,
+        stop_reader, stop_writer = self.ctx.Pipe(duplex=False)
+        process = self.ctx.Process(target=_worker_main, args=(spec, writer, stop_reader), daemon=True,
                                    name=f"dualsync-apply-{slot.index}")
         process.start()
         writer.close()  # the worker holds the only write end: EOF means it is gone
-        slot.process, slot.conn, slot.pending, slot.exited, slot.done = process, reader, None, False, False
+        stop_reader.close()  # and the only read end of its stop pipe
+        if slot.stop is not None:
+            slot.stop.close()
+        slot.process, slot.conn, slot.stop = process, reader, stop_writer
+        slot.pending, slot.exited, slot.done = None, False, False
 
     def step(self, max_wait: float = RECEIVE_WAIT) -> int:
         """Handle reports and dead workers, waiting up to max_wait for something to happen. Returns how
@@ -395,7 +436,7 @@ class _ProcessPool:
             slot.conn.close()
             slot.conn = None
         slot.done = True
-        if slot.exited:  # said goodbye after the stop event: a clean exit
+        if slot.exited:  # said goodbye after being told to stop: a clean exit
             return 0
         settled = 0
         if slot.pending is not None:
@@ -420,10 +461,14 @@ class _ProcessPool:
         return settled
 
     def close(self) -> None:
-        """Tell the workers to stop, let them finish their batch and report, then reap them."""
+        """Tell the workers to stop, let them finish their batch and report, then reap them. Bounded: a worker
+        still busy after `stop_timeout` is killed, and what it held goes back to the queue."""
         self.stopping = True
-        self.stop_event.set()
-        deadline = time.monotonic() + STOP_TIMEOUT
+        for slot in self.slots:
+            if slot.stop is not None:
+                slot.stop.close()  # EOF on the worker's stop pipe; a dead worker cannot block this
+                slot.stop = None
+        deadline = time.monotonic() + self.options.stop_timeout
         while any(not s.done for s in self.slots if s.process is not None):
             if time.monotonic() > deadline:
                 for slot in self.slots:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -125,9 +126,16 @@ class SourceSpec(Strict):
     system: str
     entity: str
     key: Keys
-    changes: Literal["change_tracking", "watermark", "status_flag"] = "watermark"
+    changes: Literal["change_tracking", "watermark", "status_flag", "xact_id"] = "watermark"
     watermark: str = "modified_at"
     version: str | None = None  # a rowversion-like column; the watermark is the version when absent
+    # watermark on a date-time column: also re-read rows stamped up to this long before the previous read
+    # began, so a row whose transaction commits within this time of its stamp is never missed (README:
+    # change modes). 0 turns the overlap off. Re-read rows keep their version, so they are dropped as
+    # duplicates or skipped as already applied, never written twice.
+    lookback_seconds: float = Field(default=60, ge=0, le=86400)
+    # xact_id (PostgreSQL 13+): the xid8 or bigint column a trigger fills with pg_current_xact_id().
+    xact_column: str = "sync_xact"
     status_field: str = "sync_status"
     reason_field: str = "sync_error"
     # Dataverse: the columns to read ($select); the key, modifiedon and versionnumber are always added.
@@ -199,6 +207,9 @@ class Flow(Strict):
     fetch_missing_parents: bool = False  # pull a missing lookup parent on demand instead of waiting
     max_attempts: int | None = Field(default=None, ge=1, le=100)  # None: the MAX_ATTEMPTS app setting
     missing_reference_attempts: int = Field(default=5, ge=1, le=100)
+    # How long a change may keep being throttled (429 / Retry-After), from its first throttle, before it is
+    # dead-lettered; throttling never uses max_attempts. ISO 8601 (PT6H) or seconds.
+    throttle_budget: timedelta = Field(default=timedelta(hours=6), gt=timedelta(0))
     page_size: int = Field(default=1000, ge=1, le=10000)
     enabled: bool = True
 

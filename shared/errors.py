@@ -34,11 +34,16 @@ class SyncError(Exception):
 
 
 class TransientError(SyncError):
-    """Worth trying again later: throttling (429), 5xx, timeouts, lost connections."""
+    """Worth trying again later: throttling (429), 5xx, timeouts, lost connections.
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
+    `throttled`: the system asked us to slow down (a 429, or any answer with Retry-After) rather than failed;
+    the engine budgets that by time, not by attempts. By default: whenever the system said when to come back.
+    """
+
+    def __init__(self, message: str, retry_after: float | None = None, throttled: bool | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.throttled = retry_after is not None if throttled is None else throttled
 
 
 class PermanentError(SyncError):

@@ -142,7 +142,9 @@ def run_forever(app: SyncApp, options: RunOptions, stop: threading.Event,
                     errors.append(f"reconcile: {describe_error(exc)}")
             stop.wait(0.5)
 
-    puller = threading.Thread(target=pull_due, name="pull")
+    # A daemon, waited for a bounded time: a pull in progress when we stop is dropped (what it sent is on the
+    # bus, its cursor did not move, so the next run sends it again and duplicate detection drops the copies).
+    puller = threading.Thread(target=pull_due, name="pull", daemon=True)
     puller.start()
     watch = ProgressWatch(app)
     try:
@@ -152,8 +154,10 @@ def run_forever(app: SyncApp, options: RunOptions, stop: threading.Event,
                 on_progress(tally)
     finally:
         stop.set()
-        puller.join()
         appliers.close()
+        puller.join(options.stop_timeout)
+        if puller.is_alive():
+            errors.append("pull: still running when stopped; its changes are sent again by the next run")
         _close_counts(app, tally, exhausted_before)
         finish_run(tally, appliers, errors)
     return tally

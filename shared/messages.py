@@ -35,7 +35,9 @@ class ChangeMessage(BaseModel):
     changed_at: datetime
     payload: dict[str, Any] = Field(default_factory=dict)
     fingerprint: str = ""
-    attempt: int = Field(default=1, ge=1)
+    attempt: int = Field(default=1, ge=1)  # counts errors only; throttling has its own budget (in time)
+    throttles: int = Field(default=0, ge=0)  # times the target throttled this change (429, Retry-After)
+    throttled_since: datetime | None = None  # when it was first throttled: the throttle budget runs from here
     # Operator decisions: `force` re-applies whatever the version, echo and conflict checks say (resync,
     # a conflict resolved for this side); `approved` carries a reviewed change request past review.
     force: bool = False
@@ -50,12 +52,22 @@ class ChangeMessage(BaseModel):
 
     def message_id(self) -> str:
         """Deterministic, so a re-sent pull is dropped by duplicate detection; every re-send is new."""
-        if self.attempt == 1:
+        if self.attempt == 1 and not self.throttles:
             return self.base_message_id()
-        return bounded_id(f"{self.flow}:{self.key}:{self.version}:r{self.attempt}")
+        throttled = f"t{self.throttles}" if self.throttles else ""
+        return bounded_id(f"{self.flow}:{self.key}:{self.version}:r{self.attempt}{throttled}")
+
+    def restarted(self, **changes: Any) -> ChangeMessage:
+        """The change sent anew (replay, an operator's decision): attempts and the throttle budget start over."""
+        return self.model_copy(update={**changes, "attempt": 1, "throttles": 0, "throttled_since": None})
 
     def retry_clone(self) -> ChangeMessage:
+        """The next attempt after an error."""
         return self.model_copy(update={"attempt": self.attempt + 1})
+
+    def throttled_clone(self, now: datetime) -> ChangeMessage:
+        """The same attempt again after the target throttled it: attempts stay for errors."""
+        return self.model_copy(update={"throttles": self.throttles + 1, "throttled_since": self.throttled_since or now})
 
 
 class Envelope(BaseModel):

@@ -26,6 +26,11 @@ link reports) travels by reference through the claim check (shared/bus/claim_che
 Storage (``PAYLOAD_BLOB_ENDPOINT`` / ``PAYLOAD_BLOB_CONNECTION``), or, with no store, it becomes a stub that
 apply dead-letters as PayloadTooLarge. ``receive`` fetches bodies; the apply trigger does it through ``claims``.
 
+What it cannot mirror: a receiver that dies holding messages (a crashed or recycled Functions host) leaves their
+locks to expire, and Service Bus counts each such expiry as a failed delivery; it cannot tell a dead receiver
+from a failed one. So crashes count towards maxDeliveryCount here, bounded per crash by the trigger's batch
+(``maxMessageBatchSize``). The SQLite bus knows when a holder died and gives the delivery back.
+
 The connection string is a secret: it is never logged, never put in an exception, and errors raised while
 parsing it are replaced (``from None``) by one that names the setting only.
 """

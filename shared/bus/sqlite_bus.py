@@ -260,6 +260,7 @@ class SqliteBus:
                 f"{extra} ORDER BY seq LIMIT ?",
                 (queue, dead, now, now, *params, max_messages),
             ).fetchall()
+            rows = _uncount_dead_holders(rows)
             if not dead:
                 exhausted = [r for r in rows if r[8] >= self.max_delivery_count]
                 conn.executemany(
@@ -269,12 +270,16 @@ class SqliteBus:
                 )
                 rows = [r for r in rows if r[8] < self.max_delivery_count]
             token = f"{current_holder()}:{uuid.uuid4().hex}"
-            for chunk in _chunks([r[0] for r in rows]):
-                conn.execute(
-                    "UPDATE messages SET lock_token=?, locked_until=?, delivery_count=delivery_count+1"
-                    f" WHERE seq IN ({','.join('?' * len(chunk))})",
-                    (token, now + self.lock_duration, *chunk),
-                )
+            by_count: dict[int, list[int]] = {}
+            for r in rows:
+                by_count.setdefault(r[8], []).append(r[0])
+            for count, seqs in by_count.items():
+                for chunk in _chunks(seqs):
+                    conn.execute(
+                        "UPDATE messages SET lock_token=?, locked_until=?, delivery_count=?"
+                        f" WHERE seq IN ({','.join('?' * len(chunk))})",
+                        (token, now + self.lock_duration, count + 1, *chunk),
+                    )
         return [self._received(r, token, delivered=True) for r in rows]
 
     def peek(self, queue: str, max_messages: int = 100, from_sequence: int = 0) -> list[Received]:
@@ -373,17 +378,22 @@ class SqliteBus:
 
     def release_orphaned_locks(self, queue: str) -> int:
         """Unlock messages whose receiver process died on this host, instead of waiting out the lock
-        (after a crashed `dualsync run`). Their delivery count stays raised, as Service Bus keeps it."""
-        now = self._clock()
+        (after a crashed `dualsync run` or apply worker), and take back the delivery their lock counted: the
+        receiver died, the message did not fail, so enough crashes never dead-letter a healthy message as
+        MaxDeliveryCountExceeded. Service Bus cannot tell a dead receiver from a failed delivery: there an
+        expired lock always counts. A lock that merely expired (its holder alive, or on another host) counts
+        here too. A dead holder's lock that expired before anyone released it is not counted either: the next
+        receive finds the dead holder's token on the message (see `_uncount_dead_holders`)."""
         with _Tx(self._conn()) as conn:
             tokens = [row[0] for row in conn.execute(
-                "SELECT DISTINCT lock_token FROM messages WHERE queue=? AND locked_until>? AND lock_token IS NOT NULL",
-                (queue, now)).fetchall()]
+                "SELECT DISTINCT lock_token FROM messages WHERE queue=? AND dead=0 AND lock_token IS NOT NULL",
+                (queue,)).fetchall()]
             orphaned = [t for t in tokens if holder_is_gone(t.rpartition(":")[0])]
             released = 0
             for token in orphaned:
                 released += conn.execute(
-                    "UPDATE messages SET lock_token=NULL, locked_until=0 WHERE queue=? AND lock_token=?",
+                    "UPDATE messages SET lock_token=NULL, locked_until=0, delivery_count=MAX(delivery_count-1, 0)"
+                    " WHERE queue=? AND lock_token=?",
                     (queue, token)).rowcount
         return released
 
@@ -433,6 +443,16 @@ def embedded_bus(path: str | Path, **options: Any) -> SqliteBus:
     """The embedded runtime's bus: a message too large for one message keeps its body in `payloads/` beside
     the queue file."""
     return SqliteBus(path, payloads=FilePayloadStore(Path(path).parent / "payloads"), **options)
+
+
+def _uncount_dead_holders(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Rows about to be received whose last lock expired in the hands of a dead receiver (its token is still
+    there: nobody settled or abandoned it): that delivery is taken back, as `release_orphaned_locks` does."""
+    tokens = {r[9] for r in rows if r[9]}
+    gone = {t for t in tokens if holder_is_gone(t.rpartition(":")[0])}
+    if not gone:
+        return rows
+    return [(*r[:8], max(r[8] - 1, 0), *r[9:]) if r[9] in gone else r for r in rows]
 
 
 class _SqliteSettler:

@@ -613,7 +613,8 @@ class DataverseConnector:
     @staticmethod
     def _sync_error(err: _ApiError, what: str) -> SyncError:
         if err.status == 429:
-            return TransientError(f"{what}: 429 Too Many Requests: {err.text()}", retry_after=err.retry_after)
+            return TransientError(f"{what}: 429 Too Many Requests: {err.text()}", retry_after=err.retry_after,
+                                  throttled=True)
         if err.status >= 500 or err.status == 408:
             return TransientError(f"{what}: {err.status}: {err.text()}", retry_after=err.retry_after)
         if err.status in (401, 403):
@@ -1217,7 +1218,9 @@ class DataverseConnector:
 
     # -- the rest ---------------------------------------------------------------------------------
 
-    def acknowledge(self, source: SourceSpec, keys: Sequence[str], failed: dict[str, str]) -> None:
+    def acknowledge(
+        self, source: SourceSpec, sent: Sequence[SourceRecord], failed: Sequence[tuple[SourceRecord, str]]
+    ) -> None:
         return None
 
     def close(self) -> None:

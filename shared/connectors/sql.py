@@ -12,15 +12,37 @@ Reading changes (`SourceSpec.changes`):
   are read exactly once. A read that starts from no position (None, ``{}`` or a null watermark) is a full
   read: every page it yields has ``snapshot=True`` so the engine may infer deletes when the iterator is
   exhausted; an empty full read yields one empty snapshot page. An incremental read with nothing new yields
-  no page. Rows whose watermark is NULL are never read (a full read says how many in ``notes``).
-  On SQLite, a date/time watermark is compared as the text SQLite stores (``CURRENT_TIMESTAMP`` and
-  SQLAlchemy write different text for the same instant), so the position holds that text.
-  Like every watermark scheme, a row committed late with an older watermark than the position is missed.
+  no page (unless the look-back re-reads some). Rows whose watermark is NULL are never read (a full read
+  says how many in ``notes``).
+  Look-back (``lookback_seconds``, default 60, date-time watermarks): a transaction stamps its rows before
+  it commits (PostgreSQL's ``now()`` is the transaction's start), so a row can commit after a newer row was
+  read, under the position. Each read therefore starts at ``min(position, read_at - lookback)``, where
+  ``read_at`` is the database's clock when the previous read began (kept in the position): every row whose
+  transaction committed within the look-back of its stamp is read. Re-read rows carry the version they had,
+  so duplicate detection or apply's version check drops them; once a read begins more than the look-back
+  after the newest stamp, nothing is re-read. The clock is the database's, as the column's stamps are
+  written (see `_clock`); stamps from other clocks must be within the look-back of it.
+  On SQLite a date/time is whatever text was written, and text with a 'T' separator, 'Z' or a UTC offset
+  does not sort as time among ' ' text. Each read checks the texts it can reach (and the position): when
+  all are ' '-separated without a zone (what CURRENT_TIMESTAMP and SQLAlchemy write), the text is compared,
+  which sorts as time and uses an index on the column; otherwise the instant SQLite reads in each text is
+  (``julianday(wm)``, to the millisecond), with a condition on the bare column (14 hours, the widest UTC
+  offset, before the position, as text) so an index still narrows the scan. The position holds the last
+  row's stored text either way, so a read may switch between the two.
+- ``xact_id`` (PostgreSQL 13+): ``xact_column`` (xid8, or bigint) is filled by a trigger with
+  ``pg_current_xact_id()``; keyset paging on (xact, key...) reads only below
+  ``pg_snapshot_xmin(pg_current_snapshot())``, the oldest transaction still open, so no row can ever commit
+  below the position: nothing is missed and nothing re-read, at the price of waiting for the oldest open
+  transaction in the cluster. The position is ``{"xact": n, "last_key": [...]}``; the version is the xact
+  id. A full read also takes the rows at or above the horizon (the snapshot is whole) without moving the
+  position past them.
 - ``status_flag``: rows whose ``status_field`` is 'N' (new) or 'U' (updated), paged by key. The flags are
   the cursor: every read starts from the lowest flagged key, the position (``{"last_key": [...]}``) only
-  records progress within a read. `acknowledge` sets 'P' (processed, reason cleared) or 'E' with the reason;
-  a row the source re-flags between our read and our acknowledge is marked 'P' anyway (the port passes keys,
-  not versions). The status and reason columns are left out of the record's values.
+  records progress within a read. `acknowledge` gets the records as read and sets 'P' (processed, reason
+  cleared) only where the row is still flagged and holds the values read, 'E' with the reason only where it
+  still holds the values that failed (version and watermark columns are among the values; without them
+  every column is compared, NULL-safe): a row edited between our read and our acknowledge keeps its flag
+  and is read again. The status and reason columns are left out of the record's values.
 - ``change_tracking`` is a Dataverse feature: refused with a ConfigError.
 
 Listing keys (`iter_keys`, for key-set reconciliation and the initial-sync target scan): one SELECT of the
@@ -35,9 +57,10 @@ JSON lists, other dialects) is read in index order and sorted by `shared.connect
 sorted runs of 100,000 keys spilled to temporary files and merged, so memory is bounded by one run.
 
 Record versions (`shared.versions.sortable_version`): the ``source.version`` column when set (and not
-NULL), else the watermark. A status-flag table without a watermark column has no change marker at all, so
-its version is the time of the read: a row flagged again and read later always gets a newer version, and a
-stale redelivery an older one (clock skew between hosts can blur re-flags closer together than the skew).
+NULL), else the xact id (``xact_id``), else the watermark. A status-flag table without a watermark column
+has no change marker at all, so its version is the time of the read: a row flagged again and read later
+always gets a newer version, and a stale redelivery an older one (clock skew between hosts can blur
+re-flags closer together than the skew).
 `changed_at` is the watermark as an aware UTC datetime (naive values are taken as UTC); when the watermark
 is not a date/time (a counter) or absent, it is the time of the read.
 
@@ -67,6 +90,7 @@ from __future__ import annotations
 
 import base64
 import enum
+import json
 import re
 import threading
 import uuid
@@ -86,11 +110,13 @@ from sqlalchemy import (
     UniqueConstraint,
     and_,
     bindparam,
+    cast,
     create_engine,
     delete,
     func,
     insert,
     inspect,
+    literal,
     or_,
     select,
     type_coerce,
@@ -98,6 +124,7 @@ from sqlalchemy import (
 )
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import types as sqltypes
+from sqlalchemy.dialects.postgresql import base as _pg_base
 from sqlalchemy.engine import Connection, Engine, make_url
 
 from shared.config import SourceSpec, TargetSpec
@@ -112,11 +139,26 @@ FLAGGED = ("N", "U")
 PROCESSED = "P"
 FAILED = "E"
 _WM_TEXT = "_dualsync_wm_text"
+_WIDEST_UTC_OFFSET = timedelta(hours=14)
+_ZONED_OR_T = re.compile(r"^.{10}T|[Zz]$|[+-]\d\d:\d\d$")
 _SQLITE_PERMANENT = re.compile(r"^(no such |near |.* has no column |ON CONFLICT clause |.*syntax error)", re.I)
 _CHANGED = "changed since it was read"
 _EXISTS = "already exists"
 _TRUE = {"true", "1", "yes", "y", "t"}
 _FALSE = {"false", "0", "no", "n", "f"}
+
+
+class _Xid8(sqltypes.UserDefinedType):
+    """PostgreSQL's xid8 (a 64-bit transaction id), for casts of bound values."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return "xid8"
+
+
+# Reflection then knows the type of an xact_id column instead of warning about it.
+_pg_base.ischema_names.setdefault("xid8", _Xid8)
 
 
 class _Reject(ValueError):
@@ -292,6 +334,11 @@ def _query_values(url: Any) -> list[str]:
             values.append(str(text))
             values += [part.split("=", 1)[1] for part in str(text).split(";") if "=" in part]
     return sorted({v for v in values if v}, key=len, reverse=True)
+
+
+def _same_values(current: dict[str, Any], read: dict[str, Any]) -> bool:
+    """Do two rows' JSON-friendly values agree? (NULL equals NULL, NaN equals NaN: compared as JSON.)"""
+    return json.dumps(current, sort_keys=True, default=str) == json.dumps(read, sort_keys=True, default=str)
 
 
 def _after(columns: Sequence[Any], values: Sequence[Any]) -> Any:
@@ -470,17 +517,23 @@ class SqlConnector:
             return self._read_watermark(source, position, page_size)
         if source.changes == "status_flag":
             return self._read_flagged(source, page_size)
+        if source.changes == "xact_id":
+            return self._read_xact(source, position, page_size)
         raise ConfigError(
             [f"{source.entity}: changes={source.changes!r} is not supported by SQL systems "
-             "(use watermark or status_flag)"]
+             "(use watermark, status_flag or, on PostgreSQL, xact_id)"]
         )
 
     def _record(
-        self, source: SourceSpec, row: Any, read_at: datetime, *, watermark: str | None, skip: Sequence[str] = ()
+        self, source: SourceSpec, row: Any, read_at: datetime, *, watermark: str | None, skip: Sequence[str] = (),
+        marker: Any = None,
     ) -> SourceRecord:
+        """`marker` is the change marker when the table has no version column (default: watermark, else the
+        time of the read)."""
         values = {name: plain_value(value) for name, value in row.items() if name != _WM_TEXT and name not in skip}
         stamp = row.get(watermark) if watermark else None
-        marker = row.get(source.version) if source.version else None
+        if source.version and row.get(source.version) is not None:
+            marker = row.get(source.version)
         if marker is None:
             marker = stamp if stamp is not None else read_at
         try:
@@ -491,6 +544,38 @@ class SqlConnector:
             key=key_of(source.key, values), values=values, version=version, changed_at=_moment(stamp) or read_at
         )
 
+    def _clock(self, wm: Column) -> Any:
+        """The database's current time as `wm`'s stamps are written: SQLite (CURRENT_TIMESTAMP, 'now') in
+        UTC; PostgreSQL in the column's kind (now() for timestamptz; LOCALTIMESTAMP, the session's time zone,
+        for timestamp, as a `DEFAULT now()` writes it)."""
+        name = self._engine.dialect.name
+        if name == "sqlite":
+            return func.strftime("%Y-%m-%d %H:%M:%f", "now")
+        if name == "postgresql":
+            return func.now() if getattr(wm.type, "timezone", False) else func.localtimestamp()
+        return func.current_timestamp()
+
+    def _lookback_floor(self, source: SourceSpec, wm: Column, position: dict[str, Any], sqlite_time: str) -> Any:
+        """Where the overlap re-read starts: rows whose watermark is above it are read again.
+
+        A row that commits after the previous read began (at `read_at`, on the database's clock) within
+        `lookback_seconds` of its stamp is stamped after read_at - lookback: that is the floor, unless the
+        position is lower. Without a read_at (a position from before the overlap existed), position - lookback.
+        On SQLite the floor is computed by SQLite itself, from the stored texts."""
+        lookback = source.lookback_seconds
+        read_at = position.get("read_at")
+        if sqlite_time == "julianday":
+            mark = func.julianday(str(position["watermark"]))
+            if read_at is None:
+                return mark - lookback / 86400
+            return func.min(mark, func.julianday(str(read_at)) - lookback / 86400)
+        if sqlite_time == "text":  # ' '-separated UTC text, as strftime writes it, compares as time
+            since = func.strftime("%Y-%m-%d %H:%M:%f", str(read_at or position["watermark"]), f"-{lookback} seconds")
+            return func.min(str(position["watermark"]), since)
+        mark = _to_db(wm, position["watermark"])
+        since = (_to_db(wm, read_at) if read_at is not None else mark) - timedelta(seconds=lookback)
+        return min(mark, since)
+
     def _read_watermark(
         self, source: SourceSpec, position: dict[str, Any] | None, page_size: int
     ) -> Iterator[ChangePage]:
@@ -499,36 +584,66 @@ class SqlConnector:
         keys = [self._column(table, k, source.entity, "key") for k in source.key]
         if source.version:
             self._column(table, source.version, source.entity, "version")
-        as_text = self._engine.dialect.name == "sqlite" and isinstance(
-            wm.type, sqltypes.DateTime | sqltypes.Date | sqltypes.Time
-        )
-        wm_expr = type_coerce(wm, String()) if as_text else wm
+        looks_back = source.lookback_seconds > 0 and isinstance(wm.type, sqltypes.DateTime)
         full = not position or position.get("watermark") is None
+        # SQLite keeps date-times as whatever text was written; "text" or "julianday" (see the module docstring).
+        sqlite_time = self._sqlite_comparison(source, wm, None if full else position)
+        wm_text = type_coerce(wm, String())
+        wm_expr = {"julianday": func.julianday(wm), "text": wm_text}.get(sqlite_time, wm)
         after: list[Any] | None = None
+        floor: Any = None
+        narrow: Any = None  # a condition on the bare column that lets an index on it serve the query
         if not full:
             assert position is not None
             last_key = position.get("last_key") or []
             if len(last_key) != len(keys):
                 raise ConfigError([f"{source.entity}: the stored position does not match the key {source.key}"])
             try:
-                start = position["watermark"] if as_text else _to_db(wm, position["watermark"])
+                stored = position["watermark"]
+                if sqlite_time:
+                    start = func.julianday(str(stored)) if sqlite_time == "julianday" else str(stored)
+                else:
+                    start = _to_db(wm, stored)
                 after = [start, *(_to_db(c, v) for c, v in zip(keys, last_key, strict=True))]
-            except _Reject as exc:
+                if looks_back:
+                    floor = self._lookback_floor(source, wm, position, sqlite_time)
+            except (_Reject, ValueError, TypeError) as exc:
                 raise ConfigError([f"{source.entity}: the stored position is not valid here: {exc}"]) from None
+            if sqlite_time == "julianday":
+                earliest = position.get("read_at") if looks_back else None
+                narrow = self._sqlite_narrowing(wm, stored, earliest, source.lookback_seconds)
         notes: list[str] = []
         if full:
             missing = self._fetch(select(func.count().label("n")).select_from(table).where(wm.is_(None)), source.entity)
             if missing and missing[0]["n"]:
                 notes.append(f"{source.entity}: {missing[0]['n']} rows have no {source.watermark} and are not read")
-        columns = [*table.c, wm_expr.label(_WM_TEXT)] if as_text else list(table.c)
+            if sqlite_time == "julianday":
+                unreadable = self._fetch(select(func.count().label("n")).select_from(table).where(
+                    wm.is_not(None), wm_expr.is_(None)), source.entity)
+                if unreadable and unreadable[0]["n"]:
+                    notes.append(f"{source.entity}: {unreadable[0]['n']} rows have a {source.watermark} that is not "
+                                 "a date-time SQLite can read and are not read")
         read_at = datetime.now(UTC)
+        clock = plain_value(self._fetch(select(self._clock(wm).label("now")), source.entity)[0]["now"]) \
+            if looks_back else None
+        columns = [*table.c, wm_text.label(_WM_TEXT)] if sqlite_time else list(table.c)
         yielded = False
         while True:
-            stmt = select(*columns).where(wm.is_not(None))
-            if after is not None:
+            stmt = select(*columns).where(wm_expr.is_not(None))
+            if narrow is not None:
+                stmt = stmt.where(narrow)
+            if floor is not None:  # the first query re-reads the overlap; later ones go on from its last row
+                assert after is not None
+                stmt = stmt.where(or_(wm_expr > floor, _after([wm_expr, *keys], after)))
+                if sqlite_time != "julianday":  # implied (floor <= position); lets an index range scan serve it
+                    stmt = stmt.where(wm_expr >= floor)
+                floor = None
+            elif after is not None:
                 # The redundant `wm >= :w` lets the planner start an index range scan at the position.
-                stmt = stmt.where(wm_expr >= after[0], _after([wm_expr, *keys], after))
-            stmt = stmt.order_by(wm, *keys).limit(page_size)
+                if sqlite_time != "julianday":
+                    stmt = stmt.where(wm_expr >= after[0])
+                stmt = stmt.where(_after([wm_expr, *keys], after))
+            stmt = stmt.order_by(wm_expr, *keys).limit(page_size)
             rows = self._fetch(stmt, source.entity)
             if not rows:
                 if full and not yielded:
@@ -536,12 +651,133 @@ class SqlConnector:
                 return
             records = [self._record(source, row, read_at, watermark=wm.name) for row in rows]
             last = rows[-1]
-            after = [last[_WM_TEXT] if as_text else last[wm.name], *(last[c.name] for c in keys)]
-            page_position = {"watermark": plain_value(after[0]), "last_key": [plain_value(v) for v in after[1:]]}
+            stamp = last[_WM_TEXT] if sqlite_time else last[wm.name]
+            after = [func.julianday(stamp) if sqlite_time == "julianday" else stamp, *(last[c.name] for c in keys)]
+            narrow = self._sqlite_narrowing(wm, stamp, None, 0) if sqlite_time == "julianday" else None
+            page_position = {"watermark": plain_value(stamp), "last_key": [plain_value(v) for v in after[1:]]}
+            if clock is not None:
+                page_position["read_at"] = clock
             yield ChangePage(records, page_position, snapshot=full, notes=notes if not yielded else [])
             yielded = True
             if len(rows) < page_size:
                 return
+
+    def _sqlite_comparison(self, source: SourceSpec, wm: Column, position: dict[str, Any] | None) -> str:
+        """How to compare a date/time watermark on SQLite: "" (not SQLite, or not a date/time column), "text"
+        (every text this read can reach, and the position, is ISO 8601 with ' ' and no zone: such text sorts
+        as time, and an index on the column serves the read) or "julianday" (some text has a 'T' separator,
+        'Z' or a UTC offset: the instants SQLite reads in the texts are compared)."""
+        if self._engine.dialect.name != "sqlite" or not isinstance(
+            wm.type, sqltypes.DateTime | sqltypes.Date | sqltypes.Time
+        ):
+            return ""
+        stored = None if position is None else str(position["watermark"])
+        if stored is not None and _ZONED_OR_T.search(stored):
+            return "julianday"
+        text = type_coerce(wm, String())
+        odd = or_(text.op("GLOB")("??????????T*"), text.op("GLOB")("*[Zz]"),
+                  text.op("GLOB")("*[+-][0-9][0-9]:[0-9][0-9]"))
+        stmt = select(literal(1).label("odd")).select_from(wm.table).where(odd)
+        if stored is not None:
+            # Only what this read can reach: rows after the position, minus the look-back and any UTC offset.
+            read_at = position.get("read_at") if position else None
+            lookback = source.lookback_seconds if isinstance(wm.type, sqltypes.DateTime) else 0
+            narrow = self._sqlite_narrowing(wm, stored, read_at, lookback)
+            if narrow is not None:
+                stmt = stmt.where(narrow)
+        return "julianday" if self._fetch(stmt.limit(1), source.entity) else "text"
+
+    @staticmethod
+    def _sqlite_narrowing(wm: Column, stored: Any, read_at: Any, lookback: float) -> Any:
+        """A condition on the bare column that loses no row the read wants, so an index on it can narrow the
+        scan: ``wm >= <the earliest instant wanted - 14 h, as 'YYYY-MM-DD HH:MM:SS'>`` compared as text. A
+        later moment written with a UTC offset reads at most 14 hours earlier as local text, and written with
+        'T' instead of ' ' sorts above every ' ' text of its day. None when the texts are not ISO 8601."""
+        if not isinstance(wm.type, sqltypes.DateTime | sqltypes.Date):
+            return None
+        try:
+            moments = [datetime.fromisoformat(str(stored))]
+            if read_at is not None:
+                moments.append(datetime.fromisoformat(str(read_at)))
+        except ValueError:
+            return None
+        earliest = min(m.astimezone(UTC).replace(tzinfo=None) if m.tzinfo else m for m in moments)
+        bound = earliest - timedelta(seconds=lookback) - _WIDEST_UTC_OFFSET
+        return type_coerce(wm, String()) >= f"{bound:%Y-%m-%d %H:%M:%S}"
+
+    def _read_xact(self, source: SourceSpec, position: dict[str, Any] | None, page_size: int) -> Iterator[ChangePage]:
+        """Commit-safe change reads on PostgreSQL: keyset paging on (xact, key...) below the snapshot's xmin.
+
+        Every transaction older than pg_snapshot_xmin(pg_current_snapshot()) has ended, so no row can later
+        appear below that horizon: reading only up to it never passes a change that is still in flight."""
+        if self._engine.dialect.name != "postgresql":
+            raise ConfigError([f"{source.entity}: changes=xact_id needs PostgreSQL 13 or later "
+                               f"({self._engine.dialect.name} has no pg_current_xact_id)"])
+        table = self._table_info(source.entity).table
+        xact = self._column(table, source.xact_column, source.entity, "xact_id")
+        keys = [self._column(table, k, source.entity, "key") for k in source.key]
+        if source.version:
+            self._column(table, source.version, source.entity, "version")
+        watermark = source.watermark if source.watermark in table.c else None
+        as_xid8 = not isinstance(xact.type, sqltypes.Integer)
+
+        def xid(value: int) -> Any:
+            return cast(literal(str(value), String()), _Xid8()) if as_xid8 else value
+
+        horizon_expr = func.pg_snapshot_xmin(func.pg_current_snapshot())
+        horizon = int(self._fetch(select(cast(horizon_expr, String()).label("h")), source.entity)[0]["h"])
+        full = not position or position.get("xact") is None
+        after: list[Any] | None = None
+        if not full:
+            assert position is not None
+            last_key = position.get("last_key")
+            if last_key is not None and len(last_key) != len(keys):
+                raise ConfigError([f"{source.entity}: the stored position does not match the key {source.key}"])
+            try:
+                after = [int(position["xact"]), *(_to_db(c, v) for c, v in zip(keys, last_key or [], strict=True))]
+            except (_Reject, ValueError, TypeError) as exc:
+                raise ConfigError([f"{source.entity}: the stored position is not valid here: {exc}"]) from None
+        notes: list[str] = []
+        if full:
+            missing = self._fetch(select(func.count().label("n")).select_from(table).where(xact.is_(None)),
+                                  source.entity)
+            if missing and missing[0]["n"]:
+                notes.append(f"{source.entity}: {missing[0]['n']} rows have no {source.xact_column} and are not read")
+        read_at = datetime.now(UTC)
+        settled: dict[str, Any] = {"xact": horizon - 1, "last_key": None}  # everything below the horizon is read
+        yielded = False
+        # Below the horizon, in order; a full read then also takes the rows at or above it (committed by
+        # transactions newer than the oldest open one), so the snapshot is whole, without moving past them.
+        for below in (True, False) if full else (True,):
+            while True:
+                stmt = select(table).where(xact.is_not(None))
+                if below:
+                    stmt = stmt.where(xact < xid(horizon))
+                else:
+                    stmt = stmt.where(xact >= xid(horizon))
+                if after is not None:
+                    if len(after) == 1:
+                        stmt = stmt.where(xact > xid(after[0]))
+                    else:
+                        stmt = stmt.where(_after([xact, *keys], [xid(after[0]), *after[1:]]))
+                rows = self._fetch(stmt.order_by(xact, *keys).limit(page_size), source.entity)
+                if not rows:
+                    break
+                records = [self._record(source, row, read_at, watermark=watermark, marker=int(row[xact.name]))
+                           for row in rows]
+                last = rows[-1]
+                after = [int(last[xact.name]), *(last[c.name] for c in keys)]
+                if below:
+                    page_position = {"xact": after[0], "last_key": [plain_value(v) for v in after[1:]]}
+                    settled = page_position
+                else:
+                    page_position = settled
+                yield ChangePage(records, page_position, snapshot=full, notes=notes if not yielded else [])
+                yielded = True
+                if len(rows) < page_size:
+                    break
+        if full and not yielded:
+            yield ChangePage([], settled, snapshot=True, notes=notes)
 
     def _read_flagged(self, source: SourceSpec, page_size: int) -> Iterator[ChangePage]:
         table = self._table_info(source.entity).table
@@ -575,13 +811,19 @@ class SqlConnector:
         rows = self._fetch(select(table).where(_key_match(keys, [db_key])), source.entity)
         if not rows:
             return None
+        marker = None
         if source.changes == "status_flag":
             watermark = source.watermark if source.watermark in table.c else None
             skip = [source.status_field, source.reason_field]
+        elif source.changes == "xact_id":
+            watermark = source.watermark if source.watermark in table.c else None
+            skip = []
+            stamp = rows[0].get(self._column(table, source.xact_column, source.entity, "xact_id").name)
+            marker = int(stamp) if stamp is not None else None
         else:
             watermark = self._column(table, source.watermark, source.entity, "watermark").name
             skip = []
-        return self._record(source, rows[0], datetime.now(UTC), watermark=watermark, skip=skip)
+        return self._record(source, rows[0], datetime.now(UTC), watermark=watermark, skip=skip, marker=marker)
 
     def read_records(self, entity: str, key_fields: Sequence[str], keys: Sequence[str]) -> dict[str, SourceRecord]:
         """Current rows by key. These are target-side reads without a change marker: version is '' and
@@ -657,39 +899,53 @@ class SqlConnector:
                 raise self._transient(exc) from None
             raise PermanentError(Reason.VALIDATION_FAILED, f"{entity}: query failed: {self._first_line(exc)}") from None
 
-    def acknowledge(self, source: SourceSpec, keys: Sequence[str], failed: dict[str, str]) -> None:
-        if source.changes != "status_flag" or not (keys or failed):
+    def acknowledge(
+        self, source: SourceSpec, sent: Sequence[SourceRecord], failed: Sequence[tuple[SourceRecord, str]]
+    ) -> None:
+        """P where the row is still flagged and holds the values we read; E (with the reason) where it still
+        holds the values that failed and was not marked otherwise since (a fix re-flags it with new values).
+        The values include the version and watermark columns, so this is the version check where the table
+        has one, and a NULL-safe comparison of every column where it has neither. The rows are locked
+        (SELECT ... FOR UPDATE; SQLite's write lock) from the comparison to the update, so an edit either
+        lands before (and is seen) or after (and re-flags the row)."""
+        if source.changes != "status_flag" or not (sent or failed):
             return
         table = self._table_info(source.entity).table
         status = self._column(table, source.status_field, source.entity, "status")
         columns = [self._column(table, k, source.entity, "key") for k in source.key]
         reason = table.c.get(source.reason_field)
         reason_length = getattr(reason.type, "length", None) if reason is not None else None
-        sent = [self._db_key(columns, key) for key in dict.fromkeys(keys) if key not in failed]
-        sent = [k for k in sent if k is not None]
-        bad = []
-        for key, why in failed.items():
-            db_key = self._db_key(columns, key)
-            if db_key is not None:
-                text = why if not reason_length else why[:reason_length]
-                bad.append({**{f"ds__k{i}": v for i, v in enumerate(db_key)}, "ds__reason": text})
+        wanted: dict[str, tuple[SourceRecord, str | None]] = {r.key: (r, None) for r in sent}
+        wanted.update({r.key: (r, why) for r, why in failed})  # a failure outranks a send of the same row
+        db_keys = [k for k in (self._db_key(columns, key) for key in wanted) if k is not None]
+        skip = (source.status_field, source.reason_field)
         done: dict[str, Any] = {status.name: PROCESSED}
         if reason is not None:
             done[reason.name] = None
         try:
             with self._transaction() as conn:
-                if len(columns) == 1:
-                    for chunk in _chunks(sent, CHUNK):
-                        conn.execute(update(table).where(columns[0].in_([k[0] for k in chunk])).values(done))
-                elif sent:
-                    conn.execute(self._update_by_key(table, columns, done), [
-                        {f"ds__k{i}": v for i, v in enumerate(k)} for k in sent
-                    ])
+                processed: list[dict[str, Any]] = []
+                bad: list[dict[str, Any]] = []
+                for chunk in _chunks(db_keys, max(1, min(CHUNK, 900 // len(columns)))):
+                    stmt = select(table).where(_key_match(columns, chunk)).with_for_update()
+                    for row in conn.execute(stmt).mappings():
+                        values = {name: plain_value(v) for name, v in row.items() if name not in skip}
+                        record, why = wanted.get(key_of(source.key, values), (None, None))
+                        if record is None or not _same_values(values, record.values):
+                            continue  # changed since it was read: its flag stays, the change is read again
+                        params = {f"ds__k{i}": row[c.name] for i, c in enumerate(columns)}
+                        if why is None and row[status.name] in FLAGGED:
+                            processed.append(params)
+                        elif why is not None and row[status.name] in (*FLAGGED, PROCESSED):
+                            text = why if not reason_length else why[:reason_length]
+                            bad.append({**params, "ds__reason": text})
+                if processed:
+                    conn.execute(self._update_by_key(table, columns, done), processed)
                 if bad:
-                    values: dict[str, Any] = {status.name: FAILED}
+                    failing: dict[str, Any] = {status.name: FAILED}
                     if reason is not None:
-                        values[reason.name] = bindparam("ds__reason")
-                    conn.execute(self._update_by_key(table, columns, values), bad)
+                        failing[reason.name] = bindparam("ds__reason")
+                    conn.execute(self._update_by_key(table, columns, failing), bad)
         except sa_exc.SQLAlchemyError as exc:
             if self._is_transient(exc):
                 raise self._transient(exc) from None

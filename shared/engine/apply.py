@@ -21,7 +21,7 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from shared.app import SyncApp
 from shared.config import Flow
 from shared.engine import record_lock
-from shared.engine.backoff import retry_at
+from shared.engine.backoff import retry_at, throttle_delay
 from shared.engine.conflicts import Decision, decide, target_change_time
 from shared.engine.delete_races import carry_delete, carry_record, changed_since, settle_race
 from shared.engine.deletes import already_applied, ordering, record_applied
@@ -230,9 +230,10 @@ def _apply_round(app: SyncApp, f: _Flow, items: list[_Item], links: dict[str, st
 def _busy(app: SyncApp, item: _Item, until: datetime) -> Outcome:
     """Another version of this record is being applied: wait for it (never past its lease's expiry)."""
     when = min(retry_at(app.clock(), item.message.attempt, None, app.retry_base), until)
+    # Waiting is not failing: like a throttle it spends no attempt, only the flow's throttle budget.
     return Outcome(item.received, item.message, Kind.RETRY, "record_busy",
                    f"flow {item.message.flow} record {item.message.key}: another change of it is being applied",
-                   retry_at=when)
+                   retry_at=when, clone=item.message.throttled_clone(app.clock()))
 
 
 def _newest_per_record(items: list[_Item], outcomes: list[Outcome]) -> list[_Item]:
@@ -624,6 +625,8 @@ def _failure(app: SyncApp, flow: Flow, item: _Item, exc: BaseException) -> Outco
         return Outcome(item.received, message, Kind.DEAD_LETTER, exc.reason, str(exc))
     retry_after = exc.retry_after if isinstance(exc, TransientError) else None
     description = f"flow {message.flow} record {message.key}: {type(exc).__name__}: {exc}"
+    if isinstance(exc, TransientError) and exc.throttled:
+        return _throttled(app, flow, item, description, retry_after)
     if message.attempt >= (flow.max_attempts or app.max_attempts):
         return Outcome(item.received, message, Kind.DEAD_LETTER, Reason.RETRIES_EXHAUSTED,
                        f"{description} (after {message.attempt} attempts)")
@@ -635,11 +638,27 @@ def _retry(app: SyncApp, item: _Item, reason: str, description: str, retry_after
     return Outcome(item.received, item.message, Kind.RETRY, reason, description, retry_at=when)
 
 
+def _throttled(app: SyncApp, flow: Flow, item: _Item, description: str, retry_after: float | None) -> Outcome:
+    """The target asked us to slow down: wait as long as it says, for up to the flow's throttle budget (time
+    since the first throttle), without spending an attempt; attempts are for errors."""
+    message, now = item.message, app.clock()
+    since = message.throttled_since or now
+    if now - since > flow.throttle_budget:
+        return Outcome(item.received, message, Kind.DEAD_LETTER, Reason.RETRIES_EXHAUSTED,
+                       f"{description} (throttled since {since.isoformat()}, {message.throttles + 1} times; "
+                       f"budget {flow.throttle_budget})")
+    when = now + timedelta(seconds=throttle_delay(message.throttles + 1, retry_after, app.retry_base))
+    return Outcome(item.received, message, Kind.RETRY, "throttled", description, retry_at=when,
+                   clone=message.throttled_clone(now))
+
+
 def _flag_failed_sources(app: SyncApp, flow: Flow, outcomes: list[Outcome]) -> None:
     """Status-flag sources learn which rows failed for good: E and the reason, on the source row."""
     if flow.source.changes != "status_flag":
         return
-    failed = {o.message.key: f"{o.reason}: {o.description}"[:2000]
-              for o in outcomes if o.kind is Kind.DEAD_LETTER and o.message is not None}
+    # Each with the version and values that failed: a row the user has fixed since keeps its new flag.
+    failed = [(SourceRecord(o.message.key, o.message.payload, o.message.version, o.message.changed_at),
+               f"{o.reason}: {o.description}"[:2000])
+              for o in outcomes if o.kind is Kind.DEAD_LETTER and o.message is not None]
     if failed:
         app.connector(flow.source.system).acknowledge(flow.source, [], failed)

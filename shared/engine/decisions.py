@@ -51,7 +51,7 @@ def resolve_conflict(app: SyncApp, key: str, take: str, flow: str | None = None)
     flow_cfg = app.config.flows[item.flow]
     message = ChangeMessage.model_validate(item.data["message"])
     if take == flow_cfg.source.system:
-        sent = _send(app, message.model_copy(update={"force": True, "attempt": 1}), "resolved")
+        sent = _send(app, message.restarted(force=True), "resolved")
     elif take == flow_cfg.target.system:
         sent = _send_reverse(app, item.flow, message)
     else:
@@ -96,7 +96,7 @@ def _send_reverse(app: SyncApp, flow: str, message: ChangeMessage) -> str:
 def approve_request(app: SyncApp, key: str, flow: str | None = None) -> str:
     item = find(app, REQUESTS, key, flow)
     message = ChangeMessage.model_validate(item.data["message"])
-    sent = _send(app, message.model_copy(update={"approved": True, "attempt": 1}), "approved")
+    sent = _send(app, message.restarted(approved=True), "approved")
     app.state.unpark(REQUESTS, item.flow, item.key)
     app.state.add_run(item.flow, {"kind": "request_approved", "key": key, "message_id": sent})
     return sent

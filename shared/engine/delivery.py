@@ -7,7 +7,10 @@ under the Functions host, the local runtime and the tests. Two ways to settle, c
   dead-letters each delivery itself -> ``handle_with_actions`` / ``ActionsSettler``.
 * ``ledger``: the plain trigger with auto-complete, for plans without the extension: a dead-letter reason is
   recorded in the failure ledger and the function raises until maxDeliveryCount moves the message to the DLQ
-  -> ``handle_with_ledger`` / ``LedgerSettler``.
+  -> ``handle_with_ledger`` / ``LedgerSettler``. A verdict holds for one enqueued message, named by its
+  message_id and sequence number (its redeliveries keep the sequence number; the same message_id sent again
+  later, after the cause was fixed, gets a new one and is applied), and is cleared when that message_id
+  succeeds.
 
 Nothing here imports azure.functions: the settlement actions are duck-typed.
 """
@@ -54,14 +57,24 @@ class LedgerSettler:
         self.dead.append(message.envelope.message_id)
 
     def dead_letter(self, message: Received, reason: str, description: str) -> None:
-        self.app.state.record_failure(self.app.queue, message.envelope.message_id, reason, description)
+        self.app.state.record_failure(self.app.queue, message.envelope.message_id, reason, description,
+                                      message.sequence_number)
         self.dead.append(message.envelope.message_id)
 
 
+def _condemns(failure: dict[str, Any], received: Received) -> bool:
+    """Whether a ledger entry is the verdict on this delivery: one recorded for this very enqueued message (same
+    sequence number), or one recorded before sending (a condemned message's verdict, for every delivery)."""
+    sequence = failure.get("sequence_number")
+    return sequence is None or not received.sequence_number or sequence == received.sequence_number
+
+
 def handle_with_ledger(app: SyncApp, received: Received) -> list[Outcome]:
-    """A message the ledger already condemned is not applied again: it is only walked to the DLQ."""
-    known = app.state.get_failure(app.queue, received.envelope.message_id)
-    if known is not None:
+    """A delivery the ledger already condemned is not applied again: it is only walked to the DLQ. The same
+    message_id sent again later is a new delivery: it is applied, and on success the old verdict is cleared."""
+    message_id = received.envelope.message_id
+    known = app.state.get_failure(app.queue, message_id)
+    if known is not None and _condemns(known, received):
         raise DeadLetterViaLedger(f"{known['reason']}: {known['description']}")
     settler = LedgerSettler(app)
     # A body carried by reference is fetched here; on a transient store error the raise makes the host retry.
@@ -70,8 +83,10 @@ def handle_with_ledger(app: SyncApp, received: Received) -> list[Outcome]:
     # of that completion, the redelivery finds no body and is dead-lettered as PayloadMissing, replayable).
     outcomes = handle_delivery(app, [received], app.bus.claims.settler(settler))
     if settler.dead:
-        failure = app.state.get_failure(app.queue, received.envelope.message_id) or {}
+        failure = app.state.get_failure(app.queue, message_id) or {}
         raise DeadLetterViaLedger(f"{failure.get('reason', 'abandoned')}: {failure.get('description', '')}")
+    if known is not None:
+        app.state.clear_failure(app.queue, message_id)
     return outcomes
 
 

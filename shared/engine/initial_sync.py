@@ -133,8 +133,8 @@ class _Decided:
     states: list[RecordState] = field(default_factory=list)
     envelopes: list[Envelope] = field(default_factory=list)
     verdicts: list[Envelope] = field(default_factory=list)
-    handled: list[str] = field(default_factory=list)  # status-flag sources: keys to mark processed
-    failed: dict[str, str] = field(default_factory=dict)  # status-flag sources: key -> reason
+    handled: list[SourceRecord] = field(default_factory=list)  # status-flag sources: rows to mark processed
+    failed: list[tuple[SourceRecord, str]] = field(default_factory=list)  # status-flag sources: (row, reason)
 
 
 class _Run:
@@ -236,7 +236,7 @@ class _Run:
         for record in records:
             if record.key in linked:
                 self.result.already_linked += 1
-                out.handled.append(record.key)
+                out.handled.append(record)
                 continue
             try:
                 match = self._match(record, lookups)
@@ -343,7 +343,7 @@ class _Run:
             return
         self.result.created += 1
         out.envelopes.append(to_envelope(self._message(record)))
-        out.handled.append(record.key)
+        out.handled.append(record)
 
     def _fail(self, out: _Decided, record: SourceRecord, exc: PermanentError, match_field: bool = False) -> None:
         description = str(exc)
@@ -362,7 +362,7 @@ class _Run:
 
     def _verdict(self, out: _Decided, record: SourceRecord, reason: str, description: str) -> None:
         out.verdicts.append(condemned(self._message(record), reason, description))
-        out.failed[record.key] = f"{reason}: {description}"
+        out.failed.append((record, f"{reason}: {description}"))
         if len(self.result.examples) < MAX_EXAMPLES:
             self.result.examples.append(f"{reason}: {description}")
 
@@ -385,7 +385,7 @@ class _Run:
                 self._fail(out, record, error)  # linked, so a fix and a replay update the matched record
                 continue
             self.result.matched += 1
-            out.handled.append(record.key)
+            out.handled.append(record)
             observed = {name: canonical(record.values.get(name)) for name in self.source_fields}
             if mapped is not None and _holds(current, mapped):
                 state.versions[source] = record.version

@@ -29,6 +29,7 @@ class Outcome:
     conflicts: int = 0  # fields both sides had changed, settled by the flow's policy
     # the flow a change was sent through on demand (a missing parent, the winner of a delete race)
     fetched_parent: str | None = None
+    clone: ChangeMessage | None = None  # RETRY: the message to schedule (default: the next attempt)
 
     @property
     def flow(self) -> str:

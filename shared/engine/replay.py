@@ -114,12 +114,10 @@ def _current(app: SyncApp, message: ChangeMessage) -> ChangeMessage | None:
     flow = app.config.flows[message.flow]
     record = app.connector(flow.source.system).read_record(flow.source, message.key)
     if message.op == "delete":
-        return message.model_copy(update={"attempt": 1}) if record is None else _from_record(message, record)
+        return message.restarted() if record is None else _from_record(message, record)
     return None if record is None else _from_record(message, record)
 
 
 def _from_record(message: ChangeMessage, record) -> ChangeMessage:  # noqa: ANN001 - SourceRecord
-    return message.model_copy(update={
-        "op": "upsert", "version": record.version, "changed_at": record.changed_at,
-        "payload": record.values, "attempt": 1,
-    })
+    return message.restarted(op="upsert", version=record.version, changed_at=record.changed_at,
+                             payload=record.values)

@@ -25,7 +25,7 @@ def settle(app: SyncApp, settler: Settler, outcomes: Sequence[Outcome], started:
     resend = []
     for o in outcomes:
         if o.kind is Kind.RETRY and o.message is not None:
-            clone = o.message.retry_clone()
+            clone = o.clone or o.message.retry_clone()
             resend.append(to_envelope(clone, scheduled_at=o.retry_at))
         elif o.kind is Kind.DEFERRED and o.message is not None:
             later = app.clock() + PAUSED_RECHECK

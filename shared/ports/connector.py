@@ -106,8 +106,15 @@ class Connector(Protocol):
         or None when the system has none."""
         ...
 
-    def acknowledge(self, source: SourceSpec, keys: Sequence[str], failed: dict[str, str]) -> None:
-        """Status-flag sources: mark rows as sent (P) or failed (E, with reason). Others ignore it."""
+    def acknowledge(
+        self, source: SourceSpec, sent: Sequence[SourceRecord], failed: Sequence[tuple[SourceRecord, str]]
+    ) -> None:
+        """Status-flag sources: mark rows as sent (P) or failed (E, with the reason). Others ignore it.
+
+        Each record is the row as it was read (key, version, values), and a mark is conditional on it: P only
+        where the row is still flagged and still holds what was read, E only where it still holds the values
+        that failed and was not re-flagged by a later edit. A row changed since it was read keeps its flag, so
+        the change is read again and never lost."""
         ...
 
     def close(self) -> None: ...

@@ -304,12 +304,20 @@ class StateStore:
         return runs
 
     # -- failure ledger (apply without settlement: reason kept until the DLQ takes the message) --
-    def record_failure(self, queue: str, message_id: str, reason: str, description: str) -> None:
-        self.tables.upsert_many(FAILURES, [(queue, message_id, {"reason": reason, "description": description})])
+    def record_failure(self, queue: str, message_id: str, reason: str, description: str,
+                       sequence_number: int | None = None) -> None:
+        """`sequence_number` names the delivery the verdict is for (None: every delivery of that message_id)."""
+        data: dict[str, Any] = {"reason": reason, "description": description}
+        if sequence_number:
+            data["sequence_number"] = sequence_number
+        self.tables.upsert_many(FAILURES, [(queue, message_id, data)])
 
     def get_failure(self, queue: str, message_id: str) -> dict[str, Any] | None:
         entity = self.tables.get(FAILURES, queue, message_id)
         return entity.data if entity else None
+
+    def clear_failure(self, queue: str, message_id: str) -> None:
+        self.tables.delete(FAILURES, queue, message_id)
 
     # -- parked decisions: conflicts (policy manual) and change requests (review: true) -------------
     def park(self, table: str, flow: str, key: str, data: dict[str, Any]) -> None:

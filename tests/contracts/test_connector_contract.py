@@ -294,7 +294,8 @@ def test_status_flags_read_pages_and_acknowledge(backend):
     assert first.version == sortable_version(T0 + timedelta(seconds=1))  # the watermark column is the version
 
     reason = "name is required by the CRM and this text is far too long"
-    backend.connector.acknowledge(source, ["1", "3", "5", "6"], {"6": reason})
+    read = {r.key: r for p in pages for r in p.records}
+    backend.connector.acknowledge(source, [read[k] for k in ("1", "3", "5", "6")], [(read["6"], reason)])
     rows = {r["id"]: r for r in backend.rows("orders")}
     assert [rows[i]["sync_status"] for i in range(1, 8)] == ["P", "P", "P", "E", "P", "E", "U"]
     assert rows[6]["sync_error"] == reason[:30]  # cut to the column's length
@@ -315,17 +316,67 @@ def test_status_flags_without_watermark_use_the_read_time(backend):
     before = datetime.now(UTC)
     (one,) = read_all(backend.connector, source, None, 10)[0].records
     assert one.changed_at >= before
-    backend.connector.acknowledge(source, ["1"], {})
+    backend.connector.acknowledge(source, [one], [])
     assert read_all(backend.connector, source, None, 10) == []
     backend.update("orders", {"id": 1}, {"sync_status": "U"})
     (two,) = read_all(backend.connector, source, None, 10)[0].records
     assert two.version > one.version
 
 
+def test_a_row_re_flagged_between_read_and_acknowledge_keeps_its_flag(backend):
+    needs(backend, "status_flag")
+    backend.create_table("orders", {**FLAG_COLUMNS, "modified_at": "datetime"}, ["id"])
+    backend.insert("orders", [{"id": i, "name": f"o{i}", "sync_status": "N", "sync_error": None,
+                               "modified_at": T0} for i in (1, 2, 3)])
+    source = SourceSpec(system="erp", entity="orders", key=["id"], changes="status_flag")
+    read = {r.key: r for p in read_all(backend.connector, source, None, 10) for r in p.records}
+    backend.update("orders", {"id": 1}, {"name": "edited", "sync_status": "U",
+                                         "modified_at": T0 + timedelta(seconds=1)})  # a new version
+    backend.update("orders", {"id": 2}, {"sync_status": "P"})  # marked by someone else: left alone
+    backend.connector.acknowledge(source, list(read.values()), [])
+    assert {r["id"]: r["sync_status"] for r in backend.rows("orders")} == {1: "U", 2: "P", 3: "P"}
+    (again,) = read_all(backend.connector, source, None, 10)[0].records
+    assert again.key == "1" and again.values["name"] == "edited" and again.version > read["1"].version
+
+
+def test_without_version_or_watermark_acknowledge_compares_the_values_read(backend):
+    needs(backend, "status_flag")
+    backend.create_table("orders", {**FLAG_COLUMNS, "note": "str"}, ["id"])
+    backend.insert("orders", [{"id": i, "name": f"o{i}", "sync_status": "U", "sync_error": None, "note": None}
+                              for i in (1, 2, 3)])
+    source = SourceSpec(system="erp", entity="orders", key=["id"], changes="status_flag")
+    read = {r.key: r for p in read_all(backend.connector, source, None, 10) for r in p.records}
+    backend.update("orders", {"id": 1}, {"note": "a late edit"})  # NULL -> text
+    backend.update("orders", {"id": 2}, {"name": None})  # text -> NULL
+    backend.update("orders", {"id": 3}, {"sync_status": "U"})  # flagged again, nothing changed: nothing to lose
+    backend.connector.acknowledge(source, list(read.values()), [])
+    assert {r["id"]: r["sync_status"] for r in backend.rows("orders")} == {1: "U", 2: "U", 3: "P"}
+
+
+def test_a_dead_letter_of_an_old_version_never_overwrites_the_users_fix(backend):
+    needs(backend, "status_flag")
+    backend.create_table("orders", {**FLAG_COLUMNS, "modified_at": "datetime"}, ["id"])
+    backend.insert("orders", [{"id": i, "name": "", "sync_status": "N", "sync_error": None, "modified_at": T0}
+                              for i in (1, 2, 3)])
+    source = SourceSpec(system="erp", entity="orders", key=["id"], changes="status_flag")
+    read = {r.key: r for p in read_all(backend.connector, source, None, 10) for r in p.records}
+    backend.connector.acknowledge(source, list(read.values()), [])  # sent: all P
+    # The user fixes row 1 (new name, new stamp, flag U) before the old version's dead letter comes back.
+    backend.update("orders", {"id": 1}, {"name": "fixed", "sync_status": "U", "modified_at": T0 + timedelta(1)})
+    why = "ValidationFailed: name is required"
+    backend.connector.acknowledge(source, [], [(read[k], why) for k in ("1", "2")])
+    rows = {r["id"]: r for r in backend.rows("orders")}
+    assert (rows[1]["sync_status"], rows[1]["sync_error"], rows[1]["name"]) == ("U", None, "fixed")
+    assert (rows[2]["sync_status"], rows[2]["sync_error"]) == ("E", why[:30])  # still the version that failed
+    assert rows[3]["sync_status"] == "P"
+    assert keys_of(read_all(backend.connector, source, None, 10)) == ["1"]  # the fix is read and sent
+
+
 def test_acknowledge_is_a_no_op_for_watermark_sources(backend):
     needs(backend, "watermark")
     customers(backend, 2)
-    backend.connector.acknowledge(SOURCE, ["1"], {"2": "nope"})
+    (first, second) = read_all(backend.connector, SOURCE, None, 10)[0].records
+    backend.connector.acknowledge(SOURCE, [first], [(second, "nope")])
     assert [r["name"] for r in backend.rows("customers")] == ["c1", "c2"]
 
 

@@ -177,3 +177,7 @@ def test_failure_ledger(store):
     assert store.get_failure("q", "flow:key/1:v") == {"reason": "ValidationFailed",
                                                       "description": "record key/1: field name too long"}
     assert store.get_failure("q", "other") is None
+    store.record_failure("q", "flow:key/2:v", "TargetRejected", "rejected", sequence_number=2**40)
+    assert store.get_failure("q", "flow:key/2:v")["sequence_number"] == 2**40  # Service Bus numbers are 64-bit
+    store.clear_failure("q", "flow:key/2:v")
+    assert store.get_failure("q", "flow:key/2:v") is None

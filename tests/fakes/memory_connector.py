@@ -84,7 +84,9 @@ class MemoryConnector:
     def change_time_column(self, source: SourceSpec) -> str | None:
         return source.watermark  # rows carry their change time in the watermark column (`modified`)
 
-    def acknowledge(self, source: SourceSpec, keys: Sequence[str], failed: dict[str, str]) -> None:
+    def acknowledge(
+        self, source: SourceSpec, sent: Sequence[SourceRecord], failed: Sequence[tuple[SourceRecord, str]]
+    ) -> None:
         return None
 
     def close(self) -> None:

@@ -78,8 +78,8 @@ def test_transient_failure_schedules_a_clone_then_completes(app, memory):
     assert (counts.active, counts.scheduled) == (0, 1)
     time.sleep(0.6)
     [clone] = app.bus.receive(app.queue, max_messages=5, max_wait=2)
-    assert clone.envelope.message_id.endswith(":r2")
-    assert clone.envelope.application_properties["attempt"] == 2
+    assert clone.envelope.message_id.endswith(":r1t1")  # throttled: one more throttle, still the first attempt
+    assert clone.envelope.application_properties["attempt"] == 1
     from shared.engine.delivery import handle_delivery
 
     [done] = handle_delivery(app, [clone], app.bus.settler(app.queue))

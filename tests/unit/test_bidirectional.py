@@ -201,7 +201,7 @@ def test_a_throttled_source_read_retries_the_batch_instead_of_failing_it(make):
     batch = app.bus.receive(app.queue, max_messages=10, max_wait=0.5)
     outcomes = apply_batch(app, batch)
     settle(app, app.bus.settler(app.queue), outcomes)
-    assert [(o.kind.value, str(o.reason)) for o in outcomes] == [("retry", "transient")]
+    assert [(o.kind.value, str(o.reason)) for o in outcomes] == [("retry", "throttled")]
     del memory["crm"].read_records
     import time
 

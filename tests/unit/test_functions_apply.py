@@ -34,7 +34,7 @@ from shared.app import SyncApp
 from shared.bus.servicebus import ServiceBusBus
 from shared.config import parse_config
 from shared.engine.delivery import DeadLetterViaLedger, handle_with_actions
-from shared.errors import AuthError, TransientError
+from shared.errors import AuthError, PermanentError, Reason, TransientError
 from shared.messages import ChangeMessage, Envelope, to_envelope
 from shared.state.sqlite_tables import SqliteTables
 from shared.state.store import StateStore
@@ -212,7 +212,7 @@ def test_transient_failure_schedules_the_clone_first_then_completes(h, memory):
     kinds = [e[0] for e in h.events]
     assert kinds == ["send", "complete"], "the clone must be on the bus before the original completes"
     _, clone_id, due = h.events[0]
-    assert clone_id == "accounts:a1:00000000000000000001:r2"
+    assert clone_id == "accounts:a1:00000000000000000001:r1t1"  # Retry-After: throttled, not an attempt spent
     assert due >= datetime.now(UTC) + timedelta(seconds=1)  # never sooner than Retry-After
     counts = h.counts()
     assert (counts.active, counts.scheduled, counts.dead_letter) == (0, 1, 0)
@@ -298,13 +298,14 @@ def test_a_single_message_is_handled_like_a_batch_of_one(h):
 # -- ledger mode ------------------------------------------------------------------------------------------------
 
 
-def host_message(message: ChangeMessage, delivery_count: int = 1) -> ServiceBusMessage:
+def host_message(message: ChangeMessage, delivery_count: int = 1, sequence_number: int = 1) -> ServiceBusMessage:
+    """A redelivery keeps its sequence number; the same message sent again (same message_id) gets a new one."""
     envelope = to_envelope(message)
     return ServiceBusMessage(
         body=envelope.body, message_id=envelope.message_id, content_type="application/json",
         correlation_id=envelope.correlation_id, label=envelope.subject, subject=envelope.subject,
         application_properties=dict(envelope.application_properties), user_properties={},
-        delivery_count=delivery_count, enqueued_time_utc=datetime.now(UTC), sequence_number=1,
+        delivery_count=delivery_count, enqueued_time_utc=datetime.now(UTC), sequence_number=sequence_number,
         lock_token=str(uuid.uuid4()),
     )
 
@@ -341,6 +342,21 @@ def test_ledger_permanent_records_the_reason_and_raises_until_the_dlq_takes_it(l
     with pytest.raises(DeadLetterViaLedger, match="ValidationFailed"):
         ledger(msg=host_message(account("a1", 1, name="x" * 50), delivery_count=2))
     assert memory["erp"].writes == 0  # a condemned message is walked to the DLQ, not applied again
+
+
+def test_ledger_a_fixed_record_sent_again_is_applied_not_condemned_again(ledger, app, memory):
+    memory["erp"].fail_keys["N-a1"] = PermanentError(Reason.TARGET_REJECTED, "customers key N-a1: rejected")
+    first = host_message(account("a1", 1), sequence_number=5)
+    with pytest.raises(DeadLetterViaLedger, match="TargetRejected"):
+        ledger(msg=first)
+    with pytest.raises(DeadLetterViaLedger, match="TargetRejected"):  # its redeliveries walk on to the DLQ
+        ledger(msg=host_message(account("a1", 1), delivery_count=2, sequence_number=5))
+    # The cause is fixed and the same version is sent again (a resync, a re-pull past the duplicate detection
+    # window): the same message_id, a new delivery. It is applied, and the ledger forgets the old failure.
+    del memory["erp"].fail_keys["N-a1"]
+    ledger(msg=host_message(account("a1", 1), sequence_number=9))
+    assert memory["erp"].tables["customers"]["N-a1"]["name"] == "Acme"
+    assert app.state.get_failure(app.queue, first.message_id) is None
 
 
 def test_ledger_malformed_message_raises_with_its_reason(ledger):
