@@ -140,6 +140,7 @@ MAX_PAGE_SIZE = 5000  # Dataverse ignores odata.maxpagesize above 5,000
 MAX_BATCH = 1000  # operations per $batch
 EXPIRED_VERSION_STAMP = "0x80044352"
 EXECUTION_TIME_LIMIT = "0x80072321"  # "Service protection API limits": combined execution time exceeded
+_THROTTLE_RETRIES = 20  # 429s one request waits out itself (a Retry-After of 0 would otherwise never end)
 WRITE_ROUNDS = 12  # attempts per op inside one write_batch (413 halving from 1,000 needs 10)
 # createdon has whole seconds and two clocks may differ a little: a row created this long before an attempt
 # with an unknown outcome began still counts as that attempt's (an assumption; the docs give no figure).
@@ -497,8 +498,8 @@ class DataverseConnector:
         """One request with a bearer token; a 401 refreshes the token and tries once more.
 
         A 429 pauses the whole connector until its Retry-After (every request waits for that pause before it
-        is sent) and is sent again, for up to ``max_throttle_wait_seconds`` of waiting in all; after that the
-        429 is returned. ``on_throttle(error)`` hears of each 429. Every answer's ``x-ms-dop-hint`` sets how
+        is sent) and is sent again, for up to ``max_throttle_wait_seconds`` of waiting in all (0: never) and
+        at most _THROTTLE_RETRIES times; after that the 429 is returned. ``on_throttle(error)`` hears of each 429. Every answer's ``x-ms-dop-hint`` sets how
         many requests may be in flight at once.
 
         Raises TransientError (transport; `_NoAnswer` when the request went out and no answer came, so it may
@@ -507,6 +508,7 @@ class DataverseConnector:
         self._check_link(url)
         refreshed = False
         waited = 0.0
+        throttles = 0
         while True:
             pause = self._pacer.remaining()
             if pause > 0 and waited + pause > self.max_throttle_wait_seconds:
@@ -549,7 +551,9 @@ class DataverseConnector:
                 delay = err.retry_after if err.retry_after is not None else 1.0
                 if on_throttle is not None:
                     on_throttle(err)
-                if waited + delay <= self.max_throttle_wait_seconds:
+                throttles += 1
+                if (self.max_throttle_wait_seconds > 0 and throttles <= _THROTTLE_RETRIES
+                        and waited + delay <= self.max_throttle_wait_seconds):
                     continue
                 return response
             if response.status_code == 401:
@@ -1175,7 +1179,6 @@ class DataverseConnector:
         if status == 429:  # a throttled operation inside a batch: the pause is the connector's
             err = _error_of(status, headers, body)
             self._pacer.pause(err.retry_after if err.retry_after is not None else 1.0)
-            return replace(item, last_error=self._sync_error(err, f"{target.entity} key {item.key_text}"))
         return self._result(target, item, status, headers, body)
 
     def _batch_body(self, chunk: Sequence[_Prepared], boundary: str) -> bytes:
