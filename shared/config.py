@@ -86,7 +86,7 @@ class DataverseSystem(Strict):
     max_concurrency: int = Field(default=4, ge=1, le=52)
     # A 429 pauses the whole connector for its Retry-After; a write or read waits out at most this much in
     # all before it gives up with a transient error (the engine then retries the record later).
-    max_throttle_wait_seconds: float = Field(default=60, ge=0)
+    max_throttle_wait_seconds: float = Field(default=30, ge=0)
     timeout_seconds: float = Field(default=60, gt=0)
     # One pull reads at most this many pages (5,000 rows each by default); the next run resumes from the link.
     max_pages_per_run: int = Field(default=2000, ge=1)

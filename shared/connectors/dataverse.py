@@ -430,7 +430,7 @@ class DataverseConnector:
         max_pages_per_run: int = 2000,
         max_response_bytes: int = 128 * 1024 * 1024,
         initial_batch_size: int = INITIAL_BATCH,
-        max_throttle_wait_seconds: float = 60,
+        max_throttle_wait_seconds: float = 30,
     ) -> None:
         self.name = name
         self.url = url.rstrip("/")
@@ -1140,9 +1140,10 @@ class DataverseConnector:
             sizer.too_large(len(chunk))
             error = TransientError(f"{what}: 413 request too large")
             return [(item, replace(item, last_error=error)) for item in chunk]
-        sizer.answered(len(chunk), time.monotonic() - clock)
         content_type = response.headers.get("content-type", "")
-        if _boundary(content_type) is None:
+        if _boundary(content_type) is not None:
+            sizer.answered(len(chunk), time.monotonic() - clock)  # a batch that ran: its time says how big
+        else:
             err = _error_of(response.status_code, response.headers, response.content)
             if response.status_code < 400:
                 return everyone(TransientError(f"{what}: the answer is not multipart/mixed"))

@@ -133,7 +133,7 @@ class ConcurrencyLimit:
             target = min(self.ceiling, int(hint))
             if target != self._target:
                 self._target = target
-                self._limit = min(self._limit, target) if self._limit <= target else target
+                self._limit = min(self._limit, target)  # a higher hint is grown into, one step at a time
                 self._cond.notify_all()
 
     def follow_budget(self, remaining: str | None) -> None:
