@@ -9,7 +9,7 @@ AZURITE := node_modules/.bin/azurite-table
 CHECKOV_VENV := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 
-.PHONY: demo test test-fast bench install checkov clean
+.PHONY: demo test test-fast soak bench install checkov clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,12 @@ test: $(STAMP) $(AZURITE) $(CHECKOV_STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest tests/unit
+
+# The model-based checker at length: random seeds, shrinking on, a summary at the end.
+SOAK_EXAMPLES ?= 10000
+soak: $(STAMP)
+	DUALSYNC_MODEL_EXAMPLES=$(SOAK_EXAMPLES) DUALSYNC_MODEL_RANDOM=1 DUALSYNC_MODEL_SHRINK=1 \
+		$(PY) -m pytest tests/model/test_model_sync.py -q -s -p no:cacheprovider --timeout=0
 
 bench: $(STAMP)
 	$(PY) bench/initial_sync.py

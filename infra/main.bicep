@@ -127,6 +127,7 @@ var stateTables = [
   'failures'
   'conflicts'
   'changerequests'
+  'grants'
 ]
 
 // Every queue the code uses (the APPLY_QUEUE setting).

@@ -8,13 +8,19 @@ lexical order is the value's order. `sortable_version` is that one conversion, s
 from __future__ import annotations
 
 import re
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 _ISO_MOMENT = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}.*)?$")
 
 _INT_WIDTH = 20  # 2**64 has 20 digits: every BIGINT / rowversion / Dataverse versionnumber fits
+_MOMENT_VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}$")
+_INT_VERSION = re.compile(r"^-?\d{20}$")
+_DECIMAL_VERSION = re.compile(r"^\d{20}\.\d{1,30}$")
+_HEX_VERSION = re.compile(r"^(?:[0-9A-F]{2}){1,32}$")
+DELETED = "~deleted"  # the suffix of a delete's version (after the version it was seen after)
+FUTURE_TOLERANCE = timedelta(days=1)  # clock skew between a source and us
 
 
 def _format_moment(value: datetime) -> str:
@@ -79,3 +85,26 @@ def sortable_version(value: Any) -> str:
                 pass
         return value
     raise TypeError(f"cannot make a sortable version from {type(value).__name__}")
+
+
+def version_problem(version: str, op: str, now: datetime) -> str | None:
+    """Why `version` cannot have come from any source, or None. Versions are compared as strings, so one
+    that sorts above every real version (``~``, a date in 9999, a counter past 2**63) would freeze its
+    record: every real change after it would look old. Only what `sortable_version` produces passes, plus
+    the delete suffix; a moment may not lie beyond now plus a day of clock skew."""
+    base = version[: -len(DELETED)] if version.endswith(DELETED) else version
+    if base == "":
+        return None if op == "delete" and version == DELETED else "empty"
+    if _MOMENT_VERSION.match(base):
+        try:
+            moment = datetime.fromisoformat(base).replace(tzinfo=UTC)
+        except ValueError:
+            return f"{base!r} is not a valid date-time"
+        if moment > now + FUTURE_TOLERANCE:
+            return f"{base} lies in the future (now {now.astimezone(UTC):%Y-%m-%dT%H:%M:%S}Z)"
+        return None
+    if _INT_VERSION.match(base):
+        return None if abs(int(base)) < 2**63 else f"{base} is beyond any 64-bit change counter"
+    if _DECIMAL_VERSION.match(base) or _HEX_VERSION.match(base):
+        return None
+    return f"{base[:40]!r} is not in a version format any source produces (date-time, counter, number or hex)"

@@ -131,8 +131,9 @@ from shared.config import SourceSpec, TargetSpec
 from shared.connectors.keysort import ascending, sorted_keys
 from shared.errors import ConfigError, PermanentError, Reason, SyncError, TargetChanged, TransientError
 from shared.keys import format_key, key_of, parse_key
+from shared.numbers import bounded_decimal
 from shared.ports.connector import ChangePage, SourceRecord, ValuePrecision, WriteOp, WriteResult
-from shared.versions import sortable_version
+from shared.versions import FUTURE_TOLERANCE, sortable_version
 
 CHUNK = 500  # keys per IN / OR query
 FLAGGED = ("N", "U")
@@ -273,16 +274,20 @@ def _to_db(column: Column, value: Any) -> Any:
                 return int(value)
             if isinstance(value, int):
                 return value
-            number = Decimal(value.strip() if isinstance(value, str) else str(value))
-            if not number.is_finite() or number != number.to_integral_value():
+            number = _number(value)
+            if number != number.to_integral_value():
                 raise _Reject(f"{value!r} is not a whole number")
+            if abs(number) >= 2**63:
+                raise _Reject(f"{value!r} is beyond a 64-bit integer column")
             return int(number)
         if isinstance(kind, sqltypes.Numeric):  # Float included
             if isinstance(value, bool) or not isinstance(value, int | float | Decimal | str):
                 raise _Reject(f"{value!r} is not a number")
-            number = Decimal(value.strip() if isinstance(value, str) else str(value))
-            if not number.is_finite():  # a database would store NULL (SQLite) or refuse it
-                raise _Reject(f"{value!r} is not a finite number")
+            number = _number(value)  # NaN and Infinity: a database would store NULL (SQLite) or refuse it
+            precision, scale = getattr(kind, "precision", None), getattr(kind, "scale", None) or 0
+            if precision and not isinstance(kind, sqltypes.Float) and number.adjusted() >= precision - scale:
+                raise _Reject(f"{value!r} has more than the {precision - scale} digits before the point the "
+                              f"column allows (NUMERIC({precision},{scale}))")
             return float(number) if isinstance(kind, sqltypes.Float) else number
         if isinstance(kind, sqltypes.String):
             if isinstance(value, bool):
@@ -290,6 +295,8 @@ def _to_db(column: Column, value: Any) -> Any:
             elif isinstance(value, str):
                 text = value
             elif isinstance(value, int | float | Decimal | uuid.UUID | date | time):
+                if isinstance(value, float | Decimal):
+                    _number(value)  # its digits are written out: refuse one no column holds before that
                 text = str(plain_value(value))
             else:
                 raise _Reject(f"a {type(value).__name__} is not text")
@@ -339,6 +346,13 @@ def _query_values(url: Any) -> list[str]:
 def _same_values(current: dict[str, Any], read: dict[str, Any]) -> bool:
     """Do two rows' JSON-friendly values agree? (NULL equals NULL, NaN equals NaN: compared as JSON.)"""
     return json.dumps(current, sort_keys=True, default=str) == json.dumps(read, sort_keys=True, default=str)
+
+
+def _number(value: Any) -> Decimal:
+    try:
+        return bounded_decimal(value)
+    except ValueError as exc:
+        raise _Reject(str(exc)) from None
 
 
 def _after(columns: Sequence[Any], values: Sequence[Any]) -> Any:
@@ -627,9 +641,14 @@ class SqlConnector:
         clock = plain_value(self._fetch(select(self._clock(wm).label("now")), source.entity)[0]["now"]) \
             if looks_back else None
         columns = [*table.c, wm_text.label(_WM_TEXT)] if sqlite_time else list(table.c)
+        horizon = self._horizon(wm, sqlite_time, read_at)
+        refused = dict((position or {}).get("refused") or {})
         yielded = False
+        page_position: dict[str, Any] = dict(position or {})
         while True:
             stmt = select(*columns).where(wm_expr.is_not(None))
+            if horizon is not None:  # a stamp in the future never moves the cursor there (see _refused_rows)
+                stmt = stmt.where(wm_expr <= horizon)
             if narrow is not None:
                 stmt = stmt.where(narrow)
             if floor is not None:  # the first query re-reads the overlap; later ones go on from its last row
@@ -647,8 +666,9 @@ class SqlConnector:
             rows = self._fetch(stmt, source.entity)
             if not rows:
                 if full and not yielded:
-                    yield ChangePage([], {"watermark": None, "last_key": None}, snapshot=True, notes=notes)
-                return
+                    page_position = {"watermark": None, "last_key": None}
+                    yield ChangePage([], page_position, snapshot=True, notes=notes)
+                break
             records = [self._record(source, row, read_at, watermark=wm.name) for row in rows]
             last = rows[-1]
             stamp = last[_WM_TEXT] if sqlite_time else last[wm.name]
@@ -657,10 +677,50 @@ class SqlConnector:
             page_position = {"watermark": plain_value(stamp), "last_key": [plain_value(v) for v in after[1:]]}
             if clock is not None:
                 page_position["read_at"] = clock
+            if refused:
+                page_position["refused"] = refused
             yield ChangePage(records, page_position, snapshot=full, notes=notes if not yielded else [])
             yielded = True
             if len(rows) < page_size:
-                return
+                break
+        if horizon is not None:
+            yield from self._refused_rows(source, table, wm, wm_expr, horizon, columns, page_position, refused,
+                                          read_at, bool(sqlite_time))
+
+    _REFUSED_KEPT = 1000  # keys remembered as already reported, per flow
+
+    def _horizon(self, wm: Column, sqlite_time: str, now: datetime) -> Any:
+        """The latest change time a row may carry: now plus the clock skew a source may have. None when the
+        watermark is not a point in time."""
+        if not isinstance(wm.type, sqltypes.DateTime | sqltypes.Date):
+            return None
+        limit = now + FUTURE_TOLERANCE
+        if sqlite_time == "julianday":
+            return func.julianday(limit.strftime("%Y-%m-%d %H:%M:%S"))
+        if sqlite_time:
+            return limit.strftime("%Y-%m-%d %H:%M:%S")
+        return _to_db(wm, limit if isinstance(wm.type, sqltypes.DateTime) else limit.date())
+
+    def _refused_rows(self, source: SourceSpec, table: Table, wm: Column, wm_expr: Any, horizon: Any,
+                      columns: list[Any], position: dict[str, Any], refused: dict[str, Any], read_at: datetime,
+                      as_text: bool) -> Iterator[ChangePage]:
+        """Rows stamped beyond the horizon (a typo, `9999-12-31`): never read as changes, since the cursor would
+        move past every real change to come; each is sent once, condemned, naming the record and the value."""
+        rows = self._fetch(select(*columns).where(wm_expr > horizon).order_by(wm_expr).limit(100), source.entity)
+        fresh = []
+        for row in rows:
+            record = self._record(source, row, read_at, watermark=wm.name)
+            stamp = str(plain_value(row[_WM_TEXT] if as_text else row[wm.name]))
+            if refused.get(record.key) == stamp:
+                continue
+            record.refused = (f"{source.watermark} {stamp} lies beyond now plus {FUTURE_TOLERANCE}: a change "
+                              "cannot come from the future; fix the value at the source")
+            refused[record.key] = stamp
+            fresh.append(record)
+        if fresh:
+            kept = dict(list(refused.items())[-self._REFUSED_KEPT:])
+            yield ChangePage(fresh, {**position, "refused": kept},
+                             notes=[f"{source.entity}: {len(fresh)} rows stamped in the future were dead-lettered"])
 
     def _sqlite_comparison(self, source: SourceSpec, wm: Column, position: dict[str, Any] | None) -> str:
         """How to compare a date/time watermark on SQLite: "" (not SQLite, or not a date/time column), "text"

@@ -28,7 +28,7 @@ from pydantic import ValidationError
 
 from shared.app import SyncApp
 from shared.config import Flow
-from shared.engine import record_lock
+from shared.engine import grants, record_lock
 from shared.engine.backoff import retry_at, throttle_delay
 from shared.engine.conflicts import Decision, decide, target_change_time
 from shared.engine.delete_races import carry_delete, carry_record, changed_since, settle_race
@@ -54,6 +54,7 @@ from shared.messages import ChangeMessage, parse_body, to_envelope
 from shared.ports.bus import Received
 from shared.ports.connector import SourceRecord, WriteOp, WriteResult
 from shared.state.store import CONFLICTS, REQUESTS, KeyLink, RecordState
+from shared.versions import version_problem
 
 MAX_ROUNDS = 3  # decisions taken again within one delivery after lost races, before it is retried later
 
@@ -68,6 +69,7 @@ class _Item:
     decision: Decision | None = None
     noop: bool = False  # the target already holds every value we would write
     race: str = ""  # how a delete racing an update on the other side was settled (pairs)
+    forced: bool = False  # an operator's grant in state lets it past the version, echo and conflict checks
 
 
 @dataclass
@@ -101,8 +103,12 @@ def apply_batch(app: SyncApp, batch: Sequence[Received]) -> list[Outcome]:
             outcomes.append(_malformed(received, exc))
             continue
         condemned = verdict_outcome(received, message)  # e.g. an ambiguous match found by initial sync
+        problem = version_problem(message.version, message.op, app.clock())
         if condemned is not None:
             outcomes.append(condemned)
+        elif problem is not None:
+            outcomes.append(Outcome(received, message, Kind.DEAD_LETTER, Reason.MALFORMED_MESSAGE,
+                                    f"flow {message.flow} record {message.key}: field version: {problem}"))
         elif message.flow not in app.config.flows:
             outcomes.append(Outcome(received, message, Kind.DEAD_LETTER, Reason.UNKNOWN_FLOW,
                                     f"flow {message.flow} record {message.key}: no such flow in the config"))
@@ -196,7 +202,7 @@ def _apply_round(app: SyncApp, f: _Flow, items: list[_Item], links: dict[str, st
         item = op.ref
         if op.kind == "upsert" and f.bidirectional:
             mapped.append(item)
-        elif item.message.op == "delete" and f.bidirectional and not item.message.force:
+        elif item.message.op == "delete" and f.bidirectional and not item.forced:
             deletes.append(op)
         else:
             ops.append(op)
@@ -264,7 +270,8 @@ def _screen(app: SyncApp, f: _Flow, item: _Item, state: RecordState | None,
             current: dict[str, SourceRecord]) -> str | None:
     """The reason to skip this change, or None to apply it."""
     message, source = item.message, f.flow.source.system
-    if message.force:
+    item.forced = grants.honoured(app, message, grants.FORCE)
+    if item.forced:
         return None
     if already_applied(state, source, message):
         return "already_applied"
@@ -281,11 +288,11 @@ def _screen(app: SyncApp, f: _Flow, item: _Item, state: RecordState | None,
             item.payload = row.values
     restored = state is not None and source in state.tombstones  # the target no longer holds what was synced
     if (message.op == "upsert" and state and not restored
-            and _unchanged(f.rules, item.payload, state.values.get(source))):
+            and _unchanged(f.rules, [fm.from_ for fm in f.flow.fields], item.payload, state.values.get(source))):
         # Every field we manage equals what was last synced for this side: in a pair, our own write coming
         # back; otherwise a change to fields we do not sync.
         return "echo" if f.bidirectional else "unchanged"
-    if f.flow.review and not message.approved and message.op == "upsert":
+    if f.flow.review and message.op == "upsert" and not grants.honoured(app, message, grants.APPROVED):
         app.state.park(REQUESTS, f.name, message.key, {
             "message": message.model_copy(update={"payload": item.payload}).model_dump(mode="json"),
             "status": "pending", "created_at": app.clock().isoformat(),
@@ -294,11 +301,15 @@ def _screen(app: SyncApp, f: _Flow, item: _Item, state: RecordState | None,
     return None
 
 
-def _unchanged(rules: Equivalence, payload: dict[str, Any], known: dict[str, Any] | None) -> bool:
+def _unchanged(rules: Equivalence, fields: list[str], payload: dict[str, Any], known: dict[str, Any] | None) -> bool:
+    """Every field this flow reads equals what both sides last agreed on. A field with nothing agreed (a record
+    the other side created, where only what was written there is known) is not "unchanged": it goes on to the
+    no-op check against the target, which writes nothing when the target already holds it."""
     # Write-only names (Dataverse's `x@odata.bind`) never come back in a read; the read-side name of the same
     # lookup (`_x_value`) is remembered from the rows we saw, and compared instead.
-    return bool(known) and all(
-        rules.source(name).same(payload.get(name), value) for name, value in known.items() if "@" not in name)
+    if not known or any(name not in known for name in fields if "@" not in name):
+        return False
+    return all(rules.source(name).same(payload.get(name), value) for name, value in known.items() if "@" not in name)
 
 
 def _resolve_lookups(app: SyncApp, flow: Flow, items: list[_Item]) -> Lookups:
@@ -376,7 +387,7 @@ def _settle_conflicts(app: SyncApp, f: _Flow, items: list[_Item], states: dict[s
         state = states.get(item.record_id)
         row = rows.get(target_key)
         current = row.values if row else None
-        baseline = state.values.get(target.system) if state and not item.message.force else None
+        baseline = None if item.forced else (state.values.get(target.system) or {}) if state else {}
         if current is None and baseline and _deleted_by_target(app, f, item, outcomes):
             continue
         item.decision = decide(flow, f.rules, item.values or {}, baseline, current, item.message.changed_at,
@@ -549,6 +560,7 @@ def _record_results(app: SyncApp, f: _Flow, results: list[WriteResult], states: 
             outcomes.append(_resync(app, f, item))
         else:
             committed.add(item.record_id)
+            grants.used(app, item.message)
             outcomes.append(_applied(item, kind))
     for old_id in moved:
         if old_id in committed:
@@ -560,7 +572,7 @@ def _resync(app: SyncApp, f: _Flow, item: _Item) -> Outcome:
     """Our lease ran out while we wrote, and someone else recorded this record meanwhile: our write may have
     overwritten a newer one. The record goes again as its source has it now, past the version check."""
     message = item.message
-    fresh = message.model_copy(update={"force": True})
+    fresh = message
     try:
         record = app.connector(f.flow.source.system).read_record(f.flow.source, message.key)
     except SyncError:
@@ -568,6 +580,7 @@ def _resync(app: SyncApp, f: _Flow, item: _Item) -> Outcome:
     if record is not None:
         fresh = fresh.model_copy(update={"op": "upsert", "payload": record.values, "changed_at": record.changed_at,
                                          "version": max(record.version, message.version)})
+    fresh = grants.granted(app, fresh, grants.FORCE)
     return Outcome(item.received, fresh, Kind.RETRY, "lost_race",
                    f"flow {message.flow} record {message.key}: recorded by someone else while it was written; "
                    "sent again as its source has it now", retry_at=app.clock())

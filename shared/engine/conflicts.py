@@ -35,23 +35,29 @@ def decide(
     incoming_at: datetime | None = None,
     target_at: Callable[[], datetime | None] | None = None,
 ) -> Decision:
-    """`target_at` is asked for the target's change time only when a conflict needs it."""
-    if not baseline or current is None:
+    """`target_at` is asked for the target's change time only when a conflict needs it. `baseline` None: no
+    comparison at all (an operator forced this change); {} or a field missing from it: nothing agreed yet, so a
+    target value that differs from the incoming one is a conflict like any other (a record created on both
+    sides before the pair first synced it must not lose the master's values to whichever side went first)."""
+    if baseline is None or current is None:
         return Decision(write=dict(mapped))
     owners = {f.to: f.owner for f in flow.fields}
     keys = set(flow.target.key)
     decision = Decision(write={})
     for name, value in mapped.items():
-        if name in keys or name not in baseline or name not in current:
-            # No baseline, or a field the target does not report (e.g. a lookup it reads back under another
-            # name): nothing to compare, so the incoming value stands.
+        if name in keys or name not in current:
+            # A field the target does not report (e.g. a lookup it reads back under another name): nothing to
+            # compare, so the incoming value stands.
             decision.write[name] = value
             continue
         rule = rules.target(name)
-        base = baseline[name]
-        incoming_changed = not rule.same(value, base)
-        target_changed = not rule.same(current[name], base)
-        if not target_changed or rule.same(value, current[name]):
+        if rule.same(value, current[name]):
+            decision.write[name] = value
+            continue
+        agreed = name in baseline
+        incoming_changed = not agreed or not rule.same(value, baseline[name])
+        target_changed = not agreed or not rule.same(current[name], baseline[name])
+        if not target_changed:
             decision.write[name] = value
         elif not incoming_changed:
             decision.kept.append(name)

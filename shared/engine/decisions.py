@@ -9,6 +9,7 @@ from typing import Any
 
 from shared.app import SyncApp
 from shared.engine.deletes import delete_messages
+from shared.engine.grants import APPROVED, FORCE, granted
 from shared.messages import ChangeMessage, bounded_id, to_envelope
 from shared.state.store import CONFLICTS, REQUESTS
 
@@ -51,7 +52,7 @@ def resolve_conflict(app: SyncApp, key: str, take: str, flow: str | None = None)
     flow_cfg = app.config.flows[item.flow]
     message = ChangeMessage.model_validate(item.data["message"])
     if take == flow_cfg.source.system:
-        sent = _send(app, message.restarted(force=True), "resolved")
+        sent = _send(app, granted(app, message.restarted(), FORCE), "resolved")
     elif take == flow_cfg.target.system:
         sent = _send_reverse(app, item.flow, message)
     else:
@@ -86,17 +87,17 @@ def _send_reverse(app: SyncApp, flow: str, message: ChangeMessage) -> str:
     record = app.connector(rflow.source.system).read_record(rflow.source, target_key)
     if record is None:
         [delete] = delete_messages(app, reverse, [target_key], run_id=message.correlation_id)
-        return _send(app, delete.model_copy(update={"force": True}), "resolved")
+        return _send(app, granted(app, delete, FORCE), "resolved")
     back = ChangeMessage(flow=reverse, op="upsert", source_system=rflow.source.system, entity=rflow.source.entity,
                          key=record.key, version=record.version, changed_at=record.changed_at,
-                         payload=record.values, force=True)
-    return _send(app, back, "resolved")
+                         payload=record.values)
+    return _send(app, granted(app, back, FORCE), "resolved")
 
 
 def approve_request(app: SyncApp, key: str, flow: str | None = None) -> str:
     item = find(app, REQUESTS, key, flow)
     message = ChangeMessage.model_validate(item.data["message"])
-    sent = _send(app, message.restarted(approved=True), "approved")
+    sent = _send(app, granted(app, message.restarted(), APPROVED), "approved")
     app.state.unpark(REQUESTS, item.flow, item.key)
     app.state.add_run(item.flow, {"kind": "request_approved", "key": key, "message_id": sent})
     return sent

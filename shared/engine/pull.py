@@ -26,8 +26,9 @@ from shared.config import Flow
 from shared.engine import aliases, cursor_lease
 from shared.engine.deletes import Confirmed, send_confirmed_deletes
 from shared.engine.reconcile import missing_keys
-from shared.errors import AuthError, ConcurrencyError
-from shared.messages import ChangeMessage, fingerprint, new_run_id, to_envelope
+from shared.engine.verdicts import condemned, record_verdicts
+from shared.errors import AuthError, ConcurrencyError, Reason
+from shared.messages import ChangeMessage, Envelope, fingerprint, new_run_id, to_envelope
 from shared.ports.connector import SourceRecord
 from shared.process_identity import current_holder
 from shared.state.store import Cursor
@@ -98,7 +99,7 @@ def _read(app: SyncApp, flow_name: str, flow: Flow, cursor: Cursor, result: Pull
             result.notes.append(f"{named.unresolved} deletes left out: only their id came, and no record with "
                                 "that id was pulled by this flow")
         messages = [_message(flow_name, flow, record, result.run_id, app.clock()) for record in named.records]
-        accepted = app.bus.send(app.queue, [to_envelope(m) for m in messages])
+        accepted = app.bus.send(app.queue, _envelopes(app, messages, named.records))
         if accepted is not None:
             result.duplicates += len(messages) - accepted
         aliases.forget(app, flow_name, flow, named)
@@ -153,6 +154,14 @@ def _failed(app: SyncApp, cursor: Cursor, result: PullResult, exc: Exception) ->
         cursor.paused, cursor.paused_reason = True, f"auth failure while pulling: {exc}"[:MAX_ERROR]
     log.error("pull flow=%s run_id=%s failed after %d changes: %s", result.flow, result.run_id, result.sent,
               result.error)
+
+
+def _envelopes(app: SyncApp, messages: list[ChangeMessage], records: list[SourceRecord]) -> list[Envelope]:
+    """A record the source refused to vouch for (see SourceRecord.refused) travels condemned."""
+    envelopes = [condemned(m, Reason.VALIDATION_FAILED, f"flow {m.flow} record {m.key}: {r.refused}")
+                 if r.refused else to_envelope(m) for m, r in zip(messages, records, strict=True)]
+    record_verdicts(app, [e for e, r in zip(envelopes, records, strict=True) if r.refused])
+    return envelopes
 
 
 def _message(flow_name: str, flow: Flow, record: SourceRecord, run_id: str, now: datetime) -> ChangeMessage:

@@ -21,6 +21,7 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
 from shared.config import Flow
+from shared.numbers import bounded_decimal
 from shared.ports.connector import ValuePrecision
 
 
@@ -48,14 +49,12 @@ def coerce(value: Any, type_name: str | None) -> Any:
         if type_name == "int":
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise CoercionError(f"{value!r} is not a whole number")
-            return int(Decimal(str(value)))
+            number = _bounded(value, type_name)
+            if number != number.to_integral_value():
+                raise CoercionError(f"{value!r} is not a whole number")
+            return int(number)
         if type_name == "decimal":
-            if isinstance(value, bool):
-                raise CoercionError(f"{value!r} is not a number")
-            number = Decimal(str(value).strip())
-            if not number.is_finite():
-                raise CoercionError(f"{value!r} is not a finite number")
-            return number
+            return _bounded(value, type_name)
         if type_name == "bool":
             if isinstance(value, bool):
                 return value
@@ -78,12 +77,24 @@ def coerce(value: Any, type_name: str | None) -> Any:
     raise CoercionError(f"unknown type {type_name!r}")
 
 
+def _bounded(value: Any, type_name: str) -> Decimal:
+    try:
+        return bounded_decimal(value)
+    except ValueError as exc:
+        if str(exc).endswith("is not a number"):
+            raise CoercionError(f"{value!r} is not a valid {type_name}") from None
+        raise CoercionError(str(exc)) from None
+
+
 def canonical(value: Any) -> Any:
     """A JSON-friendly form under which equal business values compare equal."""
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, int | float | Decimal):
-        number = Decimal(str(value)).normalize()
+        try:
+            number = bounded_decimal(value).normalize()
+        except (ValueError, ArithmeticError):
+            return str(value)  # NaN, Infinity or beyond any column: its short form, never its digits
         return "0" if number.is_zero() else format(number, "f")
     if isinstance(value, datetime):
         moment = value if value.tzinfo else value.replace(tzinfo=UTC)
@@ -173,7 +184,7 @@ class FieldRule:
         if self.type is not None:
             try:
                 return self._typed(value, self.type)
-            except (CoercionError, InvalidOperation, ValueError, TypeError):
+            except (CoercionError, ArithmeticError, ValueError, TypeError):
                 pass  # a value its type cannot read compares by what it looks like
         return self._inferred(value)
 
@@ -191,8 +202,10 @@ class FieldRule:
         if isinstance(value, bool):
             return ("bool", value)
         if isinstance(value, int | float | Decimal):
-            number = Decimal(str(value))
-            return ("num", self._number(number)) if number.is_finite() else ("str", str(value))
+            try:
+                return ("num", self._number(bounded_decimal(value)))
+            except (ValueError, ArithmeticError):
+                return ("str", str(value))
         if isinstance(value, datetime):
             return ("dt", self._moment(value))
         if isinstance(value, date):
@@ -204,7 +217,10 @@ class FieldRule:
         if word is not None:
             return ("bool", word)
         if _NUMBER.match(text):
-            return ("num", self._number(Decimal(text.strip())))
+            try:
+                return ("num", self._number(bounded_decimal(text)))
+            except (ValueError, ArithmeticError):
+                return ("str", text)  # a number no column holds compares as the text it is
         if _ISO_MOMENT.match(text.strip()):
             try:
                 return ("dt", self._moment(_to_datetime(text.strip().replace(" ", "T", 1))))

@@ -18,6 +18,9 @@ class SourceRecord:
     version: str  # sortable: a newer change always compares greater
     changed_at: datetime
     deleted: bool = False
+    # Why this record must be dead-lettered rather than applied: the source gave it a value no change can
+    # have (a change time far in the future). Pull sends it condemned, so an operator sees and fixes it.
+    refused: str | None = None
     # The record's own id at a source whose change feed names deleted rows by that id only (Dataverse's
     # primary id, when the flow is keyed by another column): set on every record read from such a feed, and a
     # delete from it has key "" and only this id. The engine remembers id -> key as it pulls the records and

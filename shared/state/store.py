@@ -25,7 +25,8 @@ RUNS = "runs"
 FAILURES = "failures"
 CONFLICTS = "conflicts"
 REQUESTS = "changerequests"
-TABLES = (CURSORS, KEYMAP, RECORDS, RUNS, FAILURES, CONFLICTS, REQUESTS)
+GRANTS = "grants"  # operator decisions a message must match to lift a check (shared.engine.grants)
+TABLES = (CURSORS, KEYMAP, RECORDS, RUNS, FAILURES, CONFLICTS, REQUESTS, GRANTS)
 
 RECORD_BUCKETS = 16
 # Record values are JSON (ASCII, so one character is one UTF-16 unit) split over properties `values_0`,
@@ -334,6 +335,16 @@ class StateStore:
 
     def unpark(self, table: str, flow: str, key: str) -> None:
         self.tables.delete(table, flow, key)
+
+    # -- grants: operator decisions a message must match (shared.engine.grants) -----------------------
+    def grant(self, flow: str, key: str, version: str, kind: str) -> None:
+        self.tables.upsert_many(GRANTS, [(flow, f"{kind}|{version}|{key}", {"granted_at": _iso(datetime.now(UTC))})])
+
+    def has_grant(self, flow: str, key: str, version: str, kind: str) -> bool:
+        return self.tables.get(GRANTS, flow, f"{kind}|{version}|{key}") is not None
+
+    def revoke_grant(self, flow: str, key: str, version: str, kind: str) -> None:
+        self.tables.delete(GRANTS, flow, f"{kind}|{version}|{key}")
 
     def close(self) -> None:
         self.tables.close()

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from datetime import UTC, datetime
 
 from sqlalchemy import create_engine, text
 
@@ -29,8 +30,9 @@ def test_incremental_change_is_applied_once(sample):
     run_once(app, RunOptions(drain_bound=1))
     engine = create_engine(crm_url)
     with engine.begin() as conn:
-        conn.execute(text("UPDATE accounts SET name='Renamed', modifiedon='2030-01-01 00:00:00.000000' "
-                          "WHERE accountid='acc-0000042'"))
+        # Now: later than every sample row (a stamp in the future would be refused as impossible).
+        conn.execute(text("UPDATE accounts SET name='Renamed', modifiedon=:now WHERE accountid='acc-0000042'"),
+                     {"now": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")})
     engine.dispose()
     tally = run_once(app, RunOptions(drain_bound=1))
     assert tally.flows["accounts-to-customers"].pulled == 1

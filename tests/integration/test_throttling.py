@@ -84,7 +84,7 @@ def test_throttling_is_budgeted_by_time_from_the_first_throttle(tmp_path, sim, e
     app = make_app(tmp_path, sim, flow(throttle_budget="PT6H"), **HAND_ON)
     since = datetime.now(UTC) - throttled_for
     message = ChangeMessage(flow="customers-to-crm", op="upsert", source_system="erp", entity="erp_customers",
-                            key="C0001", version="2026-01-01T00:00:00+00:00", changed_at=since,
+                            key="C0001", version="2026-01-01T00:00:00.000000", changed_at=since,
                             payload={"account_number": "C0001", "name": "Customer 1", "status": 0, "credit": None},
                             attempt=1, throttles=40, throttled_since=since)
     app.bus.send(app.queue, [to_envelope(message)])

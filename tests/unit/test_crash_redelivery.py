@@ -78,14 +78,15 @@ def stall_before_state(app: SyncApp) -> None:
     kill lands where the whole batch in flight must be written again."""
     markers = Path(os.environ[MARKERS])
     state = app.state
-    real = state.put_records
+    real = state.save_records
 
-    def put_records(pair, records):  # noqa: ANN001, ANN202
-        (markers / f"written-{os.getpid()}").touch()
-        time.sleep(0.5)
+    def save_records(pair, records):  # noqa: ANN001, ANN202
+        if any(r.lease is None for r in records):  # the commit after the target write, not the claim before it
+            (markers / f"written-{os.getpid()}").touch()
+            time.sleep(0.5)
         return real(pair, records)
 
-    state.put_records = put_records  # type: ignore[method-assign]
+    state.save_records = save_records  # type: ignore[method-assign]
 
 
 def test_a_killed_worker_redoes_at_most_one_small_batch(sample, tmp_path, monkeypatch):  # noqa: F811
