@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 from . import errors
 from .errors import ODataError
-from .odata_query import parse_filter, parse_key_predicate, parse_orderby, parse_select
+from .odata_query import GuidLiteral, format_key_value, parse_filter, parse_key_predicate, parse_orderby, parse_select
 from .schema import Attribute, Entity, Schema
 from .stats import Stats
 from .store import Store
@@ -34,6 +34,7 @@ from .tokens import (
 from .values import check_payload_type, dumps, from_column, is_guid, loads, new_guid, norm_guid, to_column, utcnow
 
 JSON_CONTENT_TYPE = "application/json; odata.metadata=minimal"
+LOOKUP_LOGICAL_NAME = "Microsoft.Dynamics.CRM.lookuplogicalname"
 MAX_PAGE_SIZE = 5000  # Dataverse ignores odata.maxpagesize above 5,000 ("Page results")
 
 _SUPPORTED_OPTIONS = {"$select", "$filter", "$orderby", "$top", "$skiptoken", "$deltatoken", "$count"}
@@ -103,12 +104,34 @@ def parse_prefer(value: str | None) -> dict[str, str | None]:
     return prefs
 
 
+def wants_annotation(prefs: Mapping[str, str | None], name: str) -> bool:
+    """Whether ``Prefer: odata.include-annotations="..."`` asks for this annotation (a list, ``*``, or a
+    namespace wildcard such as ``Microsoft.Dynamics.CRM.*``)."""
+    wanted = prefs.get("odata.include-annotations")
+    if not wanted:
+        return False
+    for pattern in (p.strip() for p in wanted.split(",")):
+        if pattern == "*" or pattern == name or (pattern.endswith(".*") and name.startswith(pattern[:-1])):
+            return True
+    return False
+
+
 def _encode_option(name: str, value: str) -> str:
     if name == "$deltatoken":
         return quote_delta_token(value)
     if name == "$skiptoken":
         return quote(value, safe="")
     return quote(value, safe=",()*:/'$")
+
+
+def _wire(entity: Entity, column: str) -> str:
+    attr = entity.attributes.get(column)
+    return attr.wire_name if attr is not None else column
+
+
+def _key_literal(entity: Entity, column: str, value: Any) -> str:
+    attr = entity.attributes.get(column)
+    return str(value) if attr is not None and attr.type == "lookup" else format_key_value(value)
 
 
 def etag_of(row: Mapping[str, Any]) -> str:
@@ -138,6 +161,7 @@ class DataverseApi:
         # caller). Spent outside the store's lock, between deciding what to do and writing the row, so
         # concurrent writes interleave as they do in Dataverse.
         self.op_time_s = 0.0
+        self.echo_track_changes = True
 
     def _spend_operation_time(self) -> None:
         if self.op_time_s > 0:
@@ -207,19 +231,32 @@ class DataverseApi:
         text = req.query.get("$select")
         return parse_select(entity, text) if text else None
 
-    @staticmethod
-    def serialize(entity: Entity, row: Mapping[str, Any], attrs: list[Attribute] | None) -> dict[str, Any]:
-        """A stored row as Web API JSON: selected attributes, then the primary id (as Dataverse orders it)."""
+    def serialize(self, entity: Entity, row: Mapping[str, Any], attrs: list[Attribute] | None,
+                  lookup_names: bool = False) -> dict[str, Any]:
+        """A stored row as Web API JSON: selected attributes, then the primary id (as Dataverse orders it).
+        ``lookup_names``: each set lookup carries ``@Microsoft.Dynamics.CRM.lookuplogicalname`` (the table it
+        points to), as Dataverse does when the request asks for that annotation."""
         out: dict[str, Any] = {}
         id_attr = entity.by_wire[entity.id_attr]
         for attr in attrs if attrs is not None else entity.readable:
-            if attr is not id_attr:
-                out[attr.wire_name] = from_column(attr.type, row.get(attr.name))
+            if attr is id_attr:
+                continue
+            value = from_column(attr.type, row.get(attr.name))
+            if lookup_names and attr.type == "lookup" and value is not None:
+                target = self.schema.by_set(row.get(attr.table_column) or attr.target or "")
+                if target is not None:
+                    out[f"{attr.wire_name}@{LOOKUP_LOGICAL_NAME}"] = target.logical_name
+            out[attr.wire_name] = value
         out[entity.id_attr] = row[entity.id_attr]
         return out
 
-    def _entity_json(self, entity: Entity, row: Mapping[str, Any], attrs: list[Attribute] | None) -> dict[str, Any]:
-        return {"@odata.etag": etag_of(row), **self.serialize(entity, row, attrs)}
+    def _entity_json(self, entity: Entity, row: Mapping[str, Any], attrs: list[Attribute] | None,
+                     lookup_names: bool = False) -> dict[str, Any]:
+        return {"@odata.etag": etag_of(row), **self.serialize(entity, row, attrs, lookup_names)}
+
+    @staticmethod
+    def _lookup_names(req: ApiRequest) -> bool:
+        return wants_annotation(parse_prefer(req.header("prefer")), LOOKUP_LOGICAL_NAME)
 
     @staticmethod
     def _context(req: ApiRequest, entity: Entity, attrs: list[Attribute] | None, suffix: str = "") -> str:
@@ -229,17 +266,30 @@ class DataverseApi:
     # --- addressing ------------------------------------------------------------------------------
 
     def _key_values(self, entity: Entity, values: dict[str, Any]) -> dict[str, Any]:
-        """Validate alternate key values from a URL against the schema; return column values."""
-        if entity.key_for(set(values)) is None:
+        """Validate alternate key values from a URL against the schema; return column values.
+
+        A lookup column is named as it is read (``_primarycontactid_value``) and its value is a bare GUID; a
+        quoted one is a string, which does not convert to Edm.Guid (as Dataverse answers)."""
+        columns: dict[str, Any] = {}
+        for name, value in values.items():
+            attr = entity.by_wire.get(name)
+            if attr is None or attr.readonly:
+                attr = entity.attributes.get(name)
+            columns[attr.name if attr is not None else name] = (attr, name, value)
+        if entity.key_for(set(columns)) is None:
             names = ",".join(values)
             raise errors.bad_request(f"The key '{names}' is not an alternate key of entity '{entity.logical_name}'.")
         result = {}
-        for name, value in values.items():
-            attr = entity.attributes[name]
+        for column, (attr, name, value) in columns.items():
+            if attr.type == "lookup":
+                if not isinstance(value, GuidLiteral):
+                    raise errors.bad_request(f"Cannot convert the literal '{value}' to the expected type 'Edm.Guid'.")
+                result[column] = str(value)
+                continue
             expected_str = attr.type == "string"
-            if expected_str != isinstance(value, str):
+            if expected_str != isinstance(value, str) or isinstance(value, GuidLiteral):
                 raise errors.bad_request(f"The value of key attribute '{name}' has the wrong type.")
-            result[name] = value
+            result[column] = value
         return result
 
     def _locate(self, entity: Entity, key_text: str) -> tuple[str | None, dict[str, Any] | None]:
@@ -281,7 +331,8 @@ class DataverseApi:
         if_none_match = req.header("if-none-match")
         if if_none_match and if_none_match != "null" and _etag_matches(if_none_match, etag):
             return ApiResponse(304, {"OData-Version": "4.0", "ETag": etag}, b"", "retrieve")
-        body = {"@odata.context": self._context(req, entity, attrs, "/$entity"), **self._entity_json(entity, row, attrs)}
+        body = {"@odata.context": self._context(req, entity, attrs, "/$entity"),
+                **self._entity_json(entity, row, attrs, self._lookup_names(req))}
         return json_response(200, body, "retrieve", {"ETag": etag})
 
     def _get_collection(self, entity: Entity, req: ApiRequest) -> ApiResponse:
@@ -290,6 +341,10 @@ class DataverseApi:
         page_number, state = parse_skip_token(req.query["$skiptoken"]) if "$skiptoken" in req.query else (1, None)
         if "$deltatoken" in req.query:
             return self._delta(entity, req, page_size, size_applied, page_number, state)
+        if not entity.change_tracking:
+            # "Track changes" is off: Dataverse ignores the preference and answers a plain query (no delta
+            # link, the preference not applied).
+            return self._query(entity, req, page_size, size_applied, page_number, state)
         if "odata.track-changes" in prefs or (state is not None and state.get("m") == "ct"):
             return self._track_changes(entity, req, prefs, page_size, size_applied, page_number, state)
         return self._query(entity, req, page_size, size_applied, page_number, state)
@@ -328,14 +383,19 @@ class DataverseApi:
         body: dict[str, Any] = {"@odata.context": self._context(req, entity, attrs)}
         if req.query.get("$count") == "true":
             body["@odata.count"] = min(self.store.count(entity, where, params), MAX_COUNT)
-        body["value"] = [self._entity_json(entity, r, attrs) for r in rows]
+        body["value"] = [self._entity_json(entity, r, attrs, self._lookup_names(req)) for r in rows]
         if more:
             token = make_skip_token(page + 1, {"m": "q", "o": offset + limit})
             body["@odata.nextLink"] = self._link(
                 req, entity, [("$skiptoken", token)], ("$select", "$filter", "$orderby", "$top", "$count")
             )
-        headers = self._applied(f"odata.maxpagesize={page_size}" if size_applied else None)
+        headers = self._applied(f"odata.maxpagesize={page_size}" if size_applied else None,
+                                self._annotations_applied(req))
         return json_response(200, body, "query" if state is None else "query_next_page", headers)
+
+    def _annotations_applied(self, req: ApiRequest) -> str | None:
+        wanted = parse_prefer(req.header("prefer")).get("odata.include-annotations")
+        return f'odata.include-annotations="{wanted}"' if wanted else None
 
     def _track_changes(
         self,
@@ -360,17 +420,21 @@ class DataverseApi:
         rows = rows[:page_size]
         body: dict[str, Any] = {
             "@odata.context": self._context(req, entity, attrs),
-            "value": [self._entity_json(entity, r, attrs) for r in rows],
+            "value": [self._entity_json(entity, r, attrs, self._lookup_names(req)) for r in rows],
         }
         if more:
             token = make_skip_token(page + 1, {"m": "ct", "u": upto, "a": rows[-1]["versionnumber"]})
             body["@odata.nextLink"] = self._link(req, entity, [("$skiptoken", token)], ("$select",))
         else:
-            delta = str(make_delta_token(upto, utcnow()))
+            # The pessimistic reading of the docs: the token is stamped when the last page is served, so a
+            # write made while the client paged through the snapshot (version in (upto, now]) is in neither
+            # the full read nor the next delta. Nothing documented promises otherwise.
+            delta = str(make_delta_token(self.store.current_version, utcnow()))
             body["@odata.deltaLink"] = self._link(req, entity, [("$deltatoken", delta)], ("$select",))
         headers = self._applied(
-            "odata.track-changes" if "odata.track-changes" in prefs else None,
+            "odata.track-changes" if "odata.track-changes" in prefs and self.echo_track_changes else None,
             f"odata.maxpagesize={page_size}" if size_applied else None,
+            self._annotations_applied(req),
         )
         return json_response(200, body, "track_changes" if state is None else "track_changes_next_page", headers)
 
@@ -405,7 +469,7 @@ class DataverseApi:
         value: list[dict[str, Any]] = []
         for kind, item in items:
             if kind == "u":
-                value.append(self._entity_json(entity, item, attrs))
+                value.append(self._entity_json(entity, item, attrs, self._lookup_names(req)))
             elif self.deleted_form == "removed":
                 value.append({"@odata.id": f"{entity.set_name}({item[0]})", "@removed": {"reason": "deleted"}})
             else:
@@ -427,8 +491,9 @@ class DataverseApi:
             body["@odata.deltaLink"] = self._link(req, entity, [("$deltatoken", delta)], ("$select",))
         prefs = parse_prefer(req.header("prefer"))
         headers = self._applied(
-            "odata.track-changes" if "odata.track-changes" in prefs else None,
+            "odata.track-changes" if "odata.track-changes" in prefs and self.echo_track_changes else None,
             f"odata.maxpagesize={page_size}" if size_applied else None,
+            self._annotations_applied(req),
         )
         return json_response(200, body, "delta" if state is None else "delta_next_page", headers)
 
@@ -460,7 +525,8 @@ class DataverseApi:
         ``raw_lookups`` lets test helpers write ``_x_value`` directly.
         """
         values: dict[str, Any] = {}
-        binds: list[tuple[Attribute, Any]] = []
+        binds: list[tuple[Attribute, str, Any]] = []
+        tables: dict[str, str | None] = {}  # lookup table columns: the entity set each lookup points to
         body_id: str | None = None
         for key, value in payload.items():
             if key.endswith("@odata.bind"):
@@ -473,7 +539,7 @@ class DataverseApi:
                         "property value was found in the payload. In OData, only declared navigation properties and "
                         "declared named streams can be represented as properties without values.",
                     )
-                binds.append((attr, value))
+                binds.append((attr, nav, value))
                 continue
             if "@" in key:
                 continue  # instance annotations such as @odata.type or @odata.etag carry no data
@@ -488,6 +554,7 @@ class DataverseApi:
                 if value is not None and not is_guid(value):
                     raise errors.bad_literal(entity.set_name, value, "Edm.Guid")
                 values[attr.name] = value
+                tables[attr.table_column] = attr.target if value is not None else None
                 continue
             if attr is None:
                 if key in ("createdon", "modifiedon", "versionnumber"):
@@ -505,8 +572,10 @@ class DataverseApi:
                 raise errors.bad_literal(entity.set_name, value, attr.edm_type)
             values[attr.name] = value
 
-        for attr, ref in binds:
-            values[attr.name] = None if ref is None else self._resolve_bind(entity, attr, ref, scope)
+        for attr, nav, ref in binds:
+            target = next(t for t, n in attr.targets if n == nav)
+            values[attr.name] = None if ref is None else self._resolve_bind(entity, attr, nav, target, ref, scope)
+            tables[attr.table_column] = None if ref is None else target
 
         for name, value in values.items():
             attr = entity.attributes[name]
@@ -518,19 +587,40 @@ class DataverseApi:
                 raise errors.option_out_of_range(entity.logical_name, name, value, attr.options)
 
         if creating:
+            if entity.created_state:
+                # Orders and invoices start in their default state whatever the create asks for.
+                values.update(entity.created_state)
+                values.pop("statuscode", None)
             for attr in entity.attributes.values():
                 if attr.default is not None and values.get(attr.name) is None:
                     values[attr.name] = attr.default
-        for attr in entity.attributes.values():
-            if not attr.required:
-                continue
-            if (creating and values.get(attr.name) is None) or (attr.name in values and values[attr.name] is None):
-                raise errors.required_missing(entity.logical_name, attr.name)
+        # Business-required columns (`required`) are not checked: the Web API does not enforce them
+        # ("Business-required columns aren't enforced by the API"); only forms and business rules do.
 
         columns = {name: to_column(entity.attributes[name].type, v) for name, v in values.items()}
+        columns.update(tables)
         return columns, body_id
 
-    def _resolve_bind(self, entity: Entity, attr: Attribute, ref: Any, scope: BatchScope | None) -> str:
+    def check_status(self, entity: Entity, values: dict[str, Any], current: Mapping[str, Any] | None,
+                     record_id: str) -> None:
+        """statecode and statuscode must be a valid pair ("Status reasons"); a statecode written alone takes
+        its state's default status reason. Changes ``values`` in place."""
+        reasons = entity.status_reasons
+        if not reasons or ("statecode" not in values and "statuscode" not in values):
+            return
+        state = values.get("statecode", (current or {}).get("statecode"))
+        state = 0 if state is None else int(state)
+        allowed = reasons.get(state, ())
+        status = values.get("statuscode")
+        if status is None:
+            if "statecode" in values or current is None:
+                values["statuscode"] = allowed[0] if allowed else None
+            return
+        if int(status) not in allowed:
+            raise errors.invalid_status(entity.logical_name, record_id, int(status), state)
+
+    def _resolve_bind(self, entity: Entity, attr: Attribute, nav: str, target_set: str, ref: Any,
+                      scope: BatchScope | None) -> str:
         """``"/accounts(<guid>)"``, ``"accounts(accountnumber='A-1')"``, a full URL, or ``"$1"`` -> the id."""
         if not isinstance(ref, str):
             raise errors.bad_literal(entity.set_name, ref, "Edm.String")
@@ -541,8 +631,8 @@ class DataverseApi:
         m = _BIND_PATH_RE.match(ref)
         if not m:
             raise errors.bad_payload(entity.set_name, f"The @odata.bind value '{ref}' is not a valid entity reference.")
-        if m.group(1) != attr.target:
-            raise errors.bind_wrong_target(entity.set_name, attr.nav or attr.name, attr.target or "")
+        if m.group(1) != target_set:
+            raise errors.bind_wrong_target(entity.set_name, nav, target_set)
         target = self.schema.entity(m.group(1))
         key = parse_key_predicate(target, m.group(2))
         if isinstance(key, str):
@@ -555,13 +645,19 @@ class DataverseApi:
         return found
 
     def _write_response(
-        self, entity: Entity, row: Mapping[str, Any], req: ApiRequest, created: bool, kind: str
+        self, entity: Entity, row: Mapping[str, Any], req: ApiRequest, created: bool, kind: str,
+        key_values: dict[str, Any] | None = None,
     ) -> ApiResponse:
         url = f"{req.service_root}{entity.set_name}({row[entity.id_attr]})"
         headers = {"OData-Version": "4.0", "OData-EntityId": url}
+        if key_values:
+            # An upsert addressed by alternate key answers with the key form ("Use Upsert").
+            predicate = ",".join(f"{_wire(entity, k)}={_key_literal(entity, k, v)}" for k, v in key_values.items())
+            headers["OData-EntityId"] = f"{req.service_root}{entity.set_name}({predicate})"
         if parse_prefer(req.header("prefer")).get("return") == "representation":
             attrs = self._selection(entity, req)
-            body = {"@odata.context": self._context(req, entity, attrs, "/$entity"), **self._entity_json(entity, row, attrs)}
+            body = {"@odata.context": self._context(req, entity, attrs, "/$entity"),
+                    **self._entity_json(entity, row, attrs, self._lookup_names(req))}
             headers.update({"Preference-Applied": "return=representation", "ETag": etag_of(row)})
             return json_response(201 if created else 200, body, kind, headers)
         if created and req.method == "POST":
@@ -573,7 +669,9 @@ class DataverseApi:
         self._spend_operation_time()
         with self.store.transaction():
             values, body_id = self.coerce(entity, payload, creating=True, scope=scope)
-            row = self.store.insert(entity, body_id or new_guid(), values, req.query.get("tag"))
+            new_id = body_id or new_guid()
+            self.check_status(entity, values, None, new_id)
+            row = self.store.insert(entity, new_id, values, req.query.get("tag"))
         return self._write_response(entity, row, req, created=True, kind="create")
 
     def _upsert(self, entity: Entity, key_text: str, req: ApiRequest, scope: BatchScope | None) -> ApiResponse:
@@ -605,16 +703,30 @@ class DataverseApi:
                 values, body_id = self.coerce(entity, payload, creating=False, scope=scope)
                 if body_id is not None and body_id != record_id:
                     raise errors.bad_request("The id in the request body does not match the id in the URL.")
+                self.check_status(entity, values, current, current[entity.id_attr])
                 row = self.store.update(entity, current[entity.id_attr], values, tag)
                 created = False
             else:
                 if key_values:
-                    payload = {**payload, **key_values}  # the key in the URL is part of the new record
+                    payload = {**payload, **self._key_payload(entity, key_values)}  # the URL's key is data too
                 values, body_id = self.coerce(entity, payload, creating=True, scope=scope)
-                new_id = record_id if key_values is None else (body_id or new_guid())
-                row = self.store.insert(entity, new_id or new_guid(), values, tag)
+                new_id = (record_id if key_values is None else body_id) or new_guid()
+                self.check_status(entity, values, None, new_id)
+                row = self.store.insert(entity, new_id, values, tag)
                 created = True
-        return self._write_response(entity, row, req, created=created, kind="upsert")
+        return self._write_response(entity, row, req, created=created, kind="upsert", key_values=key_values)
+
+    @staticmethod
+    def _key_payload(entity: Entity, key_values: dict[str, Any]) -> dict[str, Any]:
+        """Alternate key values as payload properties: a lookup part as a bind to the table it points to."""
+        payload: dict[str, Any] = {}
+        for column, value in key_values.items():
+            attr = entity.attributes[column]
+            if attr.type == "lookup":
+                payload[f"{attr.nav}@odata.bind"] = f"/{attr.target}({value})"
+            else:
+                payload[column] = value
+        return payload
 
     def _delete(self, entity: Entity, key_text: str, req: ApiRequest) -> ApiResponse:
         self._spend_operation_time()

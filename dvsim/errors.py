@@ -113,10 +113,13 @@ def option_out_of_range(logical_name: str, attr: str, value: Any, options: tuple
     )
 
 
-def required_missing(logical_name: str, attr: str) -> ODataError:
-    # Simulator's own text: Dataverse does not document a Web API message for a missing business-required
-    # column (the platform only enforces it in forms). Code 0x80040203 is InvalidArgument.
-    return ODataError(400, "0x80040203", f"Attribute '{attr}' of entity '{logical_name}' is required.")
+def invalid_status(logical_name: str, record_id: str, status: int, state: int) -> ODataError:
+    # InvalidStateCodeStatusCode. Dataverse names the state by its label (accountState.Active); the simulator
+    # has no labels and gives the number.
+    return ODataError(
+        400, "0x8004431a",
+        f"{status} is not a valid status code for state code {logical_name}State.{state} on {logical_name} "
+        f"with Id {record_id}.")
 
 
 def bind_wrong_target(set_name: str, nav: str, expected: str) -> ODataError:
@@ -154,7 +157,9 @@ def expired_delta_token() -> ODataError:
 
 
 def invalid_delta_token(token: str) -> ODataError:
-    return bad_request(f"The delta token '{token}' is not valid.")  # simulator's own text
+    # A token the service cannot read (tampered, or from another table or organization). The text is the
+    # simulator's own; like Dataverse, the answer is a 400 that a retry does not cure.
+    return bad_request(f"The delta token '{token}' is not valid.")
 
 
 # --- service faults --------------------------------------------------------------------------

@@ -284,6 +284,10 @@ def parse_select(entity: Entity, text: str) -> list[Attribute]:
 
 # --- key predicates: accounts(<guid>), accounts(accountnumber='A-1'), contacts(a='x',b='y') ----------
 
+class GuidLiteral(str):
+    """A bare GUID in a key predicate (``_x_value=<guid>``), told apart from a quoted string."""
+
+
 def parse_key_predicate(entity: Entity, text: str) -> str | dict[str, Any]:
     """The text between the parentheses: a GUID (returned as str) or alternate key values (a dict).
 
@@ -299,7 +303,7 @@ def parse_key_predicate(entity: Entity, text: str) -> str | dict[str, Any]:
         lit = _literal(val)
         if name.kind != "ident" or eq.text != "=" or lit is None or lit.kind in ("null", "bool"):
             raise errors.bad_request(f"Invalid key predicate '({text})'.")
-        values[name.text] = lit.value
+        values[name.text] = GuidLiteral(lit.value) if lit.kind == "guid" else lit.value
         i += 3
         if tokens[i].kind == "end":
             break
@@ -307,7 +311,7 @@ def parse_key_predicate(entity: Entity, text: str) -> str | dict[str, Any]:
             raise errors.bad_request(f"Invalid key predicate '({text})'.")
         i += 1
     if set(values) == {entity.id_attr} and is_guid(values[entity.id_attr]):
-        return norm_guid(values[entity.id_attr])
+        return norm_guid(str(values[entity.id_attr]))
     return values
 
 

@@ -46,14 +46,22 @@ class Attribute:
     required: bool = False
     options: tuple[int, ...] = ()
     default: Any = None
-    target: str | None = None  # lookups: entity set name of the referenced table
+    target: str | None = None  # lookups: entity set name of the referenced table (the first, if several)
     nav: str | None = None  # lookups: single-valued navigation property used with @odata.bind
     readonly: bool = False  # system attributes
+    # Lookups: every (entity set, navigation property) it may point to; more than one for a polymorphic
+    # lookup such as contact.parentcustomerid (account or contact) or an activity's regardingobjectid.
+    targets: tuple[tuple[str, str], ...] = ()
 
     @property
     def wire_name(self) -> str:
         """The property name in Web API JSON: lookups are exposed as ``_<name>_value``."""
         return f"_{self.name}_value" if self.type == "lookup" else self.name
+
+    @property
+    def table_column(self) -> str:
+        """Lookups: the column holding the entity set the value points to (never served as a property)."""
+        return f"{self.name}__set"
 
     @property
     def edm_type(self) -> str:
@@ -67,6 +75,11 @@ class Entity:
     id_attr: str  # accountid
     attributes: Mapping[str, Attribute]  # writable attributes, by logical name
     alternate_keys: Mapping[str, tuple[str, ...]]  # key name -> attribute names
+    change_tracking: bool = True  # the table's "Track changes" setting
+    # Initial state of a new record, whatever the create asks for (orders and invoices start active).
+    created_state: Mapping[str, int] | None = None
+    # statecode -> the statuscode values valid with it; the first is the default ("Status reasons").
+    status_reasons: Mapping[int, tuple[int, ...]] | None = None
     # Derived lookups, filled in __post_init__.
     by_wire: dict[str, Attribute] = field(default_factory=dict, compare=False, repr=False)
     by_nav: dict[str, Attribute] = field(default_factory=dict, compare=False, repr=False)
@@ -81,8 +94,8 @@ class Entity:
         ]
         for attr in readable:
             self.by_wire[attr.wire_name] = attr
-            if attr.nav:
-                self.by_nav[attr.nav] = attr
+            for _, nav in attr.targets:
+                self.by_nav[nav] = attr
 
     @property
     def readable(self) -> list[Attribute]:
@@ -141,8 +154,9 @@ def parse_schema(doc: Mapping[str, Any], source: str = "<schema>") -> Schema:
     schema = Schema(entities)
     for entity in entities:
         for attr in entity.attributes.values():
-            if attr.type == "lookup" and schema.by_set(attr.target or "") is None:
-                raise SchemaError(f"{source}: {entity.logical_name}.{attr.name}: unknown lookup target {attr.target!r}")
+            for target, _ in attr.targets:
+                if schema.by_set(target) is None:
+                    raise SchemaError(f"{source}: {entity.logical_name}.{attr.name}: unknown lookup target {target!r}")
     return schema
 
 
@@ -159,8 +173,14 @@ def _parse_entity(logical_name: str, spec: Mapping[str, Any], source: str) -> En
             raise SchemaError(f"{where}.{attr_name}: type must be one of {sorted(ATTRIBUTE_TYPES)}")
         if attr_name in SYSTEM_ATTRIBUTES or attr_name == spec["id"]:
             raise SchemaError(f"{where}.{attr_name}: reserved attribute name")
-        if attr_type == "lookup" and not (attr_spec.get("target") and attr_spec.get("nav")):
-            raise SchemaError(f"{where}.{attr_name}: a lookup needs 'target' and 'nav'")
+        targets: tuple[tuple[str, str], ...] = ()
+        if attr_type == "lookup":
+            if isinstance(attr_spec.get("targets"), Mapping) and attr_spec["targets"]:
+                targets = tuple((str(t), str(n)) for t, n in attr_spec["targets"].items())
+            elif attr_spec.get("target") and attr_spec.get("nav"):
+                targets = ((attr_spec["target"], attr_spec["nav"]),)
+            else:
+                raise SchemaError(f"{where}.{attr_name}: a lookup needs 'target' and 'nav', or 'targets'")
         attributes[attr_name] = Attribute(
             name=attr_name,
             type=attr_type,
@@ -168,15 +188,17 @@ def _parse_entity(logical_name: str, spec: Mapping[str, Any], source: str) -> En
             required=bool(attr_spec.get("required", False)),
             options=tuple(attr_spec.get("options", ())),
             default=attr_spec.get("default"),
-            target=attr_spec.get("target"),
-            nav=attr_spec.get("nav"),
+            target=targets[0][0] if targets else None,
+            nav=targets[0][1] if targets else None,
+            targets=targets,
         )
     keys: dict[str, tuple[str, ...]] = {}
     for key_name, key_attrs in (spec.get("keys") or {}).items():
         key_attrs = tuple(key_attrs)
         for a in key_attrs:
-            if a not in attributes or attributes[a].type in ("lookup", "decimal", "bool", "datetime"):
-                raise SchemaError(f"{where}: key {key_name}: {a!r} must be a string, int or option set attribute")
+            if a not in attributes or attributes[a].type in ("decimal", "bool", "datetime"):
+                raise SchemaError(f"{where}: key {key_name}: {a!r} must be a string, int, option set or lookup "
+                                  "attribute")
         keys[key_name] = key_attrs
     return Entity(
         logical_name=logical_name,
@@ -184,4 +206,8 @@ def _parse_entity(logical_name: str, spec: Mapping[str, Any], source: str) -> En
         id_attr=spec["id"],
         attributes=attributes,
         alternate_keys=keys,
+        change_tracking=bool(spec.get("change_tracking", True)),
+        created_state={str(k): int(v) for k, v in spec["created_state"].items()} if spec.get("created_state") else None,
+        status_reasons={int(k): tuple(int(x) for x in v) for k, v in spec["status_reasons"].items()}
+        if spec.get("status_reasons") else None,
     )

@@ -124,6 +124,7 @@ class DataverseSimulator:
         deleted_form: str = "deletedEntity",
         limits: ServiceLimits | None = None,
         max_request_bytes: int | None = 128 * 1024 * 1024,
+        echo_track_changes: bool = True,
     ):
         self.schema: Schema = load_schema(schema_path)
         self.store = Store(self.schema, db_path)
@@ -149,6 +150,9 @@ class DataverseSimulator:
         self.web_api.op_time_s = self.limiter.settings.op_time_s
         # A request body above this is refused with 413 before it reaches the Web API.
         self.max_request_bytes = max_request_bytes
+        # False: change-tracking answers leave odata.track-changes out of Preference-Applied (nothing documented
+        # says Dataverse always echoes it; a client must judge by the delta link on the last page).
+        self.web_api.echo_track_changes = echo_track_changes
         self.host = host
         self.port = port
         self.verbose = verbose
@@ -285,13 +289,16 @@ class DataverseSimulator:
         entity = self.schema.entity(set_name)
         with self.store.transaction():
             values, body_id = self.web_api.coerce(entity, row, creating=True, raw_lookups=True)
-            stored = self.store.insert(entity, body_id or new_guid(), values, None)
+            record_id = body_id or new_guid()
+            self.web_api.check_status(entity, values, None, record_id)
+            stored = self.store.insert(entity, record_id, values, None)
         return self.web_api.serialize(entity, stored, None)
 
     def update(self, set_name: str, record_id: str, changes: Mapping[str, Any]) -> dict[str, Any]:
         entity = self.schema.entity(set_name)
         with self.store.transaction():
             values, _ = self.web_api.coerce(entity, changes, creating=False, raw_lookups=True)
+            self.web_api.check_status(entity, values, self.store.get(entity, record_id), record_id)
             stored = self.store.update(entity, record_id, values, None)
         return self.web_api.serialize(entity, stored, None)
 

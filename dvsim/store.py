@@ -75,6 +75,7 @@ class Store:
                 '"modifiedon" TEXT NOT NULL',
                 f"{_q(TAG_COLUMN)} TEXT",
             ] + [f"{_q(a.name)} {_SQL_TYPES[a.type]}" for a in e.attributes.values()]
+            cols += [f"{_q(a.table_column)} TEXT" for a in e.attributes.values() if a.type == "lookup"]
             c.execute(f"CREATE TABLE IF NOT EXISTS {_table(e)} ({', '.join(cols)})")
             c.execute(f'CREATE UNIQUE INDEX IF NOT EXISTS "ix_{e.set_name}_version" ON {_table(e)} (versionnumber)')
             for key_name, key_attrs in e.alternate_keys.items():

@@ -490,7 +490,7 @@ def _receive_after(config: Config) -> dict[str, tuple[str, ...]]:
     """Flow -> the other flows it looks up: their earlier messages are settled before its own are received."""
     after: dict[str, tuple[str, ...]] = {}
     for name, flow in config.flows.items():
-        parents = sorted({f.lookup for f in flow.fields if f.lookup and f.lookup != name})
+        parents = sorted({p for f in flow.fields for p in f.lookup_flows() if p != name})
         if parents:
             after[name] = tuple(parents)
     return after

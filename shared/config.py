@@ -155,6 +155,7 @@ class TargetSpec(Strict):
     _key_list = field_validator("key", mode="before")(_as_list)
 
 
+LOOKUP_LOGICAL_NAME = "Microsoft.Dynamics.CRM.lookuplogicalname"  # the table a Dataverse lookup points to
 _BIND = r"^[A-Za-z_][A-Za-z0-9_]*(\([A-Za-z_][A-Za-z0-9_]*(,[A-Za-z_][A-Za-z0-9_]*)*\))?$"
 
 FieldType = Literal["string", "int", "decimal", "bool", "datetime", "date"]
@@ -168,12 +169,19 @@ class FieldMap(Strict):
     required: bool = False
     map: dict[str, Any] | None = None
     default: Any = None
-    lookup: str | None = None
+    # The flow whose key map translates this value; for a polymorphic lookup (a Dataverse customer or regarding
+    # column), one flow per table: {account: accounts-to-customers, contact: contacts-to-persons}.
+    lookup: str | dict[str, str] | None = None
     owner: str | None = None
     # Dataverse lookups written as `to: <nav>@odata.bind`: "accounts" (the value is the primary id GUID) or
     # "accounts(accountnumber)" (an alternate key); the value becomes /accounts(<guid>) or
-    # /accounts(accountnumber='<value>').
-    bind: str | None = Field(default=None, pattern=_BIND)
+    # /accounts(accountnumber='<value>'). A polymorphic lookup takes one per table, {contact:
+    # "contacts(dualsync_externalid)", ...}, and a `to` naming the navigation property with {table} in it
+    # (`parentcustomerid_{table}@odata.bind`): the table is the value of `table_from`.
+    bind: str | dict[str, Annotated[str, Field(pattern=_BIND)]] | None = None
+    # The payload field that names the table a polymorphic lookup points to (a logical name such as
+    # "contact"). Default: Dataverse's annotation of the `from` column, read with the row.
+    table_from: str | None = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -181,7 +189,29 @@ class FieldMap(Strict):
     def _bind_target(self) -> FieldMap:
         if self.bind is not None and not self.to.endswith("@odata.bind"):
             raise ValueError("bind needs a 'to' of the form <navigation property>@odata.bind")
+        if isinstance(self.bind, str) and not re.match(_BIND, self.bind):
+            raise ValueError(f"bind {self.bind!r} must be <entity set> or <entity set>(<key column>,...)")
+        if isinstance(self.bind, dict) and "{table}" not in self.to:
+            raise ValueError("a bind per table needs a 'to' with {table} in it, e.g. parentcustomerid_{table}@odata.bind")
+        if "{table}" in self.to and not isinstance(self.bind, dict):
+            raise ValueError("a 'to' with {table} in it needs a bind per table")
+        if isinstance(self.bind, dict) and isinstance(self.lookup, dict) and set(self.bind) != set(self.lookup):
+            raise ValueError(f"lookup and bind name different tables: {sorted(self.lookup)} vs {sorted(self.bind)}")
         return self
+
+    @property
+    def polymorphic(self) -> bool:
+        """A lookup that may point to more than one table: which one is in `table_field`."""
+        return isinstance(self.lookup, dict) or isinstance(self.bind, dict)
+
+    @property
+    def table_field(self) -> str:
+        return self.table_from or f"{self.from_}@{LOOKUP_LOGICAL_NAME}"
+
+    def lookup_flows(self) -> list[str]:
+        if self.lookup is None:
+            return []
+        return list(self.lookup.values()) if isinstance(self.lookup, dict) else [self.lookup]
 
     @field_validator("map", mode="before")
     @classmethod
@@ -274,8 +304,9 @@ def _cross_check(config: Config) -> list[str]:
         if flow.master is not None and flow.master not in (flow.source.system, flow.target.system):
             problems.append(f"{base}.master: must be {flow.source.system!r} or {flow.target.system!r}")
         for i, field in enumerate(flow.fields):
-            if field.lookup is not None and field.lookup not in config.flows:
-                problems.append(f"{base}.fields[{i}].lookup: unknown flow {field.lookup!r}")
+            for lookup in field.lookup_flows():
+                if lookup not in config.flows:
+                    problems.append(f"{base}.fields[{i}].lookup: unknown flow {lookup!r}")
             if field.owner is not None and field.owner not in (flow.source.system, flow.target.system):
                 problems.append(f"{base}.fields[{i}].owner: must be one of the flow's systems")
         mapped = {f.to for f in flow.fields}

@@ -8,7 +8,9 @@ shared variable) and *Use optional parameters*.
 
 Reading changes (`SourceSpec.changes`):
 
-- ``change_tracking``: ``GET <set>?$select=...`` with ``Prefer: odata.track-changes,odata.maxpagesize=N``.
+- ``change_tracking``: ``GET <set>?$select=...`` with ``Prefer: odata.track-changes,odata.maxpagesize=N,
+  odata.include-annotations="Microsoft.Dynamics.CRM.lookuplogicalname"`` (only that annotation: formatted values
+  were reported to cost the delta link on the last page, powerapps-docs#439).
   ``@odata.nextLink`` is followed as given, but only inside the organization's Web API (same scheme, host,
   port and ``/api/data/vX/`` path; anything else, from a response or from the cursors table, raises
   UnsafeLinkError before the bearer token is attached); a link that repeats an earlier page is a loop and
@@ -20,6 +22,13 @@ Reading changes (`SourceSpec.changes`):
   next link is not, even if that link belongs to a full read: the engine infers deletes from a snapshot's
   key set, and a resumed read holds only part of it. A delta read with nothing new still yields one empty
   page, so the cursor moves to the fresh delta link (a token left unused ages towards its expiry).
+  A full read ends with a catch-up: the delta token comes with the last page, and nothing documented says
+  changes made while a long full read ran are in the next delta, so the rows modified since the read began
+  (``modifiedon ge`` the first answer's ``Date`` less ``CATCH_UP_MARGIN``) are read again and emitted with the
+  last page, less those the read returned at the same version. Until then the position stays on the last page
+  (``catch_up_since`` in it), so a crash repeats the catch-up; a read resumed in a later run emits again the
+  rows its earlier run saw, which the engine skips by version. A row deleted during the full read after it
+  was read is not caught up (``modifiedon`` cannot show a delete): the next full read or reconcile finds it.
   ``$deletedEntity`` rows (``reason: deleted``), and OData's ``{"@odata.id": "accounts(<id>)", "@removed":
   {"reason": "deleted"}}`` form (``@odata.removed`` / ``@id`` too), become ``SourceRecord(deleted=True)``. They
   name the row by its primary id only: a flow keyed by the primary id gets that as the key; a flow keyed by
@@ -28,11 +37,14 @@ Reading changes (`SourceSpec.changes`):
   another reason (``reason: changed``) is skipped with a note. A delete's version is the version number of the
   delta token it was read from plus ``~deleted`` (the delete happened after the token, and a record later
   re-created under the same id gets a higher version). An expired delta token (``0x80044352`` "Version stamp
-  associated with the client has expired") starts a fresh full read at once: its pages are snapshots, with
-  the note "delta token expired: re-baselined with a full read", so the engine emits every current row
+  associated with the client has expired"), or any other client error to a stored link (a token the service
+  cannot read; not 401/403/408/413/429), starts a fresh full read at once: its pages are snapshots, with
+  the note "delta token expired: re-baselined with a full read" (or "stored link refused: ..." and the error),
+  so a flow never stalls on its cursor, and the engine emits every current row
   (unchanged ones are skipped by the version check) and infers the deletes from the key map (each confirmed
-  by a re-read, see ``shared.engine.deletes``). A table without
-  change tracking enabled answers without ``odata.track-changes`` in ``Preference-Applied``: a ConfigError.
+  by a re-read, see ``shared.engine.deletes``). A table without change tracking enabled answers a plain
+  query: its last page has no delta link, a ConfigError (``Preference-Applied`` is not relied on: Dataverse
+  need not echo ``odata.track-changes``).
 - ``watermark``: ``$filter=modifiedon gt X or (modifiedon eq X and key gt K)``, ``$orderby=modifiedon
   asc,key asc``, pages by ``@odata.nextLink``; the position is ``{"watermark": ..., "last_key": [...]}``.
   Literals are typed: strings quoted with ``''`` doubling, the primary id as a bare GUID, numbers bare,
@@ -41,11 +53,14 @@ Reading changes (`SourceSpec.changes`):
 
 Every record: ``key`` = ``shared.keys.key_of(source.key, row)``, ``version`` = ``sortable_version(versionnumber)``
 (or the number in ``@odata.etag``), ``changed_at`` = ``modifiedon``; values are the row minus ``@``
-annotations (lookups stay ``_x_value`` fields). ``SourceSpec.select`` sets ``$select`` (key, ``modifiedon``
+annotations (lookups stay ``_x_value`` fields), except ``_x_value@Microsoft.Dynamics.CRM.lookuplogicalname``, the
+table a lookup points to (a customer lookup is an account or a contact). Activity tables are keyed by
+``activityid`` (``primary_id_of``). ``SourceSpec.select`` sets ``$select`` (key, ``modifiedon``
 and ``versionnumber`` are always added); without it every column is read.
 
 Writing (`write_batch`): upsert by key (``PATCH /accounts(accountnumber='A-1')``, the key left out of the
-body as *Use Upsert* advises; by ``/accounts(<guid>)`` when the key is the primary id), ``create_only`` ->
+body as *Use Upsert* advises; by ``/accounts(<guid>)`` when the key is the primary id; a lookup column in a key
+as a bare GUID, ``(_primarycontactid_value=<guid>)``), ``create_only`` ->
 ``If-None-Match: *`` (412 -> ``TargetChanged``, reason TargetRejected), kind ``update`` -> ``If-Match: *``
 (404 = not found), ``op.if_match`` -> ``If-Match: <etag>`` (412, or 404: the row is gone, -> ``TargetChanged``,
 reason Conflict; `conditional_writes = "etag"`: rows read carry their ``@odata.etag`` in
@@ -147,6 +162,19 @@ WRITE_ROUNDS = 12  # attempts per op inside one write_batch (413 halving from 1,
 _CLOCK_SLACK = timedelta(seconds=1)
 _EXPIRED_TEXT = "version stamp associated with the client has expired"
 REBASELINE_NOTE = "delta token expired: re-baselined with a full read"
+UNUSABLE_LINK_NOTE = "stored link refused: re-baselined with a full read"
+LOOKUP_LOGICAL_NAME = "Microsoft.Dynamics.CRM.lookuplogicalname"
+# Every read asks for the table each lookup points to (a customer is an account or a contact). Only this one
+# annotation: formatted values were reported to cost the delta link on the last page (powerapps-docs#439).
+_ANNOTATIONS = f'odata.include-annotations="{LOOKUP_LOGICAL_NAME}"'
+CATCH_UP_MARGIN = timedelta(seconds=60)  # a full read's start, less this, is where its catch-up begins
+# Activity tables (task, email, ...) share activitypointer's primary id: activityid, not <table>id.
+ACTIVITY_SETS = frozenset({
+    "activitypointers", "appointments", "emails", "faxes", "letters", "phonecalls", "tasks",
+    "recurringappointmentmasters", "serviceappointments", "socialactivities", "campaignactivities",
+    "campaignresponses", "bulkoperations", "incidentresolutions", "opportunitycloses", "ordercloses", "quotecloses",
+    "chats",
+})
 DELETED_SUFFIX = "~deleted"
 UNADDRESSABLE = set("/<>*%&:\\?+")  # "Work with alternate keys": GET/PATCH by such a key value does not work
 _FILTER_CHARS = 6000  # keep $filter URLs far below the 32 KB URL limit
@@ -231,7 +259,10 @@ def is_guid(value: Any) -> bool:
 
 
 def primary_id_of(entity_set: str) -> str:
-    """The primary id column Dataverse conventionally gives an entity set (accounts -> accountid)."""
+    """The primary id column Dataverse conventionally gives an entity set (accounts -> accountid; an activity
+    table such as tasks -> activityid). A custom activity table is configured with ``primary_ids``."""
+    if entity_set.lower() in ACTIVITY_SETS:
+        return "activityid"
     name = entity_set
     if name.endswith("ies"):
         base = name[:-3] + "y"
@@ -637,7 +668,9 @@ class DataverseConnector:
 
     def _record(self, source_key: Sequence[str], entity: str, row: dict[str, Any],
                 watermark: str = "modifiedon") -> SourceRecord:
-        values = {k: v for k, v in row.items() if "@" not in k}
+        # Lookups stay `_x_value` fields, with the table they point to beside them when Dataverse says
+        # (`_x_value@Microsoft.Dynamics.CRM.lookuplogicalname`); other annotations are dropped.
+        values = {k: v for k, v in row.items() if "@" not in k or k.endswith("@" + LOOKUP_LOGICAL_NAME)}
         try:
             key = key_of(source_key, values)
         except KeyError as exc:
@@ -669,44 +702,63 @@ class DataverseConnector:
                            "(use change_tracking or watermark)"])
 
     def _read_tracked(self, source: SourceSpec, position: dict[str, Any], size: int) -> Iterator[ChangePage]:
-        prefer = f"odata.track-changes,odata.maxpagesize={size}"
+        prefer = f"odata.track-changes,odata.maxpagesize={size},{_ANNOTATIONS}"
         link = position.get("next_link") or position.get("delta_link")
         if not link:
             yield from self._baseline(source, prefer, [])
             return
         try:
-            yield from self._follow(source, link, prefer, snapshot=False, notes=[])
+            yield from self._follow(source, link, prefer, snapshot=False, notes=[],
+                                    since=position.get("catch_up_since"))
         except _ApiError as err:
-            if not err.expired_token:
+            if not self._link_unusable(err):
                 raise self._sync_error(err, f"{source.entity}: reading changes") from None
-            log.info("%s: %s", source.entity, REBASELINE_NOTE)
-            yield from self._baseline(source, prefer, [REBASELINE_NOTE])
+            note = REBASELINE_NOTE if err.expired_token else f"{UNUSABLE_LINK_NOTE} ({err.text()[:200]})"
+            log.info("%s: %s", source.entity, note)
+            yield from self._baseline(source, prefer, [note])
+
+    @staticmethod
+    def _link_unusable(err: _ApiError) -> bool:
+        """A stored delta (or next) link the service refuses as a client error cannot be cured by retrying:
+        the expired version stamp (0x80044352), a token it cannot read, a table whose tracking was switched
+        off and on. Throttling, timeouts, auth and server errors are not about the link."""
+        return err.expired_token or (400 <= err.status < 500 and err.status not in (401, 403, 408, 413, 429))
 
     def _baseline(self, source: SourceSpec, prefer: str, notes: list[str]) -> Iterator[ChangePage]:
         select = self._select(source)
         url = self._query(source.entity, [("$select", select)] if select else [])
         try:
-            yield from self._follow(source, url, prefer, snapshot=True, notes=notes)
+            yield from self._follow(source, url, prefer, snapshot=True, notes=notes, since=None)
         except _ApiError as err:
             raise self._sync_error(err, f"{source.entity}: full change-tracking read") from None
 
     def _follow(self, source: SourceSpec, url: str, prefer: str, snapshot: bool,
-                notes: list[str]) -> Iterator[ChangePage]:
+                notes: list[str], since: str | None) -> Iterator[ChangePage]:
+        """Pages from ``url`` to the delta link. ``since`` (a full read's start, by the server's clock) is set
+        on a full read and carried in its positions: after its last page, what changed since then is read
+        again (`_catch_up`), because the delta token comes with the last page and nothing documented says
+        the next delta holds the changes made while the full read ran."""
         what = f"{source.entity}: reading changes"
         deleted_version = self._deleted_version(url)
         trail = _Trail(what)
         primary = self.primary_id(source.entity)
         by_id = list(source.key) != [primary]  # keyed by an alternate key: deletes carry the other id
+        full = snapshot or since is not None
         first = True
+        recent: set[tuple[str, str]] = set()  # (key, version) of rows this read saw changed since `since`
         while url:
             trail.visit(url)
             data, response = self._get_json(url, what, prefer)
+            if since is None and snapshot:
+                since = self._read_started(response)
             next_link = data.get("@odata.nextLink")
             delta_link = data.get("@odata.deltaLink")
-            if first and snapshot and "odata.track-changes" not in response.headers.get("preference-applied", ""):
-                if not delta_link:
-                    raise ConfigError([f"{source.entity}: change tracking is not enabled for this table "
-                                       "(no odata.track-changes in Preference-Applied); use changes: watermark"])
+            if not next_link and not delta_link:
+                # Decided on the last page: Preference-Applied may or may not echo odata.track-changes, but a
+                # tracked table always ends its read with a delta link.
+                raise ConfigError([f"{source.entity}: change tracking is not enabled for this table (its last "
+                                   "page has no delta link); enable Track changes on the table or use changes: "
+                                   "watermark"])
             records: list[SourceRecord] = []
             page_notes = list(notes) if first else []
             skipped = 0
@@ -715,6 +767,8 @@ class DataverseConnector:
                     record = self._record(source.key, source.entity, row)
                     if by_id:
                         record.source_id = self._primary_value(row, primary)
+                    if since is not None and (_moment(row.get("modifiedon")) or datetime.now(UTC)) >= _moment(since):
+                        recent.add((record.key, record.version))
                     records.append(record)
                 elif (record_id := self._deleted_id(row)) is None:
                     skipped += 1
@@ -725,17 +779,64 @@ class DataverseConnector:
                                                 deleted=True, source_id=record_id if by_id else None))
             if skipped:
                 page_notes.append(f"{skipped} removed rows skipped: not deleted (reason changed) or without an id")
-            if not next_link and not delta_link:
-                raise TransientError(f"{what}: the page has neither @odata.nextLink nor @odata.deltaLink")
             capped = bool(next_link) and len(trail.seen) >= self.max_pages_per_run
             if capped:
                 page_notes.append(self._cap_note())
-            yield ChangePage(records, {"next_link": next_link, "delta_link": None if next_link else delta_link},
-                             snapshot=snapshot, notes=page_notes, stopped_early=capped)
+            if next_link:
+                position = {"next_link": next_link, "delta_link": None}
+                if full and since is not None:
+                    position["catch_up_since"] = since
+                yield ChangePage(records, position, snapshot=snapshot, notes=page_notes, stopped_early=capped)
+            elif not full:
+                yield ChangePage(records, {"next_link": None, "delta_link": delta_link}, snapshot=snapshot,
+                                 notes=page_notes)
+            else:
+                # Until the catch-up is done the position stays on this page: a crash reads it again.
+                here = {"next_link": url, "delta_link": None, "catch_up_since": since}
+                records += self._catch_up(source, since, recent, by_id, primary)
+                chunks = [records[i:i + self.page_size] for i in range(0, len(records), self.page_size)] or [[]]
+                for number, chunk in enumerate(chunks, start=1):
+                    done = number == len(chunks)
+                    yield ChangePage(chunk, {"next_link": None, "delta_link": delta_link} if done else here,
+                                     snapshot=snapshot, notes=page_notes if number == 1 else [])
             if capped:
                 return
             first = False
             url = next_link
+
+    @staticmethod
+    def _read_started(response: httpx.Response) -> str:
+        """When a full read began, by the server's clock (its Date header), less a margin for the time the
+        request took: rows modified since then are read again after the last page."""
+        try:
+            moment = parsedate_to_datetime(response.headers.get("date", ""))
+        except (TypeError, ValueError):
+            moment = None
+        if moment is None:
+            moment = datetime.now(UTC)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        start = moment.astimezone(UTC) - CATCH_UP_MARGIN
+        return start.replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+    def _catch_up(self, source: SourceSpec, since: str, recent: set[tuple[str, str]], by_id: bool,
+                  primary: str) -> list[SourceRecord]:
+        """Rows modified since the full read began (``modifiedon ge since``), less those the read already
+        returned at the same version, so nothing is emitted twice."""
+        options: list[tuple[str, str]] = []
+        select = self._select(source)
+        if select:
+            options.append(("$select", select))
+        options.append(("$filter", f"modifiedon ge {since}"))
+        found = []
+        for row in self._rows(self._query(source.entity, options), f"{source.entity}: catching up since {since}"):
+            record = self._record(source.key, source.entity, row)
+            if (record.key, record.version) in recent:
+                continue
+            if by_id:
+                record.source_id = self._primary_value(row, primary)
+            found.append(record)
+        return found
 
     def _cap_note(self) -> str:
         return f"page cap of {self.max_pages_per_run} pages per run reached: the next run continues from here"
@@ -799,7 +900,7 @@ class DataverseConnector:
             options.append(("$filter", self._after(source.entity, column, watermark, source.key, last_key or [])))
         options.append(("$orderby", ",".join(f"{c} asc" for c in dict.fromkeys([column, *source.key]))))
         url: str | None = self._query(source.entity, options)
-        prefer = f"odata.maxpagesize={size}"
+        prefer = f"odata.maxpagesize={size},{_ANNOTATIONS}"
         what = f"{source.entity}: reading changes since {watermark}" if watermark else f"{source.entity}: full read"
         yielded = False
         trail = _Trail(what)
@@ -883,7 +984,7 @@ class DataverseConnector:
         while url:
             trail.visit(url)
             try:
-                data, _ = self._get_json(url, what, f"odata.maxpagesize={MAX_PAGE_SIZE}")
+                data, _ = self._get_json(url, what, f"odata.maxpagesize={MAX_PAGE_SIZE},{_ANNOTATIONS}")
             except _ApiError as err:
                 raise self._sync_error(err, what) from None
             yield from data.get("value", [])
@@ -1053,7 +1154,11 @@ class DataverseConnector:
                 if bad:
                     raise _Reject(f"alternate key value {value!r} contains {' '.join(bad)}, which Dataverse cannot "
                                   "address by key (see 'Work with alternate keys')")
-            parts.append(f"{name}={odata_literal(value)}")
+            lookup = name.startswith("_") and name.endswith("_value")
+            if lookup and not is_guid(str(value)):
+                raise _Reject(f"{name} {value!r} is not a GUID")
+            # A lookup column in an alternate key is a bare GUID (_primarycontactid_value=<guid>), never quoted.
+            parts.append(f"{name}={odata_literal(value, guid=lookup)}")
         return quote(f"{entity}({','.join(parts)})", safe=_KEY_SAFE)
 
     def _prepare(self, target: TargetSpec, index: int, op: WriteOp) -> _Prepared:

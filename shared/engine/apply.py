@@ -135,7 +135,7 @@ def _apply_flow(app: SyncApp, f: _Flow, items: list[_Item]) -> list[Outcome]:
     links = app.state.lookup_keys(f.pair, f.flow.source.system, [i.message.key for i in items])
     for item in items:
         item.record_id = record_id(app.config, f.name, item.message.key, links)
-    pending = _newest_per_record(items, outcomes)
+    pending = _newest_per_record(app, f, items, outcomes)
     for round_no in range(1, MAX_ROUNDS + 1):
         if not pending:
             break
@@ -152,7 +152,7 @@ def _apply_round(app: SyncApp, f: _Flow, items: list[_Item], links: dict[str, st
     flow = f.flow
     states = app.state.get_records(f.pair, [i.record_id for i in items])
     try:
-        current = _current_sources(app, f, items) if f.bidirectional else {}
+        current = _current_sources(app, f, items)
     except SyncError as exc:  # the source is throttled or down: the whole batch waits, nothing is lost
         outcomes += [_failure(app, flow, item, exc) for item in items]
         return []
@@ -242,28 +242,40 @@ def _busy(app: SyncApp, item: _Item, until: datetime) -> Outcome:
                    retry_at=when, clone=item.message.throttled_clone(app.clock()))
 
 
-def _newest_per_record(items: list[_Item], outcomes: list[Outcome]) -> list[_Item]:
-    """Within one batch only the newest version of a record is worth writing."""
-    newest: dict[str, _Item] = {}
+def _newest_per_record(app: SyncApp, f: _Flow, items: list[_Item], outcomes: list[Outcome]) -> list[_Item]:
+    """Within one batch only the newest version of a record is worth writing. An inferred delete is versioned
+    after the last change *applied*, so a change pulled before the record vanished can sort above it: where
+    the source confirms the record is gone, the delete is the newest fact."""
+    groups: dict[str, list[_Item]] = defaultdict(list)
     for item in items:
-        current = newest.get(item.record_id)
-        if current is None or ordering(item.message) > ordering(current.message):
-            if current is not None:
-                outcomes.append(Outcome(current.received, current.message, Kind.SKIPPED, "superseded"))
-            newest[item.record_id] = item
-        else:
-            outcomes.append(Outcome(item.received, item.message, Kind.SKIPPED, "superseded"))
-    return list(newest.values())
+        groups[item.record_id].append(item)
+    chosen = {rid: max(group, key=lambda i: ordering(i.message)) for rid, group in groups.items()}
+    doubtful = {rid: next(i for i in group if i.message.inferred) for rid, group in groups.items()
+                if chosen[rid].message.op == "upsert" and any(i.message.inferred for i in group)}
+    if doubtful:
+        try:
+            present = _read_sources(app, f, [i.message.key for i in doubtful.values()])
+        except SyncError:
+            present = {i.message.key for i in doubtful.values()}  # cannot tell: the newest version stands
+        for rid, delete in doubtful.items():
+            if delete.message.key not in present:
+                chosen[rid] = delete
+    for rid, group in groups.items():
+        outcomes += [Outcome(i.received, i.message, Kind.SKIPPED, "superseded") for i in group if i is not chosen[rid]]
+    return list(chosen.values())
+
+
+def _read_sources(app: SyncApp, f: _Flow, keys: list[str]) -> dict[str, SourceRecord]:
+    source = f.flow.source
+    return app.connector(source.system).read_records(source.entity, source.key, keys) if keys else {}
 
 
 def _current_sources(app: SyncApp, f: _Flow, items: list[_Item]) -> dict[str, SourceRecord]:
     """Pairs re-read their source rows: a change that our own write has overtaken must not travel on, nor
-    a delete of a record that exists again."""
-    keys = [i.message.key for i in items]
-    if not keys:
-        return {}
-    source = f.flow.source
-    return app.connector(source.system).read_records(source.entity, source.key, keys)
+    a delete of a record that exists again. Every flow re-reads the records of inferred deletes: a record
+    restored since the inference must not be deleted by it, whatever order the two arrive in."""
+    keys = [i.message.key for i in items if f.bidirectional or i.message.inferred]
+    return _read_sources(app, f, keys)
 
 
 def _screen(app: SyncApp, f: _Flow, item: _Item, state: RecordState | None,
@@ -275,6 +287,8 @@ def _screen(app: SyncApp, f: _Flow, item: _Item, state: RecordState | None,
         return None
     if already_applied(state, source, message):
         return "already_applied"
+    if message.inferred and message.key in current:
+        return "source_exists"  # restored (or re-created) since the delete was inferred
     if f.bidirectional:
         row = current.get(message.key)
         if message.op == "delete":
@@ -348,25 +362,42 @@ def _write_op(f: _Flow, item: _Item, lookups: Lookups, links: dict[str, str]) ->
 
 def _claim_target_keys(app: SyncApp, f: _Flow, ops: list[WriteOp], links: dict[str, str],
                        outcomes: list[Outcome]) -> list[WriteOp]:
-    """Dead-letter a change whose target row already belongs to another source record (see target_claims)."""
+    """Dead-letter a change whose target row already belongs to another source record (see target_claims).
+    A holder its source no longer has is a record on its way out, not a rival: its own stale change in this
+    batch is dropped, and a change waiting for the key it held retries until its delete has freed it."""
     target = f.flow.target
     claims = [Claim(op.ref.message.key, key_of(target.key, op.key))
               for op in ops if op.kind == "upsert" and op.ref.message.key not in links]
     refused = rivals(app.state, f.pair, target.system, claims)
     if not refused:
         return ops
+    holders = sorted({rival.owner for rival in refused.values()})
+    try:
+        gone = set(holders) - set(_read_sources(app, f, holders))
+    except SyncError:
+        gone = set()  # cannot tell: every holder counts as a rival
     kept: list[WriteOp] = []
     for op in ops:
         item: _Item = op.ref
-        rival = refused.get(item.message.key) if op.kind == "upsert" else None
-        if rival is None:
+        key = item.message.key
+        rival = refused.get(key) if op.kind == "upsert" else None
+        if op.kind == "upsert" and key in gone and key not in links:
+            outcomes.append(Outcome(item.received, item.message, Kind.SKIPPED, "source_gone",
+                                    f"flow {f.name} record {key}: no longer at its source; its delete follows"))
+        elif rival is None or (rival.same_batch and rival.owner in gone):
             kept.append(op)
-            continue
-        holder = "an earlier change of the same batch, for source record" if rival.same_batch else "source record"
-        outcomes.append(Outcome(item.received, item.message, Kind.DEAD_LETTER, Reason.DUPLICATE_TARGET_KEY,
-                                f"flow {f.name} record {item.message.key}: target key {key_of(target.key, op.key)} "
-                                f"({target.system} {target.entity}) already belongs to {holder} {rival.owner}; "
-                                "two source records cannot share one target row"))
+        elif rival.owner in gone and f.flow.deletes != "ignore":
+            outcomes.append(_retry(app, item, "target_key_held",
+                                   f"flow {f.name} record {key}: target key {key_of(target.key, op.key)} still "
+                                   f"belongs to source record {rival.owner}, which its source no longer has; "
+                                   "waiting for its delete", None))
+        else:
+            holder = ("an earlier change of the same batch, for source record" if rival.same_batch
+                      else "source record")
+            outcomes.append(Outcome(item.received, item.message, Kind.DEAD_LETTER, Reason.DUPLICATE_TARGET_KEY,
+                                    f"flow {f.name} record {key}: target key {key_of(target.key, op.key)} "
+                                    f"({target.system} {target.entity}) already belongs to {holder} "
+                                    f"{rival.owner}; two source records cannot share one target row"))
     return kept
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from shared.config import Flow
+from shared.config import FieldMap, Flow
 from shared.engine.values import CoercionError, check_finite, coerce
 from shared.errors import MissingReferenceError, PermanentError, Reason
 from shared.keys import parse_key
@@ -23,8 +23,27 @@ def lookup_requests(flow: Flow, payload: dict[str, Any]) -> list[tuple[str, str]
     needed = []
     for field in flow.fields:
         if field.lookup is not None and payload.get(field.from_) not in (None, ""):
-            needed.append((field.lookup, str(payload[field.from_])))
+            lookup = field.lookup if isinstance(field.lookup, str) else field.lookup.get(_table(field, payload) or "")
+            if lookup is not None:  # an unknown table is map_record's to report
+                needed.append((lookup, str(payload[field.from_])))
     return needed
+
+
+def _table(field: FieldMap, payload: dict[str, Any]) -> str | None:
+    """The table a polymorphic lookup points to (a logical name: account, contact), from the payload."""
+    value = payload.get(field.table_field)
+    return str(value).lower() if value not in (None, "") else None
+
+
+def _for_table(where: str, name: str, field: FieldMap, payload: dict[str, Any], choices: dict[str, str]) -> str:
+    table = _table(field, payload)
+    if table is None:
+        raise PermanentError(Reason.MAPPING_FAILED, f"{where}: {name}: the lookup may point to "
+                                                    f"{' or '.join(sorted(choices))} but {field.table_field} is empty")
+    if table not in choices:
+        raise PermanentError(Reason.MAPPING_FAILED, f"{where}: {name}: the lookup points to a {table}, which the "
+                                                    f"field does not map (it maps {', '.join(sorted(choices))})")
+    return table
 
 
 def map_record(flow_name: str, flow: Flow, key: str, payload: dict[str, Any], lookups: Lookups) -> dict[str, Any]:
@@ -33,6 +52,19 @@ def map_record(flow_name: str, flow: Flow, key: str, payload: dict[str, Any], lo
     for field in flow.fields:
         name = f"field {field.to} (from {field.from_})"
         value = payload.get(field.from_)
+        lookup, bind, to = field.lookup, field.bind, field.to
+        if field.polymorphic and value not in (None, ""):
+            table = _for_table(where, name, field, payload, dict(lookup if isinstance(lookup, dict) else bind or {}))
+            lookup = lookup.get(table) if isinstance(lookup, dict) else lookup
+            bind = bind.get(table) if isinstance(bind, dict) else bind
+            to = to.replace("{table}", table)
+        elif "{table}" in to:
+            # An empty polymorphic lookup: clear every table's navigation property it may point to.
+            if field.required:
+                raise PermanentError(Reason.VALIDATION_FAILED, f"{where}: {name}: is required but empty")
+            for table in sorted(bind if isinstance(bind, dict) else {}):
+                values[to.replace("{table}", table)] = None
+            continue
         if value in (None, "") and field.default is not None:
             value = field.default
         if field.map is not None and value is not None:
@@ -42,12 +74,12 @@ def map_record(flow_name: str, flow: Flow, key: str, payload: dict[str, Any], lo
                     Reason.MAPPING_FAILED, f"{where}: {name}: value {value!r} has no entry in its map (known: {known})"
                 )
             value = field.map[str(value)]
-        if field.lookup is not None and value not in (None, ""):
-            target_key = lookups.get((field.lookup, str(value)))
+        if isinstance(lookup, str) and value not in (None, ""):
+            target_key = lookups.get((lookup, str(value)))
             if target_key is None:
                 raise MissingReferenceError(
-                    f"{where}: {name}: parent {value!r} has not been synced by flow {field.lookup} yet",
-                    flow=field.lookup,
+                    f"{where}: {name}: parent {value!r} has not been synced by flow {lookup} yet",
+                    flow=lookup,
                     key=str(value),
                 )
             value = target_key
@@ -63,12 +95,12 @@ def map_record(flow_name: str, flow: Flow, key: str, payload: dict[str, Any], lo
                 Reason.VALIDATION_FAILED,
                 f"{where}: {name}: is {len(value)} characters, longer than max_length {field.max_length}",
             )
-        if field.bind is not None and value not in (None, ""):
+        if isinstance(bind, str) and value not in (None, ""):
             try:
-                value = bind_reference(field.bind, value)
+                value = bind_reference(bind, value)
             except ValueError as exc:
                 raise PermanentError(Reason.MAPPING_FAILED, f"{where}: {name}: {exc}") from None
-        values[field.to] = value
+        values[to] = value
     return values
 
 
@@ -77,7 +109,8 @@ _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4
 
 def bind_reference(bind: str, value: Any) -> str:
     """An `@odata.bind` value: bind "accounts" + a GUID -> "/accounts(<guid>)"; bind "accounts(accountnumber)"
-    + "A-1" -> "/accounts(accountnumber='A-1')" (quotes doubled); a multi-part key takes a composite key."""
+    + "A-1" -> "/accounts(accountnumber='A-1')" (quotes doubled); a multi-part key takes a composite key. A
+    lookup column in a key (``_parentcustomerid_value``) takes a bare GUID, as Dataverse wants it."""
     entity_set, _, names = bind.partition("(")
     if not names:
         text = str(value)
@@ -86,11 +119,20 @@ def bind_reference(bind: str, value: Any) -> str:
         return f"/{entity_set}({text.lower()})"
     fields = names.rstrip(")").split(",")
     parts = parse_key(fields, str(value))
-    predicate = ",".join(f"{name}={_literal(parts[name])}" for name in fields)
+    predicate = ",".join(f"{name}={_literal(parts[name], lookup=_is_lookup_column(name))}" for name in fields)
     return f"/{entity_set}({predicate})"
 
 
-def _literal(value: Any) -> str:
+def _is_lookup_column(name: str) -> bool:
+    return name.startswith("_") and name.endswith("_value")
+
+
+def _literal(value: Any, lookup: bool = False) -> str:
+    if lookup:
+        text = str(value)
+        if not _GUID.match(text):
+            raise ValueError(f"value {text!r} is not a GUID, so it cannot be a lookup column's part of a key")
+        return text.lower()
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):

@@ -157,7 +157,6 @@ def test_an_erp_edit_made_while_a_change_is_being_applied_is_kept(world):
     assert both(world, "K1") == (account("C1", name="bob", amount=99999), account("C1", name="bob", amount=99999))
 
 
-@pytest.mark.xfail(strict=True, reason="NEW (not in issue 11's list): an inferred delete loses to an older change")
 def test_a_delete_is_not_superseded_by_an_older_change_of_the_deleted_record(world):
     """Not in issue 11's list (sides_agree, nothing_resurrected): K0 synced (v1), saved unchanged in the CRM
     (v2, pulled), then deleted. The next poll infers the delete with version 'v1~deleted' (the last applied
@@ -192,7 +191,6 @@ def test_a_record_recreated_after_an_inferred_delete_is_synced(world):
     assert both(world, "K0") == (account("C0", name="new", amount=0), account("C0", name="new", amount=0))
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 item 1")
 def test_an_older_delete_delivered_after_a_newer_restore_does_not_win(world):
     """Issue 11 item 1 (one_way_answer): K0 deleted in the CRM (a poll infers the delete, v1~deleted), then
     restored with its values (v2). Delivered newest first, v2 is skipped as unchanged, which records no
@@ -209,7 +207,6 @@ def test_an_older_delete_delivered_after_a_newer_restore_does_not_win(world):
     assert business(world.erp_row("C0", table="archive")) == account("C0")
 
 
-@pytest.mark.xfail(strict=True, reason="NEW (not in issue 11's list): a deleted record's stale change keeps its key")
 def test_a_target_key_freed_by_a_delete_goes_to_the_record_that_holds_it_now(world):
     """Not in issue 11's list (key_reuse, found after item 3's fix): K0 (code C0) is created and polled, then
     deleted, and K3 is created with code C0. K0's stale change (the one-way flow does not re-read its source)

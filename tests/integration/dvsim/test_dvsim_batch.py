@@ -46,7 +46,7 @@ def test_batch_of_100_with_3_invalid_continues_on_error(sim: DataverseSimulator,
 def test_batch_stops_at_first_failure_without_continue_on_error(sim: DataverseSimulator, client: httpx.Client) -> None:
     ops = [
         json_operation("POST", "accounts", {"name": "one"}),
-        json_operation("POST", "accounts", {"accountnumber": "no name"}),
+        json_operation("POST", "accounts", {"name": "x" * 161}),
         json_operation("POST", "accounts", {"name": "three"}),
     ]
     resp = post_batch(client, ops)
@@ -61,7 +61,7 @@ def test_changeset_is_atomic(sim: DataverseSimulator, client: httpx.Client) -> N
     failing = ChangeSet([
         json_operation("POST", "accounts", {"name": "Parent", "accountnumber": "CS-1"}, content_id="1"),
         json_operation("POST", "contacts", {"lastname": "Child", "parentcustomerid_account@odata.bind": "$1"}, content_id="2"),
-        json_operation("POST", "contacts", {"firstname": "no last name"}, content_id="3"),
+        json_operation("POST", "contacts", {"lastname": "x" * 51}, content_id="3"),
     ])
     resp = post_batch(client, [failing], continue_on_error=True)
     assert resp.status_code == 200
