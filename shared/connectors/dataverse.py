@@ -73,9 +73,10 @@ addressed (*Work with alternate keys*): such an op is rejected on its own with t
 
 How much goes at once (``shared.connectors.dataverse_throttle``; *Service protection API limits*, *Send
 parallel requests*): a table's batches start at ``initial_batch_size`` (10, as Microsoft advises) and grow
-while they answer in under a twelfth of ``timeout_seconds``, up to ``batch_size`` (<= 1000); an answer
-slower than a sixth of it, a timeout or an execution-time 429 (``0x80072321``) halves them. Batches of one
-``write_batch`` go out in parallel (in order when two ops share a key), as many as the concurrency limit
+while they answer in under a twelfth of ``timeout_seconds`` (fourfold under a 96th), up to ``batch_size``
+(<= 1000); an answer slower than a sixth of it, a timeout or an execution-time 429 (``0x80072321``) halves
+them. Once a table's first batch has answered, batches of one ``write_batch`` go out in parallel (in order
+when two ops share a key), as many as the concurrency limit
 allows: ``max_concurrency``, lowered to ``x-ms-dop-hint`` and to the requests left in the window
 (``x-ms-ratelimit-burst-remaining-xrm-requests``), halved on a 429. No cookie is kept, so the
 ``ARRAffinity`` cookie is never sent back.
@@ -1069,7 +1070,7 @@ class DataverseConnector:
         recheck: list[_Prepared] = []
         running: set[Future[list[tuple[_Prepared, _Outcome]]]] = set()
         while pending or running:
-            while pending and len(running) < (self._slots.limit if parallel else 1):
+            while pending and len(running) < (self._slots.limit if parallel and sizer.measured else 1):
                 chunk = [pending.popleft() for _ in range(min(sizer.size, len(pending)))]
                 running.add(self._executor().submit(self._run, target, chunk))
             finished, running = wait(running, return_when=FIRST_COMPLETED)

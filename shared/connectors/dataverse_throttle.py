@@ -6,8 +6,9 @@ batches (about 10 operations) and tune; keep each request well inside the execut
 sending anything more (every further request while throttled lengthens the wait); and turn off the
 ``ARRAffinity`` cookie so parallel requests spread over the web servers.
 
-- `AdaptiveBatchSize`: operations per ``$batch``; doubles after a batch that answered fast, halves after a
-  slow one, a timeout or an execution-time throttle, and stays below a size the service refused as too large.
+- `AdaptiveBatchSize`: operations per ``$batch``; doubles after a batch that answered fast (quadruples when
+  very fast), halves after a slow one, a timeout or an execution-time throttle, and stays below a size the
+  service refused as too large.
 - `Pacer`: one pause for the whole connector; every request waits for it, so a 429 slows everything at once
   instead of each record finding the limit on its own.
 - `ConcurrencyLimit`: a semaphore whose limit follows ``x-ms-dop-hint`` (never above the configured maximum),
@@ -33,19 +34,28 @@ class AdaptiveBatchSize:
         self.target_seconds = target_seconds
         self._size = max(1, min(start, self.ceiling))
         self._refused_at = self.ceiling + 1  # the smallest batch answered 413
+        self._answers = 0
         self._lock = threading.Lock()
 
     @property
     def size(self) -> int:
         return self._size
 
+    @property
+    def measured(self) -> bool:
+        """Whether a batch has answered yet: until then one goes at a time (more would all be the first size)."""
+        return self._answers > 0
+
     def answered(self, ops: int, seconds: float) -> None:
-        """A batch of ``ops`` operations answered in ``seconds``."""
+        """A batch of ``ops`` operations answered in ``seconds``: far below the target, the size quadruples;
+        below half of it, it doubles; above it, it halves."""
         with self._lock:
+            self._answers += 1
             if seconds > self.target_seconds:
                 self._size = max(1, min(self._size, ops) // 2)
             elif seconds < self.target_seconds / 2 and ops >= self._size:
-                self._size = min(self.ceiling, self._refused_at - 1, self._size * 2)
+                factor = 4 if seconds < self.target_seconds / 16 else 2
+                self._size = min(self.ceiling, self._refused_at - 1, self._size * factor)
 
     def slow_down(self, ops: int) -> None:
         """A timeout or an execution-time throttle: halve."""

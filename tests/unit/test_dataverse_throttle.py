@@ -10,9 +10,12 @@ from shared.connectors.dataverse_throttle import AdaptiveBatchSize, ConcurrencyL
 
 def test_batch_size_grows_while_fast_and_shrinks_on_time_and_size():
     size = AdaptiveBatchSize(ceiling=100, start=10, target_seconds=10)
-    for _ in range(5):
+    assert not size.measured
+    size.answered(10, 0.1)
+    assert size.measured and size.size == 40  # very fast: fourfold
+    for _ in range(2):
         size.answered(size.size, 1.0)
-    assert size.size == 100  # 10, 20, 40, 80, then the ceiling
+    assert size.size == 100  # 80, then the ceiling
     size.answered(100, 12.0)
     assert size.size == 50  # slower than the target
     size.slow_down(50)
