@@ -4,7 +4,13 @@ Serves what ``msal.ConfidentialClientApplication.acquire_token_for_client`` need
 
 * ``GET  /{tenant}/v2.0/.well-known/openid-configuration``  (OIDC discovery; MSAL calls it once per app)
 * ``GET  /common/discovery/instance``                         (instance discovery, if a caller asks for it)
-* ``POST /{tenant}/oauth2/v2.0/token``                        (client-credentials grant)
+* ``POST /{tenant}/oauth2/v2.0/token``                        (client-credentials grant, with a client secret
+  or with a client assertion from a trusted managed identity: a federated identity credential)
+
+``ManagedIdentityEndpoint`` plays the managed identity endpoint of App Service / Azure Functions
+(``IDENTITY_ENDPOINT`` + ``IDENTITY_HEADER``) for identities of this provider: its tokens for
+``api://AzureADTokenExchange`` are what an app registration with a federated credential accepts as its client
+assertion (``register_federated_client``).
 
 Pointing MSAL at it. MSAL only accepts ``https://`` authorities (``msal.authority.canonicalize``) and, for an
 unknown host, would call ``https://login.microsoftonline.com/common/discovery/instance``. So::
@@ -40,6 +46,8 @@ from urllib.parse import parse_qs, urlsplit
 DEFAULT_TENANT = "72f988bf-0000-4000-8000-00000000d5e1"
 DEFAULT_CLIENT_ID = "dvsim-client"
 DEFAULT_CLIENT_SECRET = "dvsim-secret"
+TOKEN_EXCHANGE_AUDIENCE = "api://AzureADTokenExchange"
+JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 
 def _b64url(data: bytes) -> str:
@@ -105,6 +113,8 @@ class IdentityProvider:
         self.token_requests = 0  # POSTs to the token endpoint, successful or not
         self.discovery_requests = 0  # GETs of the OIDC or instance discovery documents
         self.issued_tokens: list[str] = []
+        # app client id -> the (issuer, subject, audience) of every federated identity credential it trusts
+        self.federated: dict[str, list[tuple[str, str, str]]] = {}
         self._server: _IdpServer | None = None
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -146,6 +156,17 @@ class IdentityProvider:
     def register_client(self, client_id: str, secret: str) -> None:
         self.clients[client_id] = secret
 
+    @property
+    def issuer(self) -> str:
+        """The issuer of managed identity tokens for the token exchange (a federated credential's issuer)."""
+        return f"https://login.microsoftonline.com/{self.tenant_id}/v2.0"
+
+    def register_federated_client(self, client_id: str, subject: str, issuer: str | None = None,
+                                  audience: str = TOKEN_EXCHANGE_AUDIENCE) -> None:
+        """An app registration that trusts tokens of ``subject`` (a managed identity's object id) as its
+        credential, as ``az ad app federated-credential create`` sets it up."""
+        self.federated.setdefault(client_id, []).append((issuer or self.issuer, subject, audience))
+
     def msal_http_client(self) -> Any:
         """A ``requests.Session`` for MSAL's ``http_client=`` that reaches this server over plain http."""
         import requests  # MSAL's own dependency; imported lazily so dvsim's server needs nothing extra
@@ -163,19 +184,21 @@ class IdentityProvider:
 
     # --- tokens ----------------------------------------------------------------------------------
 
-    def _issue(self, client_id: str, resource: str) -> str:
+    def _issue(self, client_id: str, resource: str, object_id: str | None = None, issuer: str | None = None,
+               lifetime_s: int | None = None) -> str:
         now = int(time.time())
         header = {"typ": "JWT", "alg": "HS256"}
+        object_id = object_id or str(uuid.uuid5(uuid.NAMESPACE_URL, client_id))
         claims = {
             "aud": resource,
-            "iss": f"https://sts.windows.net/{self.tenant_id}/",
+            "iss": issuer or f"https://sts.windows.net/{self.tenant_id}/",
             "iat": now,
             "nbf": now,
-            "exp": now + self.token_lifetime_s,
+            "exp": now + (self.token_lifetime_s if lifetime_s is None else lifetime_s),
             "appid": client_id,
             "tid": self.tenant_id,
-            "oid": str(uuid.uuid5(uuid.NAMESPACE_URL, client_id)),
-            "sub": str(uuid.uuid5(uuid.NAMESPACE_URL, client_id)),
+            "oid": object_id,
+            "sub": object_id,
             "jti": str(uuid.uuid4()),
         }
         signing_input = f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
@@ -251,6 +274,8 @@ class IdentityProvider:
         if urlsplit(path).path != f"/{self.tenant_id}/oauth2/v2.0/token":
             return 404, {"error": "not_found", "error_description": f"No such endpoint: {path}"}
         form = {k: v[0] for k, v in parse_qs(form_text, keep_blank_values=True).items()}
+        if form.get("client_assertion_type") == JWT_BEARER:
+            return self._federated_grant(form)
         client_id, secret = form.get("client_id"), form.get("client_secret")
         if authorization and authorization.lower().startswith("basic "):  # client_secret_basic
             client_id, _, secret = base64.b64decode(authorization[6:]).decode().partition(":")
@@ -267,6 +292,28 @@ class IdentityProvider:
                 f"Invalid client secret provided. Ensure the secret being sent in the request is the client secret "
                 f"value, not the client secret ID, for a secret added to app '{client_id}'.",
             )
+        return self._grant(client_id, form)
+
+    def _federated_grant(self, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        """Client credentials proven by a token of a trusted identity (a federated identity credential)."""
+        client_id = form.get("client_id") or ""
+        if form.get("grant_type") != "client_credentials":
+            return 400, _aad_error("unsupported_grant_type", 70003, "The app requested an unsupported grant type.")
+        claims = self.token_claims(form.get("client_assertion") or "")
+        if claims is None:
+            return 401, _aad_error("invalid_client", 50027, "JWT token is invalid or malformed.")
+        if claims.get("exp", 0) < time.time():
+            return 401, _aad_error("invalid_client", 700024, "Client assertion is not within its valid time range.")
+        presented = (claims.get("iss"), claims.get("sub"), claims.get("aud"))
+        if presented not in self.federated.get(client_id, []):
+            return 401, _aad_error(
+                "invalid_client", 70021,
+                f"No matching federated identity record found for presented assertion. Assertion Issuer: "
+                f"'{presented[0]}'. Assertion Subject: '{presented[1]}'. Assertion Audience: '{presented[2]}'.",
+            )
+        return self._grant(client_id, form)
+
+    def _grant(self, client_id: str, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
         scopes = (form.get("scope") or "").split()
         resources = [s[: -len("/.default")] for s in scopes if s.endswith("/.default")]
         if len(resources) != 1:
@@ -284,6 +331,97 @@ class IdentityProvider:
             "ext_expires_in": self.token_lifetime_s,
             "access_token": token,
         }
+
+
+class _MiHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    wbufsize = -1
+    server: "_MiServer"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        status, body = self.server.endpoint._get(self.path, self.headers.get("X-IDENTITY-HEADER"))
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+class _MiServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], endpoint: "ManagedIdentityEndpoint"):
+        self.endpoint = endpoint
+        super().__init__(address, _MiHandler)
+
+
+class ManagedIdentityEndpoint:
+    """The managed identity endpoint of App Service / Azure Functions (REST protocol 2019-08-01) on loopback,
+    issuing tokens of ``idp`` for the user-assigned identities it holds (client id -> object id).
+
+    Point MSAL at it with the variables the platform sets: ``IDENTITY_ENDPOINT=endpoint.url`` and
+    ``IDENTITY_HEADER=endpoint.header``.
+    """
+
+    def __init__(self, idp: IdentityProvider, identities: dict[str, str], host: str = "127.0.0.1",
+                 token_lifetime_s: int = 86399):
+        self.idp = idp
+        self.identities = dict(identities)
+        self.host = host
+        self.port = 0
+        self.header = secrets.token_hex(16)
+        self.token_lifetime_s = token_lifetime_s
+        self.requests: list[dict[str, str]] = []
+        self._server: _MiServer | None = None
+
+    def start(self) -> str:
+        if self._server is None:
+            self._server = _MiServer((self.host, 0), self)
+            self.port = self._server.server_address[1]
+            threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
+        return self.url
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+
+    def __enter__(self) -> "ManagedIdentityEndpoint":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/msi/token"
+
+    def _get(self, path: str, header: str | None) -> tuple[int, dict[str, Any]]:
+        split = urlsplit(path)
+        query = {k: v[0] for k, v in parse_qs(split.query).items()}
+        self.requests.append(query)
+        if split.path != "/msi/token":
+            return 404, {"statusCode": 404, "message": f"No such endpoint: {split.path}"}
+        if header != self.header:
+            return 401, {"statusCode": 401, "message": "X-IDENTITY-HEADER is missing or wrong"}
+        client_id = query.get("client_id")
+        if query.get("api-version") != "2019-08-01" or not query.get("resource"):
+            return 400, {"statusCode": 400, "message": "api-version 2019-08-01 and resource are required"}
+        if client_id not in self.identities:
+            return 400, {"statusCode": 400, "message": f"No managed identity with client id {client_id} on this app"}
+        resource = query["resource"]
+        # The token exchange audience gets a v2.0 token: its issuer is what a federated credential names.
+        issuer = self.idp.issuer if resource == TOKEN_EXCHANGE_AUDIENCE else None
+        token = self.idp._issue(client_id, resource, object_id=self.identities[client_id], issuer=issuer,
+                                lifetime_s=self.token_lifetime_s)
+        return 200, {"access_token": token, "expires_on": str(int(time.time()) + self.token_lifetime_s),
+                     "resource": resource, "token_type": "Bearer", "client_id": client_id}
 
 
 def _aad_error(error: str, code: int, description: str) -> dict[str, Any]:

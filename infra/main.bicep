@@ -1,9 +1,10 @@
 // dualsync on Azure: one resource group, deployed with one command.
 //
-//   az deployment group create -g <resource-group> -f infra/main.bicep \
-//     -p infra/main.parameters.json -p alertEmail=ops@contoso.com
+//   az deployment group create -g <resource-group> -f infra/main.bicep -p alertEmail=ops@contoso.com \
+//     crmUrl=https://contoso.crm4.dynamics.com crmClientId=<app registration client id>
 //
-// or `azd up` (azure.yaml at the repo root). See docs/deploy.md for the steps after the deployment.
+// or `azd up` (azure.yaml at the repo root; infra/main.parameters.json maps azd's environment onto these
+// parameters). See docs/deploy.md for the steps after the deployment.
 //
 // Identity: one user-assigned managed identity runs everything (host storage, deployment package, state
 // tables, Service Bus, Key Vault references, telemetry). No connection strings or keys anywhere: Service Bus
@@ -26,6 +27,10 @@ param alertEmail string
 @minValue(60)
 @description('Alert when the end-to-end lag of any flow (source change -> applied to the target) exceeds this many seconds.')
 param lagAlertThresholdSeconds int = 900
+
+@minValue(300)
+@description('Alert when a flow (not paused) has not pulled successfully for this many seconds. Must exceed the longest flow schedule interval.')
+param pullStaleAlertThresholdSeconds int = 1800
 
 // ---- the function app ------------------------------------------------------------------------------
 @description('App setting DUALSYNC_CONFIG: path of the flows file inside the deployed package.')
@@ -95,6 +100,16 @@ param crmClientSecretName string = 'crm-client-secret'
 @description('Key Vault secret behind app setting ERP_DB_URL (flows.yaml: url: env:ERP_DB_URL).')
 param erpDbUrlSecretName string = 'erp-db-url'
 
+// ---- the CRM (app settings the deployed flows.yaml refers to as env:NAME) -----------------------------
+@description('App setting CRM_URL: the Dataverse organization URL, e.g. https://contoso.crm4.dynamics.com (flows.yaml: url: env:CRM_URL).')
+param crmUrl string
+
+@description('App setting CRM_CLIENT_ID: client id of the app registration dualsync signs in to Dataverse as (flows.yaml: client_id: env:CRM_CLIENT_ID).')
+param crmClientId string
+
+@description('App setting CRM_TENANT_ID: tenant of that app registration (flows.yaml: tenant_id: env:CRM_TENANT_ID).')
+param crmTenantId string = tenant().tenantId
+
 // ---- operators -------------------------------------------------------------------------------------
 @description('Optional object id of an operator (user or group) who puts secrets into Key Vault and runs `dualsync status` / `dualsync replay` against Azure. Empty: no operator roles.')
 param operatorPrincipalId string = ''
@@ -105,6 +120,10 @@ param operatorPrincipalId string = ''
   'ServicePrincipal'
 ])
 param operatorPrincipalType string = 'User'
+
+@maxLength(6)
+@description('Appended to the Key Vault name. A deleted vault keeps its name for 90 days (purge protection), so a deployment after `azd down` needs a new one: the azd postdown hook (scripts/azd/postdown.sh) sets DUALSYNC_VAULT_SUFFIX to a fresh value. Empty: kv-<token>.')
+param keyVaultSuffix string = ''
 
 @description('Client id of the Entra ID app registration that guards the admin API (app roles Reader and Operator, see docs/deploy.md). Empty: the admin API answers only /api/health (function key); use the CLI.')
 param adminAppClientId string = ''
@@ -117,6 +136,7 @@ var tags = {
 }
 var functionAppName = 'func-${environmentName}-${resourceToken}'
 var deploymentContainerName = 'app-package-${take(resourceToken, 7)}'
+var keyVaultName = empty(keyVaultSuffix) ? 'kv-${resourceToken}' : 'kv-${resourceToken}-${toLower(keyVaultSuffix)}'
 
 // One table per name in shared/state/store.py TABLES (tests/infra checks the two lists agree).
 var stateTables = [
@@ -184,7 +204,7 @@ module serviceBus 'core/messaging/service-bus.bicep' = {
 module keyVault 'core/security/key-vault.bicep' = {
   name: 'keyVault'
   params: {
-    name: 'kv-${resourceToken}'
+    name: keyVaultName
     location: location
     tags: tags
   }
@@ -235,6 +255,9 @@ module functionApp 'app/function-app.bicep' = {
     applyQueueName: applyQueueName
     crmClientSecretName: crmClientSecretName
     erpDbUrlSecretName: erpDbUrlSecretName
+    crmUrl: crmUrl
+    crmClientId: crmClientId
+    crmTenantId: crmTenantId
     adminAppClientId: adminAppClientId
   }
 }
@@ -261,6 +284,7 @@ module alerts 'app/alerts.bicep' = {
     applicationInsightsName: monitoring.outputs.applicationInsightsName
     location: location
     lagAlertThresholdSeconds: lagAlertThresholdSeconds
+    pullStaleAlertThresholdSeconds: pullStaleAlertThresholdSeconds
   }
 }
 
@@ -278,6 +302,8 @@ output AZURE_LOCATION string = location
 output AZURE_TENANT_ID string = tenant().tenantId
 output FUNCTION_APP_NAME string = functionApp.outputs.name
 output MANAGED_IDENTITY_CLIENT_ID string = identity.outputs.clientId
+// The subject of a federated credential that lets the app sign in to Dataverse as an app registration.
+output MANAGED_IDENTITY_PRINCIPAL_ID string = identity.outputs.principalId
 output SERVICE_BUS_NAMESPACE string = serviceBus.outputs.name
 output APPLY_QUEUE string = applyQueueName
 output STORAGE_ACCOUNT_NAME string = storage.outputs.name

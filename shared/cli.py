@@ -77,6 +77,10 @@ def run(
     cfg = _load(config)
     telemetry.configure(console=not once)  # a long run reports metrics every minute; --once prints a table
     sync = SyncApp.local(cfg, workdir, retry_base=retry_base)
+    if not once:
+        from shared import flow_health
+
+        flow_health.watch(sync)  # reported with the other metrics every minute
     options = RunOptions(drain_bound=drain_bound, telemetry_console=not once)
     if workers is not None:
         options.workers = workers

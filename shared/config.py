@@ -51,25 +51,35 @@ class DataverseAuth(Strict):
     client_id: str | None = None
     client_secret: str | None = None
     certificate_path: str | None = None
+    # The same PEM (private key, then the certificate) as text from an env:NAME reference: on Azure a Key Vault
+    # reference to the certificate's secret (…/secrets/<certificate name>), so no file has to be deployed.
+    certificate_pem: str | None = None
     certificate_thumbprint: str | None = None
     certificate_password: str | None = None
     managed_identity: bool = False
+    # A federated identity credential: the app registration (client_id) trusts this user-assigned managed
+    # identity (its client id, or env:AZURE_CLIENT_ID), whose token for `token_exchange_audience` is the client
+    # assertion. No secret or certificate exists to expire or leak.
+    federated_identity_client_id: str | None = None
+    token_exchange_audience: str = "api://AzureADTokenExchange"  # ...USGov / ...China in those clouds
     authority_host: str = "https://login.microsoftonline.com"
     # For simulators and tests only: send this static bearer token instead of asking MSAL.
     static_token: str | None = None
 
-    _secrets = field_validator("client_secret", "certificate_password", "static_token")(_secret_ref)
+    _secrets = field_validator("client_secret", "certificate_pem", "certificate_password", "static_token")(_secret_ref)
 
     @model_validator(mode="after")
     def _one_method(self) -> DataverseAuth:
-        methods = [bool(self.client_secret), bool(self.certificate_path), self.managed_identity,
-                   bool(self.static_token)]
+        methods = [bool(self.client_secret), bool(self.certificate_path), bool(self.certificate_pem),
+                   self.managed_identity, bool(self.federated_identity_client_id), bool(self.static_token)]
         if sum(methods) != 1:
-            raise ValueError(
-                "choose exactly one of client_secret, certificate_path, managed_identity, static_token"
-            )
-        if (self.client_secret or self.certificate_path) and not (self.tenant_id and self.client_id):
-            raise ValueError("tenant_id and client_id are required with a client secret or certificate")
+            raise ValueError("choose exactly one of client_secret, certificate_path, certificate_pem, "
+                             "managed_identity, federated_identity_client_id, static_token")
+        confidential = (self.client_secret or self.certificate_path or self.certificate_pem
+                        or self.federated_identity_client_id)
+        if confidential and not (self.tenant_id and self.client_id):
+            raise ValueError("tenant_id and client_id are required with a client secret, certificate or "
+                             "federated identity")
         return self
 
 

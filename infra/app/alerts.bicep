@@ -2,7 +2,11 @@
 //   * dead-lettered messages > 0, one rule per queue (Service Bus platform metric, split by EntityName);
 //   * function failures (Application Insights failed requests = failed invocations);
 //   * end-to-end lag above a threshold (log alert on the dualsync.end_to_end_lag metric the app emits,
-//     per flow; the telemetry contract is in docs/deploy.md).
+//     per flow; the telemetry contract is in docs/deploy.md);
+//   * a flow whose last successful pull is older than a threshold (dualsync.since_last_pull), and a paused flow
+//     (dualsync.flow_paused): lag is measured only on applied changes, so a flow that stopped pulling would
+//     otherwise be silent. tests/infra checks every metric named here is one the code emits.
+// The runbook for each alert is in docs/runbook.md.
 param namePrefix string
 param location string
 param tags object = {}
@@ -13,6 +17,9 @@ param applicationInsightsName string
 
 @minValue(60)
 param lagAlertThresholdSeconds int = 900
+
+@minValue(300)
+param pullStaleAlertThresholdSeconds int = 1800
 
 resource namespace 'Microsoft.ServiceBus/namespaces@2024-01-01' existing = {
   name: serviceBusNamespaceName
@@ -46,7 +53,7 @@ resource deadLetterAlerts 'Microsoft.Insights/metricAlerts@2018-03-01' = [for qu
   location: 'global'
   tags: tags
   properties: {
-    description: 'Messages in the dead-letter queue of ${queue}. Find them in Service Bus Explorer (Dead-letter tab) or with `dualsync status`; fix the cause, then `dualsync replay`.'
+    description: 'Messages in the dead-letter queue of ${queue}. Runbook: docs/runbook.md#dead-letters-rising. Find them in Service Bus Explorer (Dead-letter tab) or with `dualsync status`; fix the cause, then `dualsync replay`.'
     severity: 2
     enabled: true
     scopes: [
@@ -157,6 +164,105 @@ resource lagAlert 'Microsoft.Insights/scheduledQueryRules@2021-08-01' = {
           ]
           operator: 'GreaterThan'
           threshold: lagAlertThresholdSeconds
+          failingPeriods: {
+            numberOfEvaluationPeriods: 1
+            minFailingPeriodsToAlert: 1
+          }
+        }
+      ]
+    }
+    actions: {
+      actionGroups: [
+        actionGroup.id
+      ]
+    }
+  }
+}
+
+// The app reports, every minute and per flow, the seconds since the flow's last successful pull (paused flows
+// excepted: the next rule covers them). It grows while the pull fails (an expired secret, a dropped table) or
+// never runs (the timer is broken). The threshold must exceed the longest `schedule` interval in flows.yaml.
+resource pullStaleAlert 'Microsoft.Insights/scheduledQueryRules@2021-08-01' = {
+  name: 'pull-failing-${namePrefix}'
+  location: location
+  tags: tags
+  properties: {
+    displayName: 'dualsync flow not pulled successfully for ${pullStaleAlertThresholdSeconds}s'
+    description: 'A flow has not pulled successfully for more than ${pullStaleAlertThresholdSeconds} seconds. Runbook: docs/runbook.md#pull-failing. `dualsync status` shows its last error and since when.'
+    severity: 2
+    enabled: true
+    scopes: [
+      applicationInsights.id
+    ]
+    evaluationFrequency: 'PT5M'
+    windowSize: 'PT15M'
+    autoMitigate: true
+    criteria: {
+      allOf: [
+        {
+          query: 'customMetrics | where name == "dualsync.since_last_pull" | extend flow = tostring(customDimensions["flow"]) | summarize since_last_pull = min(valueMin) by flow'
+          timeAggregation: 'Minimum'
+          metricMeasureColumn: 'since_last_pull'
+          dimensions: [
+            {
+              name: 'flow'
+              operator: 'Include'
+              values: [
+                '*'
+              ]
+            }
+          ]
+          operator: 'GreaterThan'
+          threshold: pullStaleAlertThresholdSeconds
+          failingPeriods: {
+            numberOfEvaluationPeriods: 1
+            minFailingPeriodsToAlert: 1
+          }
+        }
+      ]
+    }
+    actions: {
+      actionGroups: [
+        actionGroup.id
+      ]
+    }
+  }
+}
+
+// 1 while a flow is paused: after an auth failure (pull or apply; e.g. an expired client secret) or by an
+// operator. Its messages wait on the queue; nothing is lost, nothing moves until `dualsync resume FLOW`.
+resource pausedFlowAlert 'Microsoft.Insights/scheduledQueryRules@2021-08-01' = {
+  name: 'flow-paused-${namePrefix}'
+  location: location
+  tags: tags
+  properties: {
+    displayName: 'dualsync flow paused'
+    description: 'A flow is paused (an auth failure, or an operator paused it). Runbook: docs/runbook.md#flow-paused. `dualsync status` shows the reason.'
+    severity: 2
+    enabled: true
+    scopes: [
+      applicationInsights.id
+    ]
+    evaluationFrequency: 'PT5M'
+    windowSize: 'PT10M'
+    autoMitigate: true
+    criteria: {
+      allOf: [
+        {
+          query: 'customMetrics | where name == "dualsync.flow_paused" | extend flow = tostring(customDimensions["flow"]) | summarize paused = max(valueMax) by flow'
+          timeAggregation: 'Maximum'
+          metricMeasureColumn: 'paused'
+          dimensions: [
+            {
+              name: 'flow'
+              operator: 'Include'
+              values: [
+                '*'
+              ]
+            }
+          ]
+          operator: 'GreaterThan'
+          threshold: 0
           failingPeriods: {
             numberOfEvaluationPeriods: 1
             minFailingPeriodsToAlert: 1

@@ -43,6 +43,10 @@ param stateTablePrefix string
 param applyQueueName string
 param crmClientSecretName string
 param erpDbUrlSecretName string
+@description('Dataverse organization URL, tenant and app registration: the deployed flows.yaml refers to them as env:CRM_URL, env:CRM_TENANT_ID, env:CRM_CLIENT_ID.')
+param crmUrl string
+param crmTenantId string
+param crmClientId string
 
 @description('Client id of the Entra ID app registration of the admin API (app roles Reader and Operator). Empty: no App Service authentication, and the admin API answers only /api/health.')
 param adminAppClientId string = ''
@@ -155,6 +159,20 @@ var appSettings = [
   {
     name: 'ERP_DB_URL'
     value: '@Microsoft.KeyVault(SecretUri=${keyVaultUri}secrets/${erpDbUrlSecretName})'
+  }
+
+  // ---- where the CRM is: not secrets, referenced from flows.yaml as env:NAME --------------------------
+  {
+    name: 'CRM_URL'
+    value: crmUrl
+  }
+  {
+    name: 'CRM_TENANT_ID'
+    value: crmTenantId
+  }
+  {
+    name: 'CRM_CLIENT_ID'
+    value: crmClientId
   }
 ]
 

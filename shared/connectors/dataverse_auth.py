@@ -1,4 +1,5 @@
-"""Bearer tokens for the Dataverse Web API: MSAL (client secret, certificate, managed identity) or a static token.
+"""Bearer tokens for the Dataverse Web API: MSAL (client secret, certificate, managed identity, federated identity
+credential) or a static token.
 
 Every provider answers two calls: ``token()`` (cached; MSAL's own token cache decides when to go to the
 identity platform) and ``refresh()`` (drop the cached token and get a new one: the connector calls it once
@@ -10,9 +11,15 @@ or ``TransientError`` (it could not be reached).
   in the cache first). Authority ``{authority_host}/{tenant_id}``, scope ``{org url}/.default``. A certificate
   is a PEM file (``certificate_path``) holding the private key (and, optionally, the certificate) plus the
   thumbprint registered on the app (``certificate_thumbprint``); ``certificate_password`` if the key is
-  encrypted.
+  encrypted. ``certificate_pem`` gives the same PEM as text (an ``env:NAME`` reference; on Azure a Key Vault
+  reference to the certificate's secret).
 - Managed identity: ``msal.ManagedIdentityClient`` with ``SystemAssignedManagedIdentity`` or, when
   ``client_id`` is set, ``UserAssignedManagedIdentity(client_id=...)``; resource = the org URL.
+- Federated identity credential (``federated_identity_client_id``): the app registration trusts a user-assigned
+  managed identity. ``ConfidentialClientApplication`` gets ``{"client_assertion": callable}``; MSAL calls it
+  only when it must go to the identity platform, and the callable returns the managed identity's token for
+  ``api://AzureADTokenExchange`` (from ``msal.ManagedIdentityClient``, which caches it too). The app acts as the
+  app registration, so Dataverse sees the same application user as with a secret, and nothing can expire.
 - ``static_token`` (an ``env:NAME`` reference): for simulators and tests only.
 
 Secrets are resolved (``shared.config.resolve_secret``) when the MSAL app is built, not before, and are
@@ -155,27 +162,29 @@ class ConfidentialClientTokenProvider(_MsalProvider):
         authority: str | None = None,
     ) -> None:
         super().__init__(resource, http_client)
-        if not (auth.tenant_id and auth.client_id) or not (auth.client_secret or auth.certificate_path):
-            raise ConfigError(["dataverse auth: a client secret or certificate needs tenant_id and client_id"])
+        if not (auth.tenant_id and auth.client_id) or not (
+                auth.client_secret or auth.certificate_path or auth.certificate_pem
+                or auth.federated_identity_client_id):
+            raise ConfigError(["dataverse auth: a client secret, certificate or federated identity needs tenant_id "
+                               "and client_id"])
         self._auth = auth
         self._instance_discovery = instance_discovery
-        self.authority = authority or f"{auth.authority_host.rstrip('/')}/{auth.tenant_id}"
+        # tenant_id and client_id may be env:NAME references (app settings), like every site-specific value
+        self.authority = authority or f"{auth.authority_host.rstrip('/')}/{resolve_secret(auth.tenant_id)}"
         self.scopes = [f"{self.resource}/.default"]
 
     def _credential(self) -> Any:
         auth = self._auth
+        if auth.federated_identity_client_id:
+            return {"client_assertion": self._assertion_from(auth.federated_identity_client_id)}
         if auth.client_secret:
             secret = resolve_secret(auth.client_secret)
             self._secrets = (secret,)
             return secret
-        path = auth.certificate_path or ""
-        try:
-            with open(resolve_secret(path), encoding="utf-8") as handle:
-                pem = handle.read()
-        except OSError as exc:
-            raise ConfigError([f"dataverse auth: cannot read certificate_path: {type(exc).__name__}"]) from None
+        pem = self._pem()
         if "PRIVATE KEY-----" not in pem:
-            raise ConfigError(["dataverse auth: certificate_path must be a PEM file holding the private key"])
+            what = "certificate_pem" if auth.certificate_pem else "certificate_path"
+            raise ConfigError([f"dataverse auth: {what} must be a PEM holding the private key"])
         credential: dict[str, Any] = {"private_key": pem}
         if auth.certificate_thumbprint:
             credential["thumbprint"] = auth.certificate_thumbprint.replace(":", "").replace(" ", "")
@@ -192,6 +201,28 @@ class ConfidentialClientTokenProvider(_MsalProvider):
         self._secrets = tuple(secrets)
         return credential
 
+    def _pem(self) -> str:
+        if self._auth.certificate_pem:
+            return resolve_secret(self._auth.certificate_pem)
+        try:
+            with open(resolve_secret(self._auth.certificate_path or ""), encoding="utf-8") as handle:
+                return handle.read()
+        except OSError as exc:
+            raise ConfigError([f"dataverse auth: cannot read certificate_path: {type(exc).__name__}"]) from None
+
+    def _assertion_from(self, identity_ref: str) -> Any:
+        """The callable MSAL asks for a client assertion: the managed identity's token for the exchange."""
+        exchange = ManagedIdentityTokenProvider(self._auth.token_exchange_audience,
+                                                client_id=resolve_secret(identity_ref), http_client=self._http_client)
+        exchange.kind = "msal managed identity (client assertion)"
+
+        def assertion() -> str:
+            token = exchange.token()  # AuthError / TransientError as for any token; cached until near expiry
+            self._secrets = (token,)  # never echoed in a message
+            return token
+
+        return assertion
+
     def _build(self) -> Any:
         import msal
 
@@ -201,7 +232,8 @@ class ConfidentialClientTokenProvider(_MsalProvider):
         if self._instance_discovery is not None:
             options["instance_discovery"] = self._instance_discovery
         return msal.ConfidentialClientApplication(
-            self._auth.client_id, client_credential=self._credential(), authority=self.authority, **options
+            resolve_secret(self._auth.client_id or ""), client_credential=self._credential(), authority=self.authority,
+            **options,
         )
 
     def _acquire(self, client: Any) -> dict[str, Any]:
@@ -257,7 +289,8 @@ def token_provider_for(
     if auth.static_token:
         return StaticTokenProvider(auth.static_token)
     if auth.managed_identity:
-        return ManagedIdentityTokenProvider(resource, client_id=auth.client_id, http_client=http_client)
+        client_id = resolve_secret(auth.client_id) if auth.client_id else None
+        return ManagedIdentityTokenProvider(resource, client_id=client_id, http_client=http_client)
     return ConfidentialClientTokenProvider(
         auth, resource, http_client=http_client, instance_discovery=instance_discovery, authority=authority
     )

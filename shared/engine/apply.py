@@ -50,7 +50,7 @@ from shared.errors import (
     TransientError,
 )
 from shared.keys import key_of, parse_key
-from shared.messages import ChangeMessage, parse_body, to_envelope
+from shared.messages import ChangeMessage, NewerFormat, parse_body, to_envelope
 from shared.ports.bus import Received
 from shared.ports.connector import SourceRecord, WriteOp, WriteResult
 from shared.state.store import CONFLICTS, REQUESTS, KeyLink, RecordState
@@ -99,6 +99,9 @@ def apply_batch(app: SyncApp, batch: Sequence[Received]) -> list[Outcome]:
     for received in batch:
         try:
             message = parse_body(received.envelope.body)
+        except NewerFormat as exc:  # sent by a newer release mid-deployment: it is that release's to apply
+            outcomes.append(Outcome(received, None, Kind.DEFERRED, "newer_format", str(exc)))
+            continue
         except (ValidationError, ValueError) as exc:
             outcomes.append(_malformed(received, exc))
             continue

@@ -37,7 +37,8 @@ def acquire(state: StateStore, flow: str, owner: str, now: datetime, ttl: timede
 
 
 def start_run(state: StateStore, flow: str, enabled: bool, owner: str, now: datetime) -> tuple[Cursor | None, str]:
-    """Lease a flow's cursor for one run, or say why the run must not start: disabled, leased or paused."""
+    """Lease a flow's cursor for one run, or say why the run must not start: disabled, leased, paused, or
+    its cursor written by a newer release (mid-deployment: that release pulls it)."""
     if not enabled:
         return None, "disabled"
     cursor = acquire(state, flow, owner, now)
@@ -46,6 +47,9 @@ def start_run(state: StateStore, flow: str, enabled: bool, owner: str, now: date
     if cursor.paused:
         release(state, cursor, cursor.last_run)
         return None, "paused"
+    if cursor.newer_format:
+        release(state, cursor, cursor.last_run)
+        return None, "newer_format"
     return cursor, "ok"
 
 

@@ -42,7 +42,7 @@ MAX_ERROR = 2000
 class PullResult:
     flow: str
     run_id: str
-    status: str = "ok"  # ok | leased | paused | lease_lost | disabled | failed | auth_failed (now paused)
+    status: str = "ok"  # ok | leased | paused | newer_format | lease_lost | disabled | failed | auth_failed (now paused)
     pulled: int = 0
     duplicates: int = 0  # re-sent after a crash and dropped by duplicate detection (when the bus can tell)
     deletes_inferred: int = 0
@@ -70,6 +70,7 @@ def pull_flow(
         _finish_pending_deletes(app, flow_name, flow, cursor, result)
         _read(app, flow_name, flow, cursor, result, on_page)
         cursor.last_error = None
+        cursor.last_success = app.clock().isoformat()
     except ConcurrencyError:
         result.status = "lease_lost"
         return result

@@ -12,6 +12,7 @@ from datetime import timedelta
 
 from shared import telemetry
 from shared.app import SyncApp
+from shared.bus.claim_check import REF_PROPERTY, SIZE_PROPERTY
 from shared.engine.cursor_lease import pause_flow
 from shared.engine.outcome import Kind, Outcome
 from shared.messages import bounded_id, to_envelope
@@ -32,6 +33,14 @@ def settle(app: SyncApp, settler: Settler, outcomes: Sequence[Outcome], started:
             stamp = int(later.timestamp())
             resend.append(to_envelope(o.message, message_id=bounded_id(f"{o.message.message_id()}:p{stamp}"),
                                       scheduled_at=later))
+        elif o.kind is Kind.DEFERRED:  # a body this release cannot read (a newer format): sent on as it is
+            later = app.clock() + PAUSED_RECHECK
+            envelope = o.received.envelope
+            # Its body was fetched if it came by reference: the send stores its own copy again if it must.
+            props = {k: v for k, v in envelope.application_properties.items() if k not in (REF_PROPERTY, SIZE_PROPERTY)}
+            resend.append(envelope.model_copy(update={
+                "message_id": bounded_id(f"{envelope.message_id}:p{int(later.timestamp())}"),
+                "application_properties": props, "scheduled_enqueue_time_utc": later}))
     if resend:
         app.bus.send(app.queue, resend)
     for flow, reason in {(o.flow, o.description) for o in outcomes if o.reason == "auth_failed"}:

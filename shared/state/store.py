@@ -39,6 +39,22 @@ _CURSOR_RK = "cursor"
 _MAX_TICKS = 10**19  # inverted timestamps sort newest first
 
 
+# Format of a stored cursor, carried as `format`. 1: the cursors of releases before it existed (same fields,
+# no `format`); 2: adds it. Positions are connector-specific (a delta link, a watermark and last key, ...): a
+# release that changes one bumps this and adds the step from the previous format to `_CURSOR_UPGRADES`. A
+# cursor of a newer format is never read by an older release's pull (start_run refuses it) and is written
+# back with its position untouched.
+CURSOR_FORMAT = 2
+
+
+def _cursor_v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    return data
+
+
+# format n -> format n + 1, applied to the stored data before it is read
+_CURSOR_UPGRADES = {1: _cursor_v1_to_v2}
+
+
 def _iso(moment: datetime | None) -> str | None:
     return moment.astimezone(UTC).isoformat() if moment else None
 
@@ -61,10 +77,19 @@ class Cursor:
     deletes_pending: str | None = None
     # The flow's last pull failure ({"error", "since", "at", "run_id"}), kept until a pull succeeds.
     last_error: dict[str, Any] | None = None
+    # When the flow's last successful pull ended (ISO time): what shared.flow_health reports.
+    last_success: str | None = None
     etag: str = ""
+    format: int = CURSOR_FORMAT
+
+    @property
+    def newer_format(self) -> bool:
+        """Written by a newer release: its position must not be read here."""
+        return self.format > CURSOR_FORMAT
 
     def to_data(self) -> dict[str, Any]:
         return {
+            "format": self.format,
             "position": self.position,
             "lease_owner": self.lease_owner,
             "lease_expires": _iso(self.lease_expires),
@@ -73,11 +98,15 @@ class Cursor:
             "last_run": self.last_run,
             "deletes_pending": self.deletes_pending,
             "last_error": self.last_error,
+            "last_success": self.last_success,
         }
 
     @classmethod
     def from_entity(cls, entity: Entity) -> Cursor:
         d = entity.data
+        found = d.get("format", 1)
+        for step in range(found, CURSOR_FORMAT):
+            d = _CURSOR_UPGRADES[step](d)
         return cls(
             flow=entity.pk,
             position=d.get("position"),
@@ -88,7 +117,9 @@ class Cursor:
             last_run=d.get("last_run") or {},
             deletes_pending=d.get("deletes_pending"),
             last_error=d.get("last_error") or None,
+            last_success=d.get("last_success"),
             etag=entity.etag,
+            format=max(found, CURSOR_FORMAT),
         )
 
 

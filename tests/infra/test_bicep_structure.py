@@ -11,6 +11,7 @@ them apart by looking the name up in the template's parameters and variables.
 from __future__ import annotations
 
 import json
+import os
 import re
 from typing import Any
 
@@ -201,14 +202,26 @@ def test_function_app_waits_for_its_role_assignments():
     assert "rbac" in template(MAIN)["modules"]["functionApp"]["config"].get("dependsOn", [])
 
 
+# Variables azd itself provides to main.parameters.json; every other ${VAR} there is one the user sets
+# (`azd env set VAR value`, or azd asks when a required one is empty) and docs/deploy.md names it.
+AZD_PROVIDED = {"AZURE_ENV_NAME", "AZURE_LOCATION", "AZURE_PRINCIPAL_ID"}
+
+
 def test_parameters_file_matches_main():
     parameters = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
     declared = template(MAIN)["parameters"]
     assert set(parameters) <= set(declared), f"unknown parameters: {set(parameters) - set(declared)}"
     required = {p for p, d in declared.items() if d.get("default") is None}
-    # alertEmail is asked for by `az deployment group create` / `azd up` (or given with -p alertEmail=...).
-    assert required - set(parameters) == {"alertEmail"}
+    assert required <= set(parameters), f"azd would have nothing to map these to: {required - set(parameters)}"
+    assert parameters["environmentName"]["value"] == "${AZURE_ENV_NAME}"
+    assert parameters["location"]["value"] == "${AZURE_LOCATION}"
+    deploy_doc = (ROOT / "docs" / "deploy.md").read_text()
     for param, entry in parameters.items():
+        azd_variable = re.fullmatch(r"\$\{([A-Z_]+)\}", str(entry["value"]))
+        if azd_variable:  # azd substitutes it; a required parameter left empty is asked for
+            assert azd_variable[1] in AZD_PROVIDED or azd_variable[1] in deploy_doc, azd_variable[1]
+            continue
+        assert "${" not in str(entry["value"]), f"{param}: only whole-value azd references"
         allowed = decorators(MAIN, param).get("allowed")
         if allowed is not None:
             assert entry["value"] in allowed, f"{param}={entry['value']!r} not in {allowed}"
@@ -505,9 +518,39 @@ def test_every_app_setting_the_code_reads_is_set_or_excluded_with_a_reason():
     assert set(EXCLUDED) <= set(APP_SETTINGS), f"stale EXCLUDED entries: {set(EXCLUDED) - set(APP_SETTINGS)}"
 
 
+def deployed_flows_references() -> set[str]:
+    """The env:NAME references in the flows file the deployment ships (the sample at the root)."""
+    import yaml
+
+    found: set[str] = set()
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+        elif isinstance(value, str) and value.startswith("env:"):
+            found.add(value[4:])
+
+    walk(yaml.safe_load((ROOT / "flows.yaml").read_text()))
+    return found
+
+
+def test_every_reference_in_the_deployed_flows_file_is_an_app_setting():
+    references = deployed_flows_references()
+    assert {"CRM_URL", "CRM_TENANT_ID", "CRM_CLIENT_ID", "AZURE_CLIENT_ID", "ERP_DB_URL"} <= references
+    assert references <= set(app_settings()), f"not set in Azure: {references - set(app_settings())}"
+    settings = app_settings()
+    for setting, param in {"CRM_URL": "crmUrl", "CRM_TENANT_ID": "crmTenantId", "CRM_CLIENT_ID": "crmClientId"}.items():
+        assert ref("app/function-app.bicep", settings[setting]) == ("param", param)
+        assert module_params("functionApp")[param] == param
+
+
 def test_bicep_sets_no_unknown_setting():
     settings = app_settings()
-    unknown = set(settings) - set(APP_SETTINGS) - set(HOST_SETTINGS) - CONNECTOR_SECRETS
+    unknown = set(settings) - set(APP_SETTINGS) - set(HOST_SETTINGS) - CONNECTOR_SECRETS - deployed_flows_references()
     assert not unknown, f"declare these in shared/settings.py, HOST_SETTINGS or CONNECTOR_SECRETS: {unknown}"
     assert not FORBIDDEN_SETTINGS & set(settings)
 
@@ -591,7 +634,7 @@ def test_function_failure_alert():
 
 def test_lag_alert_above_the_parameter():
     name = "app/alerts.bicep"
-    props = body(only(name, "Microsoft.Insights/scheduledQueryRules"))["properties"]
+    props = body(resources(name, "Microsoft.Insights/scheduledQueryRules")["lagAlert"])["properties"]
     (criterion,) = props["criteria"]["allOf"]
     assert "dualsync.end_to_end_lag" in criterion["query"]
     assert criterion["operator"] == "GreaterThan"
@@ -599,6 +642,50 @@ def test_lag_alert_above_the_parameter():
     assert criterion["dimensions"][0]["name"] == "flow"
     assert accessor(props["actions"]["actionGroups"][0]) == ["actionGroup", "id"]
     assert module_params("alerts")["lagAlertThresholdSeconds"] == "lagAlertThresholdSeconds"
+
+
+@pytest.mark.parametrize(("rule", "metric", "threshold"), [
+    ("pullStaleAlert", "dualsync.since_last_pull", ("param", "pullStaleAlertThresholdSeconds")),
+    ("pausedFlowAlert", "dualsync.flow_paused", ("literal", 0)),
+])
+def test_a_stalled_or_paused_flow_alerts_per_flow(rule, metric, threshold):
+    name = "app/alerts.bicep"
+    props = body(resources(name, "Microsoft.Insights/scheduledQueryRules")[rule])["properties"]
+    (criterion,) = props["criteria"]["allOf"]
+    assert f'name == "{metric}"' in criterion["query"] and "by flow" in criterion["query"]
+    assert criterion["metricMeasureColumn"] in criterion["query"]
+    assert criterion["operator"] == "GreaterThan" and ref(name, criterion["threshold"]) == threshold
+    assert criterion["dimensions"] == [{"name": "flow", "operator": "Include", "values": ["*"]}]
+    assert accessor(props["actions"]["actionGroups"][0]) == ["actionGroup", "id"]
+    assert "docs/runbook.md#" in props["description"]
+    anchor = props["description"].split("docs/runbook.md#")[1].split(".")[0]
+    assert f"## {anchor.replace('-', ' ')}" in (ROOT / "docs" / "runbook.md").read_text().lower()
+    assert module_params("alerts")["pullStaleAlertThresholdSeconds"] == "pullStaleAlertThresholdSeconds"
+
+
+def _emitted_metrics() -> set[str]:
+    """What the code really emits while it syncs (its own process: a meter provider is set once per process)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(ROOT / "tests" / "infra" / "emitted_metrics.py")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return set(json.loads(done.stdout))
+
+
+def test_alerts_and_the_workbook_read_only_metrics_the_code_emits():
+    referenced: dict[str, set[str]] = {}
+    for path in [*(INFRA / "app").glob("*.bicep"), INFRA / "app" / "workbook.json", INFRA / "main.bicep"]:
+        for metric in re.findall(r"dualsync\.[a-z_]+", path.read_text()):
+            referenced.setdefault(metric, set()).add(path.name)
+    assert {"dualsync.since_last_pull", "dualsync.flow_paused", "dualsync.end_to_end_lag"} <= set(referenced)
+    emitted = _emitted_metrics()
+    assert {"dualsync.since_last_pull", "dualsync.flow_paused"} <= emitted
+    unknown = {metric: sorted(files) for metric, files in referenced.items() if metric not in emitted}
+    assert not unknown, f"alerts or workbook read metrics the code never emits: {unknown}"
+    documented = (ROOT / "docs" / "deploy.md").read_text()
+    assert all(f"`{metric}`" in documented for metric in emitted), "docs/deploy.md lists the telemetry contract"
 
 
 def test_workbook_shows_applied_failed_lag_per_flow_and_dead_letters_by_reason():

@@ -26,6 +26,7 @@ import pytest
 import sqlalchemy as sa
 
 from dvsim import DataverseSimulator, IdentityProvider
+from dvsim.identity import ManagedIdentityEndpoint
 from dvsim.pytest_fixtures import dataverse_sim, dataverse_sim_factory, identity_provider  # noqa: F401
 from shared.app import SyncApp
 from shared.bus.sqlite_bus import SqliteBus
@@ -818,6 +819,13 @@ def test_certificate_credentials_reach_msal_in_its_documented_shape(tmp_path, mo
     assert credential["thumbprint"] == thumbprint and "PRIVATE KEY-----" in credential["private_key"]
     assert credential["public_certificate"].startswith("-----BEGIN CERTIFICATE-----")
     assert "PRIVATE" not in repr(provider)
+    # The same PEM as a Key Vault reference delivers it: the text of an app setting.
+    monkeypatch.setenv("CRM_CERT_PEM", pem.read_text())
+    from_setting = token_provider_for(
+        DataverseAuth(tenant_id="t-1", client_id="c-1", certificate_pem="env:CRM_CERT_PEM"), "https://org.example/")
+    assert from_setting._credential() == {k: v for k, v in credential.items() if k != "thumbprint"}
+    with pytest.raises(ValueError, match="never literal"):
+        DataverseAuth(tenant_id="t-1", client_id="c-1", certificate_pem=pem.read_text())
     broken = DataverseAuth(tenant_id="t-1", client_id="c-1", certificate_path=str(tmp_path / "missing.pem"),
                            certificate_thumbprint=thumbprint)
     with pytest.raises(ConfigError, match="cannot read certificate_path"):
@@ -863,6 +871,78 @@ def test_managed_identity_tokens_are_cached_and_refreshed_on_demand(monkeypatch,
     assert endpoint.calls[0]["params"].get("client_id") == client_id
     assert provider.refresh() == "mi-token-2" and len(endpoint.calls) == 2
     assert provider.token() == "mi-token-2"
+
+
+MI_CLIENT_ID, MI_OBJECT_ID = "5b2c6a7e-0000-4000-8000-00000000c11d", "0f6d3c1a-0000-4000-8000-00000000b1d0"
+
+
+@pytest.fixture
+def managed_identity(identity_provider, monkeypatch):  # noqa: F811
+    """The function app's user-assigned identity behind the platform's managed identity endpoint (loopback)."""
+    with ManagedIdentityEndpoint(identity_provider, {MI_CLIENT_ID: MI_OBJECT_ID}) as endpoint:
+        monkeypatch.setenv("IDENTITY_ENDPOINT", endpoint.url)
+        monkeypatch.setenv("IDENTITY_HEADER", endpoint.header)
+        monkeypatch.setenv("AZURE_CLIENT_ID", MI_CLIENT_ID)
+        monkeypatch.setenv("CRM_TENANT_ID", identity_provider.tenant_id)
+        monkeypatch.setenv("CRM_CLIENT_ID", "dualsync-app")
+        yield endpoint
+
+
+def federated_system(sim: DataverseSimulator, idp: IdentityProvider) -> DataverseSystem:
+    """As the deployed flows.yaml has it: every site-specific value an app setting (set by `managed_identity`)."""
+    return system(sim, auth={"tenant_id": "env:CRM_TENANT_ID", "client_id": "env:CRM_CLIENT_ID",
+                             "federated_identity_client_id": "env:AZURE_CLIENT_ID",
+                             "authority_host": f"https://{idp.host}:{idp.port}"})
+
+
+def test_a_federated_credential_signs_in_as_the_app_with_the_managed_identitys_token(
+        dataverse_sim_factory, identity_provider, managed_identity):  # noqa: F811
+    idp = identity_provider
+    idp.register_federated_client("dualsync-app", subject=MI_OBJECT_ID)  # the app trusts the identity
+    sim = dataverse_sim_factory(token_verifier=lambda t: idp.verify_token(t, audience=sim.url))
+    seed(sim, 3)
+    crm = DataverseConnector.from_config("crm", federated_system(sim, idp), msal_http_client=idp.msal_http_client(),
+                                         instance_discovery=False)
+    assert len(keys_of(read_all(crm, ACCOUNTS_CT, None, 10))) == 3
+    assert crm.write_batch(ACCOUNTS_BY_NUMBER, [account("A-1", name="x")])[0].ok
+    # One exchange: the identity's token for api://AzureADTokenExchange became the app's Dataverse token.
+    (asked,) = managed_identity.requests
+    assert asked["resource"] == "api://AzureADTokenExchange" and asked["client_id"] == MI_CLIENT_ID
+    assert idp.token_requests == 1 and idp.token_claims(idp.issued_tokens[0])["appid"] == "dualsync-app"
+    # A 401 gets a new Dataverse token; the identity's token is still good and is presented again.
+    first = idp.issued_tokens[0]
+    sim.token_verifier = lambda t: t != first and idp.verify_token(t, audience=sim.url)
+    assert crm.read_record(ACCOUNTS_CT, sim.rows("accounts")[0]["accountid"]) is not None
+    assert idp.token_requests == 2 and len(managed_identity.requests) == 1
+    crm.close()
+
+
+def test_an_untrusted_identity_pauses_the_flow_with_the_reason_and_no_token(
+        tmp_path, dataverse_sim_factory, identity_provider, managed_identity, erp):  # noqa: F811
+    idp = identity_provider  # no federated credential registered on the app
+    sim = dataverse_sim_factory(token_verifier=lambda t: idp.verify_token(t, audience=sim.url))
+    seed(sim, 2)
+    crm = DataverseConnector.from_config("crm", federated_system(sim, idp), msal_http_client=idp.msal_http_client(),
+                                         instance_discovery=False)
+    with pytest.raises(AuthError) as raised:
+        crm.read_record(ACCOUNTS_CT, "3f2504e0-4f89-41d3-9a0c-0305e82c3301")
+    assert "invalid_client" in str(raised.value) and "AADSTS70021" in str(raised.value)
+    app = make_app(tmp_path, sim, {"accounts-to-erp": ACCOUNTS_TO_ERP}, crm=crm)
+    result = pull_flow(app, "accounts-to-erp", owner="test")
+    assert result.status == "auth_failed" and "AADSTS70021" in result.error
+    cursor = app.state.get_cursor("accounts-to-erp")
+    assert cursor.paused and "AADSTS70021" in cursor.paused_reason
+    assert len(managed_identity.requests) == 1  # the identity's token was presented, and refused
+    for text in (str(raised.value), result.error, cursor.paused_reason):
+        assert "eyJ" not in text  # no JWT (the assertion) is ever echoed
+    app.close()
+
+
+def test_the_federated_method_needs_the_app_registration_and_is_one_method():
+    with pytest.raises(ValueError, match="tenant_id and client_id"):
+        DataverseAuth(federated_identity_client_id="env:AZURE_CLIENT_ID")
+    with pytest.raises(ValueError, match="exactly one"):
+        DataverseAuth(tenant_id="t", client_id="c", client_secret="env:S", federated_identity_client_id="x")
 
 
 def test_primary_id_convention():

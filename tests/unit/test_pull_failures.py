@@ -174,3 +174,42 @@ def test_run_once_prints_the_failure_and_exits_non_zero_then_status_shows_it(tmp
     status = json.loads(runner.invoke(cli, ["status", "--json", *common]).output)
     broken = next(f for f in status["flows"] if f["flow"] == "broken")
     assert "no such table" in broken["last_error"]["error"] and broken["last_run"]["status"] == "failed"
+
+
+def test_a_stalled_flow_reports_the_time_since_its_last_good_pull_and_a_paused_one_reports_paused(app):
+    from shared import flow_health
+    from shared.engine.cursor_lease import pause_flow
+
+    def gauges() -> tuple[dict[str, float], dict[str, float]]:
+        flow_health._forget_snapshot()
+        since = {o.attributes["flow"]: o.value for o in flow_health._since_last_pull(None)}
+        return since, {o.attributes["flow"]: o.value for o in flow_health._paused(None)}
+
+    flow_health.watch(app)
+    try:
+        pull_due_flows(app, owner="t")  # 12:00: accounts pulls, broken fails
+        app.now[0] += timedelta(hours=2)
+        pull_flow(app, "broken", owner="t")  # 14:00: still failing
+        assert gauges() == ({"accounts": 7200.0, "broken": 7200.0}, {"accounts": 0, "broken": 0})
+        pull_flow(app, "accounts", owner="t")
+        assert gauges()[0] == {"accounts": 0.0, "broken": 7200.0}  # only the broken one is stale
+
+        pause_flow(app.state, "broken", "auth failure while pulling: AADSTS7000222: client secret expired")
+        app.now[0] += timedelta(minutes=30)
+        since, paused = gauges()
+        assert since == {"accounts": 1800.0}  # a paused flow is reported as paused, not also as stale
+        assert paused == {"accounts": 0, "broken": 1}
+    finally:
+        flow_health.unwatch(app)
+    assert gauges() == ({}, {})
+
+
+def test_last_good_pull_of_a_cursor_written_before_it_was_recorded():
+    from shared import flow_health
+    from shared.state.store import Cursor
+
+    ok = Cursor("f", last_run={"status": "ok", "finished_at": "2026-03-01T12:00:00+00:00"})
+    failing = Cursor("f", last_run={"status": "failed"}, last_error={"since": "2026-03-01T11:00:00+00:00"})
+    assert flow_health.last_successful_pull(ok) == datetime(2026, 3, 1, 12, tzinfo=UTC)
+    assert flow_health.last_successful_pull(failing) == datetime(2026, 3, 1, 11, tzinfo=UTC)
+    assert flow_health.last_successful_pull(Cursor("f")) is None

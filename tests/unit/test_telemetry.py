@@ -56,3 +56,20 @@ def test_a_flow_name_the_config_does_not_know_is_counted_as_unknown(app):
     dead = points("dualsync.dead_lettered")
     assert not [attrs for attrs in dead if any(v.startswith("crafted-") for _, v in attrs)]
     assert dead[(("flow", "unknown"), ("reason", "UnknownFlow"))] >= 5
+
+
+def test_flow_health_gauges_are_exported_per_flow(app):
+    from shared import flow_health
+    from shared.engine.cursor_lease import pause_flow
+    from shared.engine.pull import pull_flow
+
+    pull_flow(app, "accounts", owner="t")
+    pause_flow(app.state, "contacts", "paused by an operator")
+    flow_health.watch(app)
+    flow_health._forget_snapshot()
+    try:
+        since = points(flow_health.SINCE_LAST_PULL)
+        assert set(since) == {(("flow", "accounts"),)} and 0 <= since[(("flow", "accounts"),)] < 60
+        assert points(flow_health.FLOW_PAUSED) == {(("flow", "accounts"),): 0, (("flow", "contacts"),): 1}
+    finally:
+        flow_health.unwatch(app)
