@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 from urllib.parse import quote
@@ -156,7 +157,15 @@ class DataverseApi:
         # How a delta reports a deleted row: "deletedEntity" (Dataverse's own form) or "removed" (the
         # OData JSON form other services send: {"@odata.id": "accounts(<id>)", "@removed": {...}}).
         self.deleted_form = "deletedEntity"
+        # Execution time every write operation takes ("Service protection API limits" charges it to the
+        # caller). Spent outside the store's lock, between deciding what to do and writing the row, so
+        # concurrent writes interleave as they do in Dataverse.
+        self.op_time_s = 0.0
         self.echo_track_changes = True
+
+    def _spend_operation_time(self) -> None:
+        if self.op_time_s > 0:
+            time.sleep(self.op_time_s)
 
     # --- dispatch --------------------------------------------------------------------------------
 
@@ -657,6 +666,7 @@ class DataverseApi:
 
     def _create(self, entity: Entity, req: ApiRequest, scope: BatchScope | None) -> ApiResponse:
         payload = self._payload(entity, req)
+        self._spend_operation_time()
         with self.store.transaction():
             values, body_id = self.coerce(entity, payload, creating=True, scope=scope)
             new_id = body_id or new_guid()
@@ -665,30 +675,38 @@ class DataverseApi:
         return self._write_response(entity, row, req, created=True, kind="create")
 
     def _upsert(self, entity: Entity, key_text: str, req: ApiRequest, scope: BatchScope | None) -> ApiResponse:
-        """PATCH is an upsert; If-Match: * makes it update-only, If-None-Match: * create-only."""
+        """PATCH is an upsert; If-Match: * makes it update-only, If-None-Match: * create-only.
+
+        Create-or-update is decided first and the row written after the operation's execution time, not in
+        one atomic step: a create of the same key by a concurrent request in between makes this create fail
+        with 412 (duplicate key), as an upsert racing another create does in Dataverse."""
         payload = self._payload(entity, req)
         if_match = req.header("if-match")
         if_none_match = req.header("if-none-match")
         if if_none_match == "null":  # clients send "If-None-Match: null" on every request as advised
             if_none_match = None
         tag = req.query.get("tag")
+        record_id, key_values = self._locate(entity, key_text)
+        existing = self.store.get(entity, record_id) if record_id else None
+        if existing is None and if_match is not None:
+            raise self._not_found(entity, record_id, key_values)
+        self._spend_operation_time()
         with self.store.transaction():
-            record_id, key_values = self._locate(entity, key_text)
-            existing = self.store.get(entity, record_id) if record_id else None
             if existing is not None:
+                current = self.store.get(entity, existing[entity.id_attr])
+                if current is None:  # deleted meanwhile
+                    raise self._not_found(entity, record_id, key_values)
                 if if_none_match is not None and if_none_match.strip() == "*":
                     raise errors.record_exists()
-                if if_match is not None and not _etag_matches(if_match, etag_of(existing)):
+                if if_match is not None and not _etag_matches(if_match, etag_of(current)):
                     raise errors.version_mismatch()
                 values, body_id = self.coerce(entity, payload, creating=False, scope=scope)
                 if body_id is not None and body_id != record_id:
                     raise errors.bad_request("The id in the request body does not match the id in the URL.")
-                self.check_status(entity, values, existing, existing[entity.id_attr])
-                row = self.store.update(entity, existing[entity.id_attr], values, tag)
+                self.check_status(entity, values, current, current[entity.id_attr])
+                row = self.store.update(entity, current[entity.id_attr], values, tag)
                 created = False
             else:
-                if if_match is not None:
-                    raise self._not_found(entity, record_id, key_values)
                 if key_values:
                     payload = {**payload, **self._key_payload(entity, key_values)}  # the URL's key is data too
                 values, body_id = self.coerce(entity, payload, creating=True, scope=scope)
@@ -711,6 +729,7 @@ class DataverseApi:
         return payload
 
     def _delete(self, entity: Entity, key_text: str, req: ApiRequest) -> ApiResponse:
+        self._spend_operation_time()
         with self.store.transaction():
             record_id, key_values = self._locate(entity, key_text)
             existing = self.store.get(entity, record_id) if record_id else None

@@ -7,6 +7,7 @@ where it does not, the message is the simulator's own and says so in the comment
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -163,14 +164,39 @@ def invalid_delta_token(token: str) -> ODataError:
 
 # --- service faults --------------------------------------------------------------------------
 
-def too_many_requests(retry_after_s: int) -> ODataError:
+def retry_after_text(seconds: float) -> str:
+    """Dataverse sends whole seconds; below ten seconds (a test's scaled-down window) the simulator sends
+    milliseconds too, so such a test neither waits a whole second per throttle nor loses the growth."""
+    return str(math.ceil(seconds)) if seconds >= 10 else f"{math.ceil(seconds * 1000) / 1000:g}"
+
+
+def _throttle(code: str, message: str, retry_after_s: float) -> ODataError:
+    return ODataError(429, code, message, headers={"Retry-After": retry_after_text(retry_after_s)})
+
+
+def too_many_requests(retry_after_s: float, limit: int = 6000, window_s: float = 300) -> ODataError:
     # "Service protection API limits": number-of-requests limit, hex code 0x80072322, with Retry-After seconds.
-    return ODataError(
-        429,
-        "0x80072322",
-        "Number of requests exceeded the limit of 6000 over time window of 300 seconds.",
-        headers={"Retry-After": str(retry_after_s)},
-    )
+    return _throttle("0x80072322", f"Number of requests exceeded the limit of {limit} over time window of "
+                     f"{window_s:g} seconds.", retry_after_s)
+
+
+def execution_time_exceeded(retry_after_s: float, limit_s: float = 1200, window_s: float = 300) -> ODataError:
+    # "Service protection API limits": execution time limit, hex code 0x80072321.
+    return _throttle("0x80072321", f"Combined execution time of incoming requests exceeded limit of "
+                     f"{round(limit_s * 1000):,} milliseconds over time window of {window_s:g} seconds. Decrease "
+                     "number of concurrent requests or reduce the duration of requests and try again later.",
+                     retry_after_s)
+
+
+def too_many_concurrent(limit: int, retry_after_s: float) -> ODataError:
+    # "Service protection API limits": concurrent requests limit, hex code 0x80072326.
+    return _throttle("0x80072326", f"Number of concurrent requests exceeded the limit of {limit}.", retry_after_s)
+
+
+def payload_too_large() -> str:
+    # The front end refuses an oversized request before the Web API sees it; the docs give no error body for
+    # it, so the simulator answers the way a web server does: plain text, no Dataverse error code.
+    return "413 Request Entity Too Large: the request is larger than the service accepts."
 
 
 def service_unavailable() -> ODataError:

@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from . import errors
 from .api import ApiRequest, ApiResponse, DataverseApi, error_response
 from .faults import FaultInjector, FaultSettings
+from .limits import ServiceLimiter, ServiceLimits, user_of
 from .schema import Schema, load_schema
 from .stats import Stats
 from .store import Store
@@ -121,6 +122,8 @@ class DataverseSimulator:
         seed: int | None = 0,
         verbose: bool = False,
         deleted_form: str = "deletedEntity",
+        limits: ServiceLimits | None = None,
+        max_request_bytes: int | None = 128 * 1024 * 1024,
         echo_track_changes: bool = True,
     ):
         self.schema: Schema = load_schema(schema_path)
@@ -142,6 +145,11 @@ class DataverseSimulator:
         if deleted_form not in ("deletedEntity", "removed"):
             raise ValueError(f"deleted_form must be deletedEntity or removed, got {deleted_form!r}")
         self.web_api.deleted_form = deleted_form
+        # Per-user service protection limits (Dataverse's numbers unless a test scales them down).
+        self.limiter = ServiceLimiter(limits)
+        self.web_api.op_time_s = self.limiter.settings.op_time_s
+        # A request body above this is refused with 413 before it reaches the Web API.
+        self.max_request_bytes = max_request_bytes
         # False: change-tracking answers leave odata.track-changes out of Preference-Applied (nothing documented
         # says Dataverse always echoes it; a client must judge by the delta link on the last page).
         self.web_api.echo_track_changes = echo_track_changes
@@ -149,6 +157,7 @@ class DataverseSimulator:
         self.port = port
         self.verbose = verbose
         self._server: _Server | None = None
+        self._affinity = new_guid().replace("-", "")
         self._thread: threading.Thread | None = None
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -209,6 +218,12 @@ class DataverseSimulator:
         m = _API_RE.match(split.path)
         if not m:
             return error_response(errors.segment_not_found(split.path))
+        if self.max_request_bytes is not None and len(body) > self.max_request_bytes:
+            self.stats.record_rejection(method, 413)
+            return ApiResponse(413, {"Content-Type": "text/plain; charset=utf-8"},
+                               errors.payload_too_large().encode(), "too_large")
+        if "arraffinity=" in headers.get("cookie", "").lower():
+            self.stats.record_affinity_cookie()
         auth = headers.get("authorization", "")
         token = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
         if not token or (self.token_verifier is not None and not self.token_verifier(token)):
@@ -224,6 +239,23 @@ class DataverseSimulator:
                 b"",
                 "unauthorized",
             )
+        try:
+            admission = self.limiter.admit(user_of(token))
+        except errors.ODataError as err:
+            self.stats.record_rejection(method, err.status)
+            return error_response(err)
+        try:
+            resp = self._serve(method, m, split.query, headers, body)
+        finally:
+            extra = admission.finish()
+        resp.headers.update(extra)
+        # Dataverse pins a client to one web server with this cookie; Microsoft advises clients doing
+        # parallel work not to send it back ("Service protection API limits").
+        resp.headers["Set-Cookie"] = f"ARRAffinity={self._affinity}; Path=/; HttpOnly"
+        return resp
+
+    def _serve(self, method: str, m: re.Match[str], query: str, headers: Mapping[str, str],
+               body: bytes) -> ApiResponse:
         self.faults.delay()
         fault = self.faults.next_fault()
         if fault is not None:
@@ -232,7 +264,7 @@ class DataverseSimulator:
         req = ApiRequest(
             method=method,
             path=unquote(m.group(2)),
-            query=dict(parse_qsl(split.query, keep_blank_values=True)),
+            query=dict(parse_qsl(query, keep_blank_values=True)),
             headers=headers,
             body=body,
             service_root=f"{self.url}/api/data/{m.group(1)}/",

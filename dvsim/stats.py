@@ -22,6 +22,7 @@ class Stats:
             self.by_kind: Counter[str] = Counter()
             self.batch_operations: Counter[str] = Counter()
             self.rejected: Counter[int] = Counter()
+            self.affinity_cookies = 0  # requests that sent the ARRAffinity cookie back
 
     def record_request(self, method: str, kind: str) -> None:
         with self._lock:
@@ -38,6 +39,10 @@ class Stats:
             self.requests += 1
             self.by_method[method] += 1
             self.rejected[status] += 1
+
+    def record_affinity_cookie(self) -> None:
+        with self._lock:
+            self.affinity_cookies += 1
 
     @property
     def batch_operation_count(self) -> int:

@@ -89,8 +89,14 @@ class DataverseSystem(Strict):
     auth: DataverseAuth
     api_version: str = "v9.2"
     page_size: int = Field(default=5000, ge=1, le=5000)
+    # The most operations per $batch; a table's batches start at initial_batch_size (Microsoft advises about
+    # 10) and grow while they answer fast, shrink on slow answers, timeouts, throttling and 413.
     batch_size: int = Field(default=1000, ge=1, le=1000)
+    initial_batch_size: int = Field(default=10, ge=1, le=1000)
     max_concurrency: int = Field(default=4, ge=1, le=52)
+    # A 429 pauses the whole connector for its Retry-After; a write or read waits out at most this much in
+    # all before it gives up with a transient error (the engine then retries the record later).
+    max_throttle_wait_seconds: float = Field(default=30, ge=0)
     timeout_seconds: float = Field(default=60, gt=0)
     # One pull reads at most this many pages (5,000 rows each by default); the next run resumes from the link.
     max_pages_per_run: int = Field(default=2000, ge=1)

@@ -65,19 +65,43 @@ as a bare GUID, ``(_primarycontactid_value=<guid>)``), ``create_only`` ->
 (404 = not found), ``op.if_match`` -> ``If-Match: <etag>`` (412, or 404: the row is gone, -> ``TargetChanged``,
 reason Conflict; `conditional_writes = "etag"`: rows read carry their ``@odata.etag`` in
 ``SourceRecord.etag``), ``delete`` -> ``DELETE`` (404 = already gone = done).
-Ops go out in ``$batch`` requests of up to ``batch_size`` (<= 1000) independent operations (no change sets:
-the records do not depend on each other) with ``Prefer: odata.continue-on-error``; each response part is
-mapped back to its op by position, so one bad record never fails its neighbours. A single op is sent as a
-plain request. Every write carries ``?tag=<tag>`` (the plug-in shared variable), inside a batch too.
-Alternate key values containing ``/ < > * % & : \\ ? +`` cannot be addressed (*Work with alternate keys*):
-such an op is rejected on its own with that reason.
+Ops go out in ``$batch`` requests (no change sets: the records do not depend on each other) with ``Prefer:
+odata.continue-on-error``; each response part is mapped back to its op by position, so one bad record never
+fails its neighbours. A single op is sent as a plain request. Every write carries ``?tag=<tag>`` (the plug-in
+shared variable), inside a batch too. Alternate key values containing ``/ < > * % & : \\ ? +`` cannot be
+addressed (*Work with alternate keys*): such an op is rejected on its own with that reason.
 
-Errors: 429 -> TransientError(retry_after=Retry-After seconds); 5xx, timeouts, lost connections ->
-TransientError; 400 and other refusals -> ``PermanentError(Reason.TARGET_REJECTED, "<set> key <k>: <code>
-<message>")``; 401 -> one token refresh and one retry, then AuthError; 403 -> AuthError. Reads raise; writes
-return one result per op (a whole ``$batch`` that fails gives every op that error).
+How much goes at once (``shared.connectors.dataverse_throttle``; *Service protection API limits*, *Send
+parallel requests*): a table's batches start at ``initial_batch_size`` (10, as Microsoft advises) and grow
+while they answer in under a twelfth of ``timeout_seconds`` (fourfold under a 96th), up to ``batch_size``
+(<= 1000); an answer slower than a sixth of it, a timeout or an execution-time 429 (``0x80072321``) halves
+them. Once a table's first batch has answered, batches of one ``write_batch`` go out in parallel (in order
+when two ops share a key), as many as the concurrency limit
+allows: ``max_concurrency``, lowered to ``x-ms-dop-hint`` and to the requests left in the window
+(``x-ms-ratelimit-burst-remaining-xrm-requests``), halved on a 429. No cookie is kept, so the
+``ARRAffinity`` cookie is never sent back.
 
-Requests per connector are capped by ``max_concurrency`` (a semaphore, and the httpx pool size);
+Settling every op inside one ``write_batch`` (at most WRITE_ROUNDS sends each):
+
+- a 429 pauses the whole connector until Retry-After; every request waits for the pause, then one goes
+  first and the rest follow once it is answered; the 429'd request is sent again. After
+  ``max_throttle_wait_seconds`` of waiting the op fails with TransientError(retry_after).
+- no answer (timeout, connection lost after sending): the outcome is unknown, and Dataverse may still be
+  running the request. The rows are read back before anything is sent again: a create-only op whose row
+  now exists, created since the first unanswered attempt began (createdon, one second of slack), is done,
+  not "already exists" (and is not run again); an older row is "already exists". A delete whose row is
+  gone is done. Upserts and updates are sent again (same values). A create-only op that meets 412 after an
+  unanswered attempt is read back the same way.
+- a plain upsert answered 412 lost a race with a concurrent create of its key: sent again as an update
+  (``If-Match: *``).
+- 413 for a whole batch: the ops go again in batches of half the size (the table's size stays below the
+  refused one); a single op that is 413 on its own is rejected (PermanentError).
+
+Errors: 429 after the wait allowed -> TransientError(retry_after=Retry-After seconds); 5xx, timeouts, lost
+connections -> TransientError; 400 and other refusals -> ``PermanentError(Reason.TARGET_REJECTED, "<set> key
+<k>: <code> <message>")``; 401 -> one token refresh and one retry, then AuthError; 403 -> AuthError. Reads
+raise; writes return one result per op (a whole ``$batch`` that fails gives every op that error).
+
 ``timeout_seconds`` bounds each request. Tokens come from a `TokenProvider` (``dataverse_auth``); neither
 the token nor a secret is ever logged or put in an error message.
 """
@@ -90,8 +114,10 @@ import re
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from email.message import Message
@@ -103,6 +129,13 @@ import httpx
 
 from shared.config import DataverseSystem, SourceSpec, TargetSpec, resolve_secret
 from shared.connectors.dataverse_auth import TokenProvider, token_provider_for
+from shared.connectors.dataverse_throttle import (
+    INITIAL_BATCH,
+    AdaptiveBatchSize,
+    ConcurrencyLimit,
+    Pacer,
+    cookieless_jar,
+)
 from shared.errors import (
     AuthError,
     ConfigError,
@@ -122,6 +155,12 @@ log = logging.getLogger(__name__)
 MAX_PAGE_SIZE = 5000  # Dataverse ignores odata.maxpagesize above 5,000
 MAX_BATCH = 1000  # operations per $batch
 EXPIRED_VERSION_STAMP = "0x80044352"
+EXECUTION_TIME_LIMIT = "0x80072321"  # "Service protection API limits": combined execution time exceeded
+_THROTTLE_RETRIES = 20  # 429s one request waits out itself (a Retry-After of 0 would otherwise never end)
+WRITE_ROUNDS = 12  # attempts per op inside one write_batch (413 halving from 1,000 needs 10)
+# createdon has whole seconds and two clocks may differ a little: a row created this long before an attempt
+# with an unknown outcome began still counts as that attempt's (an assumption; the docs give no figure).
+_CLOCK_SLACK = timedelta(seconds=1)
 _EXPIRED_TEXT = "version stamp associated with the client has expired"
 REBASELINE_NOTE = "delta token expired: re-baselined with a full read"
 UNUSABLE_LINK_NOTE = "stored link refused: re-baselined with a full read"
@@ -185,6 +224,24 @@ class _Prepared:
     path: str  # relative to the service root, query included
     headers: dict[str, str]
     body: bytes | None
+    # When an earlier attempt of this op had an unknown outcome (no answer): it may have been committed.
+    unknown_since: datetime | None = None
+    raced: bool = False  # a plain upsert that lost a race with a create of its key: now sent as an update
+    last_error: SyncError | None = None
+
+
+@dataclass
+class _Recheck:
+    """An op whose outcome must be read back from Dataverse before it may be sent again."""
+
+    item: _Prepared
+
+
+_Outcome = WriteResult | _Prepared | _Recheck  # done / send again / read back first
+
+
+class _NoAnswer(TransientError):
+    """The request was sent but no answer came: Dataverse may have run it, or may still be running it."""
 
 
 @dataclass
@@ -380,11 +437,6 @@ class _Trail:
         self.seen.add(url)
 
 
-def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
-
-
 # ---------------------------------------------------------------------------------------------- connector
 
 
@@ -409,6 +461,8 @@ class DataverseConnector:
         primary_ids: dict[str, str] | None = None,
         max_pages_per_run: int = 2000,
         max_response_bytes: int = 128 * 1024 * 1024,
+        initial_batch_size: int = INITIAL_BATCH,
+        max_throttle_wait_seconds: float = 30,
     ) -> None:
         self.name = name
         self.url = url.rstrip("/")
@@ -424,12 +478,19 @@ class DataverseConnector:
         self.tag = tag
         self._tokens = token_provider
         self._primary_ids = dict(primary_ids or {})
-        self._slots = threading.BoundedSemaphore(max_concurrency)
+        self.initial_batch_size = max(1, min(initial_batch_size, self.batch_size))
+        self.max_throttle_wait_seconds = max_throttle_wait_seconds
+        self._slots = ConcurrencyLimit(max_concurrency)  # follows x-ms-dop-hint
+        self._pacer = Pacer()  # one pause for every request after a 429
+        self._sizers: dict[str, AdaptiveBatchSize] = {}
+        self._sizers_lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
         self._client = httpx.Client(
             transport=transport,
             timeout=httpx.Timeout(timeout_seconds),
             limits=httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency),
             headers=_BASE_HEADERS,
+            cookies=cookieless_jar(),  # never send ARRAffinity back: parallel requests spread over servers
         )
 
     @classmethod
@@ -453,6 +514,7 @@ class DataverseConnector:
             batch_size=system.batch_size, max_concurrency=system.max_concurrency,
             timeout_seconds=system.timeout_seconds, tag=system.tag, transport=transport, primary_ids=primary_ids,
             max_pages_per_run=system.max_pages_per_run, max_response_bytes=system.max_response_mb * 1024 * 1024,
+            initial_batch_size=system.initial_batch_size, max_throttle_wait_seconds=system.max_throttle_wait_seconds,
         )
 
     def __repr__(self) -> str:
@@ -464,29 +526,68 @@ class DataverseConnector:
         return self._primary_ids.get(entity_set) or primary_id_of(entity_set)
 
     def _send(self, method: str, url: str, what: str, headers: dict[str, str] | None = None,
-              content: bytes | None = None) -> httpx.Response:
+              content: bytes | None = None, on_throttle: Any = None) -> httpx.Response:
         """One request with a bearer token; a 401 refreshes the token and tries once more.
 
-        Raises TransientError (transport), AuthError (401 twice, 403), UnsafeLinkError (a URL outside the
-        organization's Web API: the token is never attached to it). Other statuses are the caller's."""
+        A 429 pauses the whole connector until its Retry-After (every request waits for that pause before it
+        is sent) and is sent again, for up to ``max_throttle_wait_seconds`` of waiting in all (0: never) and
+        at most _THROTTLE_RETRIES times; after that the 429 is returned. ``on_throttle(error)`` hears of each 429. Every answer's ``x-ms-dop-hint`` sets how
+        many requests may be in flight at once.
+
+        Raises TransientError (transport; `_NoAnswer` when the request went out and no answer came, so it may
+        have run), AuthError (401 twice, 403), UnsafeLinkError (a URL outside the organization's Web API: the
+        token is never attached to it). Other statuses are the caller's."""
         self._check_link(url)
         refreshed = False
+        waited = 0.0
+        throttles = 0
         while True:
+            pause = self._pacer.remaining()
+            if pause > 0 and waited + pause > self.max_throttle_wait_seconds:
+                raise TransientError(f"{what}: throttled by Dataverse (service protection limits); not sent",
+                                     retry_after=pause)
+            paused, probe = self._pacer.wait()
+            waited += paused
             token = self._tokens.refresh() if refreshed else self._tokens.token()
             request_headers = {**(headers or {}), "Authorization": f"Bearer {token}"}
             started = time.perf_counter()
+            throttled = True  # until an answer other than 429 says otherwise
             try:
                 with self._slots:
+                    if self._pacer.remaining() > 0:
+                        continue  # a 429 came while this one waited for a slot: back to the pause
                     response = self._bounded(self._client.build_request(
                         method, url, headers=request_headers, content=content), what)
+                throttled = response.status_code == 429
+                if throttled:  # pause everyone before anyone else is let go
+                    self._slots.throttled()
+                    err = _error_of(429, response.headers, response.content)
+                    self._pacer.pause(err.retry_after if err.retry_after is not None else 1.0)
+            except (httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ConnectError) as exc:
+                raise TransientError(f"{what}: {type(exc).__name__}: not sent") from None
             except httpx.TimeoutException:
-                raise TransientError(f"{what}: no answer within {self.timeout_seconds:g}s") from None
+                raise _NoAnswer(f"{what}: no answer within {self.timeout_seconds:g}s") from None
             except httpx.TransportError as exc:
-                raise TransientError(f"{what}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                                     .rstrip(": ")) from None
+                raise _NoAnswer(f"{what}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                                .rstrip(": ")) from None
+            finally:
+                self._pacer.answered(probe, throttled)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("%s %s -> %s (%.0f ms)", method, url, response.status_code,
                           (time.perf_counter() - started) * 1000)
+            self._slots.follow_hint(response.headers.get("x-ms-dop-hint"))
+            if not throttled:
+                self._slots.answered()
+                self._slots.follow_budget(response.headers.get("x-ms-ratelimit-burst-remaining-xrm-requests"))
+            if throttled:
+                delay = err.retry_after if err.retry_after is not None else 1.0
+                if on_throttle is not None:
+                    on_throttle(err)
+                throttles += 1
+                if (self.max_throttle_wait_seconds > 0 and throttles <= _THROTTLE_RETRIES
+                        and waited + delay <= self.max_throttle_wait_seconds):
+                    continue
+                return response
             if response.status_code == 401:
                 if not refreshed:
                     refreshed = True
@@ -939,10 +1040,100 @@ class DataverseConnector:
             except _Reject as exc:
                 results[index] = WriteResult(op, ok=False, key=self._op_key(target, op), error=PermanentError(
                     Reason.TARGET_REJECTED, f"{target.entity} key {self._op_key(target, op)}: {exc}"))
-        for chunk in _chunks(prepared, self.batch_size):
-            for item, result in zip(chunk, self._run(target, chunk), strict=True):
-                results[item.index] = result
+        todo = prepared
+        for _ in range(WRITE_ROUNDS):
+            if not todo:
+                break
+            todo = self._write_round(target, todo, results)
+        for item in todo:
+            error = item.last_error or TransientError(f"{target.entity} key {item.key_text}: not written")
+            results[item.index] = WriteResult(item.op, ok=False, key=item.key_text, error=error)
         return [r for r in results if r is not None]
+
+    def _sizer(self, entity: str) -> AdaptiveBatchSize:
+        with self._sizers_lock:
+            if entity not in self._sizers:
+                # A batch should answer well inside the timeout (and the execution time limit).
+                self._sizers[entity] = AdaptiveBatchSize(self.batch_size, self.initial_batch_size,
+                                                         target_seconds=self.timeout_seconds / 6)
+            return self._sizers[entity]
+
+    def _write_round(self, target: TargetSpec, todo: list[_Prepared],
+                     results: list[WriteResult | None]) -> list[_Prepared]:
+        """Send every op once, in batches cut to the table's current size, as many in flight as the
+        concurrency limit allows (one at a time when two ops share a key: their order matters). Returns the
+        ops to send again."""
+        sizer = self._sizer(target.entity)
+        pending = deque(todo)
+        parallel = len({item.key_text for item in todo}) == len(todo)
+        again: list[_Prepared] = []
+        recheck: list[_Prepared] = []
+        running: set[Future[list[tuple[_Prepared, _Outcome]]]] = set()
+        while pending or running:
+            while pending and len(running) < (self._slots.limit if parallel and sizer.measured else 1):
+                chunk = [pending.popleft() for _ in range(min(sizer.size, len(pending)))]
+                running.add(self._executor().submit(self._run, target, chunk))
+            finished, running = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                for item, outcome in future.result():
+                    if isinstance(outcome, WriteResult):
+                        results[item.index] = outcome
+                    elif isinstance(outcome, _Recheck):
+                        recheck.append(outcome.item)
+                    else:
+                        again.append(outcome)
+        for item, outcome in self._read_back(target, recheck):
+            if isinstance(outcome, WriteResult):
+                results[item.index] = outcome
+            else:
+                again.append(outcome if isinstance(outcome, _Prepared) else outcome.item)
+        again.sort(key=lambda item: item.index)
+        return again
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            with self._sizers_lock:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(self._slots.ceiling, thread_name_prefix=f"{self.name}-write")
+        return self._pool
+
+    def _read_back(self, target: TargetSpec, items: list[_Prepared]) -> list[tuple[_Prepared, _Outcome]]:
+        """Ops that may have run although no answer said so: look at the rows before sending any again.
+
+        A create-only op whose row now exists, created since the first unanswered attempt began, was ours:
+        done (running it again would fail as "already exists", and an update would run the plug-ins twice). A
+        row older than that existed before: "already exists" stands. A delete whose row is gone is done. Any
+        other op is sent again: an upsert or update writes the same values twice, which is harmless."""
+        if not items:
+            return []
+        try:
+            rows = self.read_records(target.entity, target.key, [item.key_text for item in items])
+        except SyncError as exc:
+            error = TransientError(f"{target.entity}: outcome unknown and the rows could not be read back: {exc}")
+            return [(item, WriteResult(item.op, ok=False, key=item.key_text, error=error)) for item in items]
+        out: list[tuple[_Prepared, _Outcome]] = []
+        for item in items:
+            found = rows.get(item.key_text)
+            op = item.op
+            if op.kind == "delete":
+                done = found is None
+            elif op.create_only and not op.if_match and found is not None:
+                created = _moment(found.values.get("createdon"))
+                since = item.unknown_since or datetime.now(UTC)
+                if created is not None and created >= since.replace(microsecond=0) - _CLOCK_SLACK:
+                    done = True
+                else:
+                    where = f"{target.entity} key {item.key_text}"
+                    out.append((item, WriteResult(op, ok=False, key=item.key_text, error=TargetChanged(
+                        Reason.TARGET_REJECTED, f"{where}: already exists (created before this write)"))))
+                    continue
+            else:
+                done = False
+            if done:
+                out.append((item, WriteResult(op, ok=True, key=item.key_text, etag=found.etag if found else None)))
+            else:
+                out.append((item, item))
+        return out
 
     @staticmethod
     def _op_key(target: TargetSpec, op: WriteOp) -> str:
@@ -1003,18 +1194,29 @@ class DataverseConnector:
                 raise _Reject(str(exc)) from None
         return _Prepared(index, op, self._op_key(target, op), method, path, headers, body)
 
-    def _run(self, target: TargetSpec, chunk: Sequence[_Prepared]) -> list[WriteResult]:
+    def _run(self, target: TargetSpec, chunk: Sequence[_Prepared]) -> list[tuple[_Prepared, _Outcome]]:
         if len(chunk) == 1:
             item = chunk[0]
             what = f"{target.entity} key {item.key_text}"
+            started = datetime.now(UTC)
             try:
                 response = self._send(item.method, self.api + item.path, what, item.headers, item.body)
+            except _NoAnswer as exc:
+                return [(item, self._unknown(item, exc, started))]
             except SyncError as exc:
-                return [WriteResult(item.op, ok=False, key=item.key_text, error=exc)]
-            return [self._result(target, item, response.status_code, response.headers, response.content)]
+                return [(item, WriteResult(item.op, ok=False, key=item.key_text, error=exc))]
+            if response.status_code == 413:  # too large on its own: no smaller request can carry it
+                error = PermanentError(Reason.TARGET_REJECTED, f"{what}: 413 the record is larger than Dataverse "
+                                                               "accepts in one request")
+                return [(item, WriteResult(item.op, ok=False, key=item.key_text, error=error))]
+            return [(item, self._settle(target, item, response.status_code, response.headers, response.content))]
         return self._run_batch(target, chunk)
 
-    def _run_batch(self, target: TargetSpec, chunk: Sequence[_Prepared]) -> list[WriteResult]:
+    @staticmethod
+    def _unknown(item: _Prepared, exc: SyncError, started: datetime) -> _Recheck:
+        return _Recheck(replace(item, unknown_since=item.unknown_since or started, last_error=exc))
+
+    def _run_batch(self, target: TargetSpec, chunk: Sequence[_Prepared]) -> list[tuple[_Prepared, _Outcome]]:
         boundary = f"batch_{uuid.uuid4()}"
         body = self._batch_body(chunk, boundary)
         what = f"{target.entity}: $batch of {len(chunk)}"
@@ -1023,16 +1225,31 @@ class DataverseConnector:
             "Prefer": "odata.continue-on-error",
             "If-None-Match": "null",
         }
+        sizer = self._sizer(target.entity)
 
-        def everyone(error: SyncError) -> list[WriteResult]:
-            return [WriteResult(item.op, ok=False, key=item.key_text, error=error) for item in chunk]
+        def throttled(err: _ApiError) -> None:
+            if err.code.lower() == EXECUTION_TIME_LIMIT:
+                sizer.slow_down(len(chunk))
 
+        def everyone(error: SyncError) -> list[tuple[_Prepared, _Outcome]]:
+            return [(item, WriteResult(item.op, ok=False, key=item.key_text, error=error)) for item in chunk]
+
+        started, clock = datetime.now(UTC), time.monotonic()
         try:
-            response = self._send("POST", self.api + "$batch", what, headers, body)
+            response = self._send("POST", self.api + "$batch", what, headers, body, on_throttle=throttled)
+        except _NoAnswer as exc:
+            sizer.slow_down(len(chunk))
+            return [(item, self._unknown(item, exc, started)) for item in chunk]
         except SyncError as exc:
             return everyone(exc)
+        if response.status_code == 413:  # the whole request is too large: smaller batches, never a dead letter
+            sizer.too_large(len(chunk))
+            error = TransientError(f"{what}: 413 request too large")
+            return [(item, replace(item, last_error=error)) for item in chunk]
         content_type = response.headers.get("content-type", "")
-        if _boundary(content_type) is None:
+        if _boundary(content_type) is not None:
+            sizer.answered(len(chunk), time.monotonic() - clock)  # a batch that ran: its time says how big
+        else:
             err = _error_of(response.status_code, response.headers, response.content)
             if response.status_code < 400:
                 return everyone(TransientError(f"{what}: the answer is not multipart/mixed"))
@@ -1042,16 +1259,34 @@ class DataverseConnector:
         except ValueError as exc:
             return everyone(TransientError(f"{what}: unreadable answer: {exc}"))
         by_id = {p.content_id: p for p in parts if p.content_id}
-        results = []
+        results: list[tuple[_Prepared, _Outcome]] = []
         for position, item in enumerate(chunk):
             part = by_id.get(str(position + 1)) if len(by_id) == len(parts) == len(chunk) else (
                 parts[position] if position < len(parts) else None)
             if part is None:  # the batch stopped before this op: it was not run
-                results.append(WriteResult(item.op, ok=False, key=item.key_text,
-                                           error=TransientError(f"{what}: no answer for this operation")))
+                results.append((item, WriteResult(item.op, ok=False, key=item.key_text,
+                                                  error=TransientError(f"{what}: no answer for this operation"))))
             else:
-                results.append(self._result(target, item, part.status, part.headers, part.body))
+                results.append((item, self._settle(target, item, part.status, part.headers, part.body)))
         return results
+
+    def _settle(self, target: TargetSpec, item: _Prepared, status: int, headers: Any, body: bytes) -> _Outcome:
+        """An answer that settles the op, or the op to send again (changed), or to read back first."""
+        op = item.op
+        plain_upsert = op.kind == "upsert" and not op.create_only and not op.if_match
+        if status == 412 and plain_upsert and not item.raced:
+            # The upsert found no row, and a concurrent create of the same key won the race: it is an update.
+            return replace(item, raced=True, headers={**item.headers, "If-Match": "*"},
+                           last_error=self._result(target, item, status, headers, body).error)
+        if status == 404 and item.raced:  # the row that won the race is gone again: back to a plain upsert
+            return replace(item, raced=False, headers={k: v for k, v in item.headers.items() if k != "If-Match"},
+                           last_error=self._result(target, item, status, headers, body).error)
+        if status == 412 and op.create_only and item.unknown_since is not None:
+            return _Recheck(item)  # perhaps our own earlier attempt created it
+        if status == 429:  # a throttled operation inside a batch: the pause is the connector's
+            err = _error_of(status, headers, body)
+            self._pacer.pause(err.retry_after if err.retry_after is not None else 1.0)
+        return self._result(target, item, status, headers, body)
 
     def _batch_body(self, chunk: Sequence[_Prepared], boundary: str) -> bytes:
         out: list[bytes] = []
@@ -1099,4 +1334,6 @@ class DataverseConnector:
         return None
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
         self._client.close()

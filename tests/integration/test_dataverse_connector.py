@@ -343,9 +343,11 @@ def test_a_failed_whole_batch_gives_every_op_its_error(dataverse_sim_factory):  
     sim.faults.inject(503)
     results = crm.write_batch(ACCOUNTS_BY_NUMBER, ops)
     assert all(isinstance(r.error, TransientError) for r in results)
-    sim.faults.inject(429, retry_after_s=7)
-    results = crm.write_batch(ACCOUNTS_BY_NUMBER, ops)
+    sim.faults.inject(429, retry_after_s=7)  # longer than this connector waits out a throttle itself
+    impatient = DataverseConnector.from_config("crm", system(sim, max_throttle_wait_seconds=5))
+    results = impatient.write_batch(ACCOUNTS_BY_NUMBER, ops)
     assert all(isinstance(r.error, TransientError) and r.error.retry_after == 7 for r in results)
+    impatient.close()
     assert sim.rows("accounts") == []
     assert all(r.ok for r in crm.write_batch(ACCOUNTS_BY_NUMBER, ops))
     crm.close()
@@ -367,11 +369,17 @@ def test_a_failed_whole_batch_gives_every_op_its_error(dataverse_sim_factory):  
     gone.close()
 
 
-def test_a_429_on_a_read_is_transient_with_retry_after(sim, crm):
+def test_a_429_on_a_read_is_transient_with_retry_after(sim):
+    impatient = DataverseConnector.from_config("crm", system(sim, max_throttle_wait_seconds=0))
     sim.faults.inject(429, retry_after_s=3)
     with pytest.raises(TransientError) as raised:
-        list(crm.read_changes(ACCOUNTS_CT, None, 10))
+        list(impatient.read_changes(ACCOUNTS_CT, None, 10))
     assert raised.value.retry_after == 3 and "0x80072322" in str(raised.value)
+    with pytest.raises(TransientError) as paused:  # the whole connector waits: nothing is sent meanwhile
+        impatient.read_record(ACCOUNTS_CT, "3f2504e0-4f89-41d3-9a0c-0305e82c3301")
+    assert "not sent" in str(paused.value) and 2 < paused.value.retry_after <= 3
+    assert sim.stats.rejected == {429: 1} and sim.stats.requests == 1
+    impatient.close()
 
 
 def test_403_is_an_auth_error():
@@ -614,7 +622,7 @@ def test_a_batch_of_100_with_3_bad_records(tmp_path, sim, erp):
     rows[50]["status"] = 7  # not a statecode option
     rows[90]["credit"] = "lots"  # not a decimal
     insert_erp(erp, "erp_customers", rows)
-    app = make_app(tmp_path, sim, {"customers-to-crm": CUSTOMERS_TO_CRM})
+    app = make_app(tmp_path, sim, {"customers-to-crm": CUSTOMERS_TO_CRM}, initial_batch_size=100)
     assert pull_flow(app, "customers-to-crm", owner="test").pulled == 100
     sim.stats.reset()
     batch = app.bus.receive(app.queue, max_messages=100, max_wait=1)
@@ -640,24 +648,38 @@ def test_a_batch_of_100_with_3_bad_records(tmp_path, sim, erp):
 
 
 def test_a_429_storm_is_honoured_without_a_dead_letter(tmp_path, sim, erp):
+    """The connector waits out Retry-After itself, for all its requests at once: no record is retried."""
     insert_erp(erp, "erp_customers", [
         {"account_number": f"C{i:03d}", "name": f"Customer {i}", "status": 0, "credit": None,
          "modified_at": datetime(2026, 1, 1) + timedelta(seconds=i)} for i in range(20)])
     app = make_app(tmp_path, sim, {"customers-to-crm": CUSTOMERS_TO_CRM})
     pull_flow(app, "customers-to-crm", owner="test")
-    sim.faults.inject(429, count=3, retry_after_s=1)  # the next three requests are throttled
+    sim.faults.inject(429, count=2, retry_after_s=1)  # the next two requests are throttled
+    started = time.monotonic()
+    outcomes = drain(app)
+    assert time.monotonic() - started >= 1  # Retry-After was waited out
+    assert sim.stats.rejected[429] == 2
+    assert kinds(outcomes) == {"applied": 20}
+    assert app.bus.counts(app.queue).dead_letter == 0
+    assert len(sim.rows("accounts")) == 20
+    app.close()
+
+
+def test_a_throttle_longer_than_the_connector_waits_is_retried_after_retry_after(tmp_path, sim, erp):
+    insert_erp(erp, "erp_customers", [
+        {"account_number": f"C{i:03d}", "name": f"Customer {i}", "status": 0, "credit": None,
+         "modified_at": datetime(2026, 1, 1) + timedelta(seconds=i)} for i in range(5)])
+    app = make_app(tmp_path, sim, {"customers-to-crm": CUSTOMERS_TO_CRM}, max_throttle_wait_seconds=0)
+    pull_flow(app, "customers-to-crm", owner="test")
+    sim.faults.inject(429, count=1, retry_after_s=1)
     log: list[tuple[datetime, list[Outcome]]] = []
     outcomes = drain(app, log=log)
-    assert sim.stats.rejected[429] == 3
-    assert not any(o.kind == Kind.DEAD_LETTER for o in outcomes)
-    assert app.bus.counts(app.queue).dead_letter == 0
     retries = [(started, o) for started, done in log for o in done if o.kind == Kind.RETRY]
-    assert len(retries) == 60  # 20 records, 3 throttled attempts each
+    assert len(retries) == 5
     for started, outcome in retries:  # backoff base is 0.01 s: only Retry-After can hold them back 1 s
-        assert outcome.retry_at >= started + timedelta(seconds=1)
+        assert outcome.retry_at >= started + timedelta(seconds=0.99)
         assert "429" in outcome.description
-    assert kinds(outcomes) == {"retry": 60, "applied": 20}
-    assert len(sim.rows("accounts")) == 20
+    assert kinds(outcomes) == {"retry": 5, "applied": 5}
     app.close()
 
 

@@ -26,6 +26,9 @@ from tests.integration.test_dataverse_connector import (  # noqa: F401 - fixture
 )
 
 RECORDS = 200
+# The connector waits out a 429 itself, for all its requests at once (test_dataverse_write_limits); with no
+# time for that, it hands every 429 to the engine, whose throttle budget these tests are about.
+HAND_ON = {"max_throttle_wait_seconds": 0}
 
 
 def customers(n: int) -> list[dict]:
@@ -41,7 +44,7 @@ def test_a_429_soak_dead_letters_no_healthy_record(tmp_path, dataverse_sim_facto
     # Most requests are throttled (Retry-After 0, so the test is quick), a few fail with a 503 (a real error).
     sim = dataverse_sim_factory(rate_429=0.7, rate_5xx=0.03, retry_after_s=0, seed=11)
     insert_erp(erp, "erp_customers", customers(RECORDS))
-    app = make_app(tmp_path, sim, flow())
+    app = make_app(tmp_path, sim, flow(), **HAND_ON)
     pull_flow(app, "customers-to-crm", owner="test")
     outcomes = drain(app, timeout=120, max_messages=20)
     dead = [f"{o.message.key}: {o.description}" for o in outcomes if o.kind == Kind.DEAD_LETTER]
@@ -54,7 +57,7 @@ def test_a_429_soak_dead_letters_no_healthy_record(tmp_path, dataverse_sim_facto
 
 def test_a_long_throttle_does_not_dead_letter_and_a_real_error_still_does(tmp_path, sim, erp):
     insert_erp(erp, "erp_customers", customers(1))
-    app = make_app(tmp_path, sim, flow())
+    app = make_app(tmp_path, sim, flow(), **HAND_ON)
     pull_flow(app, "customers-to-crm", owner="test")
     sim.faults.inject(429, count=12, retry_after_s=0)  # three times max_attempts
     outcomes = drain(app, timeout=60)
@@ -78,7 +81,7 @@ def test_a_long_throttle_does_not_dead_letter_and_a_real_error_still_does(tmp_pa
                                                      (timedelta(hours=7), Kind.DEAD_LETTER)])
 def test_throttling_is_budgeted_by_time_from_the_first_throttle(tmp_path, sim, erp, throttled_for, kind):
     insert_erp(erp, "erp_customers", customers(2))
-    app = make_app(tmp_path, sim, flow(throttle_budget="PT6H"))
+    app = make_app(tmp_path, sim, flow(throttle_budget="PT6H"), **HAND_ON)
     since = datetime.now(UTC) - throttled_for
     message = ChangeMessage(flow="customers-to-crm", op="upsert", source_system="erp", entity="erp_customers",
                             key="C0001", version="2026-01-01T00:00:00.000000", changed_at=since,
