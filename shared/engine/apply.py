@@ -366,8 +366,8 @@ def _write_op(f: _Flow, item: _Item, lookups: Lookups, links: dict[str, str]) ->
 def _claim_target_keys(app: SyncApp, f: _Flow, ops: list[WriteOp], links: dict[str, str],
                        outcomes: list[Outcome]) -> list[WriteOp]:
     """Dead-letter a change whose target row already belongs to another source record (see target_claims).
-    A holder its source no longer has is a record on its way out, not a rival: its own stale change in this
-    batch is dropped, and a change waiting for the key it held retries until its delete has freed it."""
+    A claimant in this batch that its source no longer has is a stale change on its way out: it is dropped,
+    so the record that holds the key now gets the row."""
     target = f.flow.target
     claims = [Claim(op.ref.message.key, key_of(target.key, op.key))
               for op in ops if op.kind == "upsert" and op.ref.message.key not in links]
@@ -389,18 +389,18 @@ def _claim_target_keys(app: SyncApp, f: _Flow, ops: list[WriteOp], links: dict[s
                                     f"flow {f.name} record {key}: no longer at its source; its delete follows"))
         elif rival is None or (rival.same_batch and rival.owner in gone):
             kept.append(op)
-        elif rival.owner in gone and f.flow.deletes != "ignore":
-            outcomes.append(_retry(app, item, "target_key_held",
-                                   f"flow {f.name} record {key}: target key {key_of(target.key, op.key)} still "
-                                   f"belongs to source record {rival.owner}, which its source no longer has; "
-                                   "waiting for its delete", None))
         else:
             holder = ("an earlier change of the same batch, for source record" if rival.same_batch
                       else "source record")
+            # A linked holder its source no longer has keeps the row until its own delete is applied; nothing
+            # says that delete will come (deletes may be ignored, or never reported), so this change does not
+            # wait for it: the operator replays it once the row is free.
+            gone_note = ("; that record is gone from its source: replay this once its delete has been applied"
+                         if rival.owner in gone else "")
             outcomes.append(Outcome(item.received, item.message, Kind.DEAD_LETTER, Reason.DUPLICATE_TARGET_KEY,
                                     f"flow {f.name} record {key}: target key {key_of(target.key, op.key)} "
                                     f"({target.system} {target.entity}) already belongs to {holder} "
-                                    f"{rival.owner}; two source records cannot share one target row"))
+                                    f"{rival.owner}; two source records cannot share one target row{gone_note}"))
     return kept
 
 

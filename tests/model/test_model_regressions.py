@@ -219,3 +219,19 @@ def test_a_target_key_freed_by_a_delete_goes_to_the_record_that_holds_it_now(wor
     world.quiesce()
     assert world.bus.peek_dead_letters(world.app.queue) == []
     assert business(world.erp_row("C0", table="archive")) == account("C0", name="bob")
+
+
+def test_a_record_deleted_on_the_other_side_while_its_code_is_contended_settles():
+    """Found by `make soak` after the key-reuse fix (settles): K3 synced with code C0, K0 created with C0 too,
+    K3 deleted in the ERP. K0 waited for K3's archive row to be freed by a delete that never came, so the
+    queue never drained. Now K0 is dead-lettered (DuplicateTargetKey, saying the holder is gone) and the
+    operator replays it."""
+    from tests.model.test_model_sync import SyncModel
+
+    state = SyncModel()
+    try:
+        state.seed(seeded=[("crm", "K3")])
+        state.write(key="K0", side="crm", values={})
+        state.delete(key="K3", side="erp")
+    finally:
+        state.teardown()
