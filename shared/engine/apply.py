@@ -223,6 +223,7 @@ def _apply_round(app: SyncApp, f: _Flow, items: list[_Item], links: dict[str, st
         # Too slow since the claim: the lease could run out while the target is written. Claim again.
         again += [op.ref for op in ops]
         ops = []
+    ops.sort(key=lambda op: op.kind != "delete")  # a row freed by a delete can be taken in the same batch
     results = _write(app, flow, ops) if ops else []
     # A write that would change nothing is not sent, but its versions and values are still recorded.
     results += [WriteResult(op, ok=True, key=key_of(flow.target.key, op.key)) for op in settled if op.ref.noop]
@@ -379,6 +380,8 @@ def _claim_target_keys(app: SyncApp, f: _Flow, ops: list[WriteOp], links: dict[s
         gone = set(holders) - set(_read_sources(app, f, holders))
     except SyncError:
         gone = set()  # cannot tell: every holder counts as a rival
+    # A holder whose delete is in this very batch frees the row before the new owner's write (deletes go first).
+    leaving = {op.ref.message.key for op in ops if op.kind == "delete"}
     kept: list[WriteOp] = []
     for op in ops:
         item: _Item = op.ref
@@ -387,7 +390,7 @@ def _claim_target_keys(app: SyncApp, f: _Flow, ops: list[WriteOp], links: dict[s
         if op.kind == "upsert" and key in gone and key not in links:
             outcomes.append(Outcome(item.received, item.message, Kind.SKIPPED, "source_gone",
                                     f"flow {f.name} record {key}: no longer at its source; its delete follows"))
-        elif rival is None or (rival.same_batch and rival.owner in gone):
+        elif rival is None or (rival.owner in gone and (rival.same_batch or rival.owner in leaving)):
             kept.append(op)
         else:
             holder = ("an earlier change of the same batch, for source record" if rival.same_batch

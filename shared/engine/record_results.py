@@ -48,10 +48,10 @@ def save_states(state: StateStore, pair: str, writes: Sequence[StateWrite]) -> S
 def _save(state: StateStore, pair: str, writes: Sequence[StateWrite]) -> set[str]:
     links = [w.link for w in writes if not w.unlink]
     unlinks = [w.link for w in writes if w.unlink]
+    if unlinks:  # first: a target key a deleted record held may have been taken by another in this batch
+        state.unlink_keys(pair, unlinks)
     if links:
         state.link_keys(pair, links)
-    if unlinks:
-        state.unlink_keys(pair, unlinks)
     return state.save_records(pair, [w.record for w in writes])
 
 
