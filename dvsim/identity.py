@@ -94,7 +94,37 @@ class _IdpServer(ThreadingHTTPServer):
         super().__init__(address, _Handler)
 
 
-class IdentityProvider:
+class _Loopback:
+    """Start/stop of a threaded HTTP server on loopback, shared by the identity provider and the managed identity
+    endpoint. Subclasses set `host`, `port` and `_server_class`."""
+
+    host: str
+    port: int
+    _server: ThreadingHTTPServer | None
+    _server_class: type[ThreadingHTTPServer]
+
+    def start(self) -> str:
+        if self._server is None:
+            self._server = self._server_class((self.host, self.port), self)  # type: ignore[arg-type]
+            self.port = self._server.server_address[1]
+            threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
+        return self.url
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+
+    def __enter__(self):  # noqa: ANN204 - returns the subclass
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class IdentityProvider(_Loopback):
     def __init__(
         self,
         port: int = 0,
@@ -119,25 +149,7 @@ class IdentityProvider:
 
     # --- lifecycle -------------------------------------------------------------------------------
 
-    def start(self) -> str:
-        if self._server is None:
-            self._server = _IdpServer((self.host, self.port), self)
-            self.port = self._server.server_address[1]
-            threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
-        return self.url
-
-    def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-
-    def __enter__(self) -> "IdentityProvider":
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    _server_class = _IdpServer
 
     @property
     def url(self) -> str:
@@ -359,7 +371,7 @@ class _MiServer(ThreadingHTTPServer):
         super().__init__(address, _MiHandler)
 
 
-class ManagedIdentityEndpoint:
+class ManagedIdentityEndpoint(_Loopback):
     """The managed identity endpoint of App Service / Azure Functions (REST protocol 2019-08-01) on loopback,
     issuing tokens of ``idp`` for the user-assigned identities it holds (client id -> object id).
 
@@ -378,25 +390,7 @@ class ManagedIdentityEndpoint:
         self.requests: list[dict[str, str]] = []
         self._server: _MiServer | None = None
 
-    def start(self) -> str:
-        if self._server is None:
-            self._server = _MiServer((self.host, 0), self)
-            self.port = self._server.server_address[1]
-            threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
-        return self.url
-
-    def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-
-    def __enter__(self) -> "ManagedIdentityEndpoint":
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    _server_class = _MiServer
 
     @property
     def url(self) -> str:
