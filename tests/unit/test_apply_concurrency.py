@@ -176,3 +176,15 @@ def test_a_commit_that_loses_its_race_resends_the_record_as_its_source_has_it_no
     assert lost.message.version == crm.read_record(a.config.flows["accounts"].source, "a1").version
     until_settled(a, [lost])
     assert target.tables["customers"]["N-a1"]["name"] == "two"
+
+
+def test_waiting_for_another_versions_lease_spends_no_attempt(app):
+    from shared.engine import record_lock
+    from shared.state.store import RecordState
+
+    holder = account("a1", 2)
+    state = RecordState("crm|a1")
+    record_lock.claim(app, "accounts", [(state, record_lock.owner_of(holder))])
+    [outcome] = apply_batch(app, [received(account("a1", 3, name="Later"))])
+    assert (outcome.kind, outcome.reason) == (Kind.RETRY, "record_busy")
+    assert outcome.clone is not None and outcome.clone.attempt == 1 and outcome.clone.throttles == 1
