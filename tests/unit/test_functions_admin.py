@@ -94,14 +94,14 @@ def test_status_cli_shows_counts_it_cannot_read_as_unknown(wired, tmp_path, monk
 
     from typer.testing import CliRunner
 
-    import shared.cli
+    import shared.cli.common
     from shared.cli import app as cli
 
     @contextmanager
     def session(config, workdir):
         yield wired
 
-    monkeypatch.setattr(shared.cli, "_session", session)
+    monkeypatch.setattr(shared.cli.common, "session", session)
     wired.bus._admin.refuse_manage = True  # noqa: SLF001
     result = CliRunner().invoke(cli, ["status"], catch_exceptions=False, env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output

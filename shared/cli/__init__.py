@@ -1,0 +1,27 @@
+"""`dualsync`: the command line over the same core functions the Azure Functions call.
+
+One module per group of commands; importing them registers their commands on `app`, in the order `--help`
+lists them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from shared.cli.common import app, err_console
+from shared.errors import ConfigError
+
+__all__ = ["app", "main"]
+
+for _commands in ("flows", "run", "dead_letters", "decisions", "maintenance", "simulate"):  # in help order
+    importlib.import_module(f"shared.cli.{_commands}")
+
+
+def main() -> None:
+    try:
+        app()
+    except ConfigError as exc:
+        for problem in exc.problems:
+            err_console.print(f"[red]error[/red] {problem}")
+        sys.exit(2)
