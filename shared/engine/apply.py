@@ -554,6 +554,13 @@ def _record_results(app: SyncApp, f: _Flow, results: list[WriteResult], states: 
     moved: list[str] = []
     now = app.clock()
     observed_fields = [fm.from_ for fm in flow.fields]
+    target_keys = {id(r): r.key or key_of(flow.target.key, r.op.key) for r in results if r.ok}
+    names = {id(r): _anchor_name(f, r.op.ref.message.key, target_keys[id(r)]) for r in results if r.ok}
+    moving = [name for r in results if r.ok and (name := names[id(r)]) != r.op.ref.record_id]
+    # A record named by the other side's key until now moves to its anchor name, where a deleted record may
+    # have left its versions and tombstones (a delete unlinks the keys but keeps the state): that state is
+    # taken over, guarded by its etag, never assumed absent.
+    anchored = app.state.get_records(f.pair, moving) if moving else {}
     for result in results:
         item: _Item = result.op.ref
         message = item.message
@@ -563,14 +570,17 @@ def _record_results(app: SyncApp, f: _Flow, results: list[WriteResult], states: 
             else:
                 outcomes.append(_failure(app, flow, item, result.error or TransientError("no result from the target")))
             continue
-        target_key = result.key or key_of(flow.target.key, result.op.key)
+        target_key = target_keys[id(result)]
         link = KeyLink(flow.source.system, message.key, flow.target.system, target_key)
-        record_id = f"{f.anchor}|{message.key if flow.source.system == f.anchor else target_key}"
+        record_id = names[id(result)]
         state = states.get(item.record_id) or RecordState(record_id)
         if record_id != item.record_id:
-            # First sync of a record created on the non-anchor side: its state moves to the anchor's name.
+            busy_until = record_lock.held_by_other(anchored.get(record_id), record_lock.owner_of(message), now)
+            if busy_until:  # a change of the other side is being applied to it: ours is recorded after that
+                outcomes.append(_busy(app, item, busy_until))
+                continue
             moved.append(item.record_id)
-            state = RecordState(record_id, dict(state.versions), dict(state.values), tombstones=dict(state.tombstones))
+            state = _taken_over(state, anchored.get(record_id) or RecordState(record_id))
         state.lease = None
         record_applied(state, flow.source.system, message)
         if result.op.kind == "delete":
@@ -603,6 +613,19 @@ def _record_results(app: SyncApp, f: _Flow, results: list[WriteResult], states: 
         if old_id in committed:
             app.state.forget_record(f.pair, old_id)
     return again
+
+
+def _anchor_name(f: _Flow, source_key: str, target_key: str) -> str:
+    """The record's name once written: its key in the pair's anchor system."""
+    return f"{f.anchor}|{source_key if f.flow.source.system == f.anchor else target_key}"
+
+
+def _taken_over(claimed: RecordState, stored: RecordState) -> RecordState:
+    """The state stored under a record's anchor name, with what was claimed under its other name added."""
+    stored.versions.update(claimed.versions)
+    stored.values.update(claimed.values)
+    stored.tombstones.update(claimed.tombstones)
+    return stored
 
 
 def _resync(app: SyncApp, f: _Flow, item: _Item) -> Outcome:

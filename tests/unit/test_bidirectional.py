@@ -17,10 +17,11 @@ from shared.state.store import CONFLICTS, REQUESTS, StateStore
 from tests.fakes.memory_connector import MemoryConnector
 
 
-def pair_config(conflicts: str = "master_wins", review: bool = False, owner_phone: str | None = None) -> dict:
+def pair_config(conflicts: str = "master_wins", review: bool = False, owner_phone: str | None = None,
+                deletes: str = "ignore") -> dict:
     phone_a = {"from": "telephone1", "to": "phone"} | ({"owner": owner_phone} if owner_phone else {})
     phone_b = {"from": "phone", "to": "telephone1"} | ({"owner": owner_phone} if owner_phone else {})
-    common = {"pair": "accounts", "master": "crm", "conflicts": conflicts}
+    common = {"pair": "accounts", "master": "crm", "conflicts": conflicts, "deletes": deletes}
     return {
         "systems": {"crm": {"kind": "sql", "url": "sqlite://"}, "erp": {"kind": "sql", "url": "sqlite://"}},
         "flows": {
@@ -208,3 +209,33 @@ def test_a_throttled_source_read_retries_the_batch_instead_of_failing_it(make):
     time.sleep(0.3)
     drain(app)
     assert memory["erp"].tables["customers"]["A1"]["name"] == "later"
+
+
+def test_a_record_the_master_deleted_and_the_other_side_created_again_is_applied_once(make):
+    """The delete unlinks the keys but keeps the record's state (its versions and the tombstone) under the
+    master's key. The ERP's re-creation is named by the ERP's key until it is linked; its first sync must take
+    that state over, not count it as someone else's: that was reported as a lost race, and the forced resync
+    then overwrote whatever the master's user had changed in between."""
+    from shared.engine.reconcile import reconcile_deletes
+
+    app, memory = make(deletes="delete")
+    seed(app, memory, n=1)
+    del memory["crm"].tables["accounts"]["A0"]
+    del memory["crm"].versions[("accounts", "A0")]
+    reconcile_deletes(app, "accounts-to-erp")
+    assert drain(app).flows["accounts-to-erp"].applied == 1
+    assert "A0" not in memory["erp"].tables["customers"]
+
+    memory["erp"].put("customers", "A0", {"account_number": "A0", "name": "again", "phone": "p"})
+    pull_flow(app, "customers-to-crm", owner="t")
+    receive = app.bus.receive(app.queue, max_messages=10, max_wait=0.05)
+    outcomes = apply_batch(app, receive)
+    settle(app, app.bus.settler(app.queue), outcomes)
+    assert [(o.kind.value, str(o.reason)) for o in outcomes] == [("applied", "upsert")]
+    memory["crm"].put("accounts", "A0", {**memory["crm"].tables["accounts"]["A0"], "name": "master's edit"})
+    sync(app)
+    sync(app)
+    assert memory["crm"].tables["accounts"]["A0"]["name"] == "master's edit"
+    assert memory["erp"].tables["customers"]["A0"]["name"] == "master's edit"
+    [state] = app.state.get_records("accounts", ["crm|A0", "erp|A0"]).values()
+    assert state.record_id == "crm|A0" and state.lease is None
