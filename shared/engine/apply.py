@@ -253,11 +253,15 @@ def _busy(app: SyncApp, item: _Item, until: datetime) -> Outcome:
 def _newest_per_record(app: SyncApp, f: _Flow, items: list[_Item], outcomes: list[Outcome]) -> list[_Item]:
     """Within one batch only the newest version of a record is worth writing. An inferred delete is versioned
     after the last change *applied*, so a change pulled before the record vanished can sort above it: where
-    the source confirms the record is gone, the delete is the newest fact."""
+    the source confirms the record is gone, the delete is the newest fact.
+
+    Copies of one version (a crash between sending a retry clone and completing its original leaves both)
+    go on as the one furthest along its retries: its next retry is then named after every copy completed
+    here as superseded, never the same message id, which duplicate detection would drop with the change."""
     groups: dict[str, list[_Item]] = defaultdict(list)
     for item in items:
         groups[item.record_id].append(item)
-    chosen = {rid: max(group, key=lambda i: ordering(i.message)) for rid, group in groups.items()}
+    chosen = {rid: max(group, key=_furthest) for rid, group in groups.items()}
     doubtful = {rid: next(i for i in group if i.message.inferred) for rid, group in groups.items()
                 if chosen[rid].message.op == "upsert" and any(i.message.inferred for i in group)}
     if doubtful:
@@ -271,6 +275,11 @@ def _newest_per_record(app: SyncApp, f: _Flow, items: list[_Item], outcomes: lis
     for rid, group in groups.items():
         outcomes += [Outcome(i.received, i.message, Kind.SKIPPED, "superseded") for i in group if i is not chosen[rid]]
     return list(chosen.values())
+
+
+def _furthest(item: _Item) -> tuple[tuple[str, bool], int, int]:
+    message = item.message
+    return ordering(message), message.attempt, message.throttles
 
 
 def _read_sources(app: SyncApp, f: _Flow, keys: list[str]) -> dict[str, SourceRecord]:

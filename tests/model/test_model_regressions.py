@@ -259,3 +259,14 @@ def test_a_record_deleted_by_the_master_then_created_again_on_the_other_side_rea
     nothing and the archive never got row C0. Now the first sync takes the stored state over."""
     replay_steps(("seed", {"seeded": [("crm", "K0")]}), ("delete", {"key": "K0", "side": "crm"}), ("users_stop", {}),
                  ("poll", {}), ("settle_and_check", {}), ("write", {"key": "K0", "side": "erp", "values": {}}))
+
+
+def test_a_change_delivered_with_its_own_retry_clone_is_not_lost_when_it_fails_again():
+    """Found by `make soak` (one_way_answer; the same on the pair as sides_agree): K0's change fails with a 503
+    (a retry clone is sent), and the worker dies before completing it. Redelivered together, the original
+    went on and the clone was completed as superseded; the original failed again, and its clone took the
+    message id of the one just completed, which duplicate detection dropped: the archive never got K0."""
+    replay_steps(("seed", {"seeded": []}), ("write", {"key": "K0", "side": "crm", "values": {}}), ("users_stop", {}),
+                 ("pull", {"flow": "accounts-to-archive"}),
+                 ("crash_apply", {"n": 1, "skip": 0, "step": "bus:complete", "transient": True}),
+                 ("throttled", {"n": 2, "times": 1}))
