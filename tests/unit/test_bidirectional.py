@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from datetime import timedelta
+
 import pytest
 
 from shared.app import SyncApp
@@ -10,17 +13,19 @@ from shared.config import parse_config
 from shared.engine.apply import apply_batch
 from shared.engine.decisions import DecisionError, approve_request, list_parked, reject_request, resolve_conflict
 from shared.engine.pull import pull_flow
+from shared.engine.reconcile import reconcile_deletes
 from shared.engine.settle import settle
 from shared.engine.tally import Tally
 from shared.state.sqlite_tables import SqliteTables
-from shared.state.store import CONFLICTS, REQUESTS, StateStore
+from shared.state.store import CONFLICTS, REQUESTS, RecordLease, StateStore
 from tests.fakes.memory_connector import MemoryConnector
 
 
-def pair_config(conflicts: str = "master_wins", review: bool = False, owner_phone: str | None = None) -> dict:
+def pair_config(conflicts: str = "master_wins", review: bool = False, owner_phone: str | None = None,
+                deletes: str = "ignore") -> dict:
     phone_a = {"from": "telephone1", "to": "phone"} | ({"owner": owner_phone} if owner_phone else {})
     phone_b = {"from": "phone", "to": "telephone1"} | ({"owner": owner_phone} if owner_phone else {})
-    common = {"pair": "accounts", "master": "crm", "conflicts": conflicts}
+    common = {"pair": "accounts", "master": "crm", "conflicts": conflicts, "deletes": deletes}
     return {
         "systems": {"crm": {"kind": "sql", "url": "sqlite://"}, "erp": {"kind": "sql", "url": "sqlite://"}},
         "flows": {
@@ -203,8 +208,61 @@ def test_a_throttled_source_read_retries_the_batch_instead_of_failing_it(make):
     settle(app, app.bus.settler(app.queue), outcomes)
     assert [(o.kind.value, str(o.reason)) for o in outcomes] == [("retry", "throttled")]
     del memory["crm"].read_records
-    import time
 
     time.sleep(0.3)
     drain(app)
     assert memory["erp"].tables["customers"]["A1"]["name"] == "later"
+
+
+def test_a_record_the_master_deleted_and_the_other_side_created_again_is_applied_once(make):
+    """The delete unlinks the keys but keeps the record's state (its versions and the tombstone) under the
+    master's key. The ERP's re-creation is named by the ERP's key until it is linked; its first sync must take
+    that state over, not count it as someone else's: that was reported as a lost race, and the forced resync
+    then overwrote whatever the master's user had changed in between."""
+    app, memory = make(deletes="delete")
+    deleted_by_the_master_then_created_in_the_erp(app, memory)
+    assert deliver(app) == [("applied", "upsert")]
+    memory["crm"].put("accounts", "A0", {**memory["crm"].tables["accounts"]["A0"], "name": "master's edit"})
+    sync(app)
+    sync(app)
+    assert memory["crm"].tables["accounts"]["A0"]["name"] == "master's edit"
+    assert memory["erp"].tables["customers"]["A0"]["name"] == "master's edit"
+    [state] = app.state.get_records("accounts", ["crm|A0", "erp|A0"]).values()
+    assert state.record_id == "crm|A0" and state.lease is None
+
+
+def test_a_record_created_again_on_the_other_side_waits_while_a_change_of_it_is_applied(make):
+    """The state under the master's key may be leased by a change being applied right now: the re-creation
+    waits for it before writing anything, rather than write and then find the record taken."""
+    app, memory = make(deletes="delete")
+    deleted_by_the_master_then_created_in_the_erp(app, memory)
+    [state] = app.state.get_records("accounts", ["crm|A0"]).values()
+    state.lease = RecordLease("someone else", app.clock() + timedelta(seconds=60))
+    app.state.save_records("accounts", [state])
+
+    assert deliver(app) == [("retry", "record_busy")]
+    assert "A0" not in memory["crm"].tables["accounts"]
+
+    state.lease = None
+    app.state.save_records("accounts", [state])
+    time.sleep(0.1)  # the retry's backoff (retry_base 0.01)
+    assert deliver(app) == [("applied", "upsert")]
+    assert memory["crm"].tables["accounts"]["A0"]["name"] == "again"
+
+
+def deleted_by_the_master_then_created_in_the_erp(app: SyncApp, memory: dict[str, MemoryConnector]) -> None:
+    """A0 synced, deleted in the CRM (the delete applied to the ERP), then created again in the ERP and pulled."""
+    seed(app, memory, n=1)
+    del memory["crm"].tables["accounts"]["A0"]
+    del memory["crm"].versions[("accounts", "A0")]
+    reconcile_deletes(app, "accounts-to-erp")
+    assert drain(app).flows["accounts-to-erp"].applied == 1
+    assert "A0" not in memory["erp"].tables["customers"]
+    memory["erp"].put("customers", "A0", {"account_number": "A0", "name": "again", "phone": "p"})
+    pull_flow(app, "customers-to-crm", owner="t")
+
+
+def deliver(app: SyncApp) -> list[tuple[str, str]]:
+    outcomes = apply_batch(app, app.bus.receive(app.queue, max_messages=10, max_wait=0.05))
+    settle(app, app.bus.settler(app.queue), outcomes)
+    return [(o.kind.value, str(o.reason)) for o in outcomes]
