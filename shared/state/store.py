@@ -325,7 +325,8 @@ class StateStore:
         moment = at or datetime.now(UTC)
         inverted = _MAX_TICKS - int(moment.timestamp() * 1_000_000)
         row = {**summary, "at": _iso(moment)}
-        self.tables.upsert_many(RUNS, [(flow, f"{inverted:020d}-{summary.get('run_id', '')}", row)])
+        batch = f"-{summary['batch']}" if "batch" in summary else ""  # rows written at once by several instances
+        self.tables.upsert_many(RUNS, [(flow, f"{inverted:020d}-{summary.get('run_id', '')}{batch}", row)])
 
     def recent_runs(self, flow: str, limit: int = 10) -> list[dict[str, Any]]:
         runs = []
