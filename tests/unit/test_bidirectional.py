@@ -208,3 +208,27 @@ def test_a_throttled_source_read_retries_the_batch_instead_of_failing_it(make):
     time.sleep(0.3)
     drain(app)
     assert memory["erp"].tables["customers"]["A1"]["name"] == "later"
+
+
+def test_a_conflict_met_by_both_flows_is_one_conflict_and_one_decision_closes_it(make):
+    """Both sides changed one field and each flow met the other's change: the record is one open conflict (not
+    one per direction), listed once with each system's value, and resolving it leaves nothing open."""
+    from shared.engine.views import conflict_views
+
+    app, memory = make(conflicts="manual")
+    seed(app, memory)
+    memory["crm"].put("accounts", "A1", {**memory["crm"].tables["accounts"]["A1"], "name": "crm-says"})
+    memory["erp"].put("customers", "A1", {**memory["erp"].tables["customers"]["A1"], "name": "erp-says"})
+    tally = sync(app)
+    assert sum(c.skipped["conflict_parked"] for c in tally.flows.values()) == 2
+    assert len(list_parked(app, CONFLICTS)) == 1
+    [view] = conflict_views(app)
+    assert view.keys == {"crm": "A1", "erp": "A1"} if view.flow == "accounts-to-erp" else {"erp": "A1", "crm": "A1"}
+    assert [(f.field, f.values) for f in view.fields] in (
+        [("name", {"crm": "crm-says", "erp": "erp-says"})], [("name", {"erp": "erp-says", "crm": "crm-says"})])
+    resolve_conflict(app, "A1", take="crm")
+    assert list_parked(app, CONFLICTS) == [] and conflict_views(app) == []
+    sync(app)
+    sync(app)
+    assert memory["erp"].tables["customers"]["A1"]["name"] == "crm-says" == memory["crm"].tables["accounts"]["A1"]["name"]
+    assert list_parked(app, CONFLICTS) == []
