@@ -257,7 +257,7 @@ function renderRunChart(runs) {
   const width = 760, height = 160, left = 40, bottom = 20, top = 10;
   const most = Math.max(1, ...shown.map((r) => Math.max(r.applied, r.dead_lettered)));
   const step = (width - left) / shown.length;
-  const bar = Math.max(2, step / 2 - 2);
+  const bar = Math.min(18, Math.max(2, step / 2 - 2));
   const scale = (n) => ((height - bottom - top) * n) / most;
   const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, width: "100%", role: "img", id: "run-chart",
     "aria-label": "applied and failed changes per run" });
