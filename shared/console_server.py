@@ -76,13 +76,13 @@ def _handler(server: ConsoleServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "dualsync-ui"
 
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        def do_GET(self) -> None:
             self._serve("GET")
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             self._serve("POST")
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - quiet: the terminal is the operator's
+        def log_message(self, format: str, *args: object) -> None:  # quiet: the terminal is the operator's
             return
 
         def _serve(self, method: str) -> None:

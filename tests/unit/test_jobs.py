@@ -37,7 +37,7 @@ def test_a_slice_stops_when_its_time_is_spent_and_the_next_one_carries_on(app, m
 def test_a_job_another_instance_holds_waits_for_its_lease_to_run_out(app, memory):
     dead_letters(app, memory, 1)
     job = jobs.start_replay(app, ReplayFilter(key="a0"), by="ops")
-    data, etag = app.state.get_job(job.id)
+    _, etag = app.state.get_job(job.id)
     held = job.model_copy(update={"status": "running", "lease_owner": "instance-1",
                                   "lease_until": app.clock() + timedelta(minutes=2)})
     app.state.save_job(job.id, held.model_dump(mode="json"), etag)
