@@ -232,3 +232,37 @@ def test_a_conflict_met_by_both_flows_is_one_conflict_and_one_decision_closes_it
     sync(app)
     assert memory["erp"].tables["customers"]["A1"]["name"] == "crm-says" == memory["crm"].tables["accounts"]["A1"]["name"]
     assert list_parked(app, CONFLICTS) == []
+
+
+def test_a_change_request_shows_each_changed_field_as_synced_and_as_proposed(make, tmp_path, monkeypatch):
+    import json
+    from contextlib import contextmanager
+
+    from typer.testing import CliRunner
+
+    import shared.cli.common
+    from shared.cli import app as cli
+    from shared.engine.views import change_request_views
+
+    app, memory = make(review=True)
+    seed(app, memory)
+    memory["erp"].put("customers", "A2", {**memory["erp"].tables["customers"]["A2"], "name": "web shop edit"})
+    sync(app, "customers-to-crm")
+    [request] = change_request_views(app)
+    assert (request.flow, request.key, request.op) == ("customers-to-crm", "A2", "upsert")
+    assert [(f.field, f.to, f.before, f.after) for f in request.fields] == [("name", "name", "n2", "web shop edit")]
+
+    @contextmanager
+    def session(config, workdir):
+        yield app
+
+    monkeypatch.setattr(shared.cli.common, "session", session)
+    monkeypatch.setattr(shared.cli.common.console, "width", 80)
+    shown = CliRunner().invoke(cli, ["requests", "list"])
+    assert shown.exit_code == 0
+    row = next(line for line in shown.output.splitlines() if "web shop edit" in line)
+    assert "customers-to-crm" in row and "A2" in row and "n2" in row and "telephone" not in shown.output
+    as_json = CliRunner().invoke(cli, ["requests", "list", "--json"])
+    assert as_json.exit_code == 0
+    [listed] = json.loads(as_json.output)["requests"]
+    assert listed["fields"] == [{"field": "name", "to": "name", "before": "n2", "after": "web shop edit"}]
