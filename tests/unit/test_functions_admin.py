@@ -401,3 +401,16 @@ def test_runs_count_what_became_of_each_pulled_change(wired, memory):
     assert (latest["pulled"], latest["applied"], latest["dead_lettered"]) == (2, 1, 1)
     assert latest["started_at"] and latest["finished_at"] and latest["error"] is None
     assert call("runs", params={"flow": "ghost"})[0] == 404
+
+
+def test_admin_http_shows_every_route():
+    """docs/admin.http documents the API: every route has an example request there."""
+    from pathlib import Path
+
+    examples = [line.split(" ", 1) for line in (Path(__file__).parents[2] / "docs" / "admin.http").read_text()
+                .splitlines() if line.startswith(("GET ", "POST "))]
+    paths = [(method, url.removeprefix("{{base}}/").split("?")[0]) for method, url in examples]
+    for route in shared.admin_api._ROUTES:
+        if route.static in ("console.js", "console.css"):  # the page's own files
+            continue
+        assert any(method == route.method and route.pattern.match(path) for method, path in paths), route.pattern
