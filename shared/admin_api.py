@@ -288,7 +288,8 @@ def _replay(c: _Context) -> tuple[int, Any]:
 
 @_on("GET", "jobs/{job_id}", READER)
 def _job(c: _Context) -> tuple[int, Any]:
-    job = jobs.get_job(c.app, c.params["job_id"])
+    job_id = c.params["job_id"]
+    job = jobs.get_job(c.app, job_id) if re.fullmatch(r"[0-9a-f]{32}", job_id) else None
     if job is None:
         raise HttpError(404, "no such job")
     return 200, job
