@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from sqlalchemy import create_engine, text
 from typer.testing import CliRunner
@@ -11,12 +12,17 @@ from demo import sample_data
 from shared.cli import app as cli
 
 
-def test_operator_walkthrough(tmp_path, monkeypatch):
-    crm_url, erp_url = sample_data.build(tmp_path / "data", accounts=300, contacts=200)
+def sample_workdir(tmp_path, monkeypatch, contacts: int) -> tuple[str, str, Path, list[str]]:
+    """The sample databases (300 accounts) and flows file: both URLs, the flows file, the common options."""
+    crm_url, erp_url = sample_data.build(tmp_path / "data", accounts=300, contacts=contacts)
     monkeypatch.setenv("CRM_DB_URL", crm_url)
     monkeypatch.setenv("ERP_DB_URL", erp_url)
     flows = sample_data.write_flows(tmp_path)
-    common = ["--config", str(flows), "--workdir", str(tmp_path / "state")]
+    return crm_url, erp_url, flows, ["--config", str(flows), "--workdir", str(tmp_path / "state")]
+
+
+def test_operator_walkthrough(tmp_path, monkeypatch):
+    crm_url, erp_url, _, common = sample_workdir(tmp_path, monkeypatch, contacts=200)
     runner = CliRunner()
 
     ran = runner.invoke(cli, ["run", "--once", "--retry-base", "0.02", "--drain-bound", "10", *common])
@@ -71,11 +77,7 @@ def test_listings_print_the_admin_apis_json_refuse_unknown_filters_and_fit_80_co
     from shared.app import SyncApp
     from shared.config import load_config
 
-    crm_url, erp_url = sample_data.build(tmp_path / "data", accounts=300, contacts=20)
-    monkeypatch.setenv("CRM_DB_URL", crm_url)
-    monkeypatch.setenv("ERP_DB_URL", erp_url)
-    flows = sample_data.write_flows(tmp_path)
-    common = ["--config", str(flows), "--workdir", str(tmp_path / "state")]
+    _, _, flows, common = sample_workdir(tmp_path, monkeypatch, contacts=20)
     runner = CliRunner()
     assert runner.invoke(cli, ["run", "--once", "--retry-base", "0.02", "--drain-bound", "10", *common]).exit_code == 0
 

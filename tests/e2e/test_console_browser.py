@@ -18,7 +18,7 @@ from shared.app import SyncApp
 from shared.config import parse_config
 from shared.console_server import ConsoleServer
 from shared.local_runtime import RunOptions, run_once
-from tests.e2e.test_bidirectional_soak import Side, config, make_db
+from tests.e2e.test_bidirectional_soak import config, sides
 
 CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
@@ -46,10 +46,7 @@ def browser():
 def workdir(tmp_path):
     """A pair with conflicts: manual after a real run: one dead letter (a name too long for the ERP) and one
     conflict (the same record's name changed on both sides)."""
-    crm_url = make_db(tmp_path / "crm.db", "accounts", "accountnumber", "name", "telephone1")
-    erp_url = make_db(tmp_path / "erp.db", "customers", "account_number", "name", "phone")
-    crm = Side(crm_url, "accounts", "accountnumber", "name", "telephone1")
-    erp = Side(erp_url, "customers", "account_number", "name", "phone")
+    crm_url, erp_url, crm, erp = sides(tmp_path)
     with crm.engine.begin() as conn:
         conn.execute(text("INSERT INTO accounts (accountnumber, name, telephone1) VALUES (:k, :n, :p)"),
                      [{"k": "A1", "n": "Acme", "p": "1"}, {"k": "A2", "n": "Globex", "p": "2"},
