@@ -4,7 +4,8 @@ says who the caller is in its own way (App Service authentication's principal; a
 
     GET  health                        none       flows ok / paused / failing (no details)
     GET  flows                         Reader     every flow: state, lag, last error (FlowView)
-    GET  runs?flow=&limit=             Reader     run history (RunView), newest first
+    GET  runs?flow=&limit=&busy=       Reader     run history (RunView), newest first; busy=true: only runs
+                                                  that sent something or failed
     GET  dead-letters?flow=&reason=&key=&limit=   Reader
     POST dead-letters/purge            Operator   {"dry_run": true, filter...} -> {"count", "confirm"};
                                                   then {"confirm": "<that code>", same filter...}
@@ -242,7 +243,8 @@ def _resume(c: _Context) -> tuple[int, Any]:
 @_on("GET", "runs", READER)
 def _runs(c: _Context) -> tuple[int, Any]:
     limit = _limit(c.request.query.get("limit"), default=20)
-    return 200, {"runs": views.run_views(c.app, _text(c.request.query, "flow"), limit)}
+    busy = (c.request.query.get("busy") or "").lower() == "true"
+    return 200, {"runs": views.run_views(c.app, _text(c.request.query, "flow"), limit, busy)}
 
 
 @_on("GET", "dead-letters", READER)

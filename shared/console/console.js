@@ -297,7 +297,7 @@ function renderRuns(runs) {
 async function refresh() {
   try {
     const [flows, letters, conflicts, requests, runs] = await Promise.all([
-      api("flows"), api("dead-letters"), api("conflicts"), api("requests"), api("runs")]);
+      api("flows"), api("dead-letters"), api("conflicts"), api("requests"), api("runs?busy=true")]);
     renderFlows(flows);
     renderDeadLetters(letters);
     renderConflicts(conflicts.conflicts);

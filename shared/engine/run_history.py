@@ -22,7 +22,8 @@ from shared.engine.outcome import Kind, Outcome
 
 log = logging.getLogger("dualsync.runs")
 
-RUN_KINDS = ("pull", "initial_sync", "reconcile")  # rows that start changes (decisions are rows too, not runs)
+RUN_KINDS = ("pull", "initial_sync", "reconcile")
+SCANNED = 2016  # rows read at most to find a flow's runs: a week of pulls every five minutes  # rows that start changes (decisions are rows too, not runs)
 _COUNTED = {Kind.APPLIED: "applied", Kind.SKIPPED: "skipped", Kind.RETRY: "retried",
             Kind.DEAD_LETTER: "dead_lettered"}
 
@@ -32,7 +33,8 @@ def applied_partition(flow_name: str) -> str:
 
 
 class RunView(BaseModel):
-    """One run of a flow and what became of the changes it sent (so far: retries may still be on the bus)."""
+    """One run of a flow and what became of the changes it sent, so far: outcomes are counted as they happen, so
+    a change retried and then applied counts in both, and a dead letter replayed later adds where it ends."""
 
     flow: str
     run_id: str
@@ -67,11 +69,12 @@ def record_outcomes(app: SyncApp, outcomes: Sequence[Outcome]) -> None:
                         exc_info=True)
 
 
-def recent_runs(app: SyncApp, flow: str, limit: int = 20) -> list[RunView]:
-    """The newest `limit` runs of `flow`, newest first, with the outcomes of their changes."""
+def recent_runs(app: SyncApp, flow: str, limit: int = 20, busy: bool = False) -> list[RunView]:
+    """The newest `limit` runs of `flow`, newest first, with the outcomes of their changes. `busy`: only runs that
+    sent something or failed (a flow pulled every few minutes mostly finds nothing)."""
     runs: list[RunView] = []
-    for row in app.state.recent_runs(flow, limit=limit * 4):
-        if row.get("kind") in RUN_KINDS:
+    for row in app.state.recent_runs(flow, limit=SCANNED):
+        if row.get("kind") in RUN_KINDS and (not busy or row.get("pulled") or row.get("error")):
             runs.append(_run(flow, row))
             if len(runs) >= limit:
                 break

@@ -229,8 +229,9 @@ def _request(app: SyncApp, flow: str, key: str, data: dict[str, Any]) -> ChangeR
 # -- runs -------------------------------------------------------------------------------------------------------
 
 
-def run_views(app: SyncApp, flow: str | None = None, limit: int = 20) -> list[RunView]:
-    """The newest runs of one flow, or of every flow (each flow's newest `limit`), newest first."""
+def run_views(app: SyncApp, flow: str | None = None, limit: int = 20, busy: bool = False) -> list[RunView]:
+    """The newest runs of one flow, or of every flow (each flow's newest `limit`), newest first; `busy`: only
+    those that sent something or failed."""
     names = [check_flow(app, flow)] if flow is not None else list(app.config.flows)
-    runs = [run for name in names for run in recent_runs(app, name, limit)]
+    runs = [run for name in names for run in recent_runs(app, name, limit, busy)]
     return sorted(runs, key=lambda r: r.finished_at or r.started_at or _EPOCH, reverse=True)

@@ -400,6 +400,11 @@ def test_runs_count_what_became_of_each_pulled_change(wired, memory):
     [latest] = [r for r in body["runs"] if r["run_id"] == run.run_id]
     assert (latest["pulled"], latest["applied"], latest["dead_lettered"]) == (2, 1, 1)
     assert latest["started_at"] and latest["finished_at"] and latest["error"] is None
+    quiet = pull_flow(wired, "accounts", owner="t")  # found nothing new
+    _, body = call("runs", params={"flow": "accounts"})
+    assert [r["run_id"] for r in body["runs"]][:2] == [quiet.run_id, run.run_id]
+    _, body = call("runs", params={"flow": "accounts", "busy": "true"})
+    assert [r["run_id"] for r in body["runs"]] == [run.run_id]
     assert call("runs", params={"flow": "ghost"})[0] == 404
 
 
