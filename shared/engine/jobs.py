@@ -14,6 +14,7 @@ the request and the `jobs` timer function (every minute) carries on any job whos
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -25,6 +26,8 @@ from pydantic import BaseModel, Field
 from shared.app import SyncApp
 from shared.engine.replay import ReplayFilter, ReplayResult, replay_dead_letters
 from shared.errors import ConcurrencyError
+
+log = logging.getLogger("dualsync.jobs")
 
 KEYS_KEPT = 50  # replayed keys a job remembers (its counts are complete)
 _LEASE_MARGIN = timedelta(seconds=60)  # a slice's lease outlasts its budget by this much
@@ -89,6 +92,7 @@ def run_slice(app: SyncApp, job_id: str, owner: str, budget: float) -> JobView |
         result = replay_dead_letters(app, which, on_progress=progress,
                                      stop=lambda: time.monotonic() >= deadline or not saved["etag"])
     except Exception as exc:  # the job says it failed and why; the operator starts it again
+        log.exception("replay job %s failed", job_id)
         job = job.model_copy(update={"status": "failed", "error": f"{type(exc).__name__}: {exc}"[:2000]})
         return _release(app, job, saved["etag"])
     if not saved["etag"]:
