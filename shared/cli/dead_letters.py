@@ -29,9 +29,11 @@ def dead_letters_list(
     limit: Annotated[int, typer.Option(min=1, max=10000)] = 100,
     as_json: JsonOption = False,
 ) -> None:
-    """Dead-lettered changes: flow, record, reason, the field and the rule it broke, attempt and when.
+    """Dead-lettered changes by flow: record, reason, the field and the rule it broke, and since when.
 
     Fix the cause, then `dualsync replay --flow FLOW --reason REASON` (or `--key KEY`)."""
+    from rich import box
+    from rich.markup import escape
     from rich.table import Table
 
     from shared.engine.views import dead_letter_list
@@ -41,19 +43,22 @@ def dead_letters_list(
         listing.print_json(found)
         return
     more = "+" if found.truncated else ""
-    table = Table(title=f"dead letters: {found.count}{more}")
-    table.add_column("flow", no_wrap=True)
-    table.add_column("key", overflow="fold")
-    table.add_column("reason", no_wrap=True)
-    table.add_column("field", overflow="fold")
-    table.add_column("rule", overflow="fold", ratio=1)
-    table.add_column("try", justify="right")
-    table.add_column("since", no_wrap=True)
-    for d in found.dead_letters:
-        since = d.enqueued_at.strftime("%m-%d %H:%M") if d.enqueued_at else ""
-        table.add_row(plain(d.flow), plain(d.key), plain(d.reason), plain(d.field), plain(d.rule),
-                      plain(d.attempt), since)
-    console.print(table)
+    console.print(f"dead letters: {found.count}{more}", markup=False)
+    by_flow: dict[str, list] = {}
+    for letter in found.dead_letters:
+        by_flow.setdefault(letter.flow or "(no flow)", []).append(letter)
+    for name, letters in by_flow.items():
+        # One table per flow: the flow's name is a title line of its own, so the columns fit 80 characters.
+        table = Table(title=f"{escape(name)}: {len(letters)}", title_justify="left", box=box.SIMPLE_HEAD)
+        table.add_column("key", overflow="fold")
+        table.add_column("reason", no_wrap=True)
+        table.add_column("problem", overflow="fold", ratio=1)
+        table.add_column("since", no_wrap=True)
+        for d in letters:
+            since = d.enqueued_at.strftime("%m-%d %H:%M") if d.enqueued_at else ""
+            problem = f"{d.field}: {d.rule}" if d.field else d.rule
+            table.add_row(plain(d.key), plain(d.reason), plain(problem), since)
+        console.print(table)
 
 
 @dead_letters_app.command("purge")

@@ -25,6 +25,7 @@ def conflicts_list(flow: Annotated[str | None, typer.Option(help="only this flow
     """Records whose same fields changed on both sides, one per record, waiting for an operator.
 
     Settle one with `dualsync conflicts resolve KEY --flow FLOW --take SYSTEM`."""
+    from rich import box
     from rich.table import Table
 
     from shared.engine.views import conflict_views
@@ -33,7 +34,7 @@ def conflicts_list(flow: Annotated[str | None, typer.Option(help="only this flow
     if as_json:
         listing.print_json({"conflicts": found})
         return
-    table = Table(title=f"open conflicts: {len(found)}")
+    table = Table(title=f"open conflicts: {len(found)}", title_justify="left", box=box.SIMPLE_HEAD)
     table.add_column("flow", no_wrap=True)
     table.add_column("key", no_wrap=True)
     table.add_column("field", overflow="fold")
@@ -70,6 +71,7 @@ def requests_list(flow: Annotated[str | None, typer.Option()] = None, config: Co
                   workdir: WorkdirOption = Path(".dualsync"), as_json: JsonOption = False) -> None:
     """Changes waiting for approval before they are written into the master, field by field: as last synced
     (before) and as proposed (after)."""
+    from rich import box
     from rich.table import Table
 
     from shared.engine.views import change_request_views
@@ -78,7 +80,7 @@ def requests_list(flow: Annotated[str | None, typer.Option()] = None, config: Co
     if as_json:
         listing.print_json({"requests": found})
         return
-    table = Table(title=f"pending change requests: {len(found)}")
+    table = Table(title=f"pending change requests: {len(found)}", title_justify="left", box=box.SIMPLE_HEAD)
     table.add_column("flow", no_wrap=True)
     table.add_column("key", no_wrap=True)
     table.add_column("field", overflow="fold")
