@@ -31,6 +31,7 @@ log = logging.getLogger("dualsync.jobs")
 
 KEYS_KEPT = 50  # replayed keys a job remembers (its counts are complete)
 _LEASE_MARGIN = timedelta(seconds=60)  # a slice's lease outlasts its budget by this much
+KEPT = timedelta(days=7)  # how long a finished job stays readable
 
 
 class JobView(BaseModel):
@@ -109,12 +110,17 @@ def run_in_background(app: SyncApp, job_id: str, owner: str, budget: float = 60.
 
 
 def run_due_jobs(app: SyncApp, owner: str, budget: float, clock: Callable[[], float] = time.monotonic) -> list[str]:
-    """Carry on every unfinished job whose lease is free, within `budget` seconds in all (the timer function)."""
+    """Carry on every unfinished job whose lease is free, within `budget` seconds in all (the timer function);
+    forget jobs finished more than KEPT ago."""
     deadline = clock() + budget
     ran = []
     for job_id, data in list(app.state.list_jobs()):
+        if data.get("status") in ("done", "failed"):
+            if JobView.model_validate(data).updated_at < app.clock() - KEPT:
+                app.state.delete_job(job_id)
+            continue
         left = deadline - clock()
-        if left <= 1 or data.get("status") in ("done", "failed"):
+        if left <= 1:
             continue
         if run_slice(app, job_id, owner, left) is not None:
             ran.append(job_id)

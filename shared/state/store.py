@@ -394,6 +394,9 @@ class StateStore:
         """Etag-guarded: ConcurrencyError when another instance wrote the job since it was read."""
         return self.tables.update(JOBS, self._JOB_PK, job_id, data, etag)
 
+    def delete_job(self, job_id: str) -> None:
+        self.tables.delete(JOBS, self._JOB_PK, job_id)
+
     def list_jobs(self) -> Iterator[tuple[str, dict[str, Any]]]:
         for entity in self.tables.query(JOBS, self._JOB_PK):
             yield entity.rk, entity.data

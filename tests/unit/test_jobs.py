@@ -32,6 +32,10 @@ def test_a_slice_stops_when_its_time_is_spent_and_the_next_one_carries_on(app, m
     assert sorted(done.keys) == [f"accounts:a{i}" for i in range(5)]
     assert app.bus.counts(app.queue).dead_letter == 0
     assert jobs.run_due_jobs(app, "instance-2", budget=30) == []  # finished jobs are left alone
+    week_later = app.clock() + jobs.KEPT + timedelta(minutes=1)
+    app.clock = lambda: week_later
+    jobs.run_due_jobs(app, "instance-2", budget=30)
+    assert jobs.get_job(app, job.id) is None  # and forgotten a week after
 
 
 def test_a_job_another_instance_holds_waits_for_its_lease_to_run_out(app, memory):
