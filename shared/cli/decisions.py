@@ -34,21 +34,27 @@ def conflicts_list(flow: Annotated[str | None, typer.Option(help="only this flow
     if as_json:
         listing.print_json({"conflicts": found})
         return
-    table = Table(title=f"open conflicts: {len(found)}", title_justify="left", box=box.SIMPLE_HEAD)
-    table.add_column("flow", no_wrap=True)
-    table.add_column("key", no_wrap=True)
-    table.add_column("field", overflow="fold")
-    table.add_column("values", overflow="fold")
-    table.add_column("since", no_wrap=True)
+    console.print(f"open conflicts: {len(found)}", markup=False)
+    by_flow: dict[str, list] = {}
     for view in found:
-        since = view.since.strftime("%m-%d %H:%M") if view.since else ""
-        if not view.fields:
-            table.add_row(view.flow, escape(view.key), "", escape(view.detail or ""), since)
-        for number, field in enumerate(view.fields):
-            values = "  ".join(f"{escape(system)}: {plain(value)}" for system, value in field.values.items())
-            table.add_row(*((view.flow, escape(view.key)) if number == 0 else ("", "")), escape(field.field),
-                          values, since if number == 0 else "")
-    console.print(table)
+        by_flow.setdefault(view.flow, []).append(view)
+    for name, views in by_flow.items():
+        systems = sorted({system for view in views for system in view.keys})
+        table = Table(title=f"{escape(name)}: {len(views)}", title_justify="left", box=box.SIMPLE_HEAD)
+        table.add_column("key", overflow="fold")
+        table.add_column("field", overflow="fold")
+        for system in systems:  # side by side: each system's value in its own column
+            table.add_column(escape(system), overflow="fold", ratio=1)
+        table.add_column("since", no_wrap=True)
+        for view in views:
+            since = view.since.strftime("%m-%d %H:%M") if view.since else ""
+            if not view.fields:  # a delete racing an update: what happened, in words
+                table.add_row(escape(view.key), "(record)", escape(view.detail or ""), *[""] * (len(systems) - 1),
+                              since)
+            for number, field in enumerate(view.fields):
+                table.add_row(escape(view.key) if number == 0 else "", escape(field.field),
+                              *(plain(field.values.get(system)) for system in systems), since if number == 0 else "")
+        console.print(table)
 
 
 @conflicts_app.command("resolve")
