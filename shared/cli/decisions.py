@@ -39,7 +39,8 @@ def conflicts_list(flow: Annotated[str | None, typer.Option(help="only this flow
     for view in found:
         by_flow.setdefault(view.flow, []).append(view)
     for name, views in by_flow.items():
-        systems = sorted({system for view in views for system in view.keys})
+        systems = sorted({system for view in views for system in view.keys}
+                         | {system for view in views for field in view.fields for system in field.values})
         table = Table(title=f"{escape(name)}: {len(views)}", title_justify="left", box=box.SIMPLE_HEAD)
         table.add_column("key", overflow="fold")
         table.add_column("field", overflow="fold")
