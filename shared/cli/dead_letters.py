@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.progress import BarColumn, Progress, TextColumn
 
-from shared.cli import common, listing
+from shared.cli import listing
 from shared.cli.common import ConfigOption, WorkdirOption, app, console, err_console
 from shared.cli.listing import JsonOption, plain
 
@@ -72,13 +72,14 @@ def dead_letters_purge(
 ) -> None:
     """Delete dead-lettered changes for good (replay is usually what you want)."""
     from shared.engine.dead_letters import DeadLetterFilter, purge_dead_letters
+    from shared.engine.views import check_flow, check_reason
 
     if not yes:
         err_console.print("[red]refusing[/red]: purging deletes dead-lettered changes for good; add --yes to confirm "
                           "(or use `dualsync replay` to send them again)")
         raise typer.Exit(2)
-    with common.session(config, workdir) as sync:
-        result = purge_dead_letters(sync, DeadLetterFilter(flow, reason, key))
+    result = listing.read(config, workdir, lambda sync: purge_dead_letters(
+        sync, DeadLetterFilter(check_flow(sync, flow), check_reason(reason), key)))
     console.print(f"purged {result.purged}, left {result.left}")
 
 

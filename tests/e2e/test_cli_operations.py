@@ -94,7 +94,8 @@ def test_listings_print_the_admin_apis_json_refuse_unknown_filters_and_fit_80_co
     assert letter["field"] and letter["rule"] and letter["record"] == letter["key"]
 
     for command in (["dead-letters", "list", "--flow", "accounts-to-customer"], ["replay", "--flow", "nope"],
-                    ["conflicts", "list", "--flow", "nope"], ["requests", "list", "--flow", "nope"]):
+                    ["conflicts", "list", "--flow", "nope"], ["requests", "list", "--flow", "nope"],
+                    ["dead-letters", "purge", "--yes", "--flow", "nope"]):
         refused = runner.invoke(cli, [*command, *common])
         assert refused.exit_code == 2 and "accounts-to-customers" in refused.output, command
     refused = runner.invoke(cli, ["dead-letters", "list", "--reason", "ValidationFaild", *common])
