@@ -31,6 +31,6 @@ def ui(
         try:
             server.serve_forever()
         except KeyboardInterrupt:
-            pass
+            console.print("stopped", markup=False)
         finally:
             server.close()

@@ -105,8 +105,9 @@ def run_slice(app: SyncApp, job_id: str, owner: str, budget: float) -> JobView |
 
 def run_in_background(app: SyncApp, job_id: str, owner: str, budget: float = 60.0) -> None:
     """Slice after slice until the job is finished (a thread's body in `dualsync ui`)."""
-    while (job := run_slice(app, job_id, owner, budget)) is not None and not job.finished:
-        pass
+    job = run_slice(app, job_id, owner, budget)
+    while job is not None and not job.finished:
+        job = run_slice(app, job_id, owner, budget)
 
 
 def run_due_jobs(app: SyncApp, owner: str, budget: float, clock: Callable[[], float] = time.monotonic) -> list[str]:
@@ -159,6 +160,6 @@ def _release(app: SyncApp, job: JobView, etag: str) -> JobView:
     job = job.model_copy(update={"lease_owner": None, "lease_until": None, "updated_at": app.clock()})
     try:
         app.state.save_job(job.id, job.model_dump(mode="json"), etag)
-    except ConcurrencyError:
-        pass  # taken over meanwhile: the new holder's slice reports
+    except ConcurrencyError:  # taken over meanwhile: the new holder's slice reports
+        log.info("job %s was taken over by another instance", job.id)
     return job
