@@ -274,6 +274,12 @@ function renderRunChart(runs) {
     failed.append(svg("title", {}, `${run.flow} ${when(run.started_at || run.finished_at)}: dead-lettered ${run.dead_lettered}`));
     chart.append(applied, failed);
   });
+  // When the oldest and the newest run shown started, under the axis.
+  const label = (run) => when(run.started_at || run.finished_at).slice(5, 16);
+  chart.append(svg("text", { x: left, y: height - 4 }, label(shown[0])));
+  if (shown.length > 1) {
+    chart.append(svg("text", { x: width, y: height - 4, "text-anchor": "end" }, label(shown[shown.length - 1])));
+  }
   root.append(chart, el("div", { class: "legend" },
     el("span", {}, el("span", { class: "swatch applied" }), "applied"),
     el("span", {}, el("span", { class: "swatch failed" }), "dead-lettered")));
