@@ -32,6 +32,7 @@ from shared.engine import grants, record_lock
 from shared.engine.backoff import retry_at, throttle_delay
 from shared.engine.conflicts import Decision, decide, target_change_time
 from shared.engine.delete_races import carry_delete, carry_record, changed_since, settle_race
+from shared.engine.decisions import park_conflict
 from shared.engine.deletes import already_applied, ordering, record_applied
 from shared.engine.identity import record_id
 from shared.engine.mapping import Lookups, lookup_requests, map_record
@@ -53,7 +54,7 @@ from shared.keys import key_of, parse_key
 from shared.messages import ChangeMessage, NewerFormat, parse_body, to_envelope
 from shared.ports.bus import Received
 from shared.ports.connector import SourceRecord, WriteOp, WriteResult
-from shared.state.store import CONFLICTS, REQUESTS, KeyLink, RecordState
+from shared.state.store import REQUESTS, KeyLink, RecordState
 from shared.versions import version_problem
 
 MAX_ROUNDS = 3  # decisions taken again within one delivery after lost races, before it is retried later
@@ -491,7 +492,7 @@ def _settle_conflicts(app: SyncApp, f: _Flow, items: list[_Item], states: dict[s
         item.decision = decide(flow, f.rules, item.values or {}, baseline, current, item.message.changed_at,
                                lambda row=current: target_change_time(connector, reverse.source, row))
         if item.decision.park:
-            app.state.park(CONFLICTS, f.name, item.message.key, {
+            park_conflict(app, f.name, item.message.key, {
                 "message": item.message.model_copy(update={"payload": item.payload}).model_dump(mode="json"),
                 "fields": item.decision.conflicts,
                 "incoming": canonical_row({k: (item.values or {})[k] for k in item.decision.conflicts}),
@@ -591,7 +592,7 @@ def _settle_delete_races(app: SyncApp, f: _Flow, ops: list[WriteOp], states: dic
 
 
 def _park_race(app: SyncApp, f: _Flow, item: _Item, note: str) -> None:
-    app.state.park(CONFLICTS, f.name, item.message.key, {
+    park_conflict(app, f.name, item.message.key, {
         "message": item.message.model_copy(update={"payload": item.payload}).model_dump(mode="json"),
         "fields": [], "incoming": {}, "target": {}, "detail": note, "detected_at": app.clock().isoformat(),
     })

@@ -266,3 +266,72 @@ def deliver(app: SyncApp) -> list[tuple[str, str]]:
     outcomes = apply_batch(app, app.bus.receive(app.queue, max_messages=10, max_wait=0.05))
     settle(app, app.bus.settler(app.queue), outcomes)
     return [(o.kind.value, str(o.reason)) for o in outcomes]
+
+
+def test_a_conflict_met_by_both_flows_is_one_conflict_and_one_decision_closes_it(make, monkeypatch):
+    """Both sides changed one field and each flow met the other's change: the record is one open conflict (not
+    one per direction), listed once with each system's value, and resolving it leaves nothing open."""
+    from shared.engine.views import conflict_views
+
+    app, memory = make(conflicts="manual")
+    seed(app, memory)
+    memory["crm"].put("accounts", "A1", {**memory["crm"].tables["accounts"]["A1"], "name": "crm-says"})
+    memory["erp"].put("customers", "A1", {**memory["erp"].tables["customers"]["A1"], "name": "erp-says"})
+    tally = sync(app)
+    assert sum(c.skipped["conflict_parked"] for c in tally.flows.values()) == 2
+    assert len(list_parked(app, CONFLICTS)) == 1
+    [view] = conflict_views(app)
+    assert view.keys == {"crm": "A1", "erp": "A1"} if view.flow == "accounts-to-erp" else {"erp": "A1", "crm": "A1"}
+    assert [(f.field, f.values) for f in view.fields] in (
+        [("name", {"crm": "crm-says", "erp": "erp-says"})], [("name", {"erp": "erp-says", "crm": "crm-says"})])
+    shown = cli_output(monkeypatch, app, "conflicts", "list")
+    assert "open conflicts: 1" in shown and shown.count(" A1 ") == 1
+    row = next(line for line in shown.splitlines() if " A1 " in line).split()
+    assert row[:2] == ["A1", "name"] and "crm-says" in row and "erp-says" in row
+    resolve_conflict(app, "A1", take="crm")
+    assert list_parked(app, CONFLICTS) == [] and conflict_views(app) == []
+    sync(app)
+    sync(app)
+    assert memory["erp"].tables["customers"]["A1"]["name"] == "crm-says" == memory["crm"].tables["accounts"]["A1"]["name"]
+    assert list_parked(app, CONFLICTS) == []
+
+
+def test_a_change_request_shows_each_changed_field_as_synced_and_as_proposed(make, tmp_path, monkeypatch):
+    import json
+
+    from shared.engine.views import change_request_views
+
+    app, memory = make(review=True)
+    seed(app, memory)
+    memory["erp"].put("customers", "A2", {**memory["erp"].tables["customers"]["A2"], "name": "web shop edit"})
+    sync(app, "customers-to-crm")
+    [request] = change_request_views(app)
+    assert (request.flow, request.key, request.op) == ("customers-to-crm", "A2", "upsert")
+    assert [(f.field, f.to, f.before, f.after) for f in request.fields] == [("name", "name", "n2", "web shop edit")]
+
+    shown = cli_output(monkeypatch, app, "requests", "list")
+    row = next(line for line in shown.splitlines() if "web shop edit" in line)
+    assert "customers-to-crm" in row and "A2" in row and "n2" in row and "telephone" not in shown
+    [listed] = json.loads(cli_output(monkeypatch, app, "requests", "list", "--json"))["requests"]
+    assert listed["fields"] == [{"field": "name", "to": "name", "before": "n2", "after": "web shop edit"}]
+
+
+def cli_output(monkeypatch, app: SyncApp, *args: str) -> str:
+    """What `dualsync ARGS` prints at 80 columns over this app's stores."""
+    from contextlib import contextmanager
+
+    from typer.testing import CliRunner
+
+    import shared.cli.common
+    from shared.cli import app as cli
+
+    @contextmanager
+    def session(config, workdir):
+        yield app
+
+    monkeypatch.setattr(shared.cli.common, "session", session)
+    monkeypatch.setattr(shared.cli.common.console, "width", 80)
+    result = CliRunner().invoke(cli, list(args))
+    assert result.exit_code == 0, result.output
+    assert "--json" in args or max(len(line) for line in result.output.splitlines()) <= 80
+    return result.output
