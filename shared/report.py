@@ -1,20 +1,99 @@
-"""Rich renderings of run summaries, shared by `dualsync run` and the demo."""
+"""Rich renderings of run summaries and flow listings, shared by the CLI and the demo.
+
+What an operator pastes into the next command (a flow name, a reason) is never cut or broken inside a word:
+a table is shown only when it fits the console whole; otherwise the same facts are printed flow by flow, one
+short line per group of counts (`FitsOrStacks`).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from datetime import datetime
+
+from rich import box
+from rich.cells import cell_len
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.table import Table
+from rich.text import Text
 
-from shared.engine.tally import Tally
+from shared.engine.tally import FlowCounts, Tally
 
 
-def summary_table(tally: Tally, title: str = "dualsync run") -> Table:
-    table = Table(title=title)
-    for column in ("flow", "backlog", "pulled", "dupes", "applied", "skipped", "retried", "dead-lettered",
-                   "waiting", "adds up"):
-        table.add_column(column, justify="left" if column in ("flow", "skipped", "dead-lettered") else "right")
-    for flow, c in sorted(tally.flows.items()):
-        skipped = ", ".join(f"{n} {why}" for why, n in sorted(c.skipped.items())) or "0"
-        dead = ", ".join(f"{n} {why}" for why, n in sorted(c.dead_lettered.items())) or "0"
-        table.add_row(flow, str(c.backlog), str(c.pulled), str(c.duplicates), str(c.applied), skipped,
-                      str(c.retried), dead, str(c.waiting), "yes" if c.adds_up() else "NO")
-    return table
+class FitsOrStacks:
+    """A table of `rows` under `headers` when it fits the width it is given whole (no cell wraps or is cut),
+    else `narrow`, the same facts flow by flow. `right`: the headers of right-aligned (number) columns."""
+
+    def __init__(self, headers: Sequence[str], rows: Sequence[Sequence[str | Text]], narrow: RenderableType,
+                 title: str | None = None, right: Collection[str] = ()) -> None:
+        self.headers, self.rows, self.narrow, self.title, self.right = headers, rows, narrow, title, right
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield self.table() if self.width() <= options.max_width else self.narrow
+
+    def width(self) -> int:
+        """What the table needs: each column's widest line plus its padding, and a border between columns."""
+        widest = [max(_widest_line(cell) for cell in column) for column in zip(self.headers, *self.rows, strict=True)]
+        return sum(w + 2 for w in widest) + len(widest) + 1
+
+    def table(self) -> Table:
+        table = Table(title=self.title, box=box.SIMPLE_HEAD, title_justify="left")
+        for header in self.headers:
+            table.add_column(header, no_wrap=True, justify="right" if header in self.right else "left")
+        for row in self.rows:
+            table.add_row(*row)
+        return table
+
+
+def _widest_line(cell: str | Text) -> int:
+    return max(cell_len(line) for line in str(cell).split("\n"))
+
+
+def reasons(counts: dict[str, int] | Iterable[tuple[str, int]], sep: str = ", ") -> str:
+    items = counts.items() if isinstance(counts, dict) else counts
+    return sep.join(f"{n} {why}" for why, n in sorted(items)) or "0"
+
+
+def short_time(iso: str | None) -> str:
+    """`12-02 10:14:03` in the local time zone (the year and zone are in --json)."""
+    if not iso:
+        return "-"
+    try:
+        moment = datetime.fromisoformat(iso)
+    except ValueError:
+        return iso
+    return (moment.astimezone() if moment.tzinfo else moment).strftime("%m-%d %H:%M:%S")
+
+
+_COUNTS = ("backlog", "pulled", "dupes", "applied", "skipped", "retried", "dead-lettered", "waiting", "adds up")
+
+
+def _numbers(c: FlowCounts) -> list[str]:
+    return [str(c.backlog), str(c.pulled), str(c.duplicates), str(c.applied), str(sum(c.skipped.values())),
+            str(c.retried), str(sum(c.dead_lettered.values())), str(c.waiting), "yes" if c.adds_up() else "NO"]
+
+
+def summary_table(tally: Tally, title: str = "dualsync run") -> RenderableType:
+    """Per flow: backlog + pulled - dupes = applied + skipped + dead-lettered + waiting ("adds up")."""
+    flows = sorted(tally.flows.items())
+    rows = [[flow, *_numbers(c), _reasons_line(c)] for flow, c in flows]
+    return FitsOrStacks(["flow", *_COUNTS, "reasons"], rows, Group(Text(title, style="italic"), *_stacked(flows)),
+                        title=title, right=_COUNTS)
+
+
+def _reasons_line(c: FlowCounts) -> str:
+    parts = []
+    if c.skipped:
+        parts.append(f"skipped {reasons(c.skipped)}")
+    if c.dead_lettered:
+        parts.append(f"dead-lettered {reasons(c.dead_lettered)}")
+    return "\n".join(parts)
+
+
+def _stacked(flows: list[tuple[str, FlowCounts]]) -> Iterator[RenderableType]:
+    for flow, c in flows:
+        values = dict(zip(_COUNTS, _numbers(c), strict=True))
+        yield Text(flow, style="bold")
+        yield Text("  " + "  ".join(f"{k} {values[k]}" for k in _COUNTS[:5]))
+        yield Text("  " + "  ".join(f"{k} {values[k]}" for k in _COUNTS[5:]))
+        for line in _reasons_line(c).splitlines():
+            yield Text("  " + line)
