@@ -30,8 +30,9 @@ import azure.functions as func
 from functions import sync_app
 from shared.admin_access import OPERATOR, READER, AccessDenied, require
 from shared.app import SyncApp
-from shared.engine.cursor_lease import pause_flow, resume_flow
+from shared.engine.cursor_lease import pause_flow
 from shared.engine.dead_letters import DeadLetterFilter, list_dead_letters, plan_purge, purge_dead_letters
+from shared.engine.held_changes import resume as resume_flow
 from shared.engine.replay import ReplayFilter, ReplayResult, replay_dead_letters
 from shared.engine.status import collect_status
 from shared.errors import ConcurrencyError
@@ -93,8 +94,8 @@ def pause(req: func.HttpRequest) -> func.HttpResponse:
 def resume(req: func.HttpRequest) -> func.HttpResponse:
     def action(app: SyncApp) -> dict[str, Any]:
         flow = _known_flow(app, req.route_params.get("flow"))
-        cursor = resume_flow(app.state, flow)
-        return {"flow": flow, "paused": cursor.paused, "paused_reason": cursor.paused_reason}
+        cursor, released = resume_flow(app, flow)
+        return {"flow": flow, "paused": cursor.paused, "paused_reason": cursor.paused_reason, "released": released}
 
     return _respond(action, req, OPERATOR)
 

@@ -107,10 +107,11 @@ def pause(flow: str, config: ConfigOption = Path("flows.yaml"), workdir: Workdir
 
 @app.command()
 def resume(flow: str, config: ConfigOption = Path("flows.yaml"), workdir: WorkdirOption = Path(".dualsync")) -> None:
-    """Resume FLOW after a pause (an auth failure pauses its flow automatically)."""
-    from shared.engine.cursor_lease import resume_flow
+    """Resume FLOW after a pause (an auth failure pauses its flow automatically); the changes held while it was
+    paused are due at once."""
+    from shared.engine.held_changes import resume as resume_and_release
 
     with common.session(config, workdir) as sync:
         known_flow(sync, flow)
-        resume_flow(sync.state, flow)
-    console.print(f"{flow} resumed")
+        _, released = resume_and_release(sync, flow)
+    console.print(f"{flow} resumed; {released} held changes due now", highlight=False)
