@@ -6,7 +6,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -96,9 +96,7 @@ def session(config: Path, workdir: Path) -> Iterator[SyncApp]:
 def known_flow(sync, flow: str | None) -> None:
     """Exit 2 naming the flows there are, rather than answer with an empty list (None: every flow)."""
     if flow is not None and flow not in sync.config.flows:
-        err_console.print(f"[red]error[/red] no flow named {escape(repr(flow))}; flows: {', '.join(sync.config.flows)}",
-                          highlight=False)
-        raise typer.Exit(2)
+        fail(f"no flow named {flow!r}; flows: {', '.join(sync.config.flows)}")
 
 
 def existing_workdir(workdir: Path) -> None:
@@ -107,8 +105,13 @@ def existing_workdir(workdir: Path) -> None:
         return
     what = "is not a directory" if workdir.exists() else "does not exist"
     hint = "" if workdir.exists() else " (`dualsync run` creates it; or pass --workdir)"
-    err_console.print(f"[red]error[/red] workdir {escape(str(workdir))} {what}{hint}", highlight=False)
-    raise typer.Exit(2)
+    fail(f"workdir {workdir} {what}{hint}")
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """One line on stderr, however narrow the terminal (a script greps it), and the exit code."""
+    err_console.print(f"[red]error[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
 
 
 def package_version() -> str:

@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from shared.cli import run_lock
-from shared.cli.common import ConfigOption, app, console, err_console, examples, load_flows
+from shared.cli.common import ConfigOption, app, console, err_console, examples, fail, load_flows
 
 if TYPE_CHECKING:
     from shared.app import SyncApp
@@ -84,14 +84,12 @@ def _lock(workdir: Path) -> run_lock.RunLock:
         workdir.mkdir(parents=True, exist_ok=True)
         return run_lock.take(workdir)
     except run_lock.WorkdirInUse as exc:
-        err_console.print(f"[red]error[/red] workdir {escape(str(workdir))} is in use by {escape(exc.holder)} "
-                          "(another `dualsync run`; stop it first, or use another --workdir)", highlight=False)
+        fail(f"workdir {workdir} is in use by {exc.holder} (another `dualsync run`; stop it first, "
+             "or use another --workdir)")
     except (FileExistsError, NotADirectoryError):
-        err_console.print(f"[red]error[/red] workdir {escape(str(workdir))} is not a directory", highlight=False)
+        fail(f"workdir {workdir} is not a directory")
     except OSError as exc:
-        err_console.print(f"[red]error[/red] workdir {escape(str(workdir))}: {escape(exc.strerror or str(exc))}",
-                          highlight=False)
-    raise typer.Exit(2)
+        fail(f"workdir {workdir}: {exc.strerror or exc}")
 
 
 def _with_progress(sync: SyncApp, options: RunOptions, once: bool) -> tuple[Tally, str]:
