@@ -13,6 +13,7 @@ from datetime import datetime
 from rich import box
 from rich.cells import cell_len
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
+from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
@@ -42,6 +43,11 @@ class FitsOrStacks:
         for row in self.rows:
             table.add_row(*row)
         return table
+
+
+def indented(text: str | Text) -> Padding:
+    """A line under a flow's name in a stacked listing; it wraps under itself."""
+    return Padding(text, (0, 0, 0, 2))
 
 
 def _widest_line(cell: str | Text) -> int:
@@ -93,7 +99,7 @@ def _stacked(flows: list[tuple[str, FlowCounts]]) -> Iterator[RenderableType]:
     for flow, c in flows:
         values = dict(zip(_COUNTS, _numbers(c), strict=True))
         yield Text(flow, style="bold")
-        yield Text("  " + "  ".join(f"{k} {values[k]}" for k in _COUNTS[:5]))
-        yield Text("  " + "  ".join(f"{k} {values[k]}" for k in _COUNTS[5:]))
+        yield indented("  ".join(f"{k} {values[k]}" for k in _COUNTS[:5]))
+        yield indented("  ".join(f"{k} {values[k]}" for k in _COUNTS[5:]))
         for line in _reasons_line(c).splitlines():
-            yield Text("  " + line)
+            yield indented(line)

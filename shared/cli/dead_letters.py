@@ -6,10 +6,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Group
 from rich.progress import BarColumn, Progress, TextColumn
+from rich.text import Text
 
 from shared.cli import common
-from shared.cli.common import ConfigOption, WorkdirOption, app, console, err_console, known_flow
+from shared.cli.common import ConfigOption, WorkdirOption, app, console, err_console, examples, known_flow
+from shared.report import FitsOrStacks, indented, short_time
 
 dead_letters_app = typer.Typer(no_args_is_help=True, help="The dead-letter queue: what failed and why.")
 app.add_typer(dead_letters_app, name="dead-letters")
@@ -25,18 +28,18 @@ def dead_letters_list(
     limit: Annotated[int, typer.Option(min=1, max=10000)] = 100,
 ) -> None:
     """Dead-lettered changes with reason, description, flow, key, attempt and enqueued time."""
-    from rich.table import Table
-
     from shared.engine.dead_letters import DeadLetterFilter, list_dead_letters
 
     with common.session(config, workdir) as sync:
         found = list_dead_letters(sync, DeadLetterFilter(flow, reason, key), limit=limit)
-    table = Table(title=f"dead letters: {len(found)}")
-    for column in ("flow", "key", "reason", "description", "attempt", "enqueued"):
-        table.add_column(column, overflow="fold")
+    rows = [[d.flow, d.key, d.reason, d.description, str(d.attempt), short_time(str(d.enqueued_at))] for d in found]
+    stacked = []
     for d in found:
-        table.add_row(d.flow, d.key, d.reason, d.description, str(d.attempt), str(d.enqueued_at))
-    console.print(table)
+        stacked += [Text(f"{d.flow} {d.key} {d.reason} (attempt {d.attempt}, {short_time(str(d.enqueued_at))})"),
+                    indented(d.description)]
+    console.print(f"dead letters: {len(found)}")
+    console.print(FitsOrStacks(["flow", "key", "reason", "description", "attempt", "enqueued"], rows,
+                               Group(*stacked), right=("attempt",)))
 
 
 @dead_letters_app.command("purge")
@@ -60,7 +63,11 @@ def dead_letters_purge(
     console.print(f"purged {result.purged}, left {result.left}")
 
 
-@app.command()
+@app.command(epilog=examples(
+    "dualsync dead-letters list --reason MissingReference    # what failed, and why",
+    "dualsync replay --reason MissingReference --dry-run     # what would be sent again",
+    "dualsync replay --flow invoices-to-crm --key INV00007   # one record, after fixing it at the source",
+))
 def replay(
     config: ConfigOption = Path("flows.yaml"),
     workdir: WorkdirOption = Path(".dualsync"),

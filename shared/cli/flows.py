@@ -23,7 +23,7 @@ from shared.cli.common import (
     load_flows,
 )
 from shared.config import Config
-from shared.report import FitsOrStacks, reasons, short_time
+from shared.report import FitsOrStacks, indented, reasons, short_time
 
 
 @app.command()
@@ -86,9 +86,9 @@ def _status_view(flows: list) -> RenderableType:  # FlowStatus
         pull = f"{last.get('status', '-')}, {last.get('pulled', 0)} pulled" if last else "-"
         when = short_time(last.get("finished_at")) if last else ""
         rows.append([f.flow, state, queued, lag, dead, f"{pull}\n{when}"])
-        stacked += [Text(f.flow, style="bold"), Text("  ").append(state),
-                    Text(f"  queued {queued}  lag {lag}  last pull {pull} {when}"),
-                    Text(f"  dead letters {reasons(f.dead_letters)}")]
+        stacked += [Text(f.flow, style="bold"), indented(state),
+                    indented(f"queued {queued}  lag {lag}  last pull {pull} {when}"),
+                    indented(f"dead letters {reasons(f.dead_letters)}")]
     return FitsOrStacks(["flow", "state", "queued", "lag", "dead letters", "last pull"], rows, Group(*stacked),
                         right=("queued", "lag"))
 

@@ -12,7 +12,7 @@ from rich.text import Text
 
 from shared.cli import common
 from shared.cli.common import ConfigOption, FlowFilter, JsonOption, WorkdirOption, app, console, examples, known_flow
-from shared.report import FitsOrStacks, reasons, short_time
+from shared.report import FitsOrStacks, indented, reasons, short_time
 
 
 @app.command(epilog=examples(
@@ -50,10 +50,10 @@ def runs(
         start, end = short_time(r.started_at), short_time(r.finished_at)
         rows.append([r.flow, start, end, r.status, str(r.pulled), counts[0], skipped, counts[1], dead, r.error or ""])
         stacked += [Text(r.flow, style="bold"),
-                    Text(f"  {r.kind} {start} to {end}  {r.status}"),
-                    Text(f"  pulled {r.pulled}  applied {counts[0]}  retried {counts[1]}"),
-                    Text(f"  skipped {skipped.replace(chr(10), ', ')}"),
-                    Text(f"  dead-lettered {dead.replace(chr(10), ', ')}")]
+                    indented(f"{r.kind} {start} to {end}  {r.status}"),
+                    indented(f"pulled {r.pulled}  applied {counts[0]}  retried {counts[1]}"),
+                    indented(f"skipped {skipped.replace(chr(10), ', ')}"),
+                    indented(f"dead-lettered {dead.replace(chr(10), ', ')}")]
         if r.error:
-            stacked.append(Text(f"  error: {r.error}", style="red"))
+            stacked.append(indented(Text(f"error: {r.error}", style="red")))
     console.print(FitsOrStacks(headers, rows, Group(*stacked), right=("pulled", "applied", "retried")))
