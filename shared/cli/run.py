@@ -67,6 +67,10 @@ def run(
             _remember(sync, tally, started, how)
             queued = _queued(sync)
         finally:
+            if not once:
+                from shared import flow_health
+
+                flow_health.unwatch(sync)  # the exporter's last collection at exit must not read a closed store
             sync.close()
     finally:
         lock.release()
@@ -172,6 +176,9 @@ def _print_interrupted(queued: dict[str, int], config: Path, workdir: Path) -> N
                           highlight=False)
     else:
         err_console.print("interrupted; nothing is queued", highlight=False)
-    again = shlex.join(["dualsync", "run", "--config", str(config), "--workdir", str(workdir)])
-    err_console.print(f"to continue: {escape(again)}   (and `dualsync status` to see each flow)", highlight=False)
+    where = ["--config", str(config), "--workdir", str(workdir)]
+    err_console.print(f"to continue: {escape(shlex.join(['dualsync', 'run', *where]))}", highlight=False,
+                      soft_wrap=True)
+    err_console.print(f"each flow's state: {escape(shlex.join(['dualsync', 'status', *where]))}", highlight=False,
+                      soft_wrap=True)
     sys.stderr.flush()
