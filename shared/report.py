@@ -47,7 +47,7 @@ class FitsOrStacks:
 
 def indented(text: str | Text) -> Padding:
     """A line under a flow's name in a stacked listing; it wraps under itself."""
-    return Padding(text, (0, 0, 0, 2))
+    return Padding(text, (0, 0, 0, 2), expand=False)
 
 
 def _widest_line(cell: str | Text) -> int:
