@@ -18,7 +18,7 @@ from shared.engine.pull import pull_flow
 from shared.engine.settle import settle
 
 
-def _args(tmp_path) -> list[str]:  # noqa: ANN001
+def _args(tmp_path) -> list[str]:
     return ["--config", str(tmp_path / "flows.yaml"), "--workdir", str(tmp_path / "state")]
 
 
@@ -62,7 +62,7 @@ def test_an_unexpected_error_prints_no_local_variables(sample, tmp_path, monkeyp
               "import os\ndef broken(app):\n    secret = os.environ['ERP_CLIENT_SECRET']\n    raise RuntimeError('unexpected')\n"
               "status.collect_status = broken\nfrom shared.cli import main\nmain()\n")
     env = {**os.environ, "TERM": "xterm", "COLUMNS": "200", "FORCE_COLOR": "1"}
-    done = subprocess.run([sys.executable, "-c", script, "status", *_args(tmp_path)], env=env, capture_output=True,
+    done = subprocess.run([sys.executable, "-c", script, "status", *_args(tmp_path)], env=env, capture_output=True, check=False,
                           text=True, timeout=60)
     assert done.returncode == 1 and "RuntimeError" in done.stderr
     assert secret not in done.stderr + done.stdout
@@ -74,7 +74,7 @@ def test_a_second_run_on_one_workdir_is_refused_naming_the_first(sample, tmp_pat
     first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for_file(tmp_path / "state" / "run.lock")
-        second = subprocess.run([*cmd, "--once"], capture_output=True, text=True, timeout=60)
+        second = subprocess.run([*cmd, "--once"], capture_output=True, text=True, timeout=60, check=False)
         assert second.returncode == 2
         assert f"in use by pid {first.pid} since" in second.stderr.replace("\n", " ")
     finally:
@@ -101,7 +101,7 @@ def test_ctrl_c_says_what_is_queued_and_how_to_go_on(sample, tmp_path):
         assert f"accounts-to-customers {waiting}" in text
 
 
-def _wait_for_file(path, timeout: float = 30.0) -> None:  # noqa: ANN001
+def _wait_for_file(path, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not (path.exists() and path.read_text()):
         assert time.monotonic() < deadline, f"{path} never appeared"

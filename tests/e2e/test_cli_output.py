@@ -26,7 +26,7 @@ def long_flows(tmp_path, monkeypatch):
     return ["--config", str(flows), "--workdir", str(tmp_path / "state")]
 
 
-def _run(args: list[str]):  # noqa: ANN202
+def _run(args: list[str]):
     return CliRunner().invoke(cli, ["run", "--once", "--workers", "0", "--retry-base", "0.02", "--drain-bound", "5",
                                     *args])
 
