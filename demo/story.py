@@ -21,6 +21,7 @@ from dvsim import DataverseSimulator
 from shared.app import SyncApp
 from shared.config import load_config
 from shared.engine.replay import ReplayFilter, ReplayResult, replay_dead_letters
+from shared.engine.run_history import record_run
 from shared.engine.tally import Tally
 from shared.local_runtime import RunOptions, run_once
 
@@ -223,7 +224,11 @@ def _seed_erp(url: str) -> None:
 
 
 def sync(story: Story, on_progress: Callable[[Tally], None] | None = None) -> Tally:
-    return run_once(story.app, RunOptions(workers=2, drain_bound=10), on_progress)
+    """One `dualsync run --once`, kept in the run history as that command keeps it (`dualsync runs`)."""
+    started = datetime.now(UTC)
+    tally = run_once(story.app, RunOptions(workers=2, drain_bound=10), on_progress)
+    record_run(story.app, tally, started, datetime.now(UTC), "ok")
+    return tally
 
 
 def dead_letters(story: Story) -> list[tuple[str, str, str, str]]:

@@ -96,10 +96,11 @@ def _reasons_line(c: FlowCounts) -> str:
 
 
 def _stacked(flows: list[tuple[str, FlowCounts]]) -> Iterator[RenderableType]:
+    """Each flow's name on a line of its own, then its counts that are not zero and whether they add up."""
     for flow, c in flows:
-        values = dict(zip(_COUNTS, _numbers(c), strict=True))
+        counts = [("backlog", c.backlog), ("pulled", c.pulled), ("dupes", c.duplicates), ("applied", c.applied),
+                  ("skipped", c.skipped), ("retried", c.retried), ("dead-lettered", c.dead_lettered),
+                  ("waiting", c.waiting)]
+        shown = [f"{name} {reasons(n)}" if isinstance(n, dict) else f"{name} {n}" for name, n in counts if n]
         yield Text(flow, style="bold")
-        yield indented("  ".join(f"{k} {values[k]}" for k in _COUNTS[:5]))
-        yield indented("  ".join(f"{k} {values[k]}" for k in _COUNTS[5:]))
-        for line in _reasons_line(c).splitlines():
-            yield indented(line)
+        yield indented("  ".join([*shown, "adds up" if c.adds_up() else "does NOT add up"]))

@@ -49,11 +49,11 @@ def runs(
         dead = "-" if r.dead_lettered is None else reasons(r.dead_lettered, sep="\n")
         start, end = short_time(r.started_at), short_time(r.finished_at)
         rows.append([r.flow, start, end, r.status, str(r.pulled), counts[0], skipped, counts[1], dead, r.error or ""])
-        stacked += [Text(r.flow, style="bold"),
-                    indented(f"{r.kind} {start} to {end}  {r.status}"),
-                    indented(f"pulled {r.pulled}  applied {counts[0]}  retried {counts[1]}"),
-                    indented(f"skipped {skipped.replace(chr(10), ', ')}"),
-                    indented(f"dead-lettered {dead.replace(chr(10), ', ')}")]
+        counted = [f"pulled {r.pulled}"] + [f"{name} {value}" for name, value in (
+            ("applied", r.applied), ("skipped", r.skipped and reasons(r.skipped)), ("retried", r.retried),
+            ("dead-lettered", r.dead_lettered and reasons(r.dead_lettered)), ("waiting", r.waiting)) if value]
+        stacked += [Text(r.flow, style="bold").append(f"  {r.kind} {start} to {end}  {r.status}", style=""),
+                    indented("  ".join(counted))]
         if r.error:
             stacked.append(indented(Text(f"error: {r.error}", style="red")))
     console.print(FitsOrStacks(headers, rows, Group(*stacked), right=("pulled", "applied", "retried")))
