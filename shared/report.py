@@ -7,7 +7,7 @@ short line per group of counts (`FitsOrStacks`).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from datetime import datetime
 
 from rich import box
@@ -54,9 +54,9 @@ def _widest_line(cell: str | Text) -> int:
     return max(cell_len(line) for line in str(cell).split("\n"))
 
 
-def reasons(counts: dict[str, int] | Iterable[tuple[str, int]], sep: str = ", ") -> str:
-    items = counts.items() if isinstance(counts, dict) else counts
-    return sep.join(f"{n} {why}" for why, n in sorted(items)) or "0"
+def reasons(counts: Mapping[str, int], sep: str = ", ") -> str:
+    """`1 MappingFailed, 3 ValidationFailed`: counts by reason, as the next command's --reason takes them."""
+    return sep.join(f"{n} {why}" for why, n in sorted(counts.items())) or "0"
 
 
 def short_time(iso: str | None) -> str:

@@ -19,7 +19,6 @@ if TYPE_CHECKING:
     from shared.app import SyncApp
 
 
-
 def examples(*lines: str) -> str:
     """An epilog for --help: typer's rich help joins single lines, so each example is a paragraph of its own."""
     return "\n\n".join(["Examples:", *(f"  {line}" for line in lines)])
@@ -41,7 +40,8 @@ app = typer.Typer(
     help="`dualsync`: the command line over the same core functions the Azure Functions call.",
     epilog=EXAMPLES,
 )
-# Piped into a file or CI, rich uses 80 columns (or COLUMNS); tables wrap their cells there, never drop a row.
+# Piped into a file or CI, rich uses 80 columns (or COLUMNS); listings that do not fit as a table whole are
+# printed flow by flow (shared/report.py), so nothing is cut.
 console = Console()
 err_console = Console(stderr=True)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Group, RenderableType
@@ -24,6 +24,9 @@ from shared.cli.common import (
 )
 from shared.config import Config
 from shared.report import FitsOrStacks, indented, reasons, short_time
+
+if TYPE_CHECKING:
+    from shared.engine.status import FlowStatus
 
 
 @app.command()
@@ -70,7 +73,7 @@ def status(
     console.print(_status_view(report.flows))
 
 
-def _status_view(flows: list) -> RenderableType:  # FlowStatus
+def _status_view(flows: list[FlowStatus]) -> RenderableType:
     rows: list[list[str | Text]] = []
     stacked: list[RenderableType] = []
     for f in flows:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shlex
 import signal
-import sys
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -74,11 +73,11 @@ def run(
             sync.close()
     finally:
         lock.release()
-    _report(tally)
+    adds_up = _report(tally)
     if how == "interrupted":
         _print_interrupted(queued, config, workdir)
         raise typer.Exit(INTERRUPTED)
-    if tally.pull_errors and once:
+    if not adds_up or (tally.pull_errors and once):
         raise typer.Exit(1)
 
 
@@ -155,7 +154,8 @@ def _queued(sync: SyncApp) -> dict[str, int]:
     return by_flow(sync.queue) if by_flow else {}
 
 
-def _report(tally: Tally) -> None:
+def _report(tally: Tally) -> bool:
+    """Print the summary and what went wrong; whether every flow's counts add up."""
     from shared.report import summary_table
 
     console.print(summary_table(tally))
@@ -164,9 +164,10 @@ def _report(tally: Tally) -> None:
     failed = sorted({flow for flow, _ in tally.pull_errors})
     if failed:
         err_console.print(f"[red]pull failed[/red] for {', '.join(failed)} (see `dualsync status`)", highlight=False)
-    if not all(c.adds_up() for c in tally.flows.values()):
-        err_console.print("[red]counts do not add up[/red]")
-        raise typer.Exit(1)
+    if all(c.adds_up() for c in tally.flows.values()):
+        return True
+    err_console.print("[red]counts do not add up[/red]")
+    return False
 
 
 def _print_interrupted(queued: dict[str, int], config: Path, workdir: Path) -> None:
@@ -181,4 +182,3 @@ def _print_interrupted(queued: dict[str, int], config: Path, workdir: Path) -> N
                       soft_wrap=True)
     err_console.print(f"each flow's state: {escape(shlex.join(['dualsync', 'status', *where]))}", highlight=False,
                       soft_wrap=True)
-    sys.stderr.flush()

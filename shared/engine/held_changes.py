@@ -12,11 +12,9 @@ from __future__ import annotations
 
 from shared.app import SyncApp
 from shared.engine.cursor_lease import resume_flow
-from shared.ports.bus import HELD_PROPERTY
 from shared.state.store import Cursor
 
-HELD_PAUSED = "paused"
-__all__ = ["HELD_PAUSED", "HELD_PROPERTY", "resume"]
+HELD_PAUSED = "paused"  # the value of the bus's HELD_PROPERTY on a change held for a pause
 
 
 def resume(app: SyncApp, flow: str) -> tuple[Cursor, int]:

@@ -14,10 +14,10 @@ from shared import telemetry
 from shared.app import SyncApp
 from shared.bus.claim_check import REF_PROPERTY, SIZE_PROPERTY
 from shared.engine.cursor_lease import pause_flow
-from shared.engine.held_changes import HELD_PAUSED, HELD_PROPERTY
+from shared.engine.held_changes import HELD_PAUSED
 from shared.engine.outcome import Kind, Outcome
 from shared.messages import bounded_id, to_envelope
-from shared.ports.bus import Settler
+from shared.ports.bus import HELD_PROPERTY, Settler
 
 PAUSED_RECHECK = timedelta(minutes=5)
 
