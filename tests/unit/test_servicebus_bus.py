@@ -529,18 +529,3 @@ def test_live_harness_refuses_a_queue_without_duplicate_detection(monkeypatch):
                         classmethod(lambda cls, conn, **kw: admin))
     with pytest.raises(RuntimeError, match="requires_duplicate_detection"):
         fakes.live_contract_bus("Endpoint=sb://x/;SharedAccessKeyName=a;SharedAccessKey=b", "plain")
-
-
-def test_release_held_sends_a_flows_held_changes_now_and_cancels_their_scheduled_copies(bus):
-    later = datetime.now(UTC) + timedelta(minutes=5)
-    held = [env(i, scheduled_enqueue_time_utc=later) for i in range(3)]
-    for envelope in held:
-        envelope.application_properties["held"] = "paused"
-    retry = env("retry", scheduled_enqueue_time_utc=later)  # a retry's backoff is kept
-    bus.send(Q, [*held, retry])
-    assert bus.release_held(Q, "flow-b") == 0
-    assert bus.release_held(Q, "flow-a") == 3
-    got = drain(bus, 3)
-    assert sorted(r.envelope.application_properties["key"] for r in got) == ["0", "1", "2"]
-    bus.settler(Q).complete(got)
-    assert (bus.counts(Q).active, bus.counts(Q).scheduled) == (0, 1)
