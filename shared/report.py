@@ -103,4 +103,4 @@ def _stacked(flows: list[tuple[str, FlowCounts]]) -> Iterator[RenderableType]:
                   ("waiting", c.waiting)]
         shown = [f"{name} {reasons(n)}" if isinstance(n, dict) else f"{name} {n}" for name, n in counts if n]
         yield Text(flow, style="bold")
-        yield indented("  ".join([*shown, "adds up" if c.adds_up() else "does NOT add up"]))
+        yield indented("  ".join([*shown, f"adds up {_numbers(c)[-1]}"]))

@@ -36,7 +36,7 @@ def test_the_readme_quickstart_runs_as_written(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     out = " ".join(done.stdout.split())
     assert "ok flows.yaml: 2 systems, 1 flows" in out
-    assert "dead-lettered 1 ValidationFailed" in out and "A3 ValidationFailed" in out
+    assert "dead-lettered 1 ValidationFailed" in out and "adds up yes" in out and "A3 ValidationFailed" in out
     assert "matched 1, replayed 1" in out
     erp = sqlite3.connect(work / "erp.db")
     assert erp.execute("SELECT number, name FROM customers ORDER BY number").fetchall() == [
