@@ -75,7 +75,7 @@ def run(
         lock.release()
     adds_up = _report(tally)
     if how == "interrupted":
-        _print_interrupted(queued, config, workdir)
+        _print_interrupted(queued, config, workdir, once)
         raise typer.Exit(INTERRUPTED)
     if not adds_up or (tally.pull_errors and once):
         raise typer.Exit(1)
@@ -170,7 +170,7 @@ def _report(tally: Tally) -> bool:
     return False
 
 
-def _print_interrupted(queued: dict[str, int], config: Path, workdir: Path) -> None:
+def _print_interrupted(queued: dict[str, int], config: Path, workdir: Path, once: bool) -> None:
     waiting = {flow: n for flow, n in sorted(queued.items()) if n}
     if waiting:
         err_console.print("interrupted; still queued: " + ", ".join(f"{flow} {n}" for flow, n in waiting.items()),
@@ -178,7 +178,8 @@ def _print_interrupted(queued: dict[str, int], config: Path, workdir: Path) -> N
     else:
         err_console.print("interrupted; nothing is queued", highlight=False)
     where = ["--config", str(config), "--workdir", str(workdir)]
-    err_console.print(f"to continue: {escape(shlex.join(['dualsync', 'run', *where]))}", highlight=False,
+    again = ["dualsync", "run", *(["--once"] if once else []), *where]
+    err_console.print(f"to continue: {escape(shlex.join(again))}", highlight=False,
                       soft_wrap=True)
     err_console.print(f"each flow's state: {escape(shlex.join(['dualsync', 'status', *where]))}", highlight=False,
                       soft_wrap=True)
