@@ -20,8 +20,14 @@ if TYPE_CHECKING:
 
 
 def examples(*lines: str) -> str:
-    """An epilog for --help: typer's rich help joins single lines, so each example is a paragraph of its own."""
-    return "\n\n".join(["Examples:", *(f"  {line}" for line in lines)])
+    """An epilog for --help from `command  # what it does` lines: the comment goes on a line of its own above its
+    command, so both fit 80 columns; typer's rich help joins single lines, so each line is a paragraph."""
+    shown = ["Examples:"]
+    for line in lines:
+        command, _, comment = line.partition("#")
+        shown += [f"# {comment.strip()}"] if comment else []
+        shown.append(command.strip())
+    return "\n\n".join(shown)
 
 
 EXAMPLES = examples(

@@ -91,3 +91,14 @@ def test_verbose_shows_each_retry_with_its_reason(long_flows, tmp_path):
     assert loud.exit_code == 0, loud.output
     flat = " ".join(loud.output.split())
     assert "retry con-0000005: MissingReference" in flat  # from the apply worker process, at INFO
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["status"], ["runs"], ["replay"]])
+def test_help_shows_examples_that_fit_80_columns(command, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    shown = CliRunner().invoke(cli, [*command, "--help"])
+    assert shown.exit_code == 0
+    examples = shown.output[shown.output.index("Examples:"):].splitlines()[1:]
+    commands = [line.strip() for line in examples if line.strip().startswith("dualsync")]
+    assert commands and all(len(line) <= 80 for line in examples)
+    assert not command or any(c.split()[1:2] == command or c.split()[1:3] == ["-v", *command] for c in commands)
