@@ -102,3 +102,17 @@ def test_help_shows_examples_that_fit_80_columns(command, monkeypatch):
     commands = [line.strip() for line in examples if line.strip().startswith("dualsync")]
     assert commands and all(len(line) <= 80 for line in examples)
     assert not command or any(c.split()[1:2] == command or c.split()[1:3] == ["-v", *command] for c in commands)
+
+
+def test_runs_shows_the_pulls_of_a_flow_no_dualsync_run_ran(long_flows, tmp_path):
+    from shared.app import SyncApp
+    from shared.config import load_config
+    from shared.engine.pull import pull_flow
+
+    app = SyncApp.local(load_config(Path(long_flows[1])), tmp_path / "state")  # as the timer pulls on Azure
+    try:
+        pull_flow(app, "contacts-to-erp")
+    finally:
+        app.close()
+    runs = json.loads(CliRunner().invoke(cli, ["runs", "--json", "--flow", "contacts-to-erp", *long_flows]).output)
+    assert [(r["kind"], r["pulled"], r["applied"]) for r in runs] == [("pull", 40, None)]
