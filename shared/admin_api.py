@@ -43,8 +43,8 @@ from pydantic import BaseModel
 
 from shared.admin_access import OPERATOR, READER, AccessDenied, Principal
 from shared.app import SyncApp
-from shared.engine import jobs, views
-from shared.engine.cursor_lease import pause_flow, resume_flow
+from shared.engine import held_changes, jobs, views
+from shared.engine.cursor_lease import pause_flow
 from shared.engine.dead_letters import DeadLetterFilter, plan_purge, purge_dead_letters
 from shared.engine.decisions import DecisionError, approve_request, reject_request, resolve_conflict
 from shared.engine.replay import ReplayFilter, replay_dead_letters
@@ -236,8 +236,8 @@ def _pause(c: _Context) -> tuple[int, Any]:
 @_on("POST", "flows/{flow}/resume", OPERATOR)
 def _resume(c: _Context) -> tuple[int, Any]:
     flow = views.check_flow(c.app, c.params["flow"])
-    cursor = resume_flow(c.app.state, flow)
-    return 200, {"flow": flow, "paused": cursor.paused, "paused_reason": cursor.paused_reason}
+    cursor, released = held_changes.resume(c.app, flow)
+    return 200, {"flow": flow, "paused": cursor.paused, "paused_reason": cursor.paused_reason, "released": released}
 
 
 @_on("GET", "runs", READER)

@@ -9,7 +9,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn
 
 from shared.cli import listing
-from shared.cli.common import ConfigOption, WorkdirOption, app, console, err_console
+from shared.cli.common import ConfigOption, WorkdirOption, app, console, err_console, examples
 from shared.cli.listing import JsonOption, plain
 
 if TYPE_CHECKING:
@@ -83,7 +83,11 @@ def dead_letters_purge(
     console.print(f"purged {result.purged}, left {result.left}")
 
 
-@app.command()
+@app.command(epilog=examples(
+    "dualsync dead-letters list --reason MissingReference    # what failed, and why",
+    "dualsync replay --reason MissingReference --dry-run     # what would be sent again",
+    "dualsync replay --flow invoices-to-crm --key INV00007   # one record, after fixing it at the source",
+))
 def replay(
     config: ConfigOption = Path("flows.yaml"),
     workdir: WorkdirOption = Path(".dualsync"),

@@ -92,6 +92,7 @@ def test_dualsync_ui_prints_a_url_with_the_token_and_serves_there(tmp_path):
     crm_url, erp_url = sample_data.build(tmp_path / "data", accounts=30, contacts=20)
     flows = sample_data.write_flows(tmp_path)
     env = {**os.environ, "CRM_DB_URL": crm_url, "ERP_DB_URL": erp_url}
+    (tmp_path / "state").mkdir()  # as a run leaves it: every command but run refuses a workdir that is not there
     process = subprocess.Popen([sys.executable, "-m", "shared.cli", "ui", "--config", str(flows), "--workdir",
                                 str(tmp_path / "state"), "--port", "0"], cwd=ROOT, env=env,
                                stdout=subprocess.PIPE, text=True)

@@ -129,7 +129,7 @@ def test_pause_and_resume_a_flow(wired):
     _, listed = call("flows")
     assert listed["flows"][0]["paused"] is True and listed["flows"][0]["paused_reason"] == "ERP maintenance"
     status, body = call("resume_flow", "POST", route={"flow": "accounts"})
-    assert (status, body) == (200, {"flow": "accounts", "paused": False, "paused_reason": None})
+    assert (status, body) == (200, {"flow": "accounts", "paused": False, "paused_reason": None, "released": 0})
     assert not wired.state.get_cursor("accounts").paused
 
 
