@@ -11,6 +11,7 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from shared.cli.check import refuse_unless_ready
 from shared.cli.common import ConfigOption, WorkdirOption, app, console, err_console, load_flows
 
 
@@ -34,6 +35,11 @@ def run(
     cfg = load_flows(config)
     telemetry.configure(console=not once)  # a long run reports metrics every minute; --once prints a table
     sync = SyncApp.local(cfg, workdir, retry_base=retry_base)
+    try:
+        refuse_unless_ready(cfg, sync.connector)
+    except typer.Exit:
+        sync.close()
+        raise
     if not once:
         from shared import flow_health
 

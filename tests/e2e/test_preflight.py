@@ -89,13 +89,14 @@ def test_check_as_a_subprocess_prints_json_and_exits_0_when_clean(tmp_path, monk
     args, crm_url, erp_url = _setup(tmp_path, monkeypatch)
     env = {"PATH": "/usr/bin:/bin", "CRM_DB_URL": crm_url, "ERP_DB_URL": erp_url}
     clean = subprocess.run([sys.executable, "-m", "shared.cli", "check", "--json", "--config", args[1]],
-                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False)
     assert clean.returncode == 0, clean.stderr
     assert json.loads(clean.stdout) == {"ok": True, "findings": []}
 
     Path(args[1]).write_text(sample_data.FLOWS_YAML.replace("from: lastname,", "from: last_name,"), encoding="utf-8")
     broken = subprocess.run([sys.executable, "-m", "shared.cli", "check", "--json", "--flow", "contacts-to-erp",
-                             "--config", args[1]], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+                             "--config", args[1]], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+                            check=False)
     assert broken.returncode == 2
     [finding] = json.loads(broken.stdout)["findings"]
     assert finding["flow"] == "contacts-to-erp" and finding["field"] == "fields[2].from"

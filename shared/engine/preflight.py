@@ -1,0 +1,238 @@
+"""Preflight: check a flows file against the systems it names, before anything is read or written.
+
+Validation (`shared.config`) checks the file on its own; this checks it against the world: every `env:`
+reference is set, every system answers, every entity exists, and every column a flow reads (key, change
+columns, `select`, each field's `from`) and writes (each field's `to`, the target key, `deactivate_field`) is
+one the entity really has, as its connector describes it (`Connector.describe`). Without it a typo in `from:`
+writes NULL into every target row and a wrong `to:` dead-letters every record.
+
+Each problem is one `Finding` naming flow, field and the name that was not found, with the names that do
+exist and the nearest of them. A system that cannot be reached is one finding naming the system, never a
+traceback, and never the secret: every resolved `env:` value of that system is scrubbed from the text.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from shared.config import SECRET_REF, Config, Flow
+from shared.errors import ConfigError
+from shared.ports.connector import Connector, EntitySchema
+
+Severity = Literal["error", "warning"]
+SHOWN_NAMES = 12  # names listed in a finding's line; JSON carries them all
+
+
+@dataclass(frozen=True)
+class Finding:
+    problem: str
+    severity: Severity = "error"
+    flow: str | None = None  # None: about a system
+    system: str | None = None
+    field: str | None = None  # where in the flow (fields[3].from) or the file (systems.erp.url)
+    name: str | None = None  # the name that was not found
+    existing: tuple[str, ...] = ()
+    nearest: str | None = None
+
+    @property
+    def path(self) -> str:
+        if self.flow is not None:
+            return f"flows.{self.flow}" + (f".{self.field}" if self.field else "")
+        return self.field or f"systems.{self.system}"
+
+    def line(self) -> str:
+        text = f"{self.path}: {self.problem}"
+        if self.nearest:
+            text += f"; did you mean {self.nearest!r}?"
+        if self.existing:
+            shown = ", ".join(self.existing[:SHOWN_NAMES])
+            more = len(self.existing) - SHOWN_NAMES
+            text += f" (has: {shown}{f' and {more} more' if more > 0 else ''})"
+        return text
+
+
+def nearest(name: str, existing: Iterable[str]) -> str | None:
+    """The existing name closest to `name`: the same letters in another case first, then difflib's best."""
+    names = list(existing)
+    same = [n for n in names if n.casefold() == name.casefold()]
+    if same:
+        return same[0]
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def has_errors(findings: Iterable[Finding]) -> bool:
+    return any(f.severity == "error" for f in findings)
+
+
+def preflight(config: Config, connector_for: Callable[[str], Connector],
+              flows: Iterable[str] | None = None) -> list[Finding]:
+    """Every problem found with the given flows (default: all of them) and the systems they use (all systems
+    when no flow is named). `connector_for(system)` builds or returns the system's connector."""
+    names = list(config.flows) if flows is None else list(flows)
+    used = {s for n in names for s in (config.flows[n].source.system, config.flows[n].target.system)}
+    systems = list(config.systems) if flows is None else [s for s in config.systems if s in used]
+    findings: list[Finding] = []
+    reachable: dict[str, _System] = {}
+    for system in systems:
+        unset = list(_unset_references(system, config.systems[system].model_dump()))
+        findings += unset
+        if unset:
+            continue
+        checked = _System(system, _secrets_of(config.systems[system].model_dump()))
+        problem = checked.connect(connector_for, _entities_of(config, names, system))
+        if problem:
+            findings.append(problem)
+        else:
+            reachable[system] = checked
+    for name in names:
+        flow = config.flows[name]
+        source, target = reachable.get(flow.source.system), reachable.get(flow.target.system)
+        if source is not None:
+            findings += _check_source(name, flow, source)
+        if target is not None:
+            findings += _check_target(name, flow, target)
+    return findings
+
+
+def _unset_references(system: str, data: Any, path: str = "") -> Iterator[Finding]:
+    base = path or f"systems.{system}"
+    if isinstance(data, dict):
+        for key, value in data.items():
+            yield from _unset_references(system, value, f"{base}.{key}")
+    elif isinstance(data, str) and SECRET_REF.match(data) and not os.environ.get(data[4:]):
+        yield Finding(f"environment variable {data[4:]} is not set (referenced as {data})", system=system, field=base)
+
+
+def _secrets_of(data: Any) -> list[str]:
+    if isinstance(data, dict):
+        return [s for value in data.values() for s in _secrets_of(value)]
+    if isinstance(data, str) and SECRET_REF.match(data):
+        value = os.environ.get(data[4:]) or ""
+        return [value] if len(value) >= 4 else []  # too short to scrub without mangling the text
+    return []
+
+
+def _entities_of(config: Config, flows: list[str], system: str) -> list[str]:
+    entities = [config.flows[n].source.entity for n in flows if config.flows[n].source.system == system]
+    entities += [config.flows[n].target.entity for n in flows if config.flows[n].target.system == system]
+    return list(dict.fromkeys(entities))
+
+
+class _System:
+    """One system's connector and the entities it described; its failure is one finding."""
+
+    def __init__(self, name: str, secrets: list[str]) -> None:
+        self.name = name
+        self.secrets = sorted(secrets, key=len, reverse=True)
+        self.connector: Connector | None = None
+        self.schemas: dict[str, EntitySchema | None] = {}
+
+    def connect(self, connector_for: Callable[[str], Connector], entities: list[str]) -> Finding | None:
+        try:
+            self.connector = connector_for(self.name)
+            describe = getattr(self.connector, "describe", None)
+            for entity in entities:
+                self.schemas[entity] = describe(entity) if describe else None
+        except ConfigError as exc:
+            return Finding(self._scrub("; ".join(exc.problems)), system=self.name)
+        except Exception as exc:  # noqa: BLE001 - whatever stops us reaching it is this system's one finding
+            return Finding(f"cannot connect: {self._scrub(_first_line(exc))}", system=self.name)
+        return None
+
+    def _scrub(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def change_column(self, flow: Flow) -> str:
+        try:
+            return self.connector.change_time_column(flow.source) or flow.source.watermark  # type: ignore[union-attr]
+        except Exception:  # noqa: BLE001 - the column itself is checked next
+            return flow.source.watermark
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def _missing_entity(flow: str, side: str, schema: EntitySchema, system: str) -> Finding:
+    return Finding(f"no entity {schema.entity!r} in {system}", flow=flow, system=system, field=f"{side}.entity",
+                   name=schema.entity, existing=tuple(sorted(schema.known_entities)),
+                   nearest=nearest(schema.entity, schema.known_entities))
+
+
+def _missing(flow: str, system: _System, entity: str, field: str, name: str, existing: list[str],
+             what: str = "column") -> Finding:
+    return Finding(f"{name!r} is not a {what} of {entity} in {system.name}", flow=flow, system=system.name,
+                   field=field, name=name, existing=tuple(existing), nearest=nearest(name, existing))
+
+
+def _source_names(flow: Flow, system: _System) -> list[tuple[str, str]]:
+    """(where in the flow, column) for every column pull reads."""
+    source = flow.source
+    names = [(f"source.key[{i}]", k) for i, k in enumerate(source.key)]
+    if source.changes == "watermark":
+        names.append(("source.watermark", system.change_column(flow)))
+    elif source.changes == "status_flag":
+        names += [("source.status_field", source.status_field), ("source.reason_field", source.reason_field)]
+    elif source.changes == "xact_id":
+        names.append(("source.xact_column", source.xact_column))
+    if source.version:
+        names.append(("source.version", source.version))
+    names += [(f"source.select[{i}]", s) for i, s in enumerate(source.select or [])]
+    for i, field in enumerate(flow.fields):
+        names.append((f"fields[{i}].from", field.from_.split("@")[0]))  # an annotation rides on its column
+        if field.table_from:
+            names.append((f"fields[{i}].table_from", field.table_from.split("@")[0]))
+    return names
+
+
+def _check_source(name: str, flow: Flow, system: _System) -> list[Finding]:
+    schema = system.schemas.get(flow.source.entity)
+    if schema is None:
+        return []
+    if not schema.exists:
+        return [_missing_entity(name, "source", schema, system.name)]
+    readable = schema.readable()
+    return [_missing(name, system, schema.entity, where, column, readable)
+            for where, column in _source_names(flow, system) if column not in readable]
+
+
+def _check_target(name: str, flow: Flow, system: _System) -> list[Finding]:
+    schema = system.schemas.get(flow.target.entity)
+    if schema is None:
+        return []
+    if not schema.exists:
+        return [_missing_entity(name, "target", schema, system.name)]
+    writable = schema.writable()
+    every = list(dict.fromkeys([*writable, *schema.readable()]))
+    findings = [_missing(name, system, schema.entity, f"target.key[{i}]", k, every)
+                for i, k in enumerate(flow.target.key) if k not in every]
+    if flow.deletes == "deactivate" and flow.target.deactivate_field not in writable:
+        findings.append(_missing(name, system, schema.entity, "target.deactivate_field",
+                                 flow.target.deactivate_field, writable))
+    lengths = {c.name: c.max_length for c in schema.columns}
+    for i, field in enumerate(flow.fields):
+        where = f"fields[{i}].to"
+        if "@odata.bind" in field.to:
+            nav = field.to.split("@")[0]
+            tables = sorted(field.bind) if isinstance(field.bind, dict) and "{table}" in nav else [""]
+            for table in tables:
+                bound = nav.replace("{table}", table)
+                if bound not in schema.bindings:
+                    findings.append(_missing(name, system, schema.entity, where, bound, list(schema.bindings),
+                                             what="navigation property"))
+        elif field.to not in writable:
+            findings.append(_missing(name, system, schema.entity, where, field.to, writable))
+        elif field.max_length and lengths.get(field.to) and field.max_length > lengths[field.to]:  # type: ignore[operator]
+            findings.append(Finding(
+                f"max_length {field.max_length} is longer than {field.to} holds ({lengths[field.to]}): longer "
+                "values will be rejected by the target rather than dead-lettered by this rule",
+                severity="warning", flow=name, system=system.name, field=f"fields[{i}].max_length"))
+    return findings
