@@ -8,21 +8,25 @@ from __future__ import annotations
 
 import os
 import re
+import types
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from urllib.parse import unquote_plus
 
 import yaml
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from shared.errors import ConfigError
+from shared.names import nearest
 
 SECRET_REF = re.compile(r"^env:[A-Za-z_][A-Za-z0-9_]*$")
-_URL_PASSWORD = re.compile(r"^[a-z0-9+]+://[^/:@]*:[^/@]+@", re.IGNORECASE)
-# A password in the query string (`?password=`, `sslpassword=`, ODBC `PWD=` inside `odbc_connect`), URL-encoded
-# or not.
-_QUERY_SECRET = re.compile(r"(pass(word)?|pwd|secret|token|access_?key|sslkey)\s*(=|%3d)", re.IGNORECASE)
+_URL_PASSWORD = re.compile(r"^[a-z0-9+_.-]+://[^/:@?]*:[^@?]*@", re.IGNORECASE)
+# A secret anywhere after the scheme once decoded: `?password=`, `sslpassword=`, an ODBC `PWD=` inside
+# `odbc_connect` (URL-encoded once or twice) or in a DSN-style host (`dsn;UID=u;PWD=p`).
+_SECRET_SETTING = re.compile(r"(pass(word)?|pwd|secret|token|access_?key|sslkey)\s*=", re.IGNORECASE)
+_PYDANTIC_PREFIXES = ("Value error, ", "Assertion failed, ")
 
 
 class Strict(BaseModel):
@@ -117,10 +121,20 @@ class SqlSystem(Strict):
             return value
         if _URL_PASSWORD.match(value):
             raise ValueError("a database URL with a password must be given as env:NAME")
-        _, _, query = value.partition("?")
-        if _QUERY_SECRET.search(query):
-            raise ValueError("a database URL with a secret in its query string must be given as env:NAME")
+        if _SECRET_SETTING.search(_decoded(value.partition("://")[2])):
+            raise ValueError("a database URL with a secret in it (password=, ODBC PWD=, token=, ...) must be "
+                             "given as env:NAME")
         return value
+
+
+def _decoded(text: str, rounds: int = 3) -> str:
+    """URL-decoded until it stops changing (an `odbc_connect` value is often encoded twice)."""
+    for _ in range(rounds):
+        decoded = unquote_plus(text)
+        if decoded == text:
+            break
+        text = decoded
+    return text
 
 
 System = Annotated[DataverseSystem | SqlSystem, Field(discriminator="kind")]
@@ -270,6 +284,13 @@ class Config(Strict):
     systems: dict[str, System]
     flows: dict[str, Flow]
 
+    @field_validator("flows")
+    @classmethod
+    def _some_flows(cls, value: dict[str, Flow]) -> dict[str, Flow]:
+        if not value:
+            raise ValueError("no flows: a flows file needs at least one (`dualsync init` writes an example)")
+        return value
+
     def flow(self, name: str) -> Flow:
         return self.flows[name]
 
@@ -352,11 +373,65 @@ def _check_pairs(config: Config) -> list[str]:
     return problems
 
 
+def _message(err: Any) -> str:
+    """pydantic's message without its prefixes, and for an unknown key the keys allowed there."""
+    loc = err["loc"]
+    if err["type"] == "extra_forbidden" and loc:
+        allowed = _allowed_keys(loc[:-1])
+        if allowed:
+            guess = nearest(str(loc[-1]), allowed)
+            return (f"unknown key {loc[-1]!r}" + (f" (did you mean {guess!r}?)" if guess else "")
+                    + f"; allowed: {', '.join(allowed)}")
+        return f"unknown key {loc[-1]!r}"
+    message = err["msg"]
+    for prefix in _PYDANTIC_PREFIXES:
+        message = message.removeprefix(prefix)
+    return message
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The keys the model at `loc` (a pydantic error location) takes, by their names in the file."""
+    current: Any = Config
+    for part in loc:
+        current = _inner(current, part)
+        if current is None:
+            return []
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return [f.alias or name for name, f in current.model_fields.items()]
+    return []
+
+
+def _inner(annotation: Any, part: Any) -> Any:
+    """One step into a type along an error location: a model's field, a dict's value, a list's item, or the
+    member of a discriminated union its tag names."""
+    while get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    origin = get_origin(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        field = next((f for n, f in annotation.model_fields.items() if part in (n, f.alias)), None)
+        return field.annotation if field else None
+    if origin is dict:
+        return get_args(annotation)[1]
+    if origin is list:
+        return get_args(annotation)[0]
+    if origin in (Union, types.UnionType):
+        members = [m for m in get_args(annotation) if m is not type(None)]
+        for member in members:
+            kind = getattr(member, "model_fields", {}).get("kind")
+            if kind is not None and part in get_args(kind.annotation):
+                return member
+        models = [m for m in members if isinstance(m, type) and issubclass(m, BaseModel)]
+        return _inner(models[0], part) if len(models) == 1 else None
+    return None
+
+
 def parse_config(data: Any) -> Config:
+    if data is None:
+        raise ConfigError(["(file): empty; a flows file has systems: and flows: (`dualsync init` writes an example)"])
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        problems = [f"{_loc_path(err['loc']) or '(root)'}: {err['msg']}" for err in exc.errors()]
+        problems = [f"{_loc_path(err['loc']) or '(root)'}: {_message(err)}" for err in exc.errors()]
         raise ConfigError(problems) from None
     problems = _cross_check(config)
     if problems:
@@ -365,9 +440,17 @@ def parse_config(data: Any) -> Config:
 
 
 def load_config(path: str | Path) -> Config:
+    """The flows file at `path`, validated; every problem names the file (and, for YAML, the line)."""
     text = Path(path).read_text(encoding="utf-8")
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError([f"(file): not valid YAML: {exc}"]) from None
-    return parse_config(data)
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        what = " ".join(str(p) for p in (getattr(exc, "context", None), getattr(exc, "problem", None)) if p)
+        raise ConfigError([f"{where}: not valid YAML: {what or exc}"]) from None
+    try:
+        return parse_config(data)
+    except ConfigError as exc:
+        raise ConfigError([f"{path}: {p.removeprefix('(file): ')}" if p.startswith("(file)") else p
+                           for p in exc.problems]) from None

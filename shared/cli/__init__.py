@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from rich.markup import escape
+
 from shared.cli.common import app, err_console
 from shared.errors import ConfigError
 
@@ -23,5 +25,5 @@ def main() -> None:
         app()
     except ConfigError as exc:
         for problem in exc.problems:
-            err_console.print(f"[red]error[/red] {problem}")
+            err_console.print(f"[red]error[/red] {escape(problem)}")
         sys.exit(2)

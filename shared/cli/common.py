@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from shared.config import Config, load_config
 from shared.errors import ConfigError, SyncError
@@ -32,10 +33,10 @@ def load_flows(path: Path) -> Config:
         return load_config(path)
     except ConfigError as exc:
         for problem in exc.problems:
-            err_console.print(f"[red]error[/red] {problem}")
+            err_console.print(f"[red]error[/red] {escape(problem)}")
         raise typer.Exit(2) from None
     except FileNotFoundError:
-        err_console.print(f"[red]error[/red] no such flows file: {path}")
+        err_console.print(f"[red]error[/red] no such flows file: {escape(str(path))}")
         raise typer.Exit(2) from None
 
 
@@ -54,14 +55,14 @@ def session(config: Path, workdir: Path) -> Iterator[SyncApp]:
     try:
         yield sync
     except DecisionError as exc:  # the operator asked for something that cannot be done as asked
-        err_console.print(f"[red]error[/red] {exc}")
+        err_console.print(f"[red]error[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
     except ConfigError as exc:
         for problem in exc.problems:
-            err_console.print(f"[red]error[/red] {problem}")
+            err_console.print(f"[red]error[/red] {escape(problem)}")
         raise typer.Exit(2) from None
     except SyncError as exc:  # the systems said no (missing record, throttled, unreachable)
-        err_console.print(f"[red]error[/red] {exc}")
+        err_console.print(f"[red]error[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None
     finally:
         sync.close()
@@ -69,5 +70,5 @@ def session(config: Path, workdir: Path) -> Iterator[SyncApp]:
 
 def known_flow(sync, flow: str) -> None:
     if flow not in sync.config.flows:
-        err_console.print(f"[red]error[/red] no flow named {flow!r}; flows: {', '.join(sync.config.flows)}")
+        err_console.print(f"[red]error[/red] {escape(f'no flow named {flow!r}; flows: ' + ', '.join(sync.config.flows))}")
         raise typer.Exit(2)

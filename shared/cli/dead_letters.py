@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn
 
 from shared.cli import common
@@ -35,7 +36,7 @@ def dead_letters_list(
     for column in ("flow", "key", "reason", "description", "attempt", "enqueued"):
         table.add_column(column, overflow="fold")
     for d in found:
-        table.add_row(d.flow, d.key, d.reason, d.description, str(d.attempt), str(d.enqueued_at))
+        table.add_row(*map(escape, (d.flow, d.key, d.reason, d.description, str(d.attempt), str(d.enqueued_at))))
     console.print(table)
 
 
@@ -85,4 +86,4 @@ def replay(
     console.print(f"matched {result.matched}, {verb} {result.matched if dry_run else result.replayed}, "
                   f"skipped {skipped}, left in the dead-letter queue {result.left}")
     for k in result.keys[:50]:
-        console.print(f"  {k}")
+        console.print(f"  {k}", markup=False)

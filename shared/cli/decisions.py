@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from shared.cli import common
 from shared.cli.common import ConfigOption, WorkdirOption, app, console
@@ -38,7 +39,7 @@ def _print_parked(table_name: str, flow: str | None, config: Path, workdir: Path
         else:
             detail = json.dumps(data["message"].get("payload", {}), default=str)[:120]
             since = data.get("created_at", "")
-        table.add_row(item.flow, item.key, detail, since)
+        table.add_row(*map(escape, (item.flow, item.key, detail, str(since))))
     console.print(table)
 
 
@@ -64,7 +65,7 @@ def conflicts_resolve(
     from shared.engine.decisions import resolve_conflict
 
     with common.session(config, workdir) as sync:
-        console.print(f"sent {resolve_conflict(sync, key, take, flow)}")
+        console.print(f"sent {resolve_conflict(sync, key, take, flow)}", markup=False)
 
 
 @requests_app.command("list")
@@ -83,7 +84,7 @@ def requests_approve(key: str, flow: Annotated[str | None, typer.Option()] = Non
     from shared.engine.decisions import approve_request
 
     with common.session(config, workdir) as sync:
-        console.print(f"approved; sent {approve_request(sync, key, flow)}")
+        console.print(f"approved; sent {approve_request(sync, key, flow)}", markup=False)
 
 
 @requests_app.command("reject")
@@ -95,4 +96,4 @@ def requests_reject(key: str, reason: Annotated[str, typer.Option(help="why, kep
 
     with common.session(config, workdir) as sync:
         reject_request(sync, key, reason, flow)
-    console.print(f"rejected {key}")
+    console.print(f"rejected {key}", markup=False)

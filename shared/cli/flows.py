@@ -18,7 +18,7 @@ from shared.config import Config
 def validate(file: Path) -> None:
     """Check a flows file; prints every error with its path and exits 2 if there are any."""
     config = load_flows(file)
-    console.print(f"[green]ok[/green] {file}: {len(config.systems)} systems, {len(config.flows)} flows")
+    console.print(f"[green]ok[/green] {escape(str(file))}: {len(config.systems)} systems, {len(config.flows)} flows")
 
 
 @app.command()
@@ -44,27 +44,27 @@ def status(
         console.print_json(report.model_dump_json())
         return
     if report.counts_unavailable:
-        console.print(f"queue {report.queue}: counts unknown ({escape(report.counts_unavailable)}); "
+        console.print(f"queue {escape(report.queue)}: counts unknown ({escape(report.counts_unavailable)}); "
                       f"{report.dead_letter} dead-lettered")
     else:
         console.print(f"queue {report.queue}: {report.active} active, {report.scheduled} scheduled, "
-                      f"{report.dead_letter} dead-lettered")
+                      f"{report.dead_letter} dead-lettered", markup=False)
     table = Table()
     for column in ("flow", "state", "queued", "lag", "dead letters", "last run", "cursor"):
         table.add_column(column)
     for f in report.flows:
-        state = f"[red]paused[/red]: {f.paused_reason}" if f.paused else "running"
+        state = f"[red]paused[/red]: {escape(str(f.paused_reason))}" if f.paused else "running"
         if f.last_error:
-            state += (f"\n[red]failing since {f.last_error.get('since', '?')}[/red] "
-                      f"(last {f.last_error.get('at', '?')}): {escape(str(f.last_error.get('error', '')))}")
+            state += (f"\n[red]failing since {escape(str(f.last_error.get('since', '?')))}[/red] "
+                      f"(last {escape(str(f.last_error.get('at', '?')))}): {escape(str(f.last_error.get('error', '')))}")
         lag = "-" if f.lag_seconds is None else f"{f.lag_seconds:.0f}s"
         dead = ", ".join(f"{n} {why}" for why, n in sorted(f.dead_letters.items())) or "0"
         last = f.last_run
         run = "-"
         if last:
             run = f"{last.get('status', '-')} pulled {last.get('pulled', 0)} at {last.get('finished_at', '-')}"
-        table.add_row(f.flow, state, str(f.queued if f.queued is not None else "?"), lag, dead, run,
-                      json.dumps(f.cursor) if f.cursor else "-")
+        table.add_row(escape(f.flow), state, str(f.queued if f.queued is not None else "?"), lag, escape(dead),
+                      escape(run), escape(json.dumps(f.cursor)) if f.cursor else "-")
     console.print(table)
 
 
@@ -77,7 +77,7 @@ def pause(flow: str, config: ConfigOption = Path("flows.yaml"), workdir: Workdir
     with common.session(config, workdir) as sync:
         known_flow(sync, flow)
         pause_flow(sync.state, flow, reason)
-    console.print(f"{flow} paused")
+    console.print(f"{flow} paused", markup=False)
 
 
 @app.command()
@@ -88,4 +88,4 @@ def resume(flow: str, config: ConfigOption = Path("flows.yaml"), workdir: Workdi
     with common.session(config, workdir) as sync:
         known_flow(sync, flow)
         resume_flow(sync.state, flow)
-    console.print(f"{flow} resumed")
+    console.print(f"{flow} resumed", markup=False)

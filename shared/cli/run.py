@@ -62,7 +62,7 @@ def run(
                 progress.update(task, completed=tally.settled_total(), pulled=pulled)
                 with printing:
                     for flow, error in tally.pull_errors[shown:]:  # as they happen, above the progress bar
-                        err_console.print(f"[red]pull failed[/red] {flow}: {escape(error)}", highlight=False)
+                        err_console.print(f"[red]pull failed[/red] {escape(flow)}: {escape(error)}", highlight=False)
                     shown = len(tally.pull_errors)
 
             if once:
@@ -79,10 +79,10 @@ def run(
         sync.close()
     console.print(summary_table(tally))
     for error in getattr(tally, "errors", [])[:10]:
-        err_console.print(f"[yellow]worker error[/yellow] {error}")
+        err_console.print(f"[yellow]worker error[/yellow] {escape(str(error))}")
     failed = sorted({flow for flow, _ in tally.pull_errors})
     if failed:
-        err_console.print(f"[red]pull failed[/red] for {', '.join(failed)} (see `dualsync status`)")
+        err_console.print(f"[red]pull failed[/red] for {escape(', '.join(failed))} (see `dualsync status`)")
     if not all(c.adds_up() for c in tally.flows.values()):
         err_console.print("[red]counts do not add up[/red]")
         raise typer.Exit(1)

@@ -13,7 +13,6 @@ traceback, and never the secret: every resolved `env:` value of that system is s
 
 from __future__ import annotations
 
-import difflib
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from typing import Any, Literal
 
 from shared.config import SECRET_REF, Config, Flow
 from shared.errors import ConfigError
+from shared.names import nearest
 from shared.ports.connector import Connector, EntitySchema
 
 Severity = Literal["error", "warning"]
@@ -53,16 +53,6 @@ class Finding:
             more = len(self.existing) - SHOWN_NAMES
             text += f" (has: {shown}{f' and {more} more' if more > 0 else ''})"
         return text
-
-
-def nearest(name: str, existing: Iterable[str]) -> str | None:
-    """The existing name closest to `name`: the same letters in another case first, then difflib's best."""
-    names = list(existing)
-    same = [n for n in names if n.casefold() == name.casefold()]
-    if same:
-        return same[0]
-    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
-    return close[0] if close else None
 
 
 def has_errors(findings: Iterable[Finding]) -> bool:
