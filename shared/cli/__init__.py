@@ -16,7 +16,7 @@ from shared.errors import ConfigError
 
 __all__ = ["app", "main"]
 
-for _commands in ("flows", "check", "run", "dead_letters", "decisions", "maintenance", "simulate"):  # in help order
+for _commands in ("init", "flows", "check", "run", "dead_letters", "decisions", "maintenance", "simulate"):  # in help order
     importlib.import_module(f"shared.cli.{_commands}")
 
 

@@ -23,7 +23,10 @@ def validate(file: Path) -> None:
 
 @app.command()
 def schema() -> None:
-    """Print the JSON Schema of the flows file."""
+    """Print the JSON Schema of the flows file (every key with its description, for editor hover help).
+
+    Example: dualsync schema > flows.schema.json
+    """
     console.print_json(json.dumps(Config.model_json_schema(by_alias=True)))
 
 
