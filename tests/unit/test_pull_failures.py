@@ -159,21 +159,29 @@ def test_status_and_the_admin_endpoint_show_the_error_and_since_when(app, monkey
 def test_run_once_prints_the_failure_and_exits_non_zero_then_status_shows_it(tmp_path, dbs):
     urls, engines = dbs
     config = tmp_path / "flows.yaml"
-    config.write_text(yaml.safe_dump(flows_config(urls["crm"], urls["erp"])))
+    data = flows_config(urls["crm"], urls["erp"])
+    config.write_text(yaml.safe_dump(data))
     common = ["--config", str(config), "--workdir", str(tmp_path / "state")]
     runner = CliRunner()
 
+    refused = runner.invoke(cli, ["run", "--once", "--workers", "0", "--drain-bound", "0", *common])
+    assert refused.exit_code == 2  # a missing table is found before anything runs
+    assert "flows.broken.source.entity: no entity 'no_such_table' in crm" in " ".join(refused.output.split())
+
+    # A failure the start-up check cannot see (the mode needs PostgreSQL) happens while running.
+    data["flows"]["broken"]["source"] |= {"entity": "accounts", "changes": "xact_id", "xact_column": "name"}
+    config.write_text(yaml.safe_dump(data))
     ran = runner.invoke(cli, ["run", "--once", "--workers", "0", "--drain-bound", "0", *common])
 
     assert ran.exit_code == 1, ran.output
-    assert "pull failed broken: ConfigError: no_such_table: no such table" in " ".join(ran.output.split())
+    assert "pull failed broken: ConfigError: accounts: changes=xact_id needs PostgreSQL" in " ".join(ran.output.split())
     with engines["erp"].connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(CUSTOMERS)).scalar() == 5
     shown = runner.invoke(cli, ["status", *common])
     assert "failing since" in shown.output
     status = json.loads(runner.invoke(cli, ["status", "--json", *common]).output)
     broken = next(f for f in status["flows"] if f["flow"] == "broken")
-    assert "no such table" in broken["last_error"]["error"] and broken["last_run"]["status"] == "failed"
+    assert "xact_id needs PostgreSQL" in broken["last_error"]["error"] and broken["last_run"]["status"] == "failed"
 
 
 def test_a_stalled_flow_reports_the_time_since_its_last_good_pull_and_a_paused_one_reports_paused(app):
