@@ -16,12 +16,15 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from shared.config import SECRET_REF, Config, Flow
-from shared.errors import ConfigError
+from shared.errors import ConfigError, SyncError
 from shared.names import nearest
 from shared.ports.connector import Connector, EntitySchema
+
+if TYPE_CHECKING:
+    from shared.app import SyncApp
 
 Severity = Literal["error", "warning"]
 SHOWN_NAMES = 12  # names listed in a finding's line; JSON carries them all
@@ -57,6 +60,21 @@ class Finding:
 
 def has_errors(findings: Iterable[Finding]) -> bool:
     return any(f.severity == "error" for f in findings)
+
+
+class PreflightError(SyncError):
+    """A flow's file does not match its systems: the flow is not pulled until it does."""
+
+
+def require_ready(app: SyncApp, flow: str) -> None:
+    """The Functions host's check (`pull_due_flows(check=True)`): before a flow's first pull in this process,
+    and before every pull while it fails, raise PreflightError with each error the preflight finds for it."""
+    if flow in app.checked_flows:
+        return
+    errors = [f for f in preflight(app.config, app.connector, [flow]) if f.severity == "error"]
+    if errors:
+        raise PreflightError("; ".join(f.line() for f in errors))
+    app.checked_flows.add(flow)
 
 
 def preflight(config: Config, connector_for: Callable[[str], Connector],

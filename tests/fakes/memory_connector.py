@@ -31,7 +31,7 @@ class MemoryConnector:
         self.fail_keys: dict[str, SyncError] = {}  # per-op failures by formatted key
         self.writes = 0
         self.key_scans = 0
-        self.declared: dict[str, set[str]] = {}  # columns an entity has beyond those its rows carry
+        self.declared: dict[str, set[str]] = {}  # entities with a schema: their columns
 
     def declare(self, entity: str, *columns: str) -> None:
         self.tables.setdefault(entity, {})
@@ -94,10 +94,14 @@ class MemoryConnector:
     def precision(self, entity: str, field: str) -> ValuePrecision:
         return ValuePrecision()  # keeps every value exactly as written
 
-    def describe(self, entity: str) -> EntitySchema:
-        if entity not in self.tables:
-            return EntitySchema(entity, exists=False, known_entities=tuple(sorted(self.tables)))
-        names = set(self.declared.get(entity, ())).union(*(row.keys() for row in self.tables[entity].values()))
+    def describe(self, entity: str) -> EntitySchema | None:
+        """Rows here have no schema: only a declared entity is described (declared columns and those its rows
+        carry); any other is one the fake cannot say anything about."""
+        if not self.declared:
+            return None
+        if entity not in self.declared:
+            return EntitySchema(entity, exists=False, known_entities=tuple(sorted(self.declared)))
+        names = self.declared[entity].union(*(row.keys() for row in self.tables[entity].values()))
         return EntitySchema(entity, exists=True, columns=tuple(ColumnInfo(n, "any") for n in sorted(names)))
 
     def change_time_column(self, source: SourceSpec) -> str | None:

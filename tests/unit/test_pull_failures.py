@@ -134,10 +134,31 @@ def test_run_once_counts_a_partial_pull(app, dbs):
 
 def test_the_timer_pulls_every_due_flow_then_fails_the_invocation(app, monkeypatch):
     monkeypatch.setattr(functions.pull, "sync_app", lambda: app)
-    with pytest.raises(functions.pull.PullFailures, match="broken: ConfigError"):
+    with pytest.raises(functions.pull.PullFailures, match="broken: PreflightError: .*no entity 'no_such_table'"):
         indexed()["pull"].get_user_function()(timer=TimerRequest(past_due=False))
     assert app.state.get_cursor("accounts").last_run["pulled"] == 5
     assert app.bus.counts(app.queue).active == 5
+
+
+def test_the_timer_checks_a_flow_before_its_first_pull_and_again_while_it_fails(app, dbs, monkeypatch):
+    monkeypatch.setattr(functions.pull, "sync_app", lambda: app)
+    timer = indexed()["pull"].get_user_function()
+    data = flows_config(*dbs[0].values())
+    data["flows"]["broken"]["source"]["entity"] = "accounts"
+    data["flows"]["broken"]["fields"][1]["from"] = "nmae"  # would write NULL names into every customer
+    app.config = parse_config(data)
+    with pytest.raises(functions.pull.PullFailures, match="broken: PreflightError: .*did you mean 'name'"):
+        timer(timer=TimerRequest(past_due=False))
+    error = app.state.get_cursor("broken").last_error
+    assert "flows.broken.fields[1].from: 'nmae' is not a column of accounts in crm" in error["error"]
+    assert app.state.get_cursor("broken").last_run["pulled"] == 0 and app.checked_flows == {"accounts"}
+
+    data["flows"]["broken"]["fields"][1]["from"] = "name"  # fixed and redeployed: the next tick checks again
+    app.config = parse_config(data)
+    app.now[0] += timedelta(minutes=5)
+    timer(timer=TimerRequest(past_due=False))
+    assert app.state.get_cursor("broken").last_error is None and app.checked_flows == {"accounts", "broken"}
+    assert app.state.get_cursor("broken").last_run["pulled"] == 5
 
 
 def test_status_and_the_admin_endpoint_show_the_error_and_since_when(app, monkeypatch):
