@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from shared.config import SECRET_REF, Config, Flow
+from shared.config import SECRET_REF, Config, FieldMap, Flow
 from shared.errors import ConfigError, SyncError
 from shared.names import nearest
 from shared.ports.connector import Connector, EntitySchema
@@ -201,23 +201,28 @@ def _source_names(flow: Flow, system: _System) -> list[tuple[str, str]]:
     return names
 
 
+def _described(name: str, side: str, entity: str, system: _System) -> tuple[EntitySchema | None, list[Finding]]:
+    """The entity's schema to check columns against; None (with the finding) when it is missing, or None
+    alone when the system cannot describe it."""
+    schema = system.schemas.get(entity)
+    if schema is not None and not schema.exists:
+        return None, [_missing_entity(name, side, schema, system.name)]
+    return schema, []
+
+
 def _check_source(name: str, flow: Flow, system: _System) -> list[Finding]:
-    schema = system.schemas.get(flow.source.entity)
+    schema, missing = _described(name, "source", flow.source.entity, system)
     if schema is None:
-        return []
-    if not schema.exists:
-        return [_missing_entity(name, "source", schema, system.name)]
+        return missing
     readable = schema.readable()
     return [_missing(name, system, schema.entity, where, column, readable)
             for where, column in _source_names(flow, system) if column not in readable]
 
 
 def _check_target(name: str, flow: Flow, system: _System) -> list[Finding]:
-    schema = system.schemas.get(flow.target.entity)
+    schema, missing = _described(name, "target", flow.target.entity, system)
     if schema is None:
-        return []
-    if not schema.exists:
-        return [_missing_entity(name, "target", schema, system.name)]
+        return missing
     writable = schema.writable()
     every = list(dict.fromkeys([*writable, *schema.readable()]))
     findings = [_missing(name, system, schema.entity, f"target.key[{i}]", k, every)
@@ -225,22 +230,25 @@ def _check_target(name: str, flow: Flow, system: _System) -> list[Finding]:
     if flow.deletes == "deactivate" and flow.target.deactivate_field not in writable:
         findings.append(_missing(name, system, schema.entity, "target.deactivate_field",
                                  flow.target.deactivate_field, writable))
-    lengths = {c.name: c.max_length for c in schema.columns}
     for i, field in enumerate(flow.fields):
-        where = f"fields[{i}].to"
-        if "@odata.bind" in field.to:
-            nav = field.to.split("@")[0]
-            tables = sorted(field.bind) if isinstance(field.bind, dict) and "{table}" in nav else [""]
-            for table in tables:
-                bound = nav.replace("{table}", table)
-                if bound not in schema.bindings:
-                    findings.append(_missing(name, system, schema.entity, where, bound, list(schema.bindings),
-                                             what="navigation property"))
-        elif field.to not in writable:
-            findings.append(_missing(name, system, schema.entity, where, field.to, writable))
-        elif field.max_length and lengths.get(field.to) and field.max_length > lengths[field.to]:  # type: ignore[operator]
-            findings.append(Finding(
-                f"max_length {field.max_length} is longer than {field.to} holds ({lengths[field.to]}): longer "
-                "values will be rejected by the target rather than dead-lettered by this rule",
-                severity="warning", flow=name, system=system.name, field=f"fields[{i}].max_length"))
+        findings += _check_to(name, i, field, schema, system)
     return findings
+
+
+def _check_to(name: str, i: int, field: FieldMap, schema: EntitySchema, system: _System) -> list[Finding]:
+    """A field's `to`: a writable column, or (`<nav>@odata.bind`) a navigation property for every table it may
+    bind; and a max_length the column can hold."""
+    where = f"fields[{i}].to"
+    if "@odata.bind" in field.to:
+        nav = field.to.split("@")[0]
+        tables = sorted(field.bind) if isinstance(field.bind, dict) and "{table}" in nav else [""]
+        return [_missing(name, system, schema.entity, where, bound, list(schema.bindings), what="navigation property")
+                for bound in (nav.replace("{table}", t) for t in tables) if bound not in schema.bindings]
+    if field.to not in schema.writable():
+        return [_missing(name, system, schema.entity, where, field.to, schema.writable())]
+    holds = next((c.max_length for c in schema.columns if c.name == field.to), None)
+    if field.max_length and holds and field.max_length > holds:
+        return [Finding(f"max_length {field.max_length} is longer than {field.to} holds ({holds}): longer values "
+                        "will be rejected by the target rather than dead-lettered by this rule",
+                        severity="warning", flow=name, system=system.name, field=f"fields[{i}].max_length")]
+    return []
