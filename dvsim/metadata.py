@@ -86,7 +86,8 @@ def _id(*parts: str) -> str:
     return str(uuid.uuid5(_NAMESPACE, "/".join(parts)))
 
 
-def _definition(schema: Schema, entity: Entity, select: list[str] | None, expand: dict[str, list[str] | None]) -> dict[str, Any]:
+def _definition(schema: Schema, entity: Entity, select: list[str] | None,
+                expand: dict[str, list[str] | None]) -> dict[str, Any]:
     body = _pick({
         "MetadataId": _id(entity.logical_name),
         "LogicalName": entity.logical_name,

@@ -70,5 +70,6 @@ def session(config: Path, workdir: Path) -> Iterator[SyncApp]:
 
 def known_flow(sync, flow: str) -> None:
     if flow not in sync.config.flows:
-        err_console.print(f"[red]error[/red] {escape(f'no flow named {flow!r}; flows: ' + ', '.join(sync.config.flows))}")
+        known = ", ".join(sync.config.flows)
+        err_console.print(f"[red]error[/red] {escape(f'no flow named {flow!r}; flows: {known}')}")
         raise typer.Exit(2)

@@ -58,8 +58,9 @@ def status(
     for f in report.flows:
         state = f"[red]paused[/red]: {escape(str(f.paused_reason))}" if f.paused else "running"
         if f.last_error:
-            state += (f"\n[red]failing since {escape(str(f.last_error.get('since', '?')))}[/red] "
-                      f"(last {escape(str(f.last_error.get('at', '?')))}): {escape(str(f.last_error.get('error', '')))}")
+            since, at, error = (escape(str(f.last_error.get(k, d))) for k, d in
+                                (("since", "?"), ("at", "?"), ("error", "")))
+            state += f"\n[red]failing since {since}[/red] (last {at}): {error}"
         lag = "-" if f.lag_seconds is None else f"{f.lag_seconds:.0f}s"
         dead = ", ".join(f"{n} {why}" for why, n in sorted(f.dead_letters.items())) or "0"
         last = f.last_run

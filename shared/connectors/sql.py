@@ -932,7 +932,8 @@ class SqlConnector:
         except sa_exc.SQLAlchemyError as exc:
             if self._is_transient(exc):
                 raise self._transient(exc) from None
-            raise ConfigError([f"{entity}: cannot list the tables of {self.database}: {self._first_line(exc)}"]) from None
+            problem = f"{entity}: cannot list the tables of {self.database}: {self._first_line(exc)}"
+            raise ConfigError([problem]) from None
         table = self._table_info(entity).table
         return EntitySchema(entity, exists=True, columns=tuple(
             ColumnInfo(c.name, self._type_name(c), nullable=bool(c.nullable),

@@ -137,7 +137,8 @@ def test_an_empty_file_or_no_flows_is_an_error(tmp_path, text, expected):
 
 def test_square_brackets_in_what_is_printed_are_kept(tmp_path):
     path = tmp_path / "[bold]flows.yaml"
-    path.write_text(FLOWS_YAML.replace("  accounts-to-customers:\n", "  accounts-to-customers:\n    '[red]x[/red]': 1\n"))
+    odd_key = "  accounts-to-customers:\n    '[red]x[/red]': 1\n"
+    path.write_text(FLOWS_YAML.replace("  accounts-to-customers:\n", odd_key))
     code, output = _validate(path)
     assert code == 2 and "unknown key '[red]x[/red]'" in output
     path.write_text(FLOWS_YAML)
