@@ -396,52 +396,57 @@ def _loc_path(loc: tuple[Any, ...]) -> str:
     return path
 
 
-def _cross_check(config: Config) -> list[str]:
-    problems = []
+Loc = tuple[Any, ...]  # where in the file: ("flows", "a", "fields", 0, "to"), as pydantic locates errors
+Problem = tuple[Loc, str]
+
+
+def _cross_check(config: Config) -> list[Problem]:
+    problems: list[Problem] = []
     for name, flow in config.flows.items():
-        base = f"flows.{name}"
+        base = ("flows", name)
         for side in ("source", "target"):
             system = getattr(flow, side).system
             if system not in config.systems:
-                problems.append(f"{base}.{side}.system: unknown system {system!r}")
+                problems.append(((*base, side, "system"), f"unknown system {system!r}"))
         if flow.master is not None and flow.master not in (flow.source.system, flow.target.system):
-            problems.append(f"{base}.master: must be {flow.source.system!r} or {flow.target.system!r}")
+            problems.append(((*base, "master"), f"must be {flow.source.system!r} or {flow.target.system!r}"))
         for i, field in enumerate(flow.fields):
             for lookup in field.lookup_flows():
                 if lookup not in config.flows:
-                    problems.append(f"{base}.fields[{i}].lookup: unknown flow {lookup!r}")
+                    problems.append(((*base, "fields", i, "lookup"), f"unknown flow {lookup!r}"))
             if field.owner is not None and field.owner not in (flow.source.system, flow.target.system):
-                problems.append(f"{base}.fields[{i}].owner: must be one of the flow's systems")
+                problems.append(((*base, "fields", i, "owner"), "must be one of the flow's systems"))
         mapped = {f.to for f in flow.fields}
         for key in flow.target.key:
             if key not in mapped:
-                problems.append(f"{base}.target.key: {key!r} is not the 'to' of any field")
+                problems.append(((*base, "target", "key"), f"{key!r} is not the 'to' of any field"))
         for i, field_name in enumerate(flow.match_on):
             if field_name not in mapped:
-                problems.append(f"{base}.match_on[{i}]: {field_name!r} is not the 'to' of any field")
+                problems.append(((*base, "match_on", i), f"{field_name!r} is not the 'to' of any field"))
     problems += _check_pairs(config)
     return problems
 
 
-def _check_pairs(config: Config) -> list[str]:
-    problems = []
+def _check_pairs(config: Config) -> list[Problem]:
+    problems: list[Problem] = []
     pairs: dict[str, list[str]] = {}
     for name, flow in config.flows.items():
         if flow.pair is not None:
             pairs.setdefault(flow.pair, []).append(name)
     for pair, names in pairs.items():
         if len(names) > 2:
-            problems.append(f"flows: pair {pair!r} has {len(names)} flows; a pair is two flows, one each way")
+            problems.append((("flows",), f"pair {pair!r} has {len(names)} flows; a pair is two flows, one each way"))
             continue
         if len(names) == 1:
             continue
         a, b = (config.flows[n] for n in names)
         if (a.source.system, a.source.entity) != (b.target.system, b.target.entity) or (
             a.target.system, a.target.entity) != (b.source.system, b.source.entity):
-            problems.append(f"flows.{names[1]}.pair: {pair!r} must run the reverse way of flow {names[0]}")
+            problems.append((("flows", names[1], "pair"), f"{pair!r} must run the reverse way of flow {names[0]}"))
         if a.master != b.master:
-            problems.append(f"flows.{names[1]}.master: both flows of pair {pair!r} must name the same master "
-                            "(otherwise each side would keep its own value forever)")
+            same = f"both flows of pair {pair!r} must name the same master (otherwise each side would keep its " \
+                   "own value forever)"
+            problems.append((("flows", names[1], "master"), same))
     return problems
 
 
@@ -497,32 +502,60 @@ def _inner(annotation: Any, part: Any) -> Any:
     return None
 
 
-def parse_config(data: Any) -> Config:
-    if data is None:
-        raise ConfigError(["(file): empty; a flows file has systems: and flows: (`dualsync init` writes an example)"])
+_EMPTY = "empty; a flows file has systems: and flows: (`dualsync init` writes an example)"
+
+
+def _validated(data: Any) -> tuple[Config | None, list[Problem]]:
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        problems = [f"{_loc_path(err['loc']) or '(root)'}: {_message(err)}" for err in exc.errors()]
-        raise ConfigError(problems) from None
-    problems = _cross_check(config)
-    if problems:
-        raise ConfigError(problems)
+        return None, [(err["loc"], _message(err)) for err in exc.errors()]
+    return config, _cross_check(config)
+
+
+def _path_line(loc: Loc, message: str) -> str:
+    return f"{_loc_path(loc) or '(root)'}: {message}"
+
+
+def parse_config(data: Any) -> Config:
+    if data is None:
+        raise ConfigError([f"(file): {_EMPTY}"])
+    config, problems = _validated(data)
+    if problems or config is None:
+        raise ConfigError([_path_line(loc, message) for loc, message in problems])
     return config
 
 
 def load_config(path: str | Path) -> Config:
-    """The flows file at `path`, validated; every problem names the file (and, for YAML, the line)."""
+    """The flows file at `path`, validated; every problem names the file and the line it is about."""
     text = Path(path).read_text(encoding="utf-8")
     try:
         data = yaml.safe_load(text)
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         what = " ".join(str(p) for p in (getattr(exc, "context", None), getattr(exc, "problem", None)) if p)
         raise ConfigError([f"{where}: not valid YAML: {what or exc}"]) from None
-    try:
-        return parse_config(data)
-    except ConfigError as exc:
-        raise ConfigError([f"{path}: {p.removeprefix('(file): ')}" if p.startswith("(file)") else p
-                           for p in exc.problems]) from None
+    if data is None:
+        raise ConfigError([f"{path}: {_EMPTY}"])
+    config, problems = _validated(data)
+    if problems or config is None:
+        raise ConfigError([f"{path}:{_line_of(root, loc)}: {_path_line(loc, message)}" for loc, message in problems])
+    return config
+
+
+def _line_of(node: Any, loc: Loc) -> int:
+    """The line (1-based) of the deepest node of the YAML document `loc` reaches: a key's own line for the
+    last step into a mapping (an unknown key is reported where it is written)."""
+    line = node.start_mark.line + 1 if node is not None else 1
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            hit = next(((k, v) for k, v in node.value if getattr(k, "value", None) == str(part)), None)
+            if hit is None:
+                continue  # a discriminator's branch name (dataverse, sql) is not in the document
+            line, node = hit[0].start_mark.line + 1, hit[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+    return line

@@ -60,6 +60,18 @@ def test_every_error_has_its_path(tmp_path):
         assert expected in problems
     assert "hunter2" not in problems and "pa55" not in problems
     assert "Value error" not in problems and "Extra inputs" not in problems
+    assert f"{path}:10: flows.accounts-to-customers.colour: unknown key" in problems  # where it is written
+    assert f"{path}:14: flows.accounts-to-customers.fields[2].map:" in problems
+    assert f"{path}:2: systems.crm.auth.client_secret:" in problems
+
+
+def test_cross_reference_errors_name_their_line_too(tmp_path):
+    path = tmp_path / "flows.yaml"
+    path.write_text(FLOWS_YAML.replace("lookup: accounts-to-customers", "lookup: accounts-to-customer"))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems == [
+        f"{path}:30: flows.contacts-to-erp.fields[4].lookup: unknown flow 'accounts-to-customer'"]
 
 
 def test_cross_references_are_checked():
