@@ -16,7 +16,8 @@ from shared.config import Config
 
 @app.command()
 def validate(file: Path) -> None:
-    """Check a flows file; prints every error with its path and exits 2 if there are any."""
+    """Check a flows file on its own; prints every error with its file, line and path and exits 2 if there are any
+    (`dualsync check` also checks it against the systems)."""
     config = load_flows(file)
     console.print(f"[green]ok[/green] {escape(str(file))}: {len(config.systems)} systems, {len(config.flows)} flows")
 

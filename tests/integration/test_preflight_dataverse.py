@@ -129,3 +129,14 @@ def test_an_unreachable_system_is_one_finding_without_its_secret(tmp_path, erp):
     [finding] = findings
     assert finding.system == "crm" and finding.flow is None and finding.problem.startswith("cannot connect")
     assert TOKEN not in finding.line()
+
+
+def test_the_demo_flows_check_clean_against_the_simulator(tmp_path):
+    from demo import story
+
+    demo = story.setup(tmp_path / "demo")
+    try:
+        # Lookups read as _x_value, binds to standard and custom tables, alternate keys, system columns.
+        assert preflight(demo.app.config, demo.app.connector) == []
+    finally:
+        demo.close()
