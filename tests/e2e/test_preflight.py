@@ -76,13 +76,18 @@ def test_a_wrong_to_is_caught_instead_of_dead_lettering_every_record(tmp_path, m
 
 
 def test_an_unset_env_reference_is_found_at_start_with_exit_2(tmp_path, monkeypatch):
-    args, _, _ = _setup(tmp_path, monkeypatch)
+    args, crm_url, _ = _setup(tmp_path, monkeypatch)
     monkeypatch.delenv("ERP_DB_URL")
     refused = _run(args)
     assert refused.exit_code == 2, refused.output
     assert "systems.erp.url" in refused.output and "ERP_DB_URL is not set" in refused.output
     status = json.loads(CliRunner().invoke(cli, ["status", "--json", *args]).output)
     assert status["active"] == 0 and status["dead_letter"] == 0  # nothing was pulled
+
+    alone = subprocess.run([sys.executable, "-m", "shared.cli", "run", "--once", *args], cwd=ROOT, timeout=60,
+                           env={"PATH": "/usr/bin:/bin", "CRM_DB_URL": crm_url},
+                           capture_output=True, text=True, check=False)
+    assert alone.returncode == 2 and "ERP_DB_URL is not set" in alone.stderr and "Traceback" not in alone.stderr
 
 
 def test_check_as_a_subprocess_prints_json_and_exits_0_when_clean(tmp_path, monkeypatch):
