@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -31,25 +30,14 @@ def check(
 
     Example: dualsync check -c flows.yaml --flow accounts-to-customers
     """
-    from shared.connectors import build_connector
-    from shared.engine.preflight import has_errors, preflight
+    from shared.engine.preflight import has_errors
 
     cfg = load_flows(config)
     unknown = [f for f in flow or [] if f not in cfg.flows]
     if unknown:
         err_console.print(f"error: no flow named {unknown[0]!r}; flows: {', '.join(cfg.flows)}", markup=False)
         raise typer.Exit(2)
-    built: dict[str, Connector] = {}
-
-    def connector_for(system: str) -> Connector:
-        built[system] = build_connector(system, cfg.systems[system])
-        return built[system]
-
-    try:
-        findings = preflight(cfg, connector_for, flow or None)
-    finally:
-        for connector in built.values():
-            connector.close()
+    findings = _findings(cfg, flow or None)
     if as_json:
         console.print_json(json.dumps({"ok": not has_errors(findings), "findings": [
             asdict(f) | {"path": f.path} for f in findings]}))
@@ -66,12 +54,31 @@ def print_findings(findings: list[Finding]) -> None:
         err_console.print(f"{finding.severity} {finding.line()}", markup=False, highlight=False)
 
 
-def refuse_unless_ready(cfg: Config, connector_for: Callable[[str], Connector]) -> None:
-    """`dualsync run`'s start: the same checks for the enabled flows; exit 2 (nothing read or written) on any
-    error, so an unset env: reference or a misspelt column stops the run here rather than in every record."""
-    from shared.engine.preflight import has_errors, preflight
+def _findings(cfg: Config, flows: list[str] | None) -> list[Finding]:
+    """The preflight over connectors of its own, closed after (nothing else is opened or created)."""
+    from shared.connectors import build_connector
+    from shared.engine.preflight import preflight
 
-    findings = preflight(cfg, connector_for, [name for name, f in cfg.flows.items() if f.enabled])
+    built: dict[str, Connector] = {}
+
+    def connector_for(system: str) -> Connector:
+        built[system] = build_connector(system, cfg.systems[system])
+        return built[system]
+
+    try:
+        return preflight(cfg, connector_for, flows)
+    finally:
+        for connector in built.values():
+            connector.close()
+
+
+def refuse_unless_ready(cfg: Config) -> None:
+    """`dualsync run`'s start: the same checks for the enabled flows; exit 2 (nothing read, written or created)
+    on any error, so an unset env: reference or a misspelt column stops the run here rather than in every
+    record."""
+    from shared.engine.preflight import has_errors
+
+    findings = _findings(cfg, [name for name, f in cfg.flows.items() if f.enabled])
     print_findings(findings)
     if has_errors(findings):
         err_console.print("not started: fix the above (`dualsync check` shows the same)", markup=False)

@@ -33,13 +33,9 @@ def run(
     from shared.report import summary_table
 
     cfg = load_flows(config)
+    refuse_unless_ready(cfg)
     telemetry.configure(console=not once)  # a long run reports metrics every minute; --once prints a table
     sync = SyncApp.local(cfg, workdir, retry_base=retry_base)
-    try:
-        refuse_unless_ready(cfg, sync.connector)
-    except typer.Exit:
-        sync.close()
-        raise
     if not once:
         from shared import flow_health
 

@@ -84,10 +84,12 @@ def test_an_unset_env_reference_is_found_at_start_with_exit_2(tmp_path, monkeypa
     status = json.loads(CliRunner().invoke(cli, ["status", "--json", *args]).output)
     assert status["active"] == 0 and status["dead_letter"] == 0  # nothing was pulled
 
-    alone = subprocess.run([sys.executable, "-m", "shared.cli", "run", "--once", *args], cwd=ROOT, timeout=60,
+    alone = subprocess.run([sys.executable, "-m", "shared.cli", "run", "--once", "--config", args[1],
+                            "--workdir", str(tmp_path / "fresh")], cwd=ROOT, timeout=60,
                            env={"PATH": "/usr/bin:/bin", "CRM_DB_URL": crm_url},
                            capture_output=True, text=True, check=False)
     assert alone.returncode == 2 and "ERP_DB_URL is not set" in alone.stderr and "Traceback" not in alone.stderr
+    assert not (tmp_path / "fresh").exists()  # a refused run creates no state
 
 
 def test_check_as_a_subprocess_prints_json_and_exits_0_when_clean(tmp_path, monkeypatch):
