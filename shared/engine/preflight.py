@@ -13,12 +13,11 @@ traceback, and never the secret: every resolved `env:` value of that system is s
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from shared.config import SECRET_REF, Config, FieldMap, Flow
+from shared.config import SECRET_REF, Config, FieldMap, Flow, resolve_secret
 from shared.errors import ConfigError, SyncError
 from shared.names import nearest
 from shared.ports.connector import Connector, EntitySchema
@@ -112,15 +111,22 @@ def _unset_references(system: str, data: Any, path: str = "") -> Iterator[Findin
     if isinstance(data, dict):
         for key, value in data.items():
             yield from _unset_references(system, value, f"{base}.{key}")
-    elif isinstance(data, str) and SECRET_REF.match(data) and not os.environ.get(data[4:]):
+    elif isinstance(data, str) and SECRET_REF.match(data) and _resolved(data) is None:
         yield Finding(f"environment variable {data[4:]} is not set (referenced as {data})", system=system, field=base)
+
+
+def _resolved(ref: str) -> str | None:
+    try:
+        return resolve_secret(ref)
+    except ConfigError:
+        return None
 
 
 def _secrets_of(data: Any) -> list[str]:
     if isinstance(data, dict):
         return [s for value in data.values() for s in _secrets_of(value)]
     if isinstance(data, str) and SECRET_REF.match(data):
-        value = os.environ.get(data[4:]) or ""
+        value = _resolved(data) or ""
         return [value] if len(value) >= 4 else []  # too short to scrub without mangling the text
     return []
 
