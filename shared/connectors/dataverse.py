@@ -501,7 +501,6 @@ class DataverseConnector:
         self._sizers: dict[str, AdaptiveBatchSize] = {}
         self._sizers_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
-        self._definitions: dict[str, EntitySchema] = {}
         self._client = httpx.Client(
             transport=transport,
             timeout=httpx.Timeout(timeout_seconds),
@@ -905,9 +904,8 @@ class DataverseConnector:
 
     def describe(self, entity: str) -> EntitySchema:
         """The table's attributes from its definition (`EntityDefinitions`, found by entity set name), named as
-        rows carry them: a lookup `x` as `_x_value`, bound on writes through its navigation properties."""
-        if entity in self._definitions:
-            return self._definitions[entity]
+        rows carry them: a lookup `x` as `_x_value`, bound on writes through its navigation properties. Read
+        afresh each time (one request; a check runs once per flow), so a column added in Dataverse is seen."""
         what = f"{self.name}: reading the definition of {entity}"
         options = [("$filter", f"EntitySetName eq {odata_literal(entity)}"), *_DEFINITION]
         try:
@@ -933,9 +931,7 @@ class DataverseConnector:
         bindings = sorted({r["ReferencingEntityNavigationPropertyName"]
                            for r in definition.get("ManyToOneRelationships") or []
                            if r.get("ReferencingEntityNavigationPropertyName")})
-        schema = EntitySchema(entity, exists=True, columns=tuple(columns), bindings=tuple(bindings))
-        self._definitions[entity] = schema
-        return schema
+        return EntitySchema(entity, exists=True, columns=tuple(columns), bindings=tuple(bindings))
 
     def precision(self, entity: str, field: str) -> ValuePrecision:
         return ValuePrecision(datetime_digits=0)  # Dataverse keeps date-times to the second

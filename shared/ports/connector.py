@@ -141,9 +141,10 @@ class Connector(Protocol):
         ...
 
     def describe(self, entity: str) -> EntitySchema | None:
-        """The entity's columns (or `exists=False`), read from the system's own metadata and cached; None
-        when the system cannot describe its entities (its fields are then not checked). Raises a SyncError
-        when the system cannot be reached. Optional: `shared.engine.preflight` skips a connector without it."""
+        """The entity's columns (or `exists=False`), read from the system's own metadata (SQL: the reflection
+        reads and writes use); None when the system cannot describe its entities (its fields are then not
+        checked). Raises a SyncError when the system cannot be reached. Optional: `shared.engine.preflight`
+        skips a connector without it."""
         ...
 
     def acknowledge(
