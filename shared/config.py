@@ -334,7 +334,8 @@ class Flow(Strict):
         "How long a change may keep being throttled (429 / Retry-After) from its first throttle before it is "
         "dead-lettered; throttling never uses max_attempts. ISO 8601 (PT6H) or seconds."))
     page_size: int = Field(default=1000, ge=1, le=10000, description="Records per page read and sent at once.")
-    enabled: bool = Field(default=True, description="false: neither pulled nor checked; its messages wait.")
+    enabled: bool = Field(default=True, description=(
+        "false: not pulled (nor checked when dualsync run starts); its queued messages wait."))
 
     @field_validator("schedule", "reconcile")
     @classmethod

@@ -155,3 +155,15 @@ def test_square_brackets_in_what_is_printed_are_kept(tmp_path):
     assert code == 2 and "unknown key '[red]x[/red]'" in output
     path.write_text(FLOWS_YAML)
     assert _validate(path) == (0, f"ok {path}: 2 systems, 2 flows")
+
+
+def test_errors_that_teach_from_a_subprocess(tmp_path):
+    path = tmp_path / "flows.yaml"
+    path.write_text(FLOWS_YAML.replace("    page_size: 1000\n", "    page_sise: 1000\n    '[b]note[/b]': x\n", 1))
+    run = subprocess.run([sys.executable, "-m", "shared.cli", "validate", str(path)], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[2], timeout=60, check=False)
+    output = " ".join(run.stderr.split())
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert f"{path}:11: flows.accounts-to-customers.page_sise: unknown key 'page_sise' (did you mean 'page_size'?)" \
+        in output
+    assert f"{path}:12: flows.accounts-to-customers.[b]note[/b]: unknown key '[b]note[/b]'" in output
