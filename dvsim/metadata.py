@@ -57,14 +57,17 @@ def _names(text: str | None) -> list[str] | None:
 
 
 def _expand(text: str | None) -> dict[str, list[str] | None]:
+    """`Attributes($select=a,b),ManyToOneRelationships` -> {name: its $select or None}; commas inside
+    parentheses belong to the item."""
     items: dict[str, list[str] | None] = {}
+    text = text or ""
     depth, start = 0, 0
     parts = []
-    for i, ch in enumerate(text or ""):
+    for i, ch in enumerate(text):
         depth += ch == "("
         depth -= ch == ")"
         if ch == "," and depth == 0:
-            parts.append(text[start:i])  # type: ignore[index]
+            parts.append(text[start:i])
             start = i + 1
     if text:
         parts.append(text[start:])
