@@ -27,7 +27,7 @@ systems:
   erp: {{kind: sql, url: "env:ERP_DB_URL"}}
 flows:
   accounts-to-customers:
-    source: {{system: crm, entity: accounts, key: accountid, changes: change_tracking, select: [name, {select}]}}
+    source: {{system: crm, entity: accounts, key: accountid, changes: change_tracking, select: [name, accountnumber, {select}, _primarycontactid_value]}}
     target: {{system: erp, entity: customers, key: account_number}}
     fields:
       - {{from: accountnumber, to: account_number}}
@@ -85,18 +85,18 @@ def test_the_simulator_serves_table_definitions(dataverse_sim):  # noqa: F811
 
 def test_a_clean_pair_passes(tmp_path, erp, dataverse_sim):  # noqa: F811
     code, report = _check(tmp_path, FLOWS.format(
-        url=dataverse_sim.url, select="accountnumber", name_from="name", target_entity="accounts", name_to="name")
+        url=dataverse_sim.url, select="telephone1", name_from="name", target_entity="accounts", name_to="name")
         .replace("contactx", "contact"))
     assert (code, report) == (0, {"ok": True, "findings": []})
 
 
 def test_names_that_dataverse_does_not_have_are_found_with_the_nearest(tmp_path, erp, dataverse_sim):  # noqa: F811
     code, report = _check(tmp_path, FLOWS.format(
-        url=dataverse_sim.url, select="acountnumber", name_from="Name", target_entity="accounts",
+        url=dataverse_sim.url, select="Name", name_from="Name", target_entity="accounts",
         name_to="primarycontactid"))
     assert code == 2
     found = {(f["flow"], f["field"]): f for f in report["findings"]}
-    assert found["accounts-to-customers", "source.select[1]"]["nearest"] == "accountnumber"
+    assert found["accounts-to-customers", "source.select[2]"]["nearest"] == "name"
     assert found["accounts-to-customers", "fields[1].from"]["nearest"] == "name"
     # A lookup is written only by binding its navigation property, never by its own name.
     assert found["customers-to-accounts", "fields[1].to"]["name"] == "primarycontactid"
@@ -107,7 +107,7 @@ def test_names_that_dataverse_does_not_have_are_found_with_the_nearest(tmp_path,
 
 def test_a_missing_entity_names_the_nearest_entity_set(tmp_path, erp, dataverse_sim):  # noqa: F811
     code, report = _check(tmp_path, FLOWS.format(
-        url=dataverse_sim.url, select="accountnumber", name_from="name", target_entity="acounts", name_to="name")
+        url=dataverse_sim.url, select="telephone1", name_from="name", target_entity="acounts", name_to="name")
         .replace("contactx", "contact"))
     assert code == 2
     [finding] = report["findings"]

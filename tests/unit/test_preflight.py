@@ -51,7 +51,8 @@ def test_a_clean_flow_has_no_findings(systems):
     ({"changes": "status_flag", "status_field": "sync_state", "version": "row_ver"},
      {"source.status_field": "sync_status", "source.version": "rowver"}),
     ({"changes": "xact_id"}, {"source.xact_column": None}),
-    ({"key": ["ID"], "select": ["nmae"]}, {"source.key[0]": "id", "source.select[0]": "name"}),
+    ({"key": ["ID"]}, {"source.key[0]": "id"}),
+    ({"select": ["nmae", "name"]}, {"source.select[0]": "name"}),
 ])
 def test_every_column_a_change_mode_reads_is_checked(systems, source, expected):
     assert problems(config(source), systems) == expected
