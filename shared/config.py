@@ -411,12 +411,7 @@ def _cross_check(config: Config) -> list[Problem]:
                 problems.append(((*base, side, "system"), f"unknown system {system!r}"))
         if flow.master is not None and flow.master not in (flow.source.system, flow.target.system):
             problems.append(((*base, "master"), f"must be {flow.source.system!r} or {flow.target.system!r}"))
-        read = _selected(flow.source)
         for i, field in enumerate(flow.fields):
-            for what, name in (("from", field.from_), ("table_from", field.table_from)):
-                if read is not None and name and name.split("@")[0] not in read:  # an annotation rides on its column
-                    unread = f"{name!r} is never read: source.select lists the columns read (with the key); add it"
-                    problems.append(((*base, "fields", i, what), unread))
             for lookup in field.lookup_flows():
                 if lookup not in config.flows:
                     problems.append(((*base, "fields", i, "lookup"), f"unknown flow {lookup!r}"))
@@ -431,13 +426,6 @@ def _cross_check(config: Config) -> list[Problem]:
                 problems.append(((*base, "match_on", i), f"{field_name!r} is not the 'to' of any field"))
     problems += _check_pairs(config)
     return problems
-
-
-def _selected(source: SourceSpec) -> set[str] | None:
-    """The columns a source with `select` reads (what it lists, the key, and the change columns); None: all."""
-    if source.select is None:
-        return None
-    return {*source.select, *source.key, "modifiedon", "versionnumber", source.watermark, source.version or ""}
 
 
 def _check_pairs(config: Config) -> list[Problem]:

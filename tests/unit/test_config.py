@@ -168,17 +168,3 @@ def test_errors_that_teach_from_a_subprocess(tmp_path):
         in output
     assert f"{path}:12: flows.accounts-to-customers.[b]note[/b]: unknown key '[b]note[/b]'" in output
 
-
-def test_a_field_its_source_never_reads_is_an_error():
-    data = {
-        "systems": {"crm": {"kind": "sql", "url": "sqlite://"}},
-        "flows": {"f": {"source": {"system": "crm", "entity": "accounts", "key": "accountid", "select": ["name"]},
-                        "target": {"system": "crm", "entity": "b", "key": "k"},
-                        "fields": [{"from": "accountid", "to": "k"}, {"from": "name", "to": "n"},
-                                   {"from": "accountnumber", "to": "num"},  # would be written as NULL
-                                   {"from": "modifiedon", "to": "m"}]}},
-    }
-    with pytest.raises(ConfigError) as info:
-        parse_config(data)
-    unread = "'accountnumber' is never read: source.select lists the columns read (with the key); add it"
-    assert info.value.problems == [f"flows.f.fields[2].from: {unread}"]
