@@ -167,4 +167,3 @@ def test_errors_that_teach_from_a_subprocess(tmp_path):
     assert f"{path}:11: flows.accounts-to-customers.page_sise: unknown key 'page_sise' (did you mean 'page_size'?)" \
         in output
     assert f"{path}:12: flows.accounts-to-customers.[b]note[/b]: unknown key '[b]note[/b]'" in output
-
