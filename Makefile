@@ -37,6 +37,7 @@ demo: $(STAMP)
 
 test: $(STAMP) $(AZURITE) $(CHECKOV_STAMP)
 	bash scripts/ensure-postgres.sh
+	bash scripts/ensure-chromium.sh
 	$(PY) -m pytest
 
 test-fast: $(STAMP)

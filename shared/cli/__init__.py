@@ -16,7 +16,8 @@ from shared.errors import ConfigError
 
 __all__ = ["app", "main"]
 
-_IN_HELP_ORDER = ("init", "flows", "check", "run", "dead_letters", "decisions", "maintenance", "simulate")
+_IN_HELP_ORDER = ("init", "flows", "check", "run", "dead_letters", "decisions", "console", "maintenance",
+                  "simulate")
 for _commands in _IN_HELP_ORDER:
     importlib.import_module(f"shared.cli.{_commands}")
 

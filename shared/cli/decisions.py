@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.markup import escape
 
-from shared.cli import common
+from shared.cli import common, listing
 from shared.cli.common import ConfigOption, WorkdirOption, app, console
+from shared.cli.listing import JsonOption, plain
 
 conflicts_app = typer.Typer(no_args_is_help=True, help="Field conflicts parked by flows with conflicts: manual.")
 requests_app = typer.Typer(no_args_is_help=True, help="Change requests from flows with review: true.")
@@ -18,39 +18,44 @@ app.add_typer(conflicts_app, name="conflicts")
 app.add_typer(requests_app, name="requests")
 
 
-def _print_parked(table_name: str, flow: str | None, config: Path, workdir: Path, title: str) -> None:
+@conflicts_app.command("list")
+def conflicts_list(flow: Annotated[str | None, typer.Option(help="only this flow's pair")] = None,
+                   config: ConfigOption = Path("flows.yaml"), workdir: WorkdirOption = Path(".dualsync"),
+                   as_json: JsonOption = False) -> None:
+    """Records whose same fields changed on both sides, one per record, waiting for an operator.
+
+    Settle one with `dualsync conflicts resolve KEY --flow FLOW --take SYSTEM`."""
+    from rich import box
     from rich.table import Table
 
-    from shared.engine.decisions import list_parked
+    from shared.engine.views import conflict_views
 
-    with common.session(config, workdir) as sync:
-        items = list_parked(sync, table_name, flow)
-    table = Table(title=f"{title}: {len(items)}")
-    for column in ("flow", "record", "detail", "since"):
-        table.add_column(column)
-    for item in items:
-        data = item.data
-        if data.get("detail"):  # a delete racing an update: no field values to show
-            detail, since = data["detail"], data.get("detected_at", "")
-        elif "fields" in data:
-            detail = "; ".join(f"{f}: incoming {data['incoming'].get(f)!r} vs target {data['target'].get(f)!r}"
-                               for f in data["fields"])
-            since = data.get("detected_at", "")
-        else:
-            detail = json.dumps(data["message"].get("payload", {}), default=str)[:120]
-            since = data.get("created_at", "")
-        table.add_row(*map(escape, (item.flow, item.key, detail, str(since))))
-    console.print(table)
-
-
-
-@conflicts_app.command("list")
-def conflicts_list(flow: Annotated[str | None, typer.Option()] = None, config: ConfigOption = Path("flows.yaml"),
-                   workdir: WorkdirOption = Path(".dualsync")) -> None:
-    """Records whose same fields changed on both sides, waiting for an operator."""
-    from shared.state.store import CONFLICTS
-
-    _print_parked(CONFLICTS, flow, config, workdir, "open conflicts")
+    found = listing.read(config, workdir, lambda sync: conflict_views(sync, flow))
+    if as_json:
+        listing.print_json({"conflicts": found})
+        return
+    console.print(f"open conflicts: {len(found)}", markup=False)
+    by_flow: dict[str, list] = {}
+    for view in found:
+        by_flow.setdefault(view.flow, []).append(view)
+    for name, views in by_flow.items():
+        systems = sorted({system for view in views for system in view.keys}
+                         | {system for view in views for field in view.fields for system in field.values})
+        table = Table(title=f"{escape(name)}: {len(views)}", title_justify="left", box=box.SIMPLE_HEAD)
+        table.add_column("key", overflow="fold")
+        table.add_column("field", overflow="fold")
+        for system in systems:  # side by side: each system's value in its own column
+            table.add_column(escape(system), overflow="fold", ratio=1)
+        table.add_column("since", no_wrap=True)
+        for view in views:
+            since = view.since.strftime("%m-%d %H:%M") if view.since else ""
+            if not view.fields:  # a delete racing an update: what happened, in words
+                table.add_row(escape(view.key), "(record)", escape(view.detail or ""), *[""] * (len(systems) - 1),
+                              since)
+            for number, field in enumerate(view.fields):
+                table.add_row(escape(view.key) if number == 0 else "", escape(field.field),
+                              *(plain(field.values.get(system)) for system in systems), since if number == 0 else "")
+        console.print(table)
 
 
 @conflicts_app.command("resolve")
@@ -70,11 +75,31 @@ def conflicts_resolve(
 
 @requests_app.command("list")
 def requests_list(flow: Annotated[str | None, typer.Option()] = None, config: ConfigOption = Path("flows.yaml"),
-                  workdir: WorkdirOption = Path(".dualsync")) -> None:
-    """Changes waiting for approval before they are written into the master."""
-    from shared.state.store import REQUESTS
+                  workdir: WorkdirOption = Path(".dualsync"), as_json: JsonOption = False) -> None:
+    """Changes waiting for approval before they are written into the master, field by field: as last synced
+    (before) and as proposed (after)."""
+    from rich import box
+    from rich.table import Table
 
-    _print_parked(REQUESTS, flow, config, workdir, "pending change requests")
+    from shared.engine.views import change_request_views
+
+    found = listing.read(config, workdir, lambda sync: change_request_views(sync, flow))
+    if as_json:
+        listing.print_json({"requests": found})
+        return
+    table = Table(title=f"pending change requests: {len(found)}", title_justify="left", box=box.SIMPLE_HEAD)
+    table.add_column("flow", no_wrap=True)
+    table.add_column("key", no_wrap=True)
+    table.add_column("field", overflow="fold")
+    table.add_column("before", overflow="fold")
+    table.add_column("after", overflow="fold")
+    for view in found:
+        for number, field in enumerate(view.fields or []):
+            table.add_row(*((view.flow, escape(view.key)) if number == 0 else ("", "")), escape(field.field),
+                          plain(field.before), plain(field.after))
+        if not view.fields:
+            table.add_row(view.flow, escape(view.key), f"({view.op}, no field changes)", "", "")
+    console.print(table)
 
 
 @requests_app.command("approve")

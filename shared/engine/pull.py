@@ -65,6 +65,7 @@ def pull_flow(
     a misspelt column fails the pull, recorded on the flow, instead of every record it would send."""
     flow = app.config.flows[flow_name]
     result = PullResult(flow_name, new_run_id())
+    started_at = app.clock().isoformat()
     cursor, result.status = cursor_lease.start_run(app.state, flow_name, flow.enabled, owner or current_holder(),
                                                    app.clock())
     if cursor is None:
@@ -82,7 +83,7 @@ def pull_flow(
     except Exception as exc:  # noqa: BLE001 - any failure of this flow is recorded on it; the others go on
         _failed(app, cursor, result, exc)
     summary = {k: v for k, v in asdict(result).items() if k != "notes"} | {
-        "notes": "; ".join(result.notes), "finished_at": app.clock().isoformat()}
+        "notes": "; ".join(result.notes), "started_at": started_at, "finished_at": app.clock().isoformat()}
     try:
         cursor_lease.release(app.state, cursor, summary)
     except ConcurrencyError:

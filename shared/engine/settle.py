@@ -15,6 +15,7 @@ from shared.app import SyncApp
 from shared.bus.claim_check import REF_PROPERTY, SIZE_PROPERTY
 from shared.engine.cursor_lease import pause_flow
 from shared.engine.outcome import Kind, Outcome
+from shared.engine.run_history import record_outcomes
 from shared.messages import bounded_id, to_envelope
 from shared.ports.bus import Settler
 
@@ -51,4 +52,5 @@ def settle(app: SyncApp, settler: Settler, outcomes: Sequence[Outcome], started:
     for o in outcomes:
         if o.kind is Kind.DEAD_LETTER:
             settler.dead_letter(o.received, str(o.reason), o.description[:4096])
+    record_outcomes(app, outcomes)
     telemetry.record_outcomes(outcomes, app.config.flows, started, time.perf_counter() if started is not None else None)

@@ -168,8 +168,8 @@ def test_status_and_the_admin_endpoint_show_the_error_and_since_when(app, monkey
     monkeypatch.setattr(functions.admin, "sync_app", lambda: app)
     monkeypatch.setenv("WEBSITE_AUTH_ENABLED", "True")
     req = func.HttpRequest(method="GET", url="/api/flows", headers={"x-ms-client-principal": principal("Reader")},
-                           params={}, route_params={}, body=b"")
-    body = json.loads(indexed()["flows"].get_user_function()(req=req).get_body())
+                           params={}, route_params={"path": "flows"}, body=b"")
+    body = json.loads(indexed()["admin"].get_user_function()(req=req).get_body())
     flows = {f["flow"]: f for f in body["flows"]}
     assert flows["broken"]["last_error"]["since"] == "2026-03-01T12:00:00+00:00"
     assert "no such table" in flows["broken"]["last_error"]["error"]
