@@ -26,12 +26,16 @@ if TYPE_CHECKING:
     from shared.app import SyncApp
 
 Severity = Literal["error", "warning"]
+# What a finding is about: an unset env: reference, a system that did not answer (or refused the connector's
+# settings), a missing entity, a missing column or navigation property, a max_length beyond the column.
+Kind = Literal["reference", "connection", "entity", "column", "length"]
 SHOWN_NAMES = 12  # names listed in a finding's line; JSON carries them all
 
 
 @dataclass(frozen=True)
 class Finding:
     problem: str
+    kind: Kind
     severity: Severity = "error"
     flow: str | None = None  # None: about a system
     system: str | None = None
@@ -67,10 +71,15 @@ class PreflightError(SyncError):
 
 def require_ready(app: SyncApp, flow: str) -> None:
     """The Functions host's check (`pull_due_flows(check=True)`): before a flow's first pull in this process,
-    and before every pull while it fails, raise PreflightError with each error the preflight finds for it."""
+    and before every pull while it fails, raise PreflightError with each error the preflight finds for it.
+
+    A system that does not answer is left to the pull itself, which fails (or, refused with 401/403, pauses
+    the flow) as it always has; the flow is checked again before its next pull."""
     if flow in app.checked_flows:
         return
     errors = [f for f in preflight(app.config, app.connector, [flow]) if f.severity == "error"]
+    if any(f.kind == "connection" for f in errors):
+        return
     if errors:
         raise PreflightError("; ".join(f.line() for f in errors))
     app.checked_flows.add(flow)
@@ -112,7 +121,8 @@ def _unset_references(system: str, data: Any, path: str = "") -> Iterator[Findin
         for key, value in data.items():
             yield from _unset_references(system, value, f"{base}.{key}")
     elif isinstance(data, str) and SECRET_REF.match(data) and _resolved(data) is None:
-        yield Finding(f"environment variable {data[4:]} is not set (referenced as {data})", system=system, field=base)
+        yield Finding(f"environment variable {data[4:]} is not set (referenced as {data})", "reference",
+                      system=system, field=base)
 
 
 def _resolved(ref: str) -> str | None:
@@ -153,9 +163,9 @@ class _System:
             for entity in entities:
                 self.schemas[entity] = describe(entity) if describe else None
         except ConfigError as exc:
-            return Finding(self._scrub("; ".join(exc.problems)), system=self.name)
+            return Finding(self._scrub("; ".join(exc.problems)), "connection", system=self.name)
         except Exception as exc:  # noqa: BLE001 - whatever stops us reaching it is this system's one finding
-            return Finding(f"cannot connect: {self._scrub(_first_line(exc))}", system=self.name)
+            return Finding(f"cannot connect: {self._scrub(_first_line(exc))}", "connection", system=self.name)
         return None
 
     def _scrub(self, text: str) -> str:
@@ -176,14 +186,14 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _missing_entity(flow: str, side: str, schema: EntitySchema, system: str) -> Finding:
-    return Finding(f"no entity {schema.entity!r} in {system}", flow=flow, system=system, field=f"{side}.entity",
+    return Finding(f"no entity {schema.entity!r} in {system}", "entity", flow=flow, system=system, field=f"{side}.entity",
                    name=schema.entity, existing=tuple(sorted(schema.known_entities)),
                    nearest=nearest(schema.entity, schema.known_entities))
 
 
 def _missing(flow: str, system: _System, entity: str, field: str, name: str, existing: list[str],
              what: str = "column") -> Finding:
-    return Finding(f"{name!r} is not a {what} of {entity} in {system.name}", flow=flow, system=system.name,
+    return Finding(f"{name!r} is not a {what} of {entity} in {system.name}", "column", flow=flow, system=system.name,
                    field=field, name=name, existing=tuple(existing), nearest=nearest(name, existing))
 
 
@@ -255,6 +265,6 @@ def _check_to(name: str, i: int, field: FieldMap, schema: EntitySchema, system: 
     holds = next((c.max_length for c in schema.columns if c.name == field.to), None)
     if field.max_length and holds and field.max_length > holds:
         return [Finding(f"max_length {field.max_length} is longer than {field.to} holds ({holds}): longer values "
-                        "will be rejected by the target rather than dead-lettered by this rule",
+                        "will be rejected by the target rather than dead-lettered by this rule", "length",
                         severity="warning", flow=name, system=system.name, field=f"fields[{i}].max_length")]
     return []

@@ -242,3 +242,15 @@ def test_last_good_pull_of_a_cursor_written_before_it_was_recorded():
     assert flow_health.last_successful_pull(ok) == datetime(2026, 3, 1, 12, tzinfo=UTC)
     assert flow_health.last_successful_pull(failing) == datetime(2026, 3, 1, 11, tzinfo=UTC)
     assert flow_health.last_successful_pull(Cursor("f")) is None
+
+
+def test_a_system_refusing_the_check_is_left_to_the_pull_which_pauses_on_auth_failure(app):
+    from shared.errors import AuthError
+
+    def refused(name: str) -> SqlConnector:
+        raise AuthError("401: the token was refused")
+
+    app.connector_factory = refused
+    results = {r.flow: r for r in pull_due_flows(app, owner="t", check=True)}
+    assert results["accounts"].status == "auth_failed" and "PreflightError" not in results["accounts"].error
+    assert app.state.get_cursor("accounts").paused and app.checked_flows == set()
