@@ -12,7 +12,8 @@ Before a flow's first pull on this host, its part of the flows file is checked a
 (`dualsync check`'s preflight: env: references, connections, entities, columns). A flow that fails the check
 is not pulled; the findings are its last_error (status, `GET /api/flows`) and fail the invocation like any
 pull failure, and every tick checks it again until it passes. So a misspelt column stops one flow visibly
-instead of writing NULLs or dead-lettering every record.
+instead of writing NULLs or dead-lettering every record. A system that does not answer is left to the pull,
+which fails (or pauses the flow on 401/403) as before.
 """
 
 from __future__ import annotations
