@@ -40,8 +40,8 @@ class FitsOrStacks:
         table = Table(title=self.title, box=box.SIMPLE_HEAD, title_justify="left")
         for header in self.headers:
             table.add_column(header, no_wrap=True, justify="right" if header in self.right else "left")
-        for row in self.rows:
-            table.add_row(*row)
+        for row in self.rows:  # data, never markup: a name in square brackets is printed as it is
+            table.add_row(*(Text(cell) if isinstance(cell, str) else cell for cell in row))
         return table
 
 

@@ -9,12 +9,16 @@ from __future__ import annotations
 import importlib
 import sys
 
+from rich.markup import escape
+
 from shared.cli.common import app, err_console
 from shared.errors import ConfigError
 
 __all__ = ["app", "main"]
 
-for _commands in ("flows", "run", "history", "dead_letters", "decisions", "console", "maintenance", "simulate"):  # help order
+_IN_HELP_ORDER = ("init", "flows", "check", "run", "history", "dead_letters", "decisions", "console", "maintenance",
+                  "simulate")
+for _commands in _IN_HELP_ORDER:
     importlib.import_module(f"shared.cli.{_commands}")
 
 
@@ -23,5 +27,5 @@ def main() -> None:
         app()
     except ConfigError as exc:
         for problem in exc.problems:
-            err_console.print(f"[red]error[/red] {problem}")
+            err_console.print(f"[red]error[/red] {escape(problem)}")
         sys.exit(2)

@@ -63,10 +63,10 @@ def load_flows(path: Path) -> Config:
         return load_config(path)
     except ConfigError as exc:
         for problem in exc.problems:
-            err_console.print(f"[red]error[/red] {problem}")
+            err_console.print(f"[red]error[/red] {escape(problem)}")
         raise typer.Exit(2) from None
     except FileNotFoundError:
-        err_console.print(f"[red]error[/red] no such flows file: {path}")
+        err_console.print(f"[red]error[/red] no such flows file: {escape(str(path))}")
         raise typer.Exit(2) from None
 
 
@@ -86,14 +86,14 @@ def session(config: Path, workdir: Path) -> Iterator[SyncApp]:
     try:
         yield sync
     except DecisionError as exc:  # the operator asked for something that cannot be done as asked
-        err_console.print(f"[red]error[/red] {exc}")
+        err_console.print(f"[red]error[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
     except ConfigError as exc:
         for problem in exc.problems:
-            err_console.print(f"[red]error[/red] {problem}")
+            err_console.print(f"[red]error[/red] {escape(problem)}")
         raise typer.Exit(2) from None
     except SyncError as exc:  # the systems said no (missing record, throttled, unreachable)
-        err_console.print(f"[red]error[/red] {exc}")
+        err_console.print(f"[red]error[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None
     finally:
         sync.close()

@@ -118,4 +118,4 @@ def replay(
     console.print(f"matched {result.matched}, {verb} {result.matched if dry_run else result.replayed}, "
                   f"skipped {skipped}, left in the dead-letter queue {result.left}")
     for k in result.keys[:50]:
-        console.print(f"  {k}")
+        console.print(f"  {k}", markup=False)

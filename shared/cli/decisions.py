@@ -70,7 +70,7 @@ def conflicts_resolve(
     from shared.engine.decisions import resolve_conflict
 
     with common.session(config, workdir) as sync:
-        console.print(f"sent {resolve_conflict(sync, key, take, flow)}")
+        console.print(f"sent {resolve_conflict(sync, key, take, flow)}", markup=False)
 
 
 @requests_app.command("list")
@@ -109,7 +109,7 @@ def requests_approve(key: str, flow: Annotated[str | None, typer.Option()] = Non
     from shared.engine.decisions import approve_request
 
     with common.session(config, workdir) as sync:
-        console.print(f"approved; sent {approve_request(sync, key, flow)}")
+        console.print(f"approved; sent {approve_request(sync, key, flow)}", markup=False)
 
 
 @requests_app.command("reject")
@@ -121,4 +121,4 @@ def requests_reject(key: str, reason: Annotated[str, typer.Option(help="why, kep
 
     with common.session(config, workdir) as sync:
         reject_request(sync, key, reason, flow)
-    console.print(f"rejected {key}")
+    console.print(f"rejected {key}", markup=False)

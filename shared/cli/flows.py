@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 def validate(file: Path) -> None:
     """Check a flows file; prints every error with its path and exits 2 if there are any."""
     config = load_flows(file)
-    console.print(f"[green]ok[/green] {file}: {len(config.systems)} systems, {len(config.flows)} flows")
+    console.print(f"[green]ok[/green] {escape(str(file))}: {len(config.systems)} systems, {len(config.flows)} flows")
 
 
 @app.command()
@@ -65,11 +65,11 @@ def status(
         console.print_json(report.model_dump_json())
         return
     if report.counts_unavailable:
-        console.print(f"queue {report.queue}: counts unknown ({escape(report.counts_unavailable)}); "
+        console.print(f"queue {escape(report.queue)}: counts unknown ({escape(report.counts_unavailable)}); "
                       f"{report.dead_letter} dead-lettered", highlight=False)
     else:
         console.print(f"queue {report.queue}: {report.active} active, {report.scheduled} scheduled, "
-                      f"{report.dead_letter} dead-lettered", highlight=False)
+                      f"{report.dead_letter} dead-lettered", highlight=False, markup=False)
     console.print(_status_view(report.flows))
 
 
@@ -105,7 +105,7 @@ def pause(flow: str, config: ConfigOption = Path("flows.yaml"), workdir: Workdir
     with common.session(config, workdir) as sync:
         known_flow(sync, flow)
         pause_flow(sync.state, flow, reason)
-    console.print(f"{flow} paused")
+    console.print(f"{flow} paused", markup=False)
 
 
 @app.command()
@@ -117,4 +117,4 @@ def resume(flow: str, config: ConfigOption = Path("flows.yaml"), workdir: Workdi
     with common.session(config, workdir) as sync:
         known_flow(sync, flow)
         _, released = resume_and_release(sync, flow)
-    console.print(f"{flow} resumed; {released} held changes due now", highlight=False)
+    console.print(f"{flow} resumed; {released} held changes due now", highlight=False, markup=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from shared.cli import common
 from shared.cli.common import ConfigOption, WorkdirOption, app, console, err_console, known_flow
@@ -19,11 +20,11 @@ def reconcile(flow: str, config: ConfigOption = Path("flows.yaml"), workdir: Wor
         known_flow(sync, flow)
         result = reconcile_deletes(sync, flow)
     if result.status != "ok":
-        console.print(f"{flow}: not reconciled ({result.status})")
+        console.print(f"{flow}: not reconciled ({result.status})", markup=False)
         return
     console.print(f"{flow}: scanned {result.scanned} source keys, {result.known} linked, "
                   f"sent {result.deleted} deletes" + (f" ({result.present_on_recheck} reappeared on recheck)"
-                                                      if result.present_on_recheck else ""))
+                                                      if result.present_on_recheck else ""), markup=False)
 
 
 @app.command("initial-sync")
@@ -37,15 +38,15 @@ def initial_sync_command(
         known_flow(sync, flow)
         result = initial_sync(sync, flow)
     if result.status != "ok":
-        err_console.print(f"[yellow]{flow}: initial sync did not run ({result.status})[/yellow]")
+        err_console.print(f"[yellow]{escape(flow)}: initial sync did not run ({result.status})[/yellow]")
         raise typer.Exit(1)
     console.print(f"{flow}: matched {result.matched} (of which {result.aligned} sent to align values), "
                   f"created {result.created}, ambiguous {result.ambiguous}, already linked {result.already_linked}, "
-                  f"failed {result.failed} ({result.targets} target records scanned)")
+                  f"failed {result.failed} ({result.targets} target records scanned)", markup=False)
     for line in result.examples[:10]:
-        console.print(f"  [red]dead-lettered[/red] {line}")
+        console.print(f"  [red]dead-lettered[/red] {escape(line)}")
     for note in result.notes:
-        console.print(f"  [yellow]note[/yellow] {note}")
+        console.print(f"  [yellow]note[/yellow] {escape(note)}")
 
 
 @app.command()
@@ -58,4 +59,4 @@ def resync(
     with common.session(config, workdir) as sync:
         known_flow(sync, flow)
         result = resync_record(sync, flow, key)
-    console.print(f"{flow} {result.key}: sent version {result.version} as {result.message_id}")
+    console.print(f"{flow} {result.key}: sent version {result.version} as {result.message_id}", markup=False)

@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from shared.cli import run_lock
+from shared.cli.check import refuse_unless_ready
 from shared.cli.common import ConfigOption, app, console, err_console, examples, fail, load_flows
 
 if TYPE_CHECKING:
@@ -48,6 +49,7 @@ def run(
     from shared.local_runtime import RunOptions
 
     cfg = load_flows(config)
+    refuse_unless_ready(cfg)  # before the workdir is made: a flows file that cannot run leaves nothing behind
     lock = _lock(workdir)
     try:
         telemetry.configure(console=not once)  # a long run reports metrics every minute; --once prints a table
@@ -112,7 +114,7 @@ def _with_progress(sync: SyncApp, options: RunOptions, once: bool) -> tuple[Tall
                             pulled=sum(c.pulled for c in flows))
             with printing:
                 for flow, error in tally.pull_errors[shown:]:  # as they happen, above the progress bar
-                    err_console.print(f"[red]pull failed[/red] {flow}: {escape(error)}", highlight=False)
+                    err_console.print(f"[red]pull failed[/red] {escape(flow)}: {escape(error)}", highlight=False)
                 shown = len(tally.pull_errors)
 
         stop = threading.Event()
@@ -151,7 +153,7 @@ def _report(tally: Tally) -> bool:
         err_console.print(f"[yellow]worker error[/yellow] {escape(str(error))}", highlight=False)
     failed = sorted({flow for flow, _ in tally.pull_errors})
     if failed:
-        err_console.print(f"[red]pull failed[/red] for {', '.join(failed)} (see `dualsync status`)", highlight=False)
+        err_console.print(f"[red]pull failed[/red] for {escape(', '.join(failed))} (see `dualsync status`)", highlight=False)
     if all(c.adds_up() for c in tally.flows.values()):
         return True
     err_console.print("[red]counts do not add up[/red]")

@@ -132,7 +132,15 @@ from shared.connectors.keysort import ascending, sorted_keys
 from shared.errors import ConfigError, PermanentError, Reason, SyncError, TargetChanged, TransientError
 from shared.keys import format_key, key_of, parse_key
 from shared.numbers import bounded_decimal
-from shared.ports.connector import ChangePage, SourceRecord, ValuePrecision, WriteOp, WriteResult
+from shared.ports.connector import (
+    ChangePage,
+    ColumnInfo,
+    EntitySchema,
+    SourceRecord,
+    ValuePrecision,
+    WriteOp,
+    WriteResult,
+)
 from shared.versions import FUTURE_TOLERANCE, sortable_version
 
 CHUNK = 500  # keys per IN / OR query
@@ -912,6 +920,30 @@ class SqlConnector:
         if column is None:
             return ValuePrecision()
         return _column_precision(column.type, self._engine.dialect.name)
+
+    def describe(self, entity: str) -> EntitySchema:
+        """The table's columns by reflection (the same cached reflection every read and write uses)."""
+        schema, _, name = entity.rpartition(".")
+        try:
+            inspector = inspect(self._engine)
+            if not inspector.has_table(name, schema=schema or None):
+                return EntitySchema(entity, exists=False,
+                                    known_entities=tuple(inspector.get_table_names(schema=schema or None)))
+        except sa_exc.SQLAlchemyError as exc:
+            if self._is_transient(exc):
+                raise self._transient(exc) from None
+            problem = f"{entity}: cannot list the tables of {self.database}: {self._first_line(exc)}"
+            raise ConfigError([problem]) from None
+        table = self._table_info(entity).table
+        return EntitySchema(entity, exists=True, columns=tuple(
+            ColumnInfo(c.name, self._type_name(c), nullable=bool(c.nullable),
+                       max_length=getattr(c.type, "length", None)) for c in table.columns))
+
+    def _type_name(self, column: Column) -> str:
+        try:
+            return str(column.type.compile(dialect=self._engine.dialect))
+        except Exception:  # noqa: BLE001 - a reflected type this dialect cannot print still has a class name
+            return type(column.type).__name__
 
     def change_time_column(self, source: SourceSpec) -> str | None:
         """The watermark, when it is a point in time (a counter orders changes but says nothing of when)."""

@@ -25,6 +25,7 @@ from shared.app import SyncApp
 from shared.config import Flow
 from shared.engine import aliases, cursor_lease
 from shared.engine.deletes import Confirmed, send_confirmed_deletes
+from shared.engine.preflight import require_ready
 from shared.engine.reconcile import missing_keys
 from shared.engine.verdicts import condemned, record_verdicts
 from shared.errors import AuthError, ConcurrencyError, Reason
@@ -58,8 +59,10 @@ class PullResult:
 
 def pull_flow(
     app: SyncApp, flow_name: str, owner: str | None = None,
-    on_page: Callable[[int], None] | None = None,
+    on_page: Callable[[int], None] | None = None, check: bool = False,
 ) -> PullResult:
+    """`check`: first make sure the flows file matches the systems (shared.engine.preflight.require_ready), so
+    a misspelt column fails the pull, recorded on the flow, instead of every record it would send."""
     flow = app.config.flows[flow_name]
     result = PullResult(flow_name, new_run_id())
     started_at = app.clock().isoformat()
@@ -68,6 +71,8 @@ def pull_flow(
     if cursor is None:
         return result
     try:
+        if check:
+            require_ready(app, flow_name)
         _finish_pending_deletes(app, flow_name, flow, cursor, result)
         _read(app, flow_name, flow, cursor, result, on_page)
         cursor.last_error = None

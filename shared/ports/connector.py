@@ -52,6 +52,37 @@ class ValuePrecision:
     trims_trailing_spaces: bool = False  # e.g. CHAR columns, which pad and compare without the padding
 
 
+@dataclass(frozen=True)
+class ColumnInfo:
+    """One column (SQL) or attribute (Dataverse) of an entity, named as records carry it."""
+
+    name: str  # a Dataverse lookup is read as `_x_value`
+    type: str  # as the system names it (VARCHAR(100), Picklist, ...)
+    nullable: bool = True
+    max_length: int | None = None
+    readable: bool = True
+    writable: bool = True  # writable under this name (a Dataverse lookup is written by binding, not by name)
+
+
+@dataclass(frozen=True)
+class EntitySchema:
+    """What an entity really holds, for checking a flows file against it before anything runs."""
+
+    entity: str
+    exists: bool
+    columns: tuple[ColumnInfo, ...] = ()
+    # Navigation properties a write may bind with `<name>@odata.bind` (Dataverse lookups); none on SQL.
+    bindings: tuple[str, ...] = ()
+    # When the entity does not exist: the entities that do, so the nearest can be named.
+    known_entities: tuple[str, ...] = ()
+
+    def readable(self) -> list[str]:
+        return [c.name for c in self.columns if c.readable]
+
+    def writable(self) -> list[str]:
+        return [c.name for c in self.columns if c.writable]
+
+
 @dataclass
 class WriteOp:
     kind: Literal["upsert", "update", "delete"]
@@ -107,6 +138,13 @@ class Connector(Protocol):
     def change_time_column(self, source: SourceSpec) -> str | None:
         """The column of `source.entity` holding when a row last changed (what last_writer_wins compares),
         or None when the system has none."""
+        ...
+
+    def describe(self, entity: str) -> EntitySchema | None:
+        """The entity's columns (or `exists=False`), read from the system's own metadata (SQL: the reflection
+        reads and writes use); None when the system cannot describe its entities (its fields are then not
+        checked). Raises a SyncError when the system cannot be reached. Optional: `shared.engine.preflight`
+        skips a connector without it."""
         ...
 
     def acknowledge(

@@ -563,6 +563,17 @@ def test_composite_key_writes(backend):
     assert [(r["company"], r["no"], r["qty"]) for r in backend.rows("lines")] == [("A", 1, 1), ("A", 2, 20)]
 
 
+def test_describe_names_the_columns_or_says_the_entity_is_missing(backend):
+    customers(backend)
+    described = backend.connector.describe("customers")
+    assert described.exists and described.readable() == list(CUSTOMER_COLUMNS)
+    assert described.writable() == list(CUSTOMER_COLUMNS)
+    name = next(c for c in described.columns if c.name == "name")
+    assert name.nullable is False
+    missing = backend.connector.describe("custmers")
+    assert not missing.exists and "customers" in missing.known_entities
+
+
 # ------------------------------------------------------------------------------------------ failures
 
 
@@ -576,6 +587,8 @@ def test_unreachable_database_is_transient_for_every_op_and_every_read(backend):
             list(connector.read_changes(SOURCE, None, 10))
         with pytest.raises(TransientError):
             connector.read_record(SOURCE, "1")
+        with pytest.raises(TransientError):
+            connector.describe("customers")
         for text in (str(raised.value), str(results[0].error)):
             assert "s3cret-pw" not in text
     finally:

@@ -9,7 +9,15 @@ from typing import Any
 from shared.config import SourceSpec, TargetSpec
 from shared.errors import SyncError
 from shared.keys import format_key, key_of
-from shared.ports.connector import ChangePage, SourceRecord, ValuePrecision, WriteOp, WriteResult
+from shared.ports.connector import (
+    ChangePage,
+    ColumnInfo,
+    EntitySchema,
+    SourceRecord,
+    ValuePrecision,
+    WriteOp,
+    WriteResult,
+)
 
 
 class MemoryConnector:
@@ -23,6 +31,11 @@ class MemoryConnector:
         self.fail_keys: dict[str, SyncError] = {}  # per-op failures by formatted key
         self.writes = 0
         self.key_scans = 0
+        self.declared: dict[str, set[str]] = {}  # entities with a schema: their columns
+
+    def declare(self, entity: str, *columns: str) -> None:
+        self.tables.setdefault(entity, {})
+        self.declared.setdefault(entity, set()).update(columns)
 
     def put(self, entity: str, key: str, row: dict[str, Any]) -> None:
         self.counter += 1
@@ -80,6 +93,16 @@ class MemoryConnector:
 
     def precision(self, entity: str, field: str) -> ValuePrecision:
         return ValuePrecision()  # keeps every value exactly as written
+
+    def describe(self, entity: str) -> EntitySchema | None:
+        """Rows here have no schema: only a declared entity is described (declared columns and those its rows
+        carry); any other is one the fake cannot say anything about."""
+        if not self.declared:
+            return None
+        if entity not in self.declared:
+            return EntitySchema(entity, exists=False, known_entities=tuple(sorted(self.declared)))
+        names = self.declared[entity].union(*(row.keys() for row in self.tables[entity].values()))
+        return EntitySchema(entity, exists=True, columns=tuple(ColumnInfo(n, "any") for n in sorted(names)))
 
     def change_time_column(self, source: SourceSpec) -> str | None:
         return source.watermark  # rows carry their change time in the watermark column (`modified`)

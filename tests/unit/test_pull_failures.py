@@ -134,10 +134,31 @@ def test_run_once_counts_a_partial_pull(app, dbs):
 
 def test_the_timer_pulls_every_due_flow_then_fails_the_invocation(app, monkeypatch):
     monkeypatch.setattr(functions.pull, "sync_app", lambda: app)
-    with pytest.raises(functions.pull.PullFailures, match="broken: ConfigError"):
+    with pytest.raises(functions.pull.PullFailures, match="broken: PreflightError: .*no entity 'no_such_table'"):
         indexed()["pull"].get_user_function()(timer=TimerRequest(past_due=False))
     assert app.state.get_cursor("accounts").last_run["pulled"] == 5
     assert app.bus.counts(app.queue).active == 5
+
+
+def test_the_timer_checks_a_flow_before_its_first_pull_and_again_while_it_fails(app, dbs, monkeypatch):
+    monkeypatch.setattr(functions.pull, "sync_app", lambda: app)
+    timer = indexed()["pull"].get_user_function()
+    data = flows_config(*dbs[0].values())
+    data["flows"]["broken"]["source"]["entity"] = "accounts"
+    data["flows"]["broken"]["fields"][1]["from"] = "nmae"  # would write NULL names into every customer
+    app.config = parse_config(data)
+    with pytest.raises(functions.pull.PullFailures, match="broken: PreflightError: .*did you mean 'name'"):
+        timer(timer=TimerRequest(past_due=False))
+    error = app.state.get_cursor("broken").last_error
+    assert "flows.broken.fields[1].from: 'nmae' is not a column of accounts in crm" in error["error"]
+    assert app.state.get_cursor("broken").last_run["pulled"] == 0 and app.checked_flows == {"accounts"}
+
+    data["flows"]["broken"]["fields"][1]["from"] = "name"  # fixed and redeployed: the next tick checks again
+    app.config = parse_config(data)
+    app.now[0] += timedelta(minutes=5)
+    timer(timer=TimerRequest(past_due=False))
+    assert app.state.get_cursor("broken").last_error is None and app.checked_flows == {"accounts", "broken"}
+    assert app.state.get_cursor("broken").last_run["pulled"] == 5
 
 
 def test_status_and_the_admin_endpoint_show_the_error_and_since_when(app, monkeypatch):
@@ -159,21 +180,29 @@ def test_status_and_the_admin_endpoint_show_the_error_and_since_when(app, monkey
 def test_run_once_prints_the_failure_and_exits_non_zero_then_status_shows_it(tmp_path, dbs):
     urls, engines = dbs
     config = tmp_path / "flows.yaml"
-    config.write_text(yaml.safe_dump(flows_config(urls["crm"], urls["erp"])))
+    data = flows_config(urls["crm"], urls["erp"])
+    config.write_text(yaml.safe_dump(data))
     common = ["--config", str(config), "--workdir", str(tmp_path / "state")]
     runner = CliRunner()
 
+    refused = runner.invoke(cli, ["run", "--once", "--workers", "0", "--drain-bound", "0", *common])
+    assert refused.exit_code == 2  # a missing table is found before anything runs
+    assert "flows.broken.source.entity: no entity 'no_such_table' in crm" in " ".join(refused.output.split())
+
+    # A failure the start-up check cannot see (the mode needs PostgreSQL) happens while running.
+    data["flows"]["broken"]["source"] |= {"entity": "accounts", "changes": "xact_id", "xact_column": "name"}
+    config.write_text(yaml.safe_dump(data))
     ran = runner.invoke(cli, ["run", "--once", "--workers", "0", "--drain-bound", "0", *common])
 
     assert ran.exit_code == 1, ran.output
-    assert "pull failed broken: ConfigError: no_such_table: no such table" in " ".join(ran.output.split())
+    assert "pull failed broken: ConfigError: accounts: changes=xact_id needs PostgreSQL" in " ".join(ran.output.split())
     with engines["erp"].connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(CUSTOMERS)).scalar() == 5
     shown = runner.invoke(cli, ["status", *common])
     assert "failing since" in shown.output
     status = json.loads(runner.invoke(cli, ["status", "--json", *common]).output)
     broken = next(f for f in status["flows"] if f["flow"] == "broken")
-    assert "no such table" in broken["last_error"]["error"] and broken["last_run"]["status"] == "failed"
+    assert "xact_id needs PostgreSQL" in broken["last_error"]["error"] and broken["last_run"]["status"] == "failed"
 
 
 def test_a_stalled_flow_reports_the_time_since_its_last_good_pull_and_a_paused_one_reports_paused(app):
@@ -213,3 +242,15 @@ def test_last_good_pull_of_a_cursor_written_before_it_was_recorded():
     assert flow_health.last_successful_pull(ok) == datetime(2026, 3, 1, 12, tzinfo=UTC)
     assert flow_health.last_successful_pull(failing) == datetime(2026, 3, 1, 11, tzinfo=UTC)
     assert flow_health.last_successful_pull(Cursor("f")) is None
+
+
+def test_a_system_refusing_the_check_is_left_to_the_pull_which_pauses_on_auth_failure(app):
+    from shared.errors import AuthError
+
+    def refused(name: str) -> SqlConnector:
+        raise AuthError("401: the token was refused")
+
+    app.connector_factory = refused
+    results = {r.flow: r for r in pull_due_flows(app, owner="t", check=True)}
+    assert results["accounts"].status == "auth_failed" and "PreflightError" not in results["accounts"].error
+    assert app.state.get_cursor("accounts").paused and app.checked_flows == set()
