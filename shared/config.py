@@ -6,124 +6,44 @@ Secrets are only ever references (`env:NAME`); `resolve_secret` reads them at th
 
 from __future__ import annotations
 
-import os
 import re
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 import yaml
 from croniter import croniter
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from shared.config_base import Strict, resolve_secret
+from shared.connectors import registry
+
+# The settings of the two kinds that predate the registry, still importable from here.
+from shared.connectors.dataverse_settings import DataverseAuth, DataverseSystem
+from shared.connectors.sql_settings import SqlSystem
 from shared.errors import ConfigError
 
-SECRET_REF = re.compile(r"^env:[A-Za-z_][A-Za-z0-9_]*$")
-_URL_PASSWORD = re.compile(r"^[a-z0-9+]+://[^/:@]*:[^/@]+@", re.IGNORECASE)
-# A password in the query string (`?password=`, `sslpassword=`, ODBC `PWD=` inside `odbc_connect`), URL-encoded
-# or not.
-_QUERY_SECRET = re.compile(r"(pass(word)?|pwd|secret|token|access_?key|sslkey)\s*(=|%3d)", re.IGNORECASE)
+if TYPE_CHECKING:
+    from shared.ports.connector import Capabilities
 
+__all__ = [
+    "ChangeMode",
+    "Config",
+    "DataverseAuth",
+    "DataverseSystem",
+    "FieldMap",
+    "Flow",
+    "SourceSpec",
+    "SqlSystem",
+    "System",
+    "TargetSpec",
+    "load_config",
+    "parse_config",
+    "resolve_secret",
+]
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _secret_ref(value: str | None) -> str | None:
-    if value is not None and not SECRET_REF.match(value):
-        raise ValueError("secrets must be references of the form env:NAME, never literal values")
-    return value
-
-
-def resolve_secret(ref: str) -> str:
-    """`env:NAME` -> the variable's value; a plain string is returned as it is (non-secret values)."""
-    if not ref.startswith("env:"):
-        return ref
-    name = ref[4:]
-    value = os.environ.get(name)
-    if not value:
-        raise ConfigError([f"environment variable {name} (referenced as {ref}) is not set"])
-    return value
-
-
-class DataverseAuth(Strict):
-    tenant_id: str | None = None
-    client_id: str | None = None
-    client_secret: str | None = None
-    certificate_path: str | None = None
-    # The same PEM (private key, then the certificate) as text from an env:NAME reference: on Azure a Key Vault
-    # reference to the certificate's secret (…/secrets/<certificate name>), so no file has to be deployed.
-    certificate_pem: str | None = None
-    certificate_thumbprint: str | None = None
-    certificate_password: str | None = None
-    managed_identity: bool = False
-    # A federated identity credential: the app registration (client_id) trusts this user-assigned managed
-    # identity (its client id, or env:AZURE_CLIENT_ID), whose token for `token_exchange_audience` is the client
-    # assertion. No secret or certificate exists to expire or leak.
-    federated_identity_client_id: str | None = None
-    token_exchange_audience: str = "api://AzureADTokenExchange"  # ...USGov / ...China in those clouds
-    authority_host: str = "https://login.microsoftonline.com"
-    # For simulators and tests only: send this static bearer token instead of asking MSAL.
-    static_token: str | None = None
-
-    _secrets = field_validator("client_secret", "certificate_pem", "certificate_password", "static_token")(_secret_ref)
-
-    @model_validator(mode="after")
-    def _one_method(self) -> DataverseAuth:
-        methods = [bool(self.client_secret), bool(self.certificate_path), bool(self.certificate_pem),
-                   self.managed_identity, bool(self.federated_identity_client_id), bool(self.static_token)]
-        if sum(methods) != 1:
-            raise ValueError("choose exactly one of client_secret, certificate_path, certificate_pem, "
-                             "managed_identity, federated_identity_client_id, static_token")
-        confidential = (self.client_secret or self.certificate_path or self.certificate_pem
-                        or self.federated_identity_client_id)
-        if confidential and not (self.tenant_id and self.client_id):
-            raise ValueError("tenant_id and client_id are required with a client secret, certificate or "
-                             "federated identity")
-        return self
-
-
-class DataverseSystem(Strict):
-    kind: Literal["dataverse"]
-    url: str
-    auth: DataverseAuth
-    api_version: str = "v9.2"
-    page_size: int = Field(default=5000, ge=1, le=5000)
-    # The most operations per $batch; a table's batches start at initial_batch_size (Microsoft advises about
-    # 10) and grow while they answer fast, shrink on slow answers, timeouts, throttling and 413.
-    batch_size: int = Field(default=1000, ge=1, le=1000)
-    initial_batch_size: int = Field(default=10, ge=1, le=1000)
-    max_concurrency: int = Field(default=4, ge=1, le=52)
-    # A 429 pauses the whole connector for its Retry-After; a write or read waits out at most this much in
-    # all before it gives up with a transient error (the engine then retries the record later).
-    max_throttle_wait_seconds: float = Field(default=30, ge=0)
-    timeout_seconds: float = Field(default=60, gt=0)
-    # One pull reads at most this many pages (5,000 rows each by default); the next run resumes from the link.
-    max_pages_per_run: int = Field(default=2000, ge=1)
-    # An answer larger than this is refused while it streams in (a 5,000-row page is a few MB).
-    max_response_mb: int = Field(default=128, ge=1, le=1024)
-    # Sent as the `tag` query parameter on every write; plug-ins see it as the shared variable "tag".
-    tag: str | None = Field(default="dualsync", min_length=1, max_length=100)
-
-
-class SqlSystem(Strict):
-    kind: Literal["sql"]
-    url: str
-
-    @field_validator("url")
-    @classmethod
-    def _no_literal_password(cls, value: str) -> str:
-        if value.startswith("env:"):
-            return value
-        if _URL_PASSWORD.match(value):
-            raise ValueError("a database URL with a password must be given as env:NAME")
-        _, _, query = value.partition("?")
-        if _QUERY_SECRET.search(query):
-            raise ValueError("a database URL with a secret in its query string must be given as env:NAME")
-        return value
-
-
-System = Annotated[DataverseSystem | SqlSystem, Field(discriminator="kind")]
+# Every registered kind's settings, told apart by `kind` (an unknown kind names the known ones).
+System = Annotated[Union[tuple(registry.settings_models())], Field(discriminator="kind")]  # noqa: UP007
 
 Keys = Annotated[list[str], Field(min_length=1)]
 
@@ -132,11 +52,16 @@ def _as_list(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
 
+# How a source's changes are read (README: change modes); which ones a system serves is its connector's
+# capability. `snapshot`: every read is whole, and each row is compared with what was last sent.
+ChangeMode = Literal["change_tracking", "watermark", "status_flag", "xact_id", "snapshot"]
+
+
 class SourceSpec(Strict):
     system: str
     entity: str
     key: Keys
-    changes: Literal["change_tracking", "watermark", "status_flag", "xact_id"] = "watermark"
+    changes: ChangeMode = "watermark"
     watermark: str = "modified_at"
     version: str | None = None  # a rowversion-like column; the watermark is the version when absent
     # watermark on a date-time column: also re-read rows stamped up to this long before the previous read
@@ -296,7 +221,7 @@ def _loc_path(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif part in ("dataverse", "sql") and path.startswith("systems."):
+        elif part in registry.KINDS and path.startswith("systems."):
             continue  # the discriminator's branch name is noise for the reader
         else:
             path += f".{part}" if path else str(part)
@@ -327,6 +252,60 @@ def _cross_check(config: Config) -> list[str]:
             if field_name not in mapped:
                 problems.append(f"{base}.match_on[{i}]: {field_name!r} is not the 'to' of any field")
     problems += _check_pairs(config)
+    problems += _check_capabilities(config)
+    return problems
+
+
+def _check_capabilities(config: Config) -> list[str]:
+    """A flow may ask only for what its connectors declare they can do: found here, before anything connects,
+    rather than at the first read or write."""
+    problems = []
+    for name, flow in config.flows.items():
+        base = f"flows.{name}"
+        source, target = config.systems.get(flow.source.system), config.systems.get(flow.target.system)
+        if source is not None:
+            problems += _source_needs(base, flow, source, registry.capabilities_of(source))
+        if target is not None:
+            problems += _target_needs(config, name, flow, target, registry.capabilities_of(target))
+    return problems
+
+
+def _named(system: str, settings: Any) -> str:
+    return f"system {system!r} (kind {settings.kind})"
+
+
+def _listed(items: frozenset[str]) -> str:
+    return ", ".join(sorted(items)) or "none"
+
+
+def _source_needs(base: str, flow: Flow, settings: Any, can: Capabilities) -> list[str]:
+    source, problems = flow.source, []
+    who = _named(source.system, settings)
+    if source.changes not in can.change_modes:
+        problems.append(f"{base}.source.changes: {who} cannot read changes as {source.changes!r}; it supports: "
+                        f"{_listed(can.change_modes)}")
+        return problems
+    for setting in sorted({"status_field", "reason_field"} & source.model_fields_set):
+        if not can.acknowledges(source):
+            problems.append(f"{base}.source.{setting}: only a source whose reads are acknowledged uses it; {who} "
+                            f"acknowledges reads as: {_listed(can.acknowledge)}")
+    if flow.deletes != "ignore" and flow.reconcile is None and not can.finds_deletes(source):
+        problems.append(f"{base}.deletes: {who} reports no deletes when read as {source.changes!r} (it does as: "
+                        f"{_listed(can.delete_changes | can.snapshot_reads)}); add reconcile: to find them by "
+                        "comparing keys, or set deletes: ignore")
+    return problems
+
+
+def _target_needs(config: Config, name: str, flow: Flow, settings: Any, can: Capabilities) -> list[str]:
+    base, problems = f"flows.{name}", []
+    who = _named(flow.target.system, settings)
+    for i, field in enumerate(flow.fields):
+        if field.bind is not None and not can.reference_binds:
+            problems.append(f"{base}.fields[{i}].bind: {who} cannot write lookups as references (reference_binds); "
+                            "map the lookup to its key column instead")
+    if config.reverse_of(name) is not None and can.conditional_writes is None:
+        problems.append(f"{base}.pair: a pair writes a row only if it is still as read, and {who} has no "
+                        "conditional writes (it supports: none); make this flow one-way")
     return problems
 
 

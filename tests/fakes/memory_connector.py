@@ -9,11 +9,12 @@ from typing import Any
 from shared.config import SourceSpec, TargetSpec
 from shared.errors import SyncError
 from shared.keys import format_key, key_of
-from shared.ports.connector import ChangePage, SourceRecord, ValuePrecision, WriteOp, WriteResult
+from shared.ports.connector import Capabilities, ChangePage, SourceRecord, ValuePrecision, WriteOp, WriteResult
 
 
 class MemoryConnector:
-    conditional_writes = None  # writes are never conditional
+    # Changes by a version counter, whatever the flow's mode says; writes are never conditional.
+    capabilities = Capabilities(change_modes=frozenset({"watermark"}), snapshot_reads=frozenset({"watermark"}))
 
     def __init__(self) -> None:
         self.tables: dict[str, dict[str, dict[str, Any]]] = {}
