@@ -2,7 +2,8 @@
 
 A kind is its settings model (a pydantic model with `kind: Literal["<kind>"]`, in the flows file's system
 union and JSON Schema) and its connector class (`shared.ports.connector.ConnectorClass`: its capabilities
-and `from_config`), each named by import path. Adding a kind is one entry in KINDS: neither the flows model
+and `from_config`), each named by import path. A settings module imports only pydantic and
+`shared.config_base`: it is imported while the flows model (`shared.config`) is being built. Adding a kind is one entry in KINDS: neither the flows model
 (`shared.config`) nor the connector factory changes. Settings models are imported when the flows model is
 built (they are small); a connector's module only when a flow uses that kind, so a deployment loads only the
 connectors it uses.

@@ -208,7 +208,7 @@ def _py_value(spec: str, value: Any) -> Any:
     if spec == "decimal":
         return Decimal(str(value)).quantize(Decimal("0.01"))
     if spec in ("datetime", "date"):
-        moment = datetime.fromisoformat(str(value).replace("Z", "+00:00")).astimezone(UTC).replace(tzinfo=None)
+        moment = datetime.fromisoformat(str(value)).astimezone(UTC).replace(tzinfo=None)
         return moment.date() if spec == "date" else moment
     return value
 

@@ -124,3 +124,43 @@ def test_every_registered_kind_is_in_the_flows_schema_and_builds_its_connector()
     (problem,) = problems({"systems": {"x": {"kind": "sap", "url": "u"}}, "flows": {}})
     assert problem == ("systems.x: Input tag 'sap' found using 'kind' does not match any of the expected tags: "
                        "'dataverse', 'sql'")
+
+
+_PLUGIN = """
+import json, sys
+from shared.connectors import registry
+registry.KINDS["echo"] = registry.Kind("tests.unit.plugin_kind_settings:EchoSystem",
+                                       "tests.unit.plugin_kind:EchoConnector")
+from shared.config import ConfigError, Config, parse_config
+flows = {"systems": {"files": {"kind": "echo", "label": "inbox"}, "erp": {"kind": "sql", "url": "sqlite://"}},
+         "flows": {"f": {"source": {"system": "files", "entity": "a", "key": "id", "changes": "snapshot"},
+                         "target": {"system": "erp", "entity": "b", "key": "id"}, "fields": [{"from": "id", "to": "id"}]}}}
+config = parse_config(flows)
+connector = registry.build_connector("files", config.systems["files"])
+flows["flows"]["f"]["source"]["changes"] = "watermark"
+try:
+    parse_config(flows)
+    refused = []
+except ConfigError as exc:
+    refused = exc.problems
+kinds = sorted(d["properties"]["kind"]["const"] for d in Config.model_json_schema()["$defs"].values()
+               if "kind" in d.get("properties", {}))
+print(json.dumps({"connector": connector.name, "kinds": kinds, "refused": refused,
+                  "loaded": sorted(m for m in sys.modules if m.startswith("shared.connectors."))}))
+"""
+
+
+def test_a_kind_registered_outside_shared_joins_the_flows_file_schema_validation_and_factory():
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", _PLUGIN], cwd=root, capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    assert seen["connector"] == "files:inbox" and seen["kinds"] == ["dataverse", "echo", "sql"]
+    assert seen["refused"] == [("flows.f.source.changes: system 'files' (kind echo) cannot read changes as "
+                                "'watermark'; it supports: snapshot")]
+    # Only the connectors a flow uses are loaded; every kind's settings are (the flows model needs them).
+    assert "shared.connectors.dataverse" not in seen["loaded"] and "shared.connectors.sql" in seen["loaded"]
