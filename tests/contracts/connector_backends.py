@@ -2,11 +2,12 @@
 
 A backend gives the suite its connector and a small harness to set the system up and look at it from the
 side (create a table, put rows in, change them, list them) without going through the connector. Which
-tests run is decided by what the connector *declares* (`connector.capabilities`: change modes, acknowledge,
-conditional writes, ...) and by what the harness can set up (`harness`: e.g. `stamps`, a test writing the
-watermark column itself, which a system that stamps rows on its own cannot do). A test that needs either
-says so with `needs_mode`, `needs_capability` or `needs_harness`, which skip with the reason: never a
-silent pass.
+tests run is decided by what the connector *declares* (the backend class's `capabilities`, its connector's:
+change modes, acknowledge, conditional writes, ...) and by what the harness can set up (`harness`: e.g.
+`stamps`, a test writing the watermark column itself, which a system that stamps rows on its own cannot
+do). A test says what it needs with markers (`needs_mode`, `needs_capability`, `needs_harness`, and
+`mode_in` for a test parametrized by `mode`); `skip_reason` turns them into a skip with the reason before
+the backend is even started: never a silent pass.
 
 To add a connector: write one backend class with this API and add it to BACKENDS.
 """
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import pytest
 import sqlalchemy as sa
@@ -36,16 +37,15 @@ Columns = dict[str, str]
 
 
 class Backend(Protocol):
-    name: str
-    harness: frozenset[str]
+    name: ClassVar[str]
+    harness: ClassVar[frozenset[str]]
+    capabilities: ClassVar[Capabilities]  # what its connector declares, known before it starts
+
+    @classmethod
+    def start(cls, request: pytest.FixtureRequest, tmp_path: Path) -> Backend: ...
 
     @property
     def connector(self) -> Connector: ...
-
-    @property
-    def capabilities(self) -> Capabilities:
-        """What its connector declares (known before any table exists)."""
-        ...
 
     def create_table(self, name: str, columns: Columns, key: list[str], required: tuple[str, ...] = (),
                      checks: tuple[str, ...] = ()) -> None: ...
@@ -69,20 +69,36 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-def needs_mode(backend: Backend, mode: str) -> None:
-    if mode not in backend.capabilities.change_modes:
-        pytest.skip(f"{backend.name} does not declare change mode {mode}")
+MARKERS = {
+    "needs_mode(mode)": "the connector must declare this change mode",
+    "needs_capability(name, value=True)": "the connector must declare this capability (or this value of it)",
+    "needs_harness(feature, why)": "the backend's harness must be able to set this up; `why` says why not",
+    "mode_in(capability, declared=True)": "for a test parametrized by `mode`: the mode must be (or not be) in "
+                                          "this capability's modes",
+}
 
 
-def needs_capability(backend: Backend, name: str, value: Any = True) -> None:
-    declared = getattr(backend.capabilities, name)
-    if declared != value and not (isinstance(declared, frozenset) and value in declared):
-        pytest.skip(f"{backend.name} declares {name}={declared!r}, this test needs {value!r}")
-
-
-def needs_harness(backend: Backend, feature: str, why: str) -> None:
-    if feature not in backend.harness:
-        pytest.skip(f"{backend.name}: {why}")
+def skip_reason(backend: type[Backend], item: pytest.Item) -> str | None:
+    """Why `item` does not apply to `backend`, from its markers; None when it does."""
+    can = backend.capabilities
+    for mark in item.iter_markers("needs_mode"):
+        if mark.args[0] not in can.change_modes:
+            return f"{backend.name} does not declare change mode {mark.args[0]}"
+    for mark in item.iter_markers("needs_capability"):
+        name, value = mark.args[0], mark.args[1] if len(mark.args) > 1 else True
+        declared = getattr(can, name)
+        if declared != value:
+            return f"{backend.name} declares {name}={declared!r}, this test needs {value!r}"
+    for mark in item.iter_markers("needs_harness"):
+        if mark.args[0] not in backend.harness:
+            return f"{backend.name}: {mark.args[1]}"
+    params = item.callspec.params if isinstance(item, pytest.Function) and hasattr(item, "callspec") else {}
+    for mark in item.iter_markers("mode_in"):
+        mode, modes = params["mode"], getattr(can, mark.args[0])
+        declared = mark.kwargs.get("declared", True)
+        if (mode in modes) != declared:
+            return f"{backend.name} {'does not declare' if declared else 'declares'} {mode} in {mark.args[0]}"
+    return None
 
 
 def closed_port() -> int:
@@ -106,11 +122,13 @@ def _sql_type(spec: str) -> Any:
 class SqlBackend:
     """A database reached through SQLAlchemy; tables are created with SQLAlchemy Core."""
 
-    harness = frozenset({"stamps", "version_column", "check_constraints", "required_columns", "column_types",
-                         "fixed_tables", "unreachable"})
+    name: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+    harness: ClassVar[frozenset[str]] = frozenset({
+        "sql", "stamps", "version_column", "check_constraints", "required_columns", "column_types", "fixed_tables",
+        "unreachable"})
 
-    def __init__(self, name: str, url: str, unreachable_url: str) -> None:
-        self.name = name
+    def __init__(self, url: str, unreachable_url: str) -> None:
         self.url = url
         self.unreachable_url = unreachable_url
         self.engine = sa.create_engine(url)
@@ -120,10 +138,6 @@ class SqlBackend:
     @property
     def connector(self) -> SqlConnector:
         return self._connector
-
-    @property
-    def capabilities(self) -> Capabilities:
-        return self._connector.capabilities
 
     def create_table(self, name: str, columns: Columns, key: list[str], required: tuple[str, ...] = (),
                      checks: tuple[str, ...] = ()) -> None:
@@ -169,13 +183,23 @@ class SqlBackend:
         self.engine.dispose()
 
 
-def sqlite_backend(request: pytest.FixtureRequest, tmp_path: Path) -> SqlBackend:
-    return SqlBackend("sqlite", f"sqlite:///{tmp_path / 'erp.db'}", f"sqlite:///{tmp_path / 'no' / 'such' / 'dir.db'}")
+class SqliteBackend(SqlBackend):
+    name: ClassVar[str] = "sqlite"
+    capabilities: ClassVar[Capabilities] = SqlConnector.for_dialect("sqlite")
+
+    @classmethod
+    def start(cls, request: pytest.FixtureRequest, tmp_path: Path) -> SqliteBackend:
+        return cls(f"sqlite:///{tmp_path / 'erp.db'}", f"sqlite:///{tmp_path / 'no' / 'such' / 'dir.db'}")
 
 
-def postgresql_backend(request: pytest.FixtureRequest, tmp_path: Path) -> SqlBackend:
-    url = request.getfixturevalue("postgres_database")
-    return SqlBackend("postgresql", url, f"postgresql+psycopg://postgres:s3cret-pw@127.0.0.1:{closed_port()}/nothing")
+class PostgresqlBackend(SqlBackend):
+    name: ClassVar[str] = "postgresql"
+    capabilities: ClassVar[Capabilities] = SqlConnector.for_dialect("postgresql")
+
+    @classmethod
+    def start(cls, request: pytest.FixtureRequest, tmp_path: Path) -> PostgresqlBackend:
+        url = request.getfixturevalue("postgres_database")
+        return cls(url, f"postgresql+psycopg://postgres:s3cret-pw@127.0.0.1:{closed_port()}/nothing")
 
 
 # ------------------------------------------------------------------------------------------ Dataverse
@@ -220,9 +244,13 @@ class DataverseBackend:
     created before rows are put in. Its `modifiedon` and `versionnumber` are the simulator's own: a test
     cannot stamp rows."""
 
-    name = "dataverse"
-    harness = frozenset({"column_types", "fixed_tables", "unreachable"})
-    capabilities = DataverseConnector.capabilities
+    name: ClassVar[str] = "dataverse"
+    harness: ClassVar[frozenset[str]] = frozenset({"column_types", "fixed_tables", "unreachable"})
+    capabilities: ClassVar[Capabilities] = DataverseConnector.capabilities
+
+    @classmethod
+    def start(cls, request: pytest.FixtureRequest, tmp_path: Path) -> DataverseBackend:
+        return cls(tmp_path, request.getfixturevalue("monkeypatch"))
 
     def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         from dvsim import DataverseSimulator
@@ -298,10 +326,6 @@ class DataverseBackend:
         self._connector = self.sim = None
 
 
-def dataverse_backend(request: pytest.FixtureRequest, tmp_path: Path) -> DataverseBackend:
-    return DataverseBackend(tmp_path, request.getfixturevalue("monkeypatch"))
-
-
 # ------------------------------------------------------------------------------------------ the test fake
 
 
@@ -309,8 +333,13 @@ class MemoryBackend:
     """The in-memory fake the unit tests use (tests/fakes/memory_connector.py): rows in dicts, changes by its
     own version counter. It has no column types, creates a table on first write, and cannot fail to answer."""
 
-    name = "memory"
-    harness: frozenset[str] = frozenset()
+    name: ClassVar[str] = "memory"
+    harness: ClassVar[frozenset[str]] = frozenset()
+    capabilities: ClassVar[Capabilities] = MemoryConnector.capabilities
+
+    @classmethod
+    def start(cls, request: pytest.FixtureRequest, tmp_path: Path) -> MemoryBackend:
+        return cls()
 
     def __init__(self) -> None:
         self._connector = MemoryConnector()
@@ -320,10 +349,6 @@ class MemoryBackend:
     @property
     def connector(self) -> MemoryConnector:
         return self._connector
-
-    @property
-    def capabilities(self) -> Capabilities:
-        return self._connector.capabilities
 
     def create_table(self, name: str, columns: Columns, key: list[str], required: tuple[str, ...] = (),
                      checks: tuple[str, ...] = ()) -> None:
@@ -361,13 +386,6 @@ class MemoryBackend:
         self._connector.close()
 
 
-def memory_backend(request: pytest.FixtureRequest, tmp_path: Path) -> MemoryBackend:
-    return MemoryBackend()
-
-
-BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], Backend]] = {
-    "sqlite": sqlite_backend,
-    "postgresql": postgresql_backend,
-    "dataverse": dataverse_backend,
-    "memory": memory_backend,
+BACKENDS: dict[str, type[Backend]] = {
+    backend.name: backend for backend in (SqliteBackend, PostgresqlBackend, DataverseBackend, MemoryBackend)
 }

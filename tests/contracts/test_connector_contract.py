@@ -1,9 +1,10 @@
 """Connector contract: what the engine relies on from any system it reads from or writes to.
 
 Every test talks to the system only through a `backend` (tests/contracts/connector_backends.py: SQLite,
-PostgreSQL, the Dataverse simulator, the in-memory test fake) and the connector under test. A test that needs
-a capability the connector does not declare, or a set-up its harness cannot make, skips saying which: an
-explicit "not applicable", never a silent pass. Another connector joins by adding one backend class there.
+PostgreSQL, the Dataverse simulator, the in-memory test fake) and the connector under test. A test marks what
+it needs (a capability the connector must declare, a set-up its harness must be able to make); for a backend
+without it the test is skipped saying which, before the backend starts: an explicit "not applicable", never a
+silent pass. Another connector joins by adding one backend class there.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from shared.errors import ConfigError, PermanentError, Reason, TargetChanged, Tr
 from shared.keys import format_key
 from shared.ports.connector import WriteOp
 from shared.versions import sortable_version
-from tests.contracts.connector_backends import BACKENDS, SqlBackend, needs_capability, needs_harness, needs_mode
+from tests.contracts.connector_backends import BACKENDS, SqlBackend, skip_reason
 from tests.contracts.connector_helpers import keys_of, read_all
 
 T0 = datetime(2024, 3, 1, 12, 0, 0)
@@ -30,15 +31,24 @@ T0 = datetime(2024, 3, 1, 12, 0, 0)
 
 @pytest.fixture(params=sorted(BACKENDS))
 def backend(request, tmp_path):
-    made = BACKENDS[request.param](request, tmp_path)
+    kind = BACKENDS[request.param]
+    reason = skip_reason(kind, request.node)
+    if reason:
+        pytest.skip(reason)
+    made = kind.start(request, tmp_path)
     yield made
     made.close()
 
 
-def stamped(backend, mode: str = "watermark") -> None:
+def stamped(mode: str = "watermark"):  # noqa: ANN201 - a decorator
     """A read whose test writes the change marker itself (the watermark column's values)."""
-    needs_mode(backend, mode)
-    needs_harness(backend, "stamps", "the test writes the watermark column itself; this system keeps its own change marker")
+    needs_mode = pytest.mark.needs_mode(mode)
+    stamps = pytest.mark.needs_harness("stamps", "the test writes the watermark column itself; this system keeps "
+                                                 "its own change marker")
+    return lambda test: stamps(needs_mode(test))
+
+
+sql_only = pytest.mark.needs_harness("sql", "SQL connector specifics")
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -75,8 +85,8 @@ def upsert(key: Any, **values: Any) -> WriteOp:
 # ------------------------------------------------------------------------------------------ watermark reads
 
 
+@stamped()
 def test_full_read_pages_ties_across_boundaries_exactly_once(backend):
-    stamped(backend)
     customers(backend, 25)  # all 25 share one timestamp
     pages = read_all(backend.connector, SOURCE, None, 10)
     assert [len(p.records) for p in pages] == [10, 10, 5]
@@ -95,8 +105,8 @@ def test_full_read_pages_ties_across_boundaries_exactly_once(backend):
     assert read_all(backend.connector, SOURCE, changed[-1].position, 10) == []
 
 
+@stamped()
 def test_resuming_from_any_stored_position_neither_skips_nor_repeats(backend):
-    stamped(backend)
     customers(backend, 25, stamp=lambda i: T0 + timedelta(seconds=i // 10))  # ties inside and across pages
     first = read_all(backend.connector, SOURCE, None, 7)
     expected = keys_of(first)
@@ -107,8 +117,8 @@ def test_resuming_from_any_stored_position_neither_skips_nor_repeats(backend):
         assert keys_of(first[: n + 1]) + keys_of(rest) == expected
 
 
+@stamped()
 def test_order_versions_and_changed_at(backend):
-    stamped(backend)
     customers(backend, 5, stamp=lambda i: T0 + timedelta(minutes=10 - i, microseconds=i))
     records = [r for p in read_all(backend.connector, SOURCE, None, 2) for r in p.records]
     assert [r.key for r in records] == ["5", "4", "3", "2", "1"]  # oldest change first
@@ -119,8 +129,8 @@ def test_order_versions_and_changed_at(backend):
     assert records[0].changed_at.tzinfo is not None
 
 
+@stamped()
 def test_values_are_json_friendly(backend):
-    stamped(backend)
     backend.create_table(
         "items", {"id": "int", "price": "decimal", "born": "date", "active": "bool", "note": "str",
                   "modified_at": "datetime"}, ["id"])
@@ -134,8 +144,8 @@ def test_values_are_json_friendly(backend):
     assert record.key == "1"
 
 
+@stamped()
 def test_composite_keys_page_and_read_back(backend):
-    stamped(backend)
     backend.create_table("lines", {"company": "str:10", "no": "int", "qty": "int", "modified_at": "datetime"},
                          ["company", "no"])
     backend.insert("lines", [{"company": c, "no": n, "qty": n, "modified_at": T0}
@@ -157,9 +167,9 @@ def test_composite_keys_page_and_read_back(backend):
     assert sorted(found) == ['["A","1"]', '["C","5"]']
 
 
+@stamped()
+@pytest.mark.needs_harness("version_column", "no version column a test can set")
 def test_version_column_is_zero_padded(backend):
-    stamped(backend)
-    needs_harness(backend, "version_column", "no version column a test can set")
     backend.create_table("docs", {"id": "int", "rv": "bigint", "modified_at": "datetime"}, ["id"])
     backend.insert("docs", [{"id": 1, "rv": 9, "modified_at": T0}, {"id": 2, "rv": 10, "modified_at": T0}])
     source = SourceSpec(system="erp", entity="docs", key=["id"], version="rv")
@@ -168,16 +178,16 @@ def test_version_column_is_zero_padded(backend):
     assert records[0].version < records[1].version
 
 
+@pytest.mark.needs_mode("watermark")
 def test_empty_full_read_is_one_empty_snapshot_page(backend):
-    needs_mode(backend, "watermark")
     customers(backend, 0)
     pages = read_all(backend.connector, SOURCE, None, 10)
     assert len(pages) == 1 and pages[0].records == [] and pages[0].snapshot
     assert read_all(backend.connector, SOURCE, pages[0].position, 10)[0].snapshot  # still from the start
 
 
+@stamped()
 def test_rows_without_watermark_are_skipped_with_a_note(backend):
-    stamped(backend)
     customers(backend, 3)
     backend.update("customers", {"id": 2}, {"modified_at": None})
     pages = read_all(backend.connector, SOURCE, None, 10)
@@ -186,9 +196,8 @@ def test_rows_without_watermark_are_skipped_with_a_note(backend):
 
 
 @pytest.mark.parametrize("mode", get_args(ChangeMode))
+@pytest.mark.mode_in("change_modes", declared=False)
 def test_a_change_mode_not_declared_is_refused(backend, mode):
-    if mode in backend.capabilities.change_modes:
-        pytest.skip(f"{backend.name} declares {mode}")
     customers(backend, 1)
     with pytest.raises(ConfigError):
         list(backend.connector.read_changes(SOURCE.model_copy(update={"changes": mode}), None, 10))
@@ -199,8 +208,8 @@ def test_a_change_mode_not_declared_is_refused(backend, mode):
 FLAG_COLUMNS = {"id": "int", "name": "str", "sync_status": "str:1", "sync_error": "str:30"}
 
 
+@stamped("status_flag")
 def test_status_flags_read_pages_and_acknowledge(backend):
-    stamped(backend, "status_flag")
     backend.create_table("orders", {**FLAG_COLUMNS, "modified_at": "datetime"}, ["id"])
     flags = {1: "N", 2: "P", 3: "U", 4: "E", 5: "N", 6: "N", 7: "U"}
     backend.insert("orders", [{"id": i, "name": f"o{i}", "sync_status": s, "sync_error": None,
@@ -229,8 +238,8 @@ def test_status_flags_read_pages_and_acknowledge(backend):
     assert again[0].records[0].version > first.version
 
 
+@stamped("status_flag")
 def test_status_flags_without_watermark_use_the_read_time(backend):
-    stamped(backend, "status_flag")
     backend.create_table("orders", FLAG_COLUMNS, ["id"])
     backend.insert("orders", [{"id": 1, "name": "a", "sync_status": "N", "sync_error": None}])
     source = SourceSpec(system="erp", entity="orders", key=["id"], changes="status_flag")
@@ -244,8 +253,8 @@ def test_status_flags_without_watermark_use_the_read_time(backend):
     assert two.version > one.version
 
 
+@stamped("status_flag")
 def test_a_row_re_flagged_between_read_and_acknowledge_keeps_its_flag(backend):
-    stamped(backend, "status_flag")
     backend.create_table("orders", {**FLAG_COLUMNS, "modified_at": "datetime"}, ["id"])
     backend.insert("orders", [{"id": i, "name": f"o{i}", "sync_status": "N", "sync_error": None,
                                "modified_at": T0} for i in (1, 2, 3)])
@@ -260,8 +269,8 @@ def test_a_row_re_flagged_between_read_and_acknowledge_keeps_its_flag(backend):
     assert again.key == "1" and again.values["name"] == "edited" and again.version > read["1"].version
 
 
+@stamped("status_flag")
 def test_without_version_or_watermark_acknowledge_compares_the_values_read(backend):
-    stamped(backend, "status_flag")
     backend.create_table("orders", {**FLAG_COLUMNS, "note": "str"}, ["id"])
     backend.insert("orders", [{"id": i, "name": f"o{i}", "sync_status": "U", "sync_error": None, "note": None}
                               for i in (1, 2, 3)])
@@ -274,8 +283,8 @@ def test_without_version_or_watermark_acknowledge_compares_the_values_read(backe
     assert {r["id"]: r["sync_status"] for r in backend.rows("orders")} == {1: "U", 2: "U", 3: "P"}
 
 
+@stamped("status_flag")
 def test_a_dead_letter_of_an_old_version_never_overwrites_the_users_fix(backend):
-    stamped(backend, "status_flag")
     backend.create_table("orders", {**FLAG_COLUMNS, "modified_at": "datetime"}, ["id"])
     backend.insert("orders", [{"id": i, "name": "", "sync_status": "N", "sync_error": None, "modified_at": T0}
                               for i in (1, 2, 3)])
@@ -293,8 +302,8 @@ def test_a_dead_letter_of_an_old_version_never_overwrites_the_users_fix(backend)
     assert keys_of(read_all(backend.connector, source, None, 10)) == ["1"]  # the fix is read and sent
 
 
+@stamped()
 def test_acknowledge_is_a_no_op_for_watermark_sources(backend):
-    stamped(backend)
     customers(backend, 2)
     (first, second) = read_all(backend.connector, SOURCE, None, 10)[0].records
     backend.connector.acknowledge(SOURCE, [first], [(second, "nope")])
@@ -324,9 +333,8 @@ def test_read_record_and_read_records(backend, key, request):
 
 
 @pytest.mark.parametrize("mode", sorted(set(get_args(ChangeMode)) - {"status_flag", "xact_id"}))  # those two
+@pytest.mark.mode_in("snapshot_reads")
 def test_a_full_read_is_a_snapshot_of_every_row(backend, mode):  # need columns of their own: tests above
-    if mode not in backend.capabilities.snapshot_reads:
-        pytest.skip(f"{backend.name} declares no snapshot reads as {mode}")
     customers(backend, 5, key="str:10")
     pages = read_all(backend.connector, SOURCE.model_copy(update={"changes": mode}), None, 2)
     assert all(p.snapshot for p in pages) and not any(p.stopped_early for p in pages)
@@ -334,9 +342,8 @@ def test_a_full_read_is_a_snapshot_of_every_row(backend, mode):  # need columns 
 
 
 @pytest.mark.parametrize("mode", get_args(ChangeMode))
+@pytest.mark.mode_in("delete_changes")
 def test_a_delete_is_read_as_a_delete_change(backend, mode):
-    if mode not in backend.capabilities.delete_changes:
-        pytest.skip(f"{backend.name} declares no delete changes as {mode}")
     customers(backend, 3, key="str:10")
     source = SOURCE.model_copy(update={"changes": mode})
     pages = read_all(backend.connector, source, None, 10)
@@ -375,8 +382,8 @@ def test_same_key_twice_in_a_batch_keeps_op_order(backend):
     assert rows[2]["name"] == "back"
 
 
+@sql_only  # Dataverse takes each value in its column's JSON type only, as the Web API does
 def test_values_are_coerced_to_column_types(backend):
-    sql_only(backend)  # Dataverse takes each value in its column's JSON type only, as the Web API does
     customers(backend, 0)
     op = WriteOp("upsert", {"id": "5"}, {"name": 12345, "credit": "99.90",
                                          "modified_at": "2024-03-01T13:00:00+01:00"})
@@ -418,8 +425,8 @@ def test_create_only_duplicate_fails_just_that_op(backend):
     assert [r["name"] for r in backend.rows("customers")] == ["c1", "fresh"]
 
 
+@pytest.mark.needs_capability("conditional_writes", "values")
 def test_a_write_conditional_on_the_values_read_fails_when_the_row_changed(backend):
-    needs_capability(backend, "conditional_writes", "values")
     customers(backend, 4)
     backend.update("customers", {"id": 2}, {"credit": None})
     read = backend.connector.read_records("customers", ["id"], ["1", "2", "3", "4"])
@@ -441,8 +448,8 @@ def test_a_write_conditional_on_the_values_read_fails_when_the_row_changed(backe
     assert isinstance(gone.error, TargetChanged)
 
 
+@pytest.mark.needs_capability("conditional_writes", "etag")
 def test_a_write_conditional_on_the_etag_read_fails_when_the_row_changed(backend):
-    needs_capability(backend, "conditional_writes", "etag")
     backend.create_table("accounts", {"code": "str:10", "city": "str"}, ["code"])
     backend.insert("accounts", [{"code": code, "city": "Oslo"} for code in ("a", "b", "c")])
     read = backend.connector.read_records("accounts", ["code"], ["a", "b", "c"])
@@ -458,8 +465,8 @@ def test_a_write_conditional_on_the_etag_read_fails_when_the_row_changed(backend
     assert backend.rows("accounts") == [{"code": "a", "city": "Bergen"}, {"code": "b", "city": "Rome"}]
 
 
+@pytest.mark.needs_harness("required_columns", "required columns are not enforced by writes")
 def test_one_row_violating_not_null_fails_only_itself(backend):
-    needs_harness(backend, "required_columns", "required columns are not enforced by writes")
     customers(backend, 0)
     ops = [upsert(i, name=f"n{i}") for i in range(1, 101)]
     ops[41] = upsert(42, name=None, city="Bad")
@@ -473,8 +480,8 @@ def test_one_row_violating_not_null_fails_only_itself(backend):
     assert len(backend.rows("customers")) == 99
 
 
+@pytest.mark.needs_harness("check_constraints", "no check constraints")
 def test_one_row_breaking_a_check_constraint_fails_only_itself(backend):
-    needs_harness(backend, "check_constraints", "no check constraints")
     customers(backend, 0, checks=("credit >= 0",))
     ops = [upsert(i, name=f"n{i}", credit=Decimal(i)) for i in range(1, 51)]
     ops[9] = upsert(10, name="neg", credit=Decimal("-1"))
@@ -484,8 +491,8 @@ def test_one_row_breaking_a_check_constraint_fails_only_itself(backend):
     assert len(backend.rows("customers")) == 49
 
 
+@pytest.mark.needs_harness("column_types", "no column types or lengths")
 def test_over_length_and_unknown_columns_fail_only_their_op(backend):
-    needs_harness(backend, "column_types", "no column types or lengths")
     customers(backend, 0)
     ops = [upsert(1, name="ok"), upsert(2, name="x" * 21), upsert(3, name="ok", colour="red"),
            upsert(4, name="ok", credit="lots"), upsert(5, name="ok")]
@@ -499,8 +506,8 @@ def test_over_length_and_unknown_columns_fail_only_their_op(backend):
     assert [r["id"] for r in backend.rows("customers")] == [1, 5]
 
 
+@pytest.mark.needs_harness("fixed_tables", "a table is made by its first write")
 def test_missing_table_rejects_every_op(backend):
-    needs_harness(backend, "fixed_tables", "a table is made by its first write")
     results = backend.connector.write_batch(
         TargetSpec(system="erp", entity="nope", key=["id"]), [upsert(1, name="a"), upsert(2, name="b")]
     )
@@ -539,8 +546,8 @@ def test_composite_key_writes(backend):
 # ------------------------------------------------------------------------------------------ failures
 
 
+@pytest.mark.needs_harness("unreachable", "always answers")
 def test_unreachable_system_is_transient_for_every_op_and_every_read(backend):
-    needs_harness(backend, "unreachable", "always answers")
     customers(backend, 0)
     connector = backend.unreachable()
     try:
@@ -559,11 +566,6 @@ def test_unreachable_system_is_transient_for_every_op_and_every_read(backend):
 
 # ------------------------------------------------------------------------------------------ SQL specifics
 # Not part of the port's contract: how the SQL connector copes with what real databases look like.
-
-
-def sql_only(backend) -> None:
-    if not isinstance(backend, SqlBackend):
-        pytest.skip(f"SQL connector specifics; {backend.name} is not SQL")
 
 
 def test_sqlite_text_timestamps_with_ties_page_exactly_once(tmp_path):
@@ -592,8 +594,8 @@ def test_sqlite_text_timestamps_with_ties_page_exactly_once(tmp_path):
     engine.dispose()
 
 
+@sql_only
 def test_key_without_unique_index_upserts_by_select_then_write(backend):
-    sql_only(backend)
     with backend.engine.begin() as conn:
         conn.exec_driver_sql("CREATE TABLE loose (code VARCHAR(10), name VARCHAR(20) NOT NULL)")
         conn.exec_driver_sql("INSERT INTO loose (code, name) VALUES ('a', 'old')")
@@ -606,8 +608,8 @@ def test_key_without_unique_index_upserts_by_select_then_write(backend):
         assert conn.exec_driver_sql("SELECT code, name FROM loose ORDER BY code").all() == [("a", "new"), ("b", "bee")]
 
 
+@sql_only
 def test_schema_qualified_entity(backend):
-    sql_only(backend)
     customers(backend, 3)
     schema = "main" if backend.name == "sqlite" else "public"
     source = SourceSpec(system="erp", entity=f"{schema}.customers", key=["id"])
