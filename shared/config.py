@@ -6,13 +6,11 @@ Secrets are only ever references (`env:NAME`); `resolve_secret` reads them at th
 
 from __future__ import annotations
 
-import os
 import re
 import types
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
-from urllib.parse import unquote_plus
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from croniter import croniter
@@ -26,146 +24,40 @@ from pydantic import (
     model_validator,
 )
 
+from shared.config_base import Strict, resolve_secret
+from shared.connectors import registry
+
+# The settings of the two kinds that predate the registry, still importable from here.
+from shared.connectors.dataverse_settings import DataverseAuth, DataverseSystem
+from shared.connectors.sql_settings import SqlSystem
 from shared.errors import ConfigError
 from shared.names import nearest
 
-SECRET_REF = re.compile(r"^env:[A-Za-z_][A-Za-z0-9_]*$")
-_URL_PASSWORD = re.compile(r"^[a-z0-9+_.-]+://[^/:@?]*:[^@?]*@", re.IGNORECASE)
-# A secret anywhere after the scheme once decoded: `?password=`, `sslpassword=`, an ODBC `PWD=` inside
-# `odbc_connect` (URL-encoded once or twice) or in a DSN-style host (`dsn;UID=u;PWD=p`).
-_SECRET_SETTING = re.compile(r"(pass(word)?|pwd|secret|token|access_?key|sslkey)\s*=", re.IGNORECASE)
+if TYPE_CHECKING:
+    from shared.ports.connector import Capabilities
+
+__all__ = [
+    "ChangeMode",
+    "Config",
+    "DataverseAuth",
+    "DataverseSystem",
+    "FieldMap",
+    "Flow",
+    "SourceSpec",
+    "SqlSystem",
+    "System",
+    "TargetSpec",
+    "load_config",
+    "parse_config",
+    "resolve_secret",
+]
+
+
 _PYDANTIC_PREFIXES = ("Value error, ", "Assertion failed, ")
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _secret_ref(value: str | None) -> str | None:
-    if value is not None and not SECRET_REF.match(value):
-        raise ValueError("secrets must be references of the form env:NAME, never literal values")
-    return value
-
-
-def resolve_secret(ref: str) -> str:
-    """`env:NAME` -> the variable's value; a plain string is returned as it is (non-secret values)."""
-    if not ref.startswith("env:"):
-        return ref
-    name = ref[4:]
-    value = os.environ.get(name)
-    if not value:
-        raise ConfigError([f"environment variable {name} (referenced as {ref}) is not set"])
-    return value
-
-
-class DataverseAuth(Strict):
-    """How dualsync signs in to Dataverse: exactly one of client_secret, certificate_path, certificate_pem,
-    managed_identity, federated_identity_client_id or static_token."""
-
-    tenant_id: str | None = Field(default=None, description=(
-        "Entra ID tenant (directory) id; required with a client secret, certificate or federated identity."))
-    client_id: str | None = Field(default=None, description=(
-        "Application (client) id of the app registration that is Dataverse's application user."))
-    client_secret: str | None = Field(default=None, description=(
-        "The app registration's client secret, as env:NAME (a Key Vault reference on Azure); never literal."))
-    certificate_path: str | None = Field(default=None, description=(
-        "Path to a PEM file with the private key and certificate of the app registration."))
-    certificate_pem: str | None = Field(default=None, description=(
-        "The same PEM as text, as env:NAME: on Azure a Key Vault reference to the certificate's secret "
-        "(.../secrets/<certificate name>), so no file has to be deployed."))
-    certificate_thumbprint: str | None = Field(default=None, description=(
-        "SHA-1 thumbprint of the certificate (computed from the PEM when absent)."))
-    certificate_password: str | None = Field(default=None, description=(
-        "Password of an encrypted private key, as env:NAME."))
-    managed_identity: bool = Field(default=False, description=(
-        "Sign in as the Function App's managed identity (which must be a Dataverse application user)."))
-    federated_identity_client_id: str | None = Field(default=None, description=(
-        "A federated identity credential: the app registration (client_id) trusts this user-assigned managed "
-        "identity (its client id, or env:AZURE_CLIENT_ID), whose token is the client assertion. No secret or "
-        "certificate exists to expire or leak."))
-    token_exchange_audience: str = Field(default="api://AzureADTokenExchange", description=(
-        "Audience of the managed identity's token for the federated credential (…USGov / …China in those "
-        "clouds)."))
-    authority_host: str = Field(default="https://login.microsoftonline.com", description=(
-        "Entra ID sign-in host (another for national clouds)."))
-    static_token: str | None = Field(default=None, description=(
-        "For simulators and tests only: send this bearer token (env:NAME) instead of asking MSAL."))
-
-    _secrets = field_validator("client_secret", "certificate_pem", "certificate_password", "static_token")(_secret_ref)
-
-    @model_validator(mode="after")
-    def _one_method(self) -> DataverseAuth:
-        methods = [bool(self.client_secret), bool(self.certificate_path), bool(self.certificate_pem),
-                   self.managed_identity, bool(self.federated_identity_client_id), bool(self.static_token)]
-        if sum(methods) != 1:
-            raise ValueError("choose exactly one of client_secret, certificate_path, certificate_pem, "
-                             "managed_identity, federated_identity_client_id, static_token")
-        confidential = (self.client_secret or self.certificate_path or self.certificate_pem
-                        or self.federated_identity_client_id)
-        if confidential and not (self.tenant_id and self.client_id):
-            raise ValueError("tenant_id and client_id are required with a client secret, certificate or "
-                             "federated identity")
-        return self
-
-
-class DataverseSystem(Strict):
-    """A Dataverse (Dynamics 365) organization, reached through its Web API."""
-
-    kind: Literal["dataverse"] = Field(description="dataverse: a Dataverse organization (Web API).")
-    url: str = Field(description="The organization URL, e.g. https://contoso.crm.dynamics.com (or env:NAME).")
-    auth: DataverseAuth = Field(description="How to sign in: exactly one method.")
-    api_version: str = Field(default="v9.2", description="Web API version in the path (/api/data/<version>/).")
-    page_size: int = Field(default=5000, ge=1, le=5000, description="Rows per page when reading (at most 5,000).")
-    batch_size: int = Field(default=1000, ge=1, le=1000, description=(
-        "The most operations per $batch: batches start at initial_batch_size, grow while they answer fast and "
-        "shrink on slow answers, timeouts, throttling and 413."))
-    initial_batch_size: int = Field(default=10, ge=1, le=1000, description=(
-        "Operations in a table's first $batch (Microsoft advises about 10)."))
-    max_concurrency: int = Field(default=4, ge=1, le=52, description=(
-        "Parallel requests at most (lowered further by the x-ms-dop-hint header)."))
-    max_throttle_wait_seconds: float = Field(default=30, ge=0, description=(
-        "A 429 pauses the whole connector for its Retry-After; a read or write waits out at most this much in "
-        "all before the engine retries the record later. 0 hands every 429 to the engine."))
-    timeout_seconds: float = Field(default=60, gt=0, description="Timeout of one HTTP request, in seconds.")
-    max_pages_per_run: int = Field(default=2000, ge=1, description=(
-        "Pages one pull reads at most; the next run resumes from the link."))
-    max_response_mb: int = Field(default=128, ge=1, le=1024, description=(
-        "An answer larger than this is refused while it streams in (a 5,000-row page is a few MB)."))
-    tag: str | None = Field(default="dualsync", min_length=1, max_length=100, description=(
-        "Sent as the tag query parameter on every write; plug-ins see it as the shared variable \"tag\"."))
-
-
-class SqlSystem(Strict):
-    """A SQL database (PostgreSQL, SQL Server, SQLite, ...), reached through SQLAlchemy."""
-
-    kind: Literal["sql"] = Field(description="sql: a database reached through SQLAlchemy.")
-    url: str = Field(description=(
-        "SQLAlchemy URL (dialect+driver://user@host/db). With a password or any secret in it: env:NAME."))
-
-    @field_validator("url")
-    @classmethod
-    def _no_literal_password(cls, value: str) -> str:
-        if value.startswith("env:"):
-            return value
-        if _URL_PASSWORD.match(value):
-            raise ValueError("a database URL with a password must be given as env:NAME")
-        if _SECRET_SETTING.search(_decoded(value.partition("://")[2])):
-            raise ValueError("a database URL with a secret in it (password=, ODBC PWD=, token=, ...) must be "
-                             "given as env:NAME")
-        return value
-
-
-def _decoded(text: str, rounds: int = 3) -> str:
-    """URL-decoded until it stops changing (an `odbc_connect` value is often encoded twice)."""
-    for _ in range(rounds):
-        decoded = unquote_plus(text)
-        if decoded == text:
-            break
-        text = decoded
-    return text
-
-
-System = Annotated[DataverseSystem | SqlSystem, Field(discriminator="kind")]
+# Every registered kind's settings, told apart by `kind` (an unknown kind names the known ones).
+System = Annotated[Union[tuple(registry.settings_models())], Field(discriminator="kind")]  # noqa: UP007
 
 # One column name, or a list for a compound key (the schema says so too, so editors accept `key: id`).
 Keys = Annotated[list[str], Field(min_length=1), WithJsonSchema({"anyOf": [
@@ -176,13 +68,18 @@ def _as_list(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
 
+# How a source's changes are read (README: change modes); which ones a system serves is its connector's
+# capability. `snapshot`: every read is whole, and each row is compared with what was last sent.
+ChangeMode = Literal["change_tracking", "watermark", "status_flag", "xact_id", "snapshot"]
+
+
 class SourceSpec(Strict):
     """Where a flow reads its changes."""
 
     system: str = Field(description="The system to read, a name under systems:.")
     entity: str = Field(description="The table (SQL) or entity set (Dataverse, e.g. accounts) to read.")
     key: Keys = Field(description="The column(s) identifying a record at the source: a name or a list.")
-    changes: Literal["change_tracking", "watermark", "status_flag", "xact_id"] = Field(
+    changes: ChangeMode = Field(
         default="watermark", description=(
             "How changes are found: change_tracking (Dataverse), watermark (a modified-time or counter column), "
             "status_flag (rows flagged N/U, marked P or E once read) or xact_id (PostgreSQL 13+ transaction "
@@ -390,7 +287,7 @@ def _loc_path(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif part in ("dataverse", "sql") and path.startswith("systems."):
+        elif part in registry.KINDS and path.startswith("systems."):
             continue  # the discriminator's branch name is noise for the reader
         else:
             path += f".{part}" if path else str(part)
@@ -425,6 +322,60 @@ def _cross_check(config: Config) -> list[Problem]:
             if field_name not in mapped:
                 problems.append(((*base, "match_on", i), f"{field_name!r} is not the 'to' of any field"))
     problems += _check_pairs(config)
+    problems += _check_capabilities(config)
+    return problems
+
+
+def _check_capabilities(config: Config) -> list[Problem]:
+    """A flow may ask only for what its connectors declare they can do: found here, before anything connects,
+    rather than at the first read or write."""
+    problems: list[Problem] = []
+    for name, flow in config.flows.items():
+        source, target = config.systems.get(flow.source.system), config.systems.get(flow.target.system)
+        if source is not None:
+            problems += _source_needs(("flows", name), flow, source, registry.capabilities_of(source))
+        if target is not None:
+            problems += _target_needs(config, name, flow, target, registry.capabilities_of(target))
+    return problems
+
+
+def _named(system: str, settings: Any) -> str:
+    return f"system {system!r} (kind {settings.kind})"
+
+
+def _listed(items: frozenset[str]) -> str:
+    return ", ".join(sorted(items)) or "none"
+
+
+def _source_needs(base: Loc, flow: Flow, settings: Any, can: Capabilities) -> list[Problem]:
+    source, problems = flow.source, []
+    who = _named(source.system, settings)
+    if source.changes not in can.change_modes:
+        problems.append(((*base, "source", "changes"), (f"{who} cannot read changes as {source.changes!r}; it "
+                                                       f"supports: {_listed(can.change_modes)}")))
+        return problems
+    for setting in sorted({"status_field", "reason_field"} & source.model_fields_set):
+        if not can.acknowledges(source):
+            problems.append(((*base, "source", setting), (f"only a source whose reads are acknowledged uses it; "
+                                                         f"{who} acknowledges reads as: {_listed(can.acknowledge)}")))
+    if flow.deletes != "ignore" and flow.reconcile is None and not can.finds_deletes(source):
+        problems.append(((*base, "deletes"), (f"{who} reports no deletes when read as {source.changes!r} (it does "
+                                             f"as: {_listed(can.delete_changes | can.snapshot_reads)}); add "
+                                             "reconcile: to find them by comparing keys, or set deletes: ignore")))
+    return problems
+
+
+def _target_needs(config: Config, name: str, flow: Flow, settings: Any, can: Capabilities) -> list[Problem]:
+    problems: list[Problem] = []
+    who = _named(flow.target.system, settings)
+    for i, field in enumerate(flow.fields):
+        if field.bind is not None and not can.reference_binds:
+            problems.append((("flows", name, "fields", i, "bind"), (f"{who} cannot write lookups as references "
+                                                                   "(reference_binds); map the lookup to its key "
+                                                                   "column instead")))
+    if config.reverse_of(name) is not None and can.conditional_writes is None:
+        problems.append((("flows", name, "pair"), (f"a pair writes a row only if it is still as read, and {who} has "
+                                                  "no conditional writes (it supports: none); make this flow one-way")))
     return problems
 
 

@@ -63,7 +63,7 @@ body as *Use Upsert* advises; by ``/accounts(<guid>)`` when the key is the prima
 as a bare GUID, ``(_primarycontactid_value=<guid>)``), ``create_only`` ->
 ``If-None-Match: *`` (412 -> ``TargetChanged``, reason TargetRejected), kind ``update`` -> ``If-Match: *``
 (404 = not found), ``op.if_match`` -> ``If-Match: <etag>`` (412, or 404: the row is gone, -> ``TargetChanged``,
-reason Conflict; `conditional_writes = "etag"`: rows read carry their ``@odata.etag`` in
+reason Conflict; `Capabilities.conditional_writes = "etag"`: rows read carry their ``@odata.etag`` in
 ``SourceRecord.etag``), ``delete`` -> ``DELETE`` (404 = already gone = done).
 Ops go out in ``$batch`` requests (no change sets: the records do not depend on each other) with ``Prefer:
 odata.continue-on-error``; each response part is mapped back to its op by position, so one bad record never
@@ -148,6 +148,7 @@ from shared.errors import (
 )
 from shared.keys import format_key, key_of, parse_key
 from shared.ports.connector import (
+    Capabilities,
     ChangePage,
     ColumnInfo,
     EntitySchema,
@@ -459,7 +460,18 @@ class _Trail:
 class DataverseConnector:
     """Connector over one Dataverse organization (its URL, e.g. ``https://contoso.crm.dynamics.com``)."""
 
-    conditional_writes = "etag"
+    capabilities = Capabilities(
+        change_modes=frozenset({"change_tracking", "watermark"}),
+        conditional_writes="etag",
+        reference_binds=True,
+        snapshot_reads=frozenset({"change_tracking", "watermark"}),
+        delete_changes=frozenset({"change_tracking"}),
+        describes_schema=True,
+    )
+
+    @classmethod
+    def capabilities_for(cls, system: DataverseSystem) -> Capabilities:
+        return cls.capabilities  # every organization's Web API serves the same
 
     def __init__(
         self,

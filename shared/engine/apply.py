@@ -478,7 +478,7 @@ def _settle_conflicts(app: SyncApp, f: _Flow, items: list[_Item], states: dict[s
     target = flow.target
     target_keys = [key_of(target.key, i.values or {}) for i in items]
     connector = app.connector(target.system)
-    guard = getattr(connector, "conditional_writes", None)
+    guard = connector.capabilities.conditional_writes
     rows = connector.read_records(target.entity, target.key, target_keys)
     reverse = app.config.flows[app.config.reverse_of(f.name) or f.name]
     ops: list[WriteOp] = []
@@ -756,12 +756,14 @@ def _throttled(app: SyncApp, flow: Flow, item: _Item, description: str, retry_af
 
 
 def _flag_failed_sources(app: SyncApp, flow: Flow, outcomes: list[Outcome]) -> None:
-    """Status-flag sources learn which rows failed for good: E and the reason, on the source row."""
-    if flow.source.changes != "status_flag":
+    """Sources whose reads are acknowledged learn which rows failed for good (status flags: E and the reason,
+    on the source row)."""
+    connector = app.connector(flow.source.system)
+    if not connector.capabilities.acknowledges(flow.source):
         return
     # Each with the version and values that failed: a row the user has fixed since keeps its new flag.
     failed = [(SourceRecord(o.message.key, o.message.payload, o.message.version, o.message.changed_at),
                f"{o.reason}: {o.description}"[:2000])
               for o in outcomes if o.kind is Kind.DEAD_LETTER and o.message is not None]
     if failed:
-        app.connector(flow.source.system).acknowledge(flow.source, [], failed)
+        connector.acknowledge(flow.source, [], failed)

@@ -17,7 +17,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from shared.config import SECRET_REF, Config, FieldMap, Flow, resolve_secret
+from shared.config import Config, FieldMap, Flow
+from shared.config_base import SECRET_REF, resolve_secret
 from shared.errors import ConfigError, SyncError
 from shared.names import nearest
 from shared.ports.connector import Connector, EntitySchema

@@ -110,7 +110,7 @@ def _read(app: SyncApp, flow_name: str, flow: Flow, cursor: Cursor, result: Pull
         if accepted is not None:
             result.duplicates += len(messages) - accepted
         aliases.forget(app, flow_name, flow, named)
-        if flow.source.changes == "status_flag":
+        if connector.capabilities.acknowledges(flow.source):
             connector.acknowledge(flow.source, named.records, [])
         complete = not page.stopped_early  # a page cap cut the read short: it resumes next run
         if page.snapshot and infers_deletes:

@@ -60,7 +60,7 @@ def test_every_column_a_change_mode_reads_is_checked(systems, source, expected):
 
 def test_every_column_a_write_needs_is_checked(systems):
     cfg = config(fields=[{"from": "id", "to": "number"}, {"from": "name", "to": "nmae"},
-                         {"from": "id", "to": "parent@odata.bind", "bind": "accounts"}],
+                         {"from": "id", "to": "parent_id"}],
                  deletes="deactivate")
     systems["erp"].declared["customers"].discard("status")
     assert problems(cfg, systems) == {"fields[1].to": "name", "fields[2].to": None, "target.deactivate_field": None}
@@ -94,8 +94,8 @@ def test_a_system_that_cannot_be_reached_is_one_finding_without_its_secret(syste
 
 
 def test_only_the_named_flows_and_their_systems_are_checked(systems):
-    cfg = parse_config({**config().model_dump(by_alias=True), "systems": {
-        **config().model_dump(by_alias=True)["systems"], "spare": {"kind": "sql", "url": "env:NOT_SET_ANYWHERE"}}})
+    cfg = parse_config({**config().model_dump(by_alias=True, exclude_unset=True), "systems": {
+        **config().model_dump(by_alias=True, exclude_unset=True)["systems"], "spare": {"kind": "sql", "url": "env:NOT_SET_ANYWHERE"}}})
     assert preflight(cfg, systems.__getitem__, ["f"]) == []
     assert [f.field for f in preflight(cfg, systems.__getitem__)] == ["systems.spare.url"]
 

@@ -22,6 +22,7 @@ from shared.config import parse_config
 from shared.connectors.sql import SqlConnector
 from shared.engine.pull import pull_flow
 from shared.engine.schedule import pull_due_flows
+from shared.errors import ConfigError
 from shared.local_runtime import RunOptions, run_once
 from shared.state.sqlite_tables import SqliteTables
 from shared.state.store import StateStore
@@ -119,7 +120,7 @@ def test_a_pull_that_fails_part_way_counts_what_it_sent_and_the_run_adds_up(app,
 def test_run_once_counts_a_partial_pull(app, dbs):
     real_read = app.connector("crm").read_changes
 
-    def read_then_fail(source, position, page_size):  # noqa: ANN001, ANN202
+    def read_then_fail(source, position, page_size):
         for n, page in enumerate(real_read(source, position, page_size)):
             if n == 2:
                 raise sa.exc.OperationalError("SELECT", {}, Exception("disk I/O error"))
@@ -177,7 +178,7 @@ def test_status_and_the_admin_endpoint_show_the_error_and_since_when(app, monkey
     assert flows["accounts"]["last_error"] is None
 
 
-def test_run_once_prints_the_failure_and_exits_non_zero_then_status_shows_it(tmp_path, dbs):
+def test_run_once_prints_the_failure_and_exits_non_zero_then_status_shows_it(tmp_path, dbs, monkeypatch):
     urls, engines = dbs
     config = tmp_path / "flows.yaml"
     data = flows_config(urls["crm"], urls["erp"])
@@ -189,20 +190,28 @@ def test_run_once_prints_the_failure_and_exits_non_zero_then_status_shows_it(tmp
     assert refused.exit_code == 2  # a missing table is found before anything runs
     assert "flows.broken.source.entity: no entity 'no_such_table' in crm" in " ".join(refused.output.split())
 
-    # A failure the start-up check cannot see (the mode needs PostgreSQL) happens while running.
-    data["flows"]["broken"]["source"] |= {"entity": "accounts", "changes": "xact_id", "xact_column": "name"}
+    # A failure no start-up check can see: the source fails while it is read.
+    data["flows"]["broken"]["source"] |= {"entity": "accounts", "watermark": "name"}
     config.write_text(yaml.safe_dump(data))
+    read_changes = SqlConnector.read_changes
+
+    def failing(self, source, position, page_size):
+        if source.watermark == "name":
+            raise ConfigError(["accounts: the database refused the read (disk I/O error)"])
+        return read_changes(self, source, position, page_size)
+
+    monkeypatch.setattr(SqlConnector, "read_changes", failing)
     ran = runner.invoke(cli, ["run", "--once", "--workers", "0", "--drain-bound", "0", *common])
 
     assert ran.exit_code == 1, ran.output
-    assert "pull failed broken: ConfigError: accounts: changes=xact_id needs PostgreSQL" in " ".join(ran.output.split())
+    assert "pull failed broken: ConfigError: accounts: the database refused the read" in " ".join(ran.output.split())
     with engines["erp"].connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(CUSTOMERS)).scalar() == 5
     shown = runner.invoke(cli, ["status", *common])
     assert "failing since" in shown.output
     status = json.loads(runner.invoke(cli, ["status", "--json", *common]).output)
     broken = next(f for f in status["flows"] if f["flow"] == "broken")
-    assert "xact_id needs PostgreSQL" in broken["last_error"]["error"] and broken["last_run"]["status"] == "failed"
+    assert "the database refused the read" in broken["last_error"]["error"] and broken["last_run"]["status"] == "failed"
 
 
 def test_a_stalled_flow_reports_the_time_since_its_last_good_pull_and_a_paused_one_reports_paused(app):
