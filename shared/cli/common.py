@@ -71,8 +71,9 @@ def load_flows(path: Path) -> Config:
 
 
 @contextmanager
-def session(config: Path, workdir: Path) -> Iterator[SyncApp]:
-    """The embedded stores under --workdir, or Azure's when the app settings choose them; closed after."""
+def session(config: Path, workdir: Path, *, starts_sync: bool = False) -> Iterator[SyncApp]:
+    """The embedded stores under --workdir, or Azure's when the app settings choose them; closed after.
+    `starts_sync`: a command that may be the first to sync (initial-sync) makes the workdir, as `run` does."""
     from shared.app import SyncApp
     from shared.engine.decisions import DecisionError
     from shared.settings import setting
@@ -81,7 +82,8 @@ def session(config: Path, workdir: Path) -> Iterator[SyncApp]:
     if setting("BUS_BACKEND") == "servicebus" or setting("STATE_BACKEND") == "tables":
         sync = SyncApp.from_settings(cfg)
     else:
-        existing_workdir(workdir)
+        if not starts_sync:
+            existing_workdir(workdir)
         sync = SyncApp.local(cfg, workdir)
     try:
         yield sync

@@ -31,10 +31,11 @@ def reconcile(flow: str, config: ConfigOption = Path("flows.yaml"), workdir: Wor
 def initial_sync_command(
     flow: str, config: ConfigOption = Path("flows.yaml"), workdir: WorkdirOption = Path(".dualsync"),
 ) -> None:
-    """Link records that already exist on both sides by FLOW's match_on fields; create only the rest."""
+    """Link records that already exist on both sides by FLOW's match_on fields; create only the rest (the first
+    command of a new sync: it makes --workdir, as run does)."""
     from shared.engine.initial_sync import initial_sync
 
-    with common.session(config, workdir) as sync:
+    with common.session(config, workdir, starts_sync=True) as sync:
         known_flow(sync, flow)
         result = initial_sync(sync, flow)
     if result.status != "ok":
