@@ -120,3 +120,21 @@ def test_a_target_key_freed_by_a_delete_can_be_taken_by_another_record(app, dbs)
     put(crm, "G2", "N1", "Second", "2026-06-01 00:00:02")
     assert not dead(run(app))
     assert customers(erp) == {"N1": ("Second", "G2")}
+
+
+def test_a_target_key_held_by_a_deleted_record_goes_to_its_new_owner_before_any_reconciliation(app, dbs):
+    """G1 is deleted at the source, which reports no deletes (a watermark), and G2 takes its account number
+    before any reconciliation: G2 was dead-lettered, waiting for a delete nobody had sent. Now G2 sends G1's
+    delete itself and waits for it."""
+    crm, erp = dbs
+    put(crm, "G1", "N1", "First", "2026-06-01 00:00:01")
+    run(app)
+    with crm.begin() as conn:
+        conn.execute(text("DELETE FROM accounts WHERE accountid = 'G1'"))
+    put(crm, "G2", "N1", "Second", "2026-06-01 00:00:02")
+    outcomes = run(app)
+    assert not dead(outcomes)
+    assert sorted((o.message.key, o.kind.value, str(o.reason)) for o in outcomes) == [
+        ("G1", "applied", "delete"), ("G2", "applied", "upsert"), ("G2", "retry", "target_key_held")]
+    assert customers(erp) == {"N1": ("Second", "G2")}
+    assert app.state.lookup_keys("accounts-to-erp", "crm", ["G1", "G2"]) == {"G2": "N1"}
