@@ -406,14 +406,17 @@ def _claim_target_keys(app: SyncApp, f: _Flow, ops: list[WriteOp], links: dict[s
                                     f"flow {f.name} record {key}: no longer at its source; its delete follows"))
         elif rival is None or (rival.owner in gone and (rival.same_batch or rival.owner in leaving)):
             kept.append(op)
-        elif rival.owner in gone and f.flow.deletes == "delete":
+        elif (rival.owner in gone and f.flow.deletes == "delete"
+              and item.message.attempt < (f.flow.max_attempts or app.max_attempts)):
             outcomes.append(_await_holders_delete(app, f, item, rival.owner, key_of(target.key, op.key)))
         else:
             holder = ("an earlier change of the same batch, for source record" if rival.same_batch
                       else "source record")
             # A linked holder its source no longer has keeps the row for good where deletes are ignored or only
-            # deactivate it: the operator replays this change once the row is free.
-            gone_note = ("; that record is gone from its source: replay this once its delete has been applied"
+            # deactivate it, or where its delete did not free it in time: the operator replays this change once
+            # the row is free.
+            waited = f" (waited {item.message.attempt} attempts for it)" if item.message.attempt > 1 else ""
+            gone_note = (f"; that record is gone from its source: replay this once its delete has been applied{waited}"
                          if rival.owner in gone else "")
             outcomes.append(Outcome(item.received, item.message, Kind.DEAD_LETTER, Reason.DUPLICATE_TARGET_KEY,
                                     f"flow {f.name} record {key}: target key {key_of(target.key, op.key)} "
@@ -426,8 +429,8 @@ def _await_holders_delete(app: SyncApp, f: _Flow, item: _Item, holder: str, targ
     """The row still belongs to a record its source no longer has. Its delete frees the row, and this change
     does not count on it being in flight (a worker may have taken the two in different batches, or a delete
     may never have been reported): it sends that delete itself, under the id the inferred delete has, so one
-    already on the bus drops it, and retries. The wait spends attempts: if the row is never freed, the change
-    ends dead-lettered as RetriesExhausted naming the holder, never waits for good."""
+    already on the bus drops it, and retries. The wait spends attempts: a row not freed within the flow's
+    attempts gets the change dead-lettered (DuplicateTargetKey, naming the holder), never waiting for good."""
     outcome = _retry(app, item, "target_key_held", f"flow {f.name} record {item.message.key}: target key "
                      f"{target_key} still belongs to source record {holder}, which its source no longer has; "
                      "its delete was sent, waiting for it", None)
