@@ -246,7 +246,10 @@ class Faults:
 
     def __init__(self) -> None:
         self.crashes: dict[str, int] = {}  # step -> how many hits to let pass first
-        self.transients: dict[str, int] = {}  # target system -> writes left to fail with a 503
+        self.transients: dict[str, int] = {}  # target system -> writes left to fail with a 503 or a 429
+        # A 503 spends one of a change's attempts (a 429 does not): an example injects fewer 503s in all than a
+        # flow's max_attempts, so no change can be dead-lettered as RetriesExhausted by injected faults alone.
+        self.unavailable_left = 5
         self.gate: Gate | None = None
         self.fired: list[str] = []
         self._lock = threading.Lock()
@@ -288,7 +291,10 @@ class FaultyConnector:
     def write_batch(self, target: TargetSpec, ops: Sequence[WriteOp]) -> list[WriteResult]:
         self.faults.hit("target:before_write")
         if self.faults.transient(self.system):
-            raise TransientError(f"503 Service Unavailable from {self.system} (injected)")
+            if self.faults.unavailable_left > 0:
+                self.faults.unavailable_left -= 1
+                raise TransientError(f"503 Service Unavailable from {self.system} (injected)")
+            raise TransientError(f"429 Too Many Requests from {self.system} (injected)", retry_after=0.01)
         results = self.inner.write_batch(target, ops)
         self.faults.hit("target:after_write")
         return results
