@@ -123,7 +123,67 @@ class SqlSystem(Strict):
         return value
 
 
-System = Annotated[DataverseSystem | SqlSystem, Field(discriminator="kind")]
+class OdataAuth(DataverseAuth):
+    """An OData service's sign-in: none (no field set), basic (``username`` + ``password``, an env:NAME
+    reference), or any Entra ID method of `DataverseAuth` (client secret or certificate through MSAL, managed
+    identity, federated identity), asking for ``scope`` (default ``<service origin>/.default``)."""
+
+    username: str | None = None
+    password: str | None = None
+    scope: str | None = None
+
+    _password = field_validator("password")(_secret_ref)
+
+    @model_validator(mode="after")
+    def _one_method(self) -> OdataAuth:
+        basic = bool(self.username or self.password)
+        if basic and not (self.username and self.password):
+            raise ValueError("basic authentication needs both username and password")
+        methods = [basic, bool(self.client_secret), bool(self.certificate_path), bool(self.certificate_pem),
+                   self.managed_identity, bool(self.federated_identity_client_id), bool(self.static_token)]
+        if sum(methods) > 1:
+            raise ValueError("choose at most one of username/password, client_secret, certificate_path, "
+                             "certificate_pem, managed_identity, federated_identity_client_id, static_token")
+        confidential = (self.client_secret or self.certificate_path or self.certificate_pem
+                        or self.federated_identity_client_id)
+        if confidential and not (self.tenant_id and self.client_id):
+            raise ValueError("tenant_id and client_id are required with a client secret, certificate or "
+                             "federated identity")
+        return self
+
+    @property
+    def method(self) -> str:
+        if self.username:
+            return "basic"
+        if any((self.client_secret, self.certificate_path, self.certificate_pem, self.managed_identity,
+                self.federated_identity_client_id, self.static_token)):
+            return "bearer"
+        return "none"
+
+
+class OdataSystem(Strict):
+    """An OData v4 service (Finance & Operations, Business Central, SAP Gateway or CAP): ``url`` is the
+    service root (``https://host/data/``, ``.../odata/v4/erp/``)."""
+
+    kind: Literal["odata"]
+    url: str
+    auth: OdataAuth = Field(default_factory=OdataAuth)
+    # Added to every request, e.g. {"cross-company": "true"} (F&O: rows of every company, not only the default).
+    query_options: dict[str, str] = Field(default_factory=dict)
+    batch_format: Literal["json", "multipart"] = "json"  # multipart for services that speak only that
+    batch_size: int = Field(default=100, ge=1, le=1000)
+    page_size: int = Field(default=1000, ge=1, le=10000)  # odata.maxpagesize; the service may page smaller
+    # False: the service has no ETags, so updates are sent with If-Match: * (nothing can be conditional).
+    etags: bool = True
+    datetime_digits: int = Field(default=3, ge=0, le=7)  # fractional-second digits DateTimeOffsets keep
+    max_concurrency: int = Field(default=4, ge=1, le=52)
+    max_throttle_wait_seconds: float = Field(default=30, ge=0)
+    timeout_seconds: float = Field(default=60, gt=0)
+    max_pages_per_run: int = Field(default=2000, ge=1)
+    max_response_mb: int = Field(default=128, ge=1, le=1024)
+
+
+System = Annotated[DataverseSystem | SqlSystem | OdataSystem, Field(discriminator="kind")]
 
 Keys = Annotated[list[str], Field(min_length=1)]
 
@@ -296,7 +356,7 @@ def _loc_path(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif part in ("dataverse", "sql") and path.startswith("systems."):
+        elif part in ("dataverse", "sql", "odata") and path.startswith("systems."):
             continue  # the discriminator's branch name is noise for the reader
         else:
             path += f".{part}" if path else str(part)

@@ -87,7 +87,7 @@ def multipart_batch(requests: Sequence[BatchRequest], boundary: str | None = Non
         lines.append("")
         out.append("\r\n".join(lines).encode() + b"\r\n" + (request.body or b"") + b"\r\n")
     out.append(f"--{boundary}--\r\n".encode())
-    return b"".join(out), f'multipart/mixed; boundary="{boundary}"'
+    return b"".join(out), f"multipart/mixed; boundary={boundary}"  # unquoted: CAP reads no quoted boundary
 
 
 def boundary_of(content_type: str) -> str | None:
