@@ -568,13 +568,12 @@ class OdataConnector:
                 return [exc]
             return [BatchPart(response.status_code, {k.lower(): v for k, v in response.headers.items()},
                               response.content, "1")]
-        if self.batch_format == "multipart":
-            root_path = urlsplit(self.root).path
-            body, content_type = multipart_batch(
-                [BatchRequest(r.method, root_path + r.url, r.headers, r.body) for r in with_options])
+        if self.batch_format == "multipart":  # request lines relative to the service root, as CAP needs
+            body, content_type = multipart_batch(with_options)
         else:
             body, content_type = json_batch(with_options)
-        headers = {"Content-Type": content_type, "Prefer": "odata.continue-on-error"}
+        headers = {"Content-Type": content_type, "Prefer": "odata.continue-on-error",
+                   "Accept": "multipart/mixed" if self.batch_format == "multipart" else "application/json"}
         try:
             response = self._http.send("POST", self._url("$batch"), what, headers, body)
         except SyncError as exc:

@@ -95,6 +95,8 @@ def convert(prop: Property, value: Any) -> Any:
             if prop.max_length is not None and len(text) > prop.max_length:
                 raise Unwritable(f"{prop.name}: {len(text)} characters, the property allows {prop.max_length}")
             return text
+    except Unwritable:
+        raise
     except (ValueError, TypeError, InvalidOperation):
         raise Unwritable(f"{prop.name}: {str(value)[:40]!r} is not a valid {kind}") from None
     return value
