@@ -121,7 +121,7 @@ def test_composite_keys_read_and_write_with_a_company_option(server):
            for i, (c, n) in enumerate([("usmf", "A'1"), ("usmf", "B/2"), ("demf", "A'1")])]
     assert [r.key for r in erp.write_batch(target, ops)] == ['["usmf","A\'1"]', '["usmf","B/2"]', '["demf","A\'1"]']
     pages = read_all(erp, PRICES, None, 10)  # CAP pages Prices by 2
-    assert sorted(keys_of(pages)) == sorted(r.key for r in erp.write_batch(target, []) or []) or len(pages) == 2
+    assert [len(p.records) for p in pages] == [2, 1]
     assert sorted(keys_of(pages)) == ['["demf","A\'1"]', '["usmf","A\'1"]', '["usmf","B/2"]']
     again = erp.write_batch(target, [WriteOp("update", {"dataAreaId": "demf", "ItemNumber": "A'1"},
                                              {"amount": Decimal("7.50")})])

@@ -210,8 +210,8 @@ class OdataConnector:
         try:
             key = format_key([values[k] for k in source.key])
         except KeyError as exc:
-            raise ConfigError([f"{source.entity}: key property {exc.args[0]!r} is not in the rows the service "
-                               "returns"]) from None
+            raise ConfigError([(f"{source.entity}: key property {exc.args[0]!r} is not in the rows the service "
+                               "returns")]) from None
         changed = moment(values.get(source.watermark))
         if version is None:
             if changed is None:
@@ -231,8 +231,8 @@ class OdataConnector:
             return self._read_watermark(source, position or {}, size)
         if source.changes == "change_tracking":
             return self._read_delta(source, position or {}, size)
-        raise ConfigError([f"{source.entity}: changes {source.changes!r} is not supported by OData "
-                           "(use watermark, or change_tracking where the service tracks changes)"])
+        raise ConfigError([(f"{source.entity}: changes {source.changes!r} is not supported by OData "
+                           "(use watermark, or change_tracking where the service tracks changes)")])
 
     def _read_watermark(self, source: SourceSpec, position: dict[str, Any], size: int) -> Iterator[ChangePage]:
         entity = self._entity(source.entity)
@@ -314,8 +314,8 @@ class OdataConnector:
             data, response = self._http.get_json(url, what, prefer)
             next_link, delta_link = data.get("@odata.nextLink"), data.get("@odata.deltaLink")
             if not next_link and not delta_link:
-                raise ConfigError([f"{source.entity}: the service does not track changes for this entity set "
-                                   "(its last page has no delta link); use changes: watermark"])
+                raise ConfigError([(f"{source.entity}: the service does not track changes for this entity set "
+                                   "(its last page has no delta link); use changes: watermark")])
             read_at = _answered_at(response)
             records: list[SourceRecord] = []
             skipped = 0
