@@ -36,8 +36,8 @@ ODD = "A+b/c#d%e?f &g='h'"
 
 @pytest.fixture
 def server(odata_server):
-    odata_server.clear("Products", ["ID"])
-    odata_server.clear("Prices", ["dataAreaId", "ItemNumber"])
+    odata_server.clear("Products")
+    odata_server.clear("Prices")
     return odata_server
 
 
