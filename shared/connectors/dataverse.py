@@ -137,6 +137,7 @@ from shared.connectors.odata.client import BearerCredentials, NoAnswer, ODataCli
 from shared.connectors.odata.faults import ODataError, error_of, sync_error
 from shared.connectors.odata.literals import ISO_MOMENT, is_guid, json_body, odata_literal
 from shared.connectors.odata.literals import moment as _moment
+from shared.connectors.odata.reads import after, is_deleted, key_filters
 from shared.connectors.odata.throttle import INITIAL_BATCH, AdaptiveBatchSize
 from shared.errors import (
     ConfigError,
@@ -146,7 +147,7 @@ from shared.errors import (
     TargetChanged,
     TransientError,
 )
-from shared.keys import format_key, key_of, parse_key
+from shared.keys import format_key, key_of
 from shared.ports.connector import ChangePage, SourceRecord, ValuePrecision, WriteOp, WriteResult
 from shared.versions import sortable_version
 
@@ -181,8 +182,6 @@ ACTIVITY_SETS = frozenset({
 })
 DELETED_SUFFIX = "~deleted"
 UNADDRESSABLE = set("/<>*%&:\\?+")  # "Work with alternate keys": GET/PATCH by such a key value does not work
-_FILTER_CHARS = 6000  # keep $filter URLs far below the 32 KB URL limit
-_FILTER_KEYS = 100
 _ETAG_NUMBER = re.compile(r'^(?:W/)?"(\d+)"$')
 _ENTITY_ID = re.compile(r"\(([^()]*)\)\s*$")  # the key in an entity id: accounts(<guid>)
 _KEY_SAFE = "(),='"
@@ -539,9 +538,7 @@ class DataverseConnector:
     @staticmethod
     def _is_deleted(row: dict[str, Any]) -> bool:
         """Dataverse's ``$deletedEntity`` row, or OData's ``@removed`` / ``@odata.removed`` annotation."""
-        context = str(row.get("@odata.context", ""))
-        return (context.endswith("$deletedEntity") or ("reason" in row and "id" in row and len(row) <= 3)
-                or "@removed" in row or "@odata.removed" in row)
+        return is_deleted(row)
 
     @staticmethod
     def _deleted_id(row: dict[str, Any]) -> str | None:
@@ -622,16 +619,10 @@ class DataverseConnector:
 
     def _after(self, entity: str, column: str, watermark: Any, key: Sequence[str], last_key: Sequence[Any]) -> str:
         """(column, key...) > (watermark, last_key...) as OData: c > w or (c eq w and k1 gt v1) or ..."""
-        columns = [column, *key]
         values = [watermark, *last_key] if len(last_key) == len(key) else [watermark]
         primary = self.primary_id(entity)
-        literals = [self._filter_literal(c, v, primary, moment=(i == 0))
-                    for i, (c, v) in enumerate(zip(columns, values, strict=False))]
-        terms = []
-        for i in range(len(values)):
-            equal = [f"{columns[j]} eq {literals[j]}" for j in range(i)]
-            terms.append(" and ".join([*equal, f"{columns[i]} gt {literals[i]}"]))
-        return " or ".join(f"({t})" if " and " in t else t for t in terms)
+        return after([column, *key][:len(values)], values,
+                     lambda c, v: self._filter_literal(c, v, primary, moment=(c == column)))
 
     @staticmethod
     def _filter_literal(column: str, value: Any, primary: str, moment: bool = False) -> str:
@@ -661,7 +652,7 @@ class DataverseConnector:
             by_fold.setdefault(k.casefold(), []).append(k)
         found: dict[str, SourceRecord] = {}
         what = f"{entity}: reading {len(wanted)} records by key"
-        for chunk in self._filter_chunks(key_fields, wanted, primary):
+        for chunk in key_filters(key_fields, wanted, lambda f, v: self._filter_literal(f, v, primary)):
             options = [("$filter", chunk)]
             if select:
                 options.insert(0, ("$select", select))
@@ -698,26 +689,6 @@ class DataverseConnector:
             values = [row.get(k) for k in source.key]
             if None not in values:
                 yield format_key(values)
-
-    def _filter_chunks(self, key_fields: Sequence[str], keys: Sequence[str], primary: str) -> Iterator[str]:
-        terms: list[str] = []
-        length = 0
-        for key in keys:
-            try:
-                parts = parse_key(key_fields, key)
-            except ValueError:
-                continue
-            if any(v is None for v in parts.values()):
-                continue
-            pieces = [f"{f} eq {self._filter_literal(f, parts[f], primary)}" for f in key_fields]
-            term = pieces[0] if len(pieces) == 1 else "(" + " and ".join(pieces) + ")"
-            if terms and (length + len(term) > _FILTER_CHARS or len(terms) >= _FILTER_KEYS):
-                yield " or ".join(terms)
-                terms, length = [], 0
-            terms.append(term)
-            length += len(term) + 4
-        if terms:
-            yield " or ".join(terms)
 
     # -- writing ----------------------------------------------------------------------------------
 

@@ -71,15 +71,13 @@ from shared.connectors.odata.client import (
 from shared.connectors.odata.faults import ODataError, error_of, sync_error
 from shared.connectors.odata.literals import json_body, key_predicate, moment
 from shared.connectors.odata.metadata import EntitySet, Unwritable, convert, parse_metadata
-from shared.connectors.odata.reads import DELETED_SUFFIX, after, deleted_key, is_deleted, values_of
+from shared.connectors.odata.reads import DELETED_SUFFIX, after, deleted_key, is_deleted, key_filters, values_of
 from shared.errors import ConfigError, PermanentError, Reason, SyncError, TargetChanged, TransientError
-from shared.keys import format_key, parse_key
+from shared.keys import format_key
 from shared.ports.connector import ChangePage, SourceRecord, ValuePrecision, WriteOp, WriteResult
 from shared.versions import sortable_version
 
 ROUNDS = 4  # decisions per op inside one write_batch (read, write; again after a lost race)
-_FILTER_CHARS = 6000  # keep $filter URLs far below common 8 KB URL limits
-_FILTER_KEYS = 100
 REBASELINE_NOTE = "stored link refused: re-baselined with a full read"
 
 
@@ -369,7 +367,7 @@ class OdataConnector:
                             watermark=watermark or _first_moment(entity))
         found: dict[str, SourceRecord] = {}
         what = f"{entity_name}: reading {len(wanted)} records by key"
-        for chunk in self._filter_chunks(entity, key_fields, list(dict.fromkeys(keys))):
+        for chunk in key_filters(key_fields, list(dict.fromkeys(keys)), entity.literal):
             url: str | None = self._url(entity_name, [*select, ("$filter", chunk)])
             try:
                 for page in self._http.pages(url, what):
@@ -380,26 +378,6 @@ class OdataConnector:
             except ODataError as err:
                 raise sync_error(err, what) from None
         return found
-
-    def _filter_chunks(self, entity: EntitySet, key_fields: Sequence[str], keys: Sequence[str]) -> Iterator[str]:
-        terms: list[str] = []
-        length = 0
-        for key in keys:
-            try:
-                parts = parse_key(key_fields, key)
-                pieces = [f"{f} eq {entity.literal(f, parts[f])}" for f in key_fields]
-            except (ValueError, Unwritable):
-                continue  # a key the property cannot hold (text for a number): no such row
-            if any(parts[f] is None for f in key_fields):
-                continue
-            term = pieces[0] if len(pieces) == 1 else "(" + " and ".join(pieces) + ")"
-            if terms and (length + len(term) > _FILTER_CHARS or len(terms) >= _FILTER_KEYS):
-                yield " or ".join(terms)
-                terms, length = [], 0
-            terms.append(term)
-            length += len(term) + 4
-        if terms:
-            yield " or ".join(terms)
 
     def iter_keys(self, source: SourceSpec) -> Iterator[str]:
         """Every key, read as a keyset over the key properties (like `_read_watermark`), sorted by

@@ -16,13 +16,15 @@ A delta read (``Prefer: odata.track-changes``) follows the service's links as gi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from shared.connectors.odata.literals import parse_key_predicate
-from shared.keys import format_key
+from shared.keys import format_key, parse_key
 
 DELETED_SUFFIX = "~deleted"
+FILTER_CHARS = 6000  # keep $filter URLs far below common 8 KB URL limits
+FILTER_KEYS = 100
 
 
 def after(columns: Sequence[str], values: Sequence[Any], literal: Callable[[str, Any], str]) -> str:
@@ -33,6 +35,30 @@ def after(columns: Sequence[str], values: Sequence[Any], literal: Callable[[str,
         equal = [f"{columns[j]} eq {literals[j]}" for j in range(i)]
         terms.append(" and ".join([*equal, f"{columns[i]} gt {literals[i]}"]))
     return " or ".join(f"({t})" if " and " in t else t for t in terms)
+
+
+def key_filters(key_fields: Sequence[str], keys: Sequence[str], literal: Callable[[str, Any], str]) -> Iterator[str]:
+    """``$filter`` conditions matching `keys` (formatted keys), at most FILTER_KEYS and FILTER_CHARS each:
+    ``k eq v or ...``, ``(a eq x and b eq y) or ...``. A key that cannot be parsed, has a null part, or that
+    `literal` refuses (ValueError: text for a number) matches no row and is left out."""
+    terms: list[str] = []
+    length = 0
+    for key in keys:
+        try:
+            parts = parse_key(key_fields, key)
+            if any(parts[f] is None for f in key_fields):
+                continue
+            pieces = [f"{f} eq {literal(f, parts[f])}" for f in key_fields]
+        except ValueError:
+            continue
+        term = pieces[0] if len(pieces) == 1 else "(" + " and ".join(pieces) + ")"
+        if terms and (length + len(term) > FILTER_CHARS or len(terms) >= FILTER_KEYS):
+            yield " or ".join(terms)
+            terms, length = [], 0
+        terms.append(term)
+        length += len(term) + 4
+    if terms:
+        yield " or ".join(terms)
 
 
 def values_of(row: dict[str, Any]) -> dict[str, Any]:
