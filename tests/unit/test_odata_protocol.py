@@ -264,3 +264,24 @@ def test_multipart_bodies_and_json_batch_answers_round_trip():
     body, content_type = multipart_batch([BatchRequest("DELETE", "Products('a')", {"If-Match": "*"})], "b1")
     assert content_type == "multipart/mixed; boundary=b1"
     assert body.startswith(b"--b1\r\nContent-Type: application/http\r\n") and body.endswith(b"--b1--\r\n")
+
+
+def test_a_create_without_an_answer_is_read_back_and_never_posted_twice():
+    rows: dict[str, dict[str, Any]] = {}
+    sent: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            return answer({"value": list(rows.values())})
+        sent.append(request.method)
+        if request.method == "POST":  # the service commits, and the answer is lost
+            rows["A"] = row("A")
+            raise httpx.ReadTimeout("no answer", request=request)
+        assert request.headers["if-match"] == 'W/"A-1"'
+        return httpx.Response(204, headers={"etag": 'W/"A-2"'})
+
+    erp = Service(handler).connector()
+    (result,) = erp.write_batch(TARGET, [WriteOp("upsert", {"dataAreaId": "usmf", "ItemNumber": "A"}, {"Qty": 5})])
+    assert result.ok and result.etag == 'W/"A-2"'
+    assert sent == ["POST", "PATCH"]  # the second decision saw the row the lost answer had created
+    erp.close()
