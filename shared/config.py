@@ -181,6 +181,11 @@ class OdataSystem(Strict):
     max_pages_per_run: int = Field(default=2000, ge=1)
     max_response_mb: int = Field(default=128, ge=1, le=1024)
 
+    @field_validator("url")
+    @classmethod
+    def _no_literal_password(cls, value: str) -> str:
+        return SqlSystem._no_literal_password(value)  # a password in the URL must be an env:NAME reference too
+
 
 System = Annotated[DataverseSystem | SqlSystem | OdataSystem, Field(discriminator="kind")]
 

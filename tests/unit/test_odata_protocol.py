@@ -256,6 +256,8 @@ def test_config_refuses_a_literal_password_and_half_basic_auth():
     with pytest.raises(ConfigError, match="env:NAME"):
         parse_config({"systems": {"erp": {"kind": "odata", "url": ROOT, "auth": {"username": "u", "password": "pw"}}},
                       "flows": {}})
+    with pytest.raises(ConfigError, match="env:NAME"):
+        parse_config({"systems": {"erp": {"kind": "odata", "url": "https://u:pw@erp.example/data/"}}, "flows": {}})
     with pytest.raises(ConfigError, match="both username and password"):
         parse_config({"systems": {"erp": {"kind": "odata", "url": ROOT, "auth": {"username": "u"}}}, "flows": {}})
 
