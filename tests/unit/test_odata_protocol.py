@@ -287,3 +287,26 @@ def test_a_create_without_an_answer_is_read_back_and_never_posted_twice():
     assert result.ok and result.etag == 'W/"A-2"'
     assert sent == ["POST", "PATCH"]  # the second decision saw the row the lost answer had created
     erp.close()
+
+
+def test_a_batch_too_large_is_split_until_it_fits():
+    sizes: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            return answer({"value": []})
+        if not request.url.path.endswith("$batch"):  # one op goes as a plain request
+            sizes.append(1)
+            return httpx.Response(201, headers={"etag": 'W/"1"'})
+        batch = json.loads(request.content)["requests"]
+        sizes.append(len(batch))
+        if len(batch) > 2:
+            return httpx.Response(413, text="Request Entity Too Large")
+        return answer({"responses": [{"id": r["id"], "status": 201, "headers": {"etag": 'W/"1"'}} for r in batch]})
+
+    erp = Service(handler).connector(batch_size=8)
+    ops = [WriteOp("upsert", {"dataAreaId": "usmf", "ItemNumber": f"I{i}"}, {"Qty": i}) for i in range(6)]
+    results = erp.write_batch(TARGET, ops)
+    assert all(r.ok for r in results) and [r.key for r in results] == [f'["usmf","I{i}"]' for i in range(6)]
+    assert sizes == [6, 3, 1, 2, 3, 1, 2]
+    erp.close()

@@ -33,7 +33,8 @@ back to its op by id. Then:
   ``create_only`` op whose row exists fail with TargetChanged (the engine decides again);
 - ``update`` of a missing row fails as not found; ``delete`` of a missing row is done;
 - a value the property cannot hold (``$metadata``: type, nullability, MaxLength) fails that op before
-  anything is sent, naming the field; throttling and faults are the client's (`client`).
+  anything is sent, naming the field; a ``$batch`` refused as too large (413) goes again in halves; throttling
+  and faults are the client's (`client`).
 """
 
 from __future__ import annotations
@@ -556,6 +557,10 @@ class OdataConnector:
             response = self._http.send("POST", self._url("$batch"), what, headers, body)
         except SyncError as exc:
             return [exc] * len(requests)
+        if response.status_code == 413:  # too large as one request: halves, never a refusal of the records
+            half = len(requests) // 2
+            return (self._send_all(target, requests[:half], items[:half])
+                    + self._send_all(target, requests[half:], items[half:]))
         if response.status_code >= 400:
             error = sync_error(error_of(response.status_code, response.headers, response.content), f"{what} refused")
             return [error] * len(requests)
