@@ -310,3 +310,40 @@ def test_a_batch_too_large_is_split_until_it_fits():
     assert all(r.ok for r in results) and [r.key for r in results] == [f'["usmf","I{i}"]' for i in range(6)]
     assert sizes == [6, 3, 1, 2, 3, 1, 2]
     erp.close()
+
+
+def test_seven_digit_timestamps_page_on_without_rereading_a_page():
+    stamp = "2024-12-01T09:00:00.1234567Z"  # F&O keeps 7 digits; Python's datetime only 6
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        condition = request.url.params["$filter"]
+        seen.append(condition)
+        if request.url.path.endswith("/$count"):
+            return httpx.Response(200, text="0")
+        if condition.endswith("ne null"):
+            return answer({"value": [row("A", stamp), row("B", stamp)], "@odata.nextLink": "x"})
+        assert f"ModifiedDateTime eq {stamp}" in condition  # the service's own literal, every digit
+        return answer({"value": [row("C", stamp)]})
+
+    erp = Service(handler).connector()
+    source = SOURCE.model_copy(update={"changes": "watermark"})
+    pages = list(erp.read_changes(source, None, 2))
+    assert [[r.key for r in p.records] for p in pages] == [['["usmf","A"]', '["usmf","B"]'], ['["usmf","C"]']]
+    assert len(seen) == 3  # the $count of null watermarks, then two pages
+    erp.close()
+
+
+def test_a_key_answered_in_another_case_is_found_and_binds_pass_through():
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            return answer({"value": [row("ABC")]})
+        assert json.loads(request.content) == {"Qty": 1, "Vendor@odata.bind": "Vendors('V1')"}
+        return httpx.Response(204)
+
+    erp = Service(handler).connector()
+    found = erp.read_records("ReleasedProducts", ["dataAreaId", "ItemNumber"], ['["usmf","abc"]'])
+    assert list(found) == ['["usmf","abc"]'] and found['["usmf","abc"]'].values["ItemNumber"] == "ABC"
+    op = WriteOp("upsert", {"dataAreaId": "usmf", "ItemNumber": "abc"}, {"Qty": 1, "Vendor@odata.bind": "Vendors('V1')"})
+    assert erp.write_batch(TARGET, [op])[0].ok  # PATCHed, not POSTed: the row exists
+    erp.close()

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -360,9 +360,13 @@ class OdataConnector:
 
     def _fetch(self, entity_name: str, key_fields: Sequence[str], keys: Sequence[str],
                select: list[tuple[str, str]], watermark: str | None) -> dict[str, SourceRecord]:
-        wanted = set(keys)
-        if not wanted:
+        if not keys:
             return {}
+        # Services that compare text case-insensitively (F&O, Business Central on SQL Server) answer "abc" with
+        # the row "ABC": each row goes back to every key that asked for it.
+        wanted: dict[str, list[str]] = {}
+        for asked in dict.fromkeys(keys):
+            wanted.setdefault(asked.casefold(), []).append(asked)
         entity = self._entity(entity_name)
         source = SourceSpec(system=self.name, entity=entity_name, key=list(key_fields),
                             watermark=watermark or _first_moment(entity))
@@ -374,8 +378,8 @@ class OdataConnector:
                 for page in self._http.pages(url, what):
                     for row in page.get("value", []):
                         record = self._record(source, row, version=_row_version(row, source.watermark))
-                        if record.key in wanted:
-                            found[record.key] = record
+                        for asked in wanted.get(record.key.casefold(), ()):
+                            found[asked] = replace(record, key=asked)
             except ODataError as err:
                 raise sync_error(err, what) from None
         return found
@@ -454,6 +458,8 @@ class OdataConnector:
 
     @staticmethod
     def _convert(entity: EntitySet, name: str, value: Any) -> Any:
+        if "@" in name:
+            return value  # an annotation such as Customer@odata.bind: the service reads it, not a property
         prop = entity.properties.get(name)
         if prop is None:
             raise Unwritable(f"{name}: no such property in {entity.name}")

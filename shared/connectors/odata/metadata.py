@@ -11,7 +11,7 @@ from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from shared.connectors.odata.literals import is_guid, iso_moment, moment, odata_literal
+from shared.connectors.odata.literals import ISO_MOMENT, is_guid, iso_moment, moment, odata_literal
 
 INTEGERS = {"Edm.Byte", "Edm.SByte", "Edm.Int16", "Edm.Int32", "Edm.Int64"}
 NUMBERS = INTEGERS | {"Edm.Decimal", "Edm.Double", "Edm.Single"}
@@ -42,6 +42,8 @@ class EntitySet:
         if kind == "Edm.Guid" and is_guid(str(value)):
             return str(value).lower()
         if kind == "Edm.DateTimeOffset":
+            if isinstance(value, str) and ISO_MOMENT.match(value):
+                return value  # as the service wrote it: every digit it keeps (7 on F&O), so `eq` still matches
             when = moment(value)
             return iso_moment(when) if when else odata_literal(value)
         if kind == "Edm.Date" and isinstance(value, date | str):
