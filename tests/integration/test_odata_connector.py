@@ -6,9 +6,9 @@ timestamps shared by the rows of one transaction, ETags (`@odata.etag`: 428 with
 one), no upsert (a POST of an existing key is a 500), JSON and multipart `$batch`, composite keys, basic
 authentication. What it does not do, covered in `tests/unit/test_odata_protocol.py` against recorded answers:
 delta links (`odata.track-changes`) and both deleted-entity forms, 429 / Retry-After, 503, timeouts,
-multipart-only services, F&O's `cross-company` effect (CAP ignores custom query options) and Entra ID tokens
-(MSAL's providers are `shared.connectors.odata.auth`, tested with the Dataverse connector).
-"""
+multipart-only services, F&O's 7-digit timestamps and case-insensitive keys, `cross-company` (CAP ignores custom
+query options), non-ASCII keys (CAP dies of them, see ODD) and Entra ID tokens (MSAL against dvsim's identity
+provider)."""
 
 from __future__ import annotations
 

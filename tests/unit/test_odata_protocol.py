@@ -1,7 +1,8 @@
 """The OData connector against recorded answers, for what the CAP server in tests/integration/test_odata_connector.py
 does not do: delta links (`odata.track-changes`) with both deleted-entity forms, a refused delta link, 429 with
-Retry-After, 503, timeouts, a multipart-only `$batch`, F&O's `cross-company` option on every request, non-ASCII
-keys, and bearer tokens. Each answer is shaped as the OData v4 JSON format (and Dataverse / F&O) documents it.
+Retry-After, 503, timeouts, a lost answer, 413, a multipart-only `$batch`, F&O's `cross-company` option, 7-digit
+timestamps and case-insensitive keys, non-ASCII keys, and bearer tokens (MSAL's own code against dvsim's identity
+provider on loopback). Each answer is shaped as the OData v4 JSON format (and Dataverse / F&O) documents it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from urllib.parse import unquote
 import httpx
 import pytest
 
+from dvsim.pytest_fixtures import identity_provider  # noqa: F401 - fixture
 from shared.config import OdataSystem, SourceSpec, TargetSpec, parse_config
 from shared.connectors.odata.auth import ConfidentialClientTokenProvider, ManagedIdentityTokenProvider
 from shared.connectors.odata.batch import BatchRequest, multipart_batch
@@ -346,4 +348,32 @@ def test_a_key_answered_in_another_case_is_found_and_binds_pass_through():
     assert list(found) == ['["usmf","abc"]'] and found['["usmf","abc"]'].values["ItemNumber"] == "ABC"
     op = WriteOp("upsert", {"dataAreaId": "usmf", "ItemNumber": "abc"}, {"Qty": 1, "Vendor@odata.bind": "Vendors('V1')"})
     assert erp.write_batch(TARGET, [op])[0].ok  # PATCHed, not POSTed: the row exists
+    erp.close()
+
+
+def test_client_credentials_through_msal_reach_the_service_and_are_refreshed_once_after_a_401(
+        identity_provider, monkeypatch):  # noqa: F811
+    idp = identity_provider
+    idp.register_client("erp-app", "app-secret-1")
+    monkeypatch.setenv("ERP_SECRET", "app-secret-1")
+    refused: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        token = request.headers["authorization"].removeprefix("Bearer ")
+        if not idp.verify_token(token, audience="https://erp.example") or token in refused:
+            return httpx.Response(401)
+        return answer({"value": [row("A")], "@odata.deltaLink": ROOT + "ReleasedProducts?$deltatoken=1"})
+
+    service = Service(handler)
+    erp = OdataConnector.from_config("erp", OdataSystem.model_validate({
+        "kind": "odata", "url": ROOT, "auth": {"tenant_id": idp.tenant_id, "client_id": "erp-app",
+                                               "client_secret": "env:ERP_SECRET",
+                                               "authority_host": f"https://{idp.host}:{idp.port}"}}),
+        transport=httpx.MockTransport(service), msal_http_client=idp.msal_http_client(), instance_discovery=False)
+    assert len(list(erp.read_changes(SOURCE, None, 10))[0].records) == 1
+    assert len(list(erp.read_changes(SOURCE, None, 10))[0].records) == 1
+    assert idp.token_requests == 1  # MSAL's cache served the second read
+    refused.append(idp.issued_tokens[0])  # revoked: a 401, one new token, the read goes on
+    assert len(list(erp.read_changes(SOURCE, None, 10))[0].records) == 1
+    assert idp.token_requests == 2
     erp.close()
