@@ -370,10 +370,10 @@ def test_client_credentials_through_msal_reach_the_service_and_are_refreshed_onc
                                                "client_secret": "env:ERP_SECRET",
                                                "authority_host": f"https://{idp.host}:{idp.port}"}}),
         transport=httpx.MockTransport(service), msal_http_client=idp.msal_http_client(), instance_discovery=False)
-    assert len(list(erp.read_changes(SOURCE, None, 10))[0].records) == 1
-    assert len(list(erp.read_changes(SOURCE, None, 10))[0].records) == 1
+    assert len(next(iter(erp.read_changes(SOURCE, None, 10))).records) == 1
+    assert len(next(iter(erp.read_changes(SOURCE, None, 10))).records) == 1
     assert idp.token_requests == 1  # MSAL's cache served the second read
     refused.append(idp.issued_tokens[0])  # revoked: a 401, one new token, the read goes on
-    assert len(list(erp.read_changes(SOURCE, None, 10))[0].records) == 1
+    assert len(next(iter(erp.read_changes(SOURCE, None, 10))).records) == 1
     assert idp.token_requests == 2
     erp.close()
