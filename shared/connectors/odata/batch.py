@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from email.message import Message
-from typing import Any
 
 from shared.connectors.odata.literals import json_body
 
@@ -163,6 +162,3 @@ def parts_by_request(parts: Sequence[BatchPart], count: int) -> list[BatchPart |
         return [by_id.get(str(n)) for n in range(1, count + 1)]
     return [parts[n] if n < len(parts) else None for n in range(count)]
 
-
-def json_of(part: BatchPart) -> Any:
-    return json.loads(part.body, parse_float=Decimal) if part.body.strip() else None
