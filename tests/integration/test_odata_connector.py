@@ -13,6 +13,7 @@ provider)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -22,9 +23,11 @@ import pytest
 from shared.config import OdataSystem, SourceSpec, TargetSpec, parse_config
 from shared.connectors import build_connector
 from shared.connectors.odata.connector import OdataConnector
+from shared.connectors.odata.literals import moment
 from shared.errors import AuthError, Reason, TargetChanged, UnsafeLinkError
 from shared.ports.connector import WriteOp
 from tests.contracts.connector_helpers import keys_of, read_all
+from tests.fixtures.cap import stored
 
 PRODUCTS = SourceSpec(system="erp", entity="Products", key=["ID"], watermark="modifiedAt")
 PRODUCTS_TARGET = TargetSpec(system="erp", entity="Products", key=["ID"])
@@ -74,12 +77,13 @@ def test_rows_of_one_transaction_share_a_timestamp_and_page_exactly_once(server)
     stamps = {row["modifiedAt"] for row in server.rows("Products", "ID")}
     assert len(stamps) == 1  # one transaction, one timestamp: every page boundary falls inside a tie
     erp = connector(server)
-    pages = read_all(erp, PRODUCTS, None, 2)
+    exact = PRODUCTS.model_copy(update={"lookback_seconds": 0})  # the look-back (below) would read the tie again
+    pages = read_all(erp, exact, None, 2)
     assert keys_of(pages) == [f"T{i:02d}" for i in range(8)]
     assert [len(p.records) for p in pages] == [2, 2, 2, 2] and all(p.snapshot for p in pages)
     for n, page in enumerate(pages):  # a crash after any page resumes without a loss or a repeat
-        assert keys_of(pages[: n + 1]) + keys_of(read_all(erp, PRODUCTS, page.position, 2)) == keys_of(pages)
-    assert read_all(erp, PRODUCTS, pages[-1].position, 2) == []
+        assert keys_of(pages[: n + 1]) + keys_of(read_all(erp, exact, page.position, 2)) == keys_of(pages)
+    assert read_all(erp, exact, pages[-1].position, 2) == []
     erp.close()
 
 
@@ -94,6 +98,23 @@ def test_a_row_changed_while_a_read_pages_is_neither_lost_nor_doubled(server):
     rest = list(pages)
     assert keys_of(rest) == ["R3", "R4", "R5", "R6", "R1"]
     assert rest[-1].records[-1].values["name"] == "moved"
+    erp.close()
+
+
+def test_a_row_committed_after_newer_rows_were_read_is_read_by_the_look_back(server):
+    # CAP stamps modifiedAt when a transaction begins: a long one commits its row after newer rows were read.
+    server.insert("Products", [{"ID": "N1", "name": "x"}, {"ID": "N2", "name": "x"}])
+    erp = connector(server)
+    first = read_all(erp, PRODUCTS, None, 10)
+    position = first[-1].position
+    began = moment(position["watermark"]) - timedelta(seconds=5)
+    server.load("Products", [{"ID": "LATE", "name": "slow transaction", "modifiedAt": stored(began)}])
+    blind = read_all(erp, PRODUCTS.model_copy(update={"lookback_seconds": 0}), position, 10)
+    assert keys_of(blind) == []  # what a keyset read alone would do: the row is behind the position
+    again = read_all(erp, PRODUCTS, position, 10)
+    assert keys_of(again) == ["LATE", "N1", "N2"]  # N1, N2 again at their versions: skipped by apply
+    assert [r.version for r in again[0].records[1:]] == [r.version for r in first[0].records]
+    assert again[-1].position["read_at"] >= position["read_at"]
     erp.close()
 
 

@@ -4,9 +4,12 @@ Business Central's API, SAP Gateway and CAP services.
 Reading (`SourceSpec.changes`; `reads` explains the keyset):
 
 - ``watermark``: a DateTimeOffset property (``source.watermark``) with the key as tie-break, in pages of
-  ``odata.maxpagesize`` / ``$top``; the position is ``{"watermark", "last_key"}``. A full read (no position)
-  yields snapshot pages; rows whose watermark is null cannot be placed and are left out with a note (counted
-  with ``$count``). ``version`` is the watermark as a sortable UTC moment.
+  ``odata.maxpagesize`` / ``$top``; the position is ``{"watermark", "last_key", "read_at"}``. A full read (no
+  position) yields snapshot pages; rows whose watermark is null cannot be placed and are left out with a note
+  (counted with ``$count``). ``version`` is the watermark as a sortable UTC moment. Look-back as the SQL
+  connector's (``lookback_seconds``): each read starts at ``min(position, read_at - lookback)``, ``read_at``
+  being the previous read's start by the service's clock (its ``Date``), so a row stamped when its transaction
+  began and committed within the look-back is read; rows read again keep their version and are skipped.
 - ``change_tracking``: ``Prefer: odata.track-changes``; the first read is a full read (snapshot) ending with an
   ``@odata.deltaLink``, which is the cursor; ``{"next_link"}`` while pages follow. A service that does not
   track changes ends without a delta link: ConfigError (use watermark). A stored link the service refuses
@@ -42,7 +45,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -70,7 +73,7 @@ from shared.connectors.odata.client import (
     Trail,
 )
 from shared.connectors.odata.faults import ODataError, error_of, sync_error
-from shared.connectors.odata.literals import json_body, key_predicate, moment
+from shared.connectors.odata.literals import iso_moment, json_body, key_predicate, moment
 from shared.connectors.odata.metadata import EntitySet, Unwritable, convert, parse_metadata
 from shared.connectors.odata.reads import DELETED_SUFFIX, after, deleted_key, is_deleted, key_filters, values_of
 from shared.errors import ConfigError, PermanentError, Reason, SyncError, TargetChanged, TransientError
@@ -243,6 +246,10 @@ class OdataConnector:
         notes = self._null_watermarks(source, column) if snapshot else []
         what = f"{source.entity}: reading changes since {watermark}" if watermark else f"{source.entity}: full read"
         order = ",".join(f"{c} asc" for c in dict.fromkeys([column, *source.key]))
+        looks_back = source.lookback_seconds > 0 and entity.properties[column].type == "Edm.DateTimeOffset"
+        floor = _lookback_floor(watermark, position.get("read_at"), source.lookback_seconds) if (
+            looks_back and not snapshot) else None
+        read_at: str | None = None  # when this read began, by the service's clock (its first answer's Date)
         pages = 0
         yielded = False
         while True:
@@ -252,9 +259,13 @@ class OdataConnector:
                 condition = after([column, *source.key], [watermark, *last_key], entity.literal)
             else:
                 condition = after([column], [watermark], entity.literal)
+            if floor is not None:  # the first query re-reads the look-back; later ones go on from its last row
+                condition = f"{column} gt {entity.literal(column, floor)} or {condition}"
+                floor = None
             options = [*self._select(source, column), ("$filter", condition), ("$orderby", order),
                        ("$top", str(size))]
-            data, _ = self._get(self._url(source.entity, options), what, f"odata.maxpagesize={size}")
+            data, response = self._get(self._url(source.entity, options), what, f"odata.maxpagesize={size}")
+            read_at = read_at or iso_moment(_answered_at(response))
             pages += 1
             rows = data.get("value", [])
             if not rows:
@@ -264,7 +275,8 @@ class OdataConnector:
             watermark, last_key = last.get(column), [last.get(k) for k in source.key]
             more = len(rows) >= size or bool(data.get("@odata.nextLink"))
             capped = more and pages >= self.max_pages_per_run
-            yield ChangePage(records, {"watermark": watermark, "last_key": last_key}, snapshot=snapshot,
+            here = {"watermark": watermark, "last_key": last_key} | ({"read_at": read_at} if looks_back else {})
+            yield ChangePage(records, here, snapshot=snapshot,
                              notes=notes + ([self._cap_note()] if capped else []), stopped_early=capped)
             notes, yielded = [], True
             if capped or not more:
@@ -646,6 +658,19 @@ def _row_version(row: dict[str, Any], watermark: str) -> str:
     if when is not None:
         return sortable_version(when)
     return str(row.get("@odata.etag") or "")
+
+
+def _lookback_floor(watermark: Any, read_at: Any, lookback: float) -> datetime | None:
+    """Where a read's look-back begins: ``min(position, read_at - lookback)``. A row stamped when its
+    transaction began (CAP's ``managed``, F&O's ModifiedDateTime) can commit after newer rows were read, under
+    the position; one that committed within the look-back of its stamp is above this floor, and is read.
+    Once a read begins more than the look-back after the newest stamp, the floor is the position itself."""
+    position = moment(watermark)
+    if position is None:
+        return None
+    began = moment(read_at)
+    since = (began if began is not None else position) - timedelta(seconds=lookback)
+    return min(position, since)
 
 
 def _answered_at(response: httpx.Response) -> datetime:
