@@ -71,7 +71,7 @@ fails its neighbours. A single op is sent as a plain request. Every write carrie
 shared variable), inside a batch too. Alternate key values containing ``/ < > * % & : \\ ? +`` cannot be
 addressed (*Work with alternate keys*): such an op is rejected on its own with that reason.
 
-How much goes at once (``shared.connectors.dataverse_throttle``; *Service protection API limits*, *Send
+How much goes at once (``shared.connectors.odata.throttle``; *Service protection API limits*, *Send
 parallel requests*): a table's batches start at ``initial_batch_size`` (10, as Microsoft advises) and grow
 while they answer in under a twelfth of ``timeout_seconds`` (fourfold under a 96th), up to ``batch_size``
 (<= 1000); an answer slower than a sixth of it, a timeout or an execution-time 429 (``0x80072321``) halves
@@ -102,8 +102,8 @@ connections -> TransientError; 400 and other refusals -> ``PermanentError(Reason
 <k>: <code> <message>")``; 401 -> one token refresh and one retry, then AuthError; 403 -> AuthError. Reads
 raise; writes return one result per op (a whole ``$batch`` that fails gives every op that error).
 
-``timeout_seconds`` bounds each request. Tokens come from a `TokenProvider` (``dataverse_auth``); neither
-the token nor a secret is ever logged or put in an error message.
+``timeout_seconds`` bounds each request (``shared.connectors.odata.client``). Tokens come from a `TokenProvider`
+(``odata.auth``); neither the token nor a secret is ever logged or put in an error message.
 """
 
 from __future__ import annotations
