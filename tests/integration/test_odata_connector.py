@@ -20,10 +20,11 @@ from typing import Any
 import httpx
 import pytest
 
-from shared.config import OdataSystem, SourceSpec, TargetSpec, parse_config
+from shared.config import SourceSpec, TargetSpec, parse_config
 from shared.connectors import build_connector
 from shared.connectors.odata.connector import OdataConnector
 from shared.connectors.odata.literals import moment
+from shared.connectors.odata_settings import OdataSystem
 from shared.errors import AuthError, Reason, TargetChanged, UnsafeLinkError
 from shared.ports.connector import WriteOp
 from tests.contracts.connector_helpers import keys_of, read_all

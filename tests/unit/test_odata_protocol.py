@@ -16,12 +16,13 @@ import httpx
 import pytest
 
 from dvsim.pytest_fixtures import identity_provider  # noqa: F401 - fixture
-from shared.config import OdataSystem, SourceSpec, TargetSpec, parse_config
+from shared.config import SourceSpec, TargetSpec, parse_config
 from shared.connectors.odata.auth import ConfidentialClientTokenProvider, ManagedIdentityTokenProvider
 from shared.connectors.odata.batch import BatchRequest, multipart_batch
 from shared.connectors.odata.client import BearerCredentials
 from shared.connectors.odata.connector import REBASELINE_NOTE, OdataConnector
 from shared.connectors.odata.literals import key_predicate, odata_literal, parse_key_predicate, query_value
+from shared.connectors.odata_settings import OdataSystem
 from shared.errors import ConfigError, TransientError, UnsafeLinkError
 from shared.ports.connector import WriteOp
 

@@ -25,7 +25,7 @@ or ``TransientError`` (it could not be reached).
   app registration, so Dataverse sees the same application user as with a secret, and nothing can expire.
 - ``static_token`` (an ``env:NAME`` reference): for simulators and tests only.
 
-Secrets are resolved (``shared.config.resolve_secret``) when the MSAL app is built, not before, and are
+Secrets are resolved (``shared.config_base.resolve_secret``) when the MSAL app is built, not before, and are
 never stored on the provider itself. Neither a secret nor a token ever goes into a log line, an exception
 message or a repr: messages from MSAL are scrubbed of both before they travel.
 
@@ -39,7 +39,8 @@ import threading
 from abc import ABC, abstractmethod
 from typing import Any, Protocol
 
-from shared.config import DataverseAuth, resolve_secret
+from shared.config_base import resolve_secret
+from shared.connectors.dataverse_settings import DataverseAuth
 from shared.errors import AuthError, ConfigError, TransientError
 
 REDACTED = "***"
@@ -171,8 +172,8 @@ class ConfidentialClientTokenProvider(_MsalProvider):
         if not (auth.tenant_id and auth.client_id) or not (
                 auth.client_secret or auth.certificate_path or auth.certificate_pem
                 or auth.federated_identity_client_id):
-            raise ConfigError([f"{label}: a client secret, certificate or federated identity needs tenant_id "
-                               "and client_id"])
+            raise ConfigError([(f"{label}: a client secret, certificate or federated identity needs tenant_id "
+                                "and client_id")])
         self._auth = auth
         self._instance_discovery = instance_discovery
         # tenant_id and client_id may be env:NAME references (app settings), like every site-specific value

@@ -52,7 +52,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from shared.config import OdataSystem, SourceSpec, TargetSpec, resolve_secret
+from shared.config import SourceSpec, TargetSpec
+from shared.config_base import resolve_secret
 from shared.connectors.odata.auth import token_provider_for
 from shared.connectors.odata.batch import (
     BatchPart,
@@ -76,9 +77,19 @@ from shared.connectors.odata.faults import ODataError, error_of, sync_error
 from shared.connectors.odata.literals import iso_moment, json_body, key_predicate, moment
 from shared.connectors.odata.metadata import EntitySet, Unwritable, convert, parse_metadata
 from shared.connectors.odata.reads import DELETED_SUFFIX, after, deleted_key, is_deleted, key_filters, values_of
+from shared.connectors.odata_settings import OdataSystem
 from shared.errors import ConfigError, PermanentError, Reason, SyncError, TargetChanged, TransientError
 from shared.keys import format_key
-from shared.ports.connector import ChangePage, SourceRecord, ValuePrecision, WriteOp, WriteResult
+from shared.ports.connector import (
+    Capabilities,
+    ChangePage,
+    ColumnInfo,
+    EntitySchema,
+    SourceRecord,
+    ValuePrecision,
+    WriteOp,
+    WriteResult,
+)
 from shared.versions import sortable_version
 
 ROUNDS = 4  # decisions per op inside one write_batch (read, write; again after a lost race)
@@ -106,7 +117,24 @@ class _Round:
 class OdataConnector:
     """Connector over one OData v4 service root."""
 
-    conditional_writes = "etag"
+    # change_tracking where the service tracks changes: only its answer tells (a read without a delta link is
+    # refused then), so both modes are declared and a service without tracking fails its first read.
+    capabilities = Capabilities(
+        change_modes=frozenset({"watermark", "change_tracking"}),
+        conditional_writes="etag",
+        snapshot_reads=frozenset({"watermark", "change_tracking"}),
+        delete_changes=frozenset({"change_tracking"}),
+        describes_schema=True,
+    )
+
+    @classmethod
+    def capabilities_for(cls, system: OdataSystem) -> Capabilities:
+        return cls.for_etags(system.etags)
+
+    @classmethod
+    def for_etags(cls, etags: bool) -> Capabilities:
+        """Without ETags (`etags: false`) every update goes with If-Match: *: no write can be conditional."""
+        return cls.capabilities if etags else replace(cls.capabilities, conditional_writes=None)
 
     def __init__(
         self,
@@ -139,6 +167,7 @@ class OdataConnector:
         self.batch_size = batch_size
         self.page_size = page_size
         self.etags = etags
+        self.capabilities = self.for_etags(etags)
         self.datetime_digits = datetime_digits
         self.max_pages_per_run = max_pages_per_run
         self._metadata: dict[str, EntitySet] | None = None
@@ -179,6 +208,12 @@ class OdataConnector:
 
     def _entity(self, name: str) -> EntitySet:
         """The entity set as ``$metadata`` describes it (read once); ConfigError for an unknown set."""
+        found = self._entity_sets().get(name)
+        if found is None:
+            raise ConfigError([f"{self.name}: the service has no entity set {name!r} (see its $metadata)"])
+        return found
+
+    def _entity_sets(self) -> dict[str, EntitySet]:
         if self._metadata is None:
             with self._metadata_lock:
                 if self._metadata is None:
@@ -191,10 +226,7 @@ class OdataConnector:
                         self._metadata = parse_metadata(response.content)
                     except Exception as exc:  # noqa: BLE001 - any XML error: the document is unusable
                         raise TransientError(f"{what}: unreadable: {type(exc).__name__}") from None
-        found = self._metadata.get(name)
-        if found is None:
-            raise ConfigError([f"{self.name}: the service has no entity set {name!r} (see its $metadata)"])
-        return found
+        return self._metadata
 
     def _get(self, url: str, what: str, prefer: str | None = None) -> tuple[dict[str, Any], httpx.Response]:
         try:
@@ -360,6 +392,16 @@ class OdataConnector:
 
     def precision(self, entity: str, field: str) -> ValuePrecision:
         return ValuePrecision(datetime_digits=self.datetime_digits)
+
+    def describe(self, entity: str) -> EntitySchema:
+        """The entity set's properties from ``$metadata`` (the document reads and writes are typed by)."""
+        sets = self._entity_sets()
+        found = sets.get(entity)
+        if found is None:
+            return EntitySchema(entity, exists=False, known_entities=tuple(sorted(sets)))
+        return EntitySchema(entity, exists=True, columns=tuple(
+            ColumnInfo(p.name, p.type, nullable=p.nullable, max_length=p.max_length)
+            for p in found.properties.values()))
 
     # -- reading records --------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import threading
 import time
 from http.cookiejar import CookieJar, CookiePolicy
-from typing import Any
+from typing import Any, Self
 
 INITIAL_BATCH = 10
 
@@ -168,7 +168,7 @@ class ConcurrencyLimit:
                 self._answered = 0
                 self._cond.notify()
 
-    def __enter__(self) -> ConcurrencyLimit:
+    def __enter__(self) -> Self:
         with self._cond:
             while self._active >= self._limit:
                 self._cond.wait()
