@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from shared.config import SourceSpec, TargetSpec, parse_config
+from shared.config import SourceSpec, TargetSpec
 from shared.connectors import build_connector
 from shared.connectors.odata.connector import OdataConnector
 from shared.connectors.odata.literals import moment
@@ -216,9 +216,8 @@ def test_basic_auth_and_credentials_only_for_the_service(server, monkeypatch):
     server.insert("Products", [{"ID": "S1", "name": "secret"}])
     monkeypatch.setenv("ERP_ODATA_PASSWORD", "sync-pw")
     monkeypatch.setenv("ERP_ODATA_WRONG", "not-it")
-    config = parse_config({"systems": {"erp": {"kind": "odata", "url": server.secure, "auth": {
-        "username": "sync", "password": "env:ERP_ODATA_PASSWORD"}}}, "flows": {}})
-    secure = build_connector("erp", config.systems["erp"])
+    secure = build_connector("erp", OdataSystem.model_validate({"kind": "odata", "url": server.secure, "auth": {
+        "username": "sync", "password": "env:ERP_ODATA_PASSWORD"}}))  # as registered in KINDS
     assert secure.read_record(PRODUCTS, "S1").values["name"] == "secret"
     # A stored link to anywhere else never receives the credentials.
     foreign = {"next_link": "http://127.0.0.2:9/odata/v4/secure/Products?$skiptoken=3", "delta_link": None}
