@@ -265,6 +265,25 @@ def test_config_refuses_a_literal_password_and_half_basic_auth():
         parse_config({"systems": {"erp": {"kind": "odata", "url": ROOT, "auth": {"username": "u"}}}, "flows": {}})
 
 
+def test_a_service_without_etags_cannot_be_a_pairs_target():
+    def config(etags: bool) -> dict[str, Any]:
+        flow = {"pair": "p", "fields": [{"from": "id", "to": "id"}]}
+        return {"systems": {"erp": {"kind": "odata", "url": ROOT, "etags": etags},
+                            "db": {"kind": "sql", "url": "sqlite://"}},
+                "flows": {"out": {**flow, "source": {"system": "erp", "entity": "A", "key": "id", "watermark": "m"},
+                                  "target": {"system": "db", "entity": "a", "key": "id"}},
+                          "back": {**flow, "source": {"system": "db", "entity": "a", "key": "id"},
+                                   "target": {"system": "erp", "entity": "A", "key": "id"}}}}
+
+    parse_config(config(etags=True))
+    with pytest.raises(ConfigError) as raised:
+        parse_config(config(etags=False))
+    assert raised.value.problems == [
+        ("flows.back.pair: a pair writes a row only if it is still as read, and system 'erp' (kind odata) has no "
+         "conditional writes (it supports: none); make this flow one-way")]
+    assert OdataConnector(ROOT, etags=False).capabilities.conditional_writes is None  # what apply asks
+
+
 def test_multipart_bodies_and_json_batch_answers_round_trip():
     body, content_type = multipart_batch([BatchRequest("DELETE", "Products('a')", {"If-Match": "*"})], "b1")
     assert content_type == "multipart/mixed; boundary=b1"
