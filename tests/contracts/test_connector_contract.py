@@ -124,8 +124,9 @@ def test_order_versions_and_changed_at(backend):
     assert [r.key for r in records] == ["5", "4", "3", "2", "1"]  # oldest change first
     versions = [r.version for r in records]
     assert versions == sorted(versions) and len(set(versions)) == 5
-    assert versions[0] == "2024-03-01T12:05:00.000005"
-    assert records[0].changed_at == datetime(2024, 3, 1, 12, 5, 0, 5, tzinfo=UTC)
+    kept = 5 if backend.connector.precision("customers", "modified_at").datetime_digits >= 6 else 0
+    assert versions[0] == f"2024-03-01T12:05:00.00000{kept}"
+    assert records[0].changed_at == datetime(2024, 3, 1, 12, 5, 0, kept, tzinfo=UTC)
     assert records[0].changed_at.tzinfo is not None
 
 

@@ -11,6 +11,7 @@ from shared.bus.payload_store import BlobPayloadStore, FilePayloadStore, Payload
 from shared.bus.servicebus import ServiceBusBus, _ServiceBusSettler
 from shared.bus.sqlite_bus import SqliteBus, _SqliteSettler
 from shared.connectors.dataverse import DataverseConnector
+from shared.connectors.odata.connector import OdataConnector
 from shared.connectors.sql import SqlConnector
 from shared.ports.bus import MessageBus, Settler
 from shared.ports.connector import Connector, ConnectorClass
@@ -22,12 +23,12 @@ from tests.model.world import DataverseLike
 
 
 def connectors(sql: SqlConnector, dataverse: DataverseConnector, memory: MemoryConnector,
-               model_crm: DataverseLike) -> list[Connector]:
-    return [sql, dataverse, memory, model_crm]
+               model_crm: DataverseLike, odata: OdataConnector) -> list[Connector]:
+    return [sql, dataverse, memory, model_crm, odata]
 
 
 # The registry builds connectors from their classes and asks them for capabilities before they connect.
-CONNECTOR_CLASSES: list[ConnectorClass] = [SqlConnector, DataverseConnector]
+CONNECTOR_CLASSES: list[ConnectorClass] = [SqlConnector, DataverseConnector, OdataConnector]
 
 
 def tables(sqlite: SqliteTables, azure: AzureTables) -> list[TableBackend]:
