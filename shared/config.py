@@ -123,7 +123,69 @@ class SqlSystem(Strict):
         return value
 
 
-System = Annotated[DataverseSystem | SqlSystem, Field(discriminator="kind")]
+FieldType = Literal["string", "int", "decimal", "bool", "datetime", "date"]
+
+
+class CsvFormat(Strict):
+    """How one entity's CSV files are written (by the ERP into the inbox, by us into the outbox)."""
+
+    delimiter: str = Field(default=",", min_length=1, max_length=1)
+    quotechar: str = Field(default='"', min_length=1, max_length=1)
+    # minimal: quote only what needs it; all: every field; none: never (a delimiter in a value is then escaped
+    # with escapechar)
+    quoting: Literal["minimal", "all", "none"] = "minimal"
+    escapechar: str | None = Field(default=None, min_length=1, max_length=1)
+    encoding: str = "utf-8"  # utf-8-sig for files from Excel, cp1252 / latin-1 for older ERPs
+    decimal_separator: Literal[".", ","] = "."
+    # CSV header -> field name; headers not named here keep their own name
+    columns: dict[str, str] = Field(default_factory=dict)
+    # field name -> type its text is parsed as on reading (a decimal with decimal_separator); untyped fields
+    # are text, an empty cell is null
+    types: dict[str, FieldType] = Field(default_factory=dict)
+    operation_column: str = "operation"  # outbox: upsert | update | delete
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        import codecs
+
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(f"unknown encoding {value!r}") from None
+        return value
+
+
+class FilesSystem(Strict):
+    """CSV file exchange: an ERP that exports files into an inbox and imports the files of an outbox. Each entity
+    is a sub-folder (a name prefix in a container): `<inbox>/<entity>/*.csv`."""
+
+    kind: Literal["files"]
+    # Embedded: a folder holding the inbox, archive and outbox folders.
+    folder: str | None = None
+    # Azure Blob Storage: the account's blob endpoint (identity-based access: the app's managed identity, or
+    # AZURE_CLIENT_ID's), or env:NAME of a connection string (Azurite); inbox, archive and outbox are containers.
+    blob_endpoint: str | None = None
+    blob_connection: str | None = None
+    inbox: str = "inbox"
+    archive: str = "archive"
+    outbox: str = "outbox"
+    csv: CsvFormat = CsvFormat()
+    formats: dict[str, CsvFormat] = Field(default_factory=dict)  # entity -> its format, instead of `csv`
+
+    _secrets = field_validator("blob_connection")(_secret_ref)
+
+    @model_validator(mode="after")
+    def _one_store(self) -> FilesSystem:
+        if sum(bool(s) for s in (self.folder, self.blob_endpoint, self.blob_connection)) != 1:
+            raise ValueError("choose exactly one of folder, blob_endpoint, blob_connection")
+        return self
+
+    def format_of(self, entity: str) -> CsvFormat:
+        return self.formats.get(entity, self.csv)
+
+
+System = Annotated[DataverseSystem | SqlSystem | FilesSystem, Field(discriminator="kind")]
 
 Keys = Annotated[list[str], Field(min_length=1)]
 
@@ -136,7 +198,9 @@ class SourceSpec(Strict):
     system: str
     entity: str
     key: Keys
-    changes: Literal["change_tracking", "watermark", "status_flag", "xact_id"] = "watermark"
+    # snapshot: no change marker at all (files); every read is the whole source, and only rows that differ
+    # from what is known of them are sent (shared.engine.snapshot)
+    changes: Literal["change_tracking", "watermark", "status_flag", "xact_id", "snapshot"] = "watermark"
     watermark: str = "modified_at"
     version: str | None = None  # a rowversion-like column; the watermark is the version when absent
     # watermark on a date-time column: also re-read rows stamped up to this long before the previous read
@@ -167,8 +231,6 @@ class TargetSpec(Strict):
 
 LOOKUP_LOGICAL_NAME = "Microsoft.Dynamics.CRM.lookuplogicalname"  # the table a Dataverse lookup points to
 _BIND = r"^[A-Za-z_][A-Za-z0-9_]*(\([A-Za-z_][A-Za-z0-9_]*(,[A-Za-z_][A-Za-z0-9_]*)*\))?$"
-
-FieldType = Literal["string", "int", "decimal", "bool", "datetime", "date"]
 
 
 class FieldMap(Strict):
@@ -296,7 +358,7 @@ def _loc_path(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif part in ("dataverse", "sql") and path.startswith("systems."):
+        elif part in ("dataverse", "sql", "files") and path.startswith("systems."):
             continue  # the discriminator's branch name is noise for the reader
         else:
             path += f".{part}" if path else str(part)

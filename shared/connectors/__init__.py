@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shared.config import DataverseSystem, SqlSystem, System, resolve_secret
+from shared.config import DataverseSystem, FilesSystem, SqlSystem, System, resolve_secret
 from shared.ports.connector import Connector
 
 
@@ -15,4 +15,8 @@ def build_connector(name: str, system: System) -> Connector:
         from shared.connectors.dataverse import DataverseConnector
 
         return DataverseConnector.from_config(name, system)
+    if isinstance(system, FilesSystem):
+        from shared.connectors.files.connector import FilesConnector
+
+        return FilesConnector.from_config(name, system)
     raise TypeError(f"system {name}: no connector for kind {system.kind!r}")

@@ -1,0 +1,300 @@
+"""Where the files are: a folder on this machine (embedded) or Azure Blob Storage, behind one small interface.
+
+An *area* is the inbox, the archive or the outbox: a sub-folder of the root folder, or a container. Names are
+`<entity>/<file>` in both. A file appears whole or not at all: the folder writes a temporary file (its name
+starts with `.`, which listings skip) and renames it into place; Blob stages blocks and commits the block
+list, and a blob is visible only once committed.
+
+An etag says which version of a file a name holds: the service's ETag on Blob; size and modification time
+(ns) in a folder, so a file written again under the same name is a new file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from base64 import b64encode
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any, Protocol, Self
+
+from shared.errors import ConfigError, PermanentError, Reason, TransientError
+
+BLOCK_SIZE = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    name: str  # <entity>/<file>
+    etag: str
+    modified: datetime
+
+
+class FileStorage(Protocol):
+    def list(self, area: str, prefix: str) -> list[StoredFile]:
+        """The files under `prefix`, by name; temporary and hidden files (a name part starting with `.`) left out."""
+        ...
+
+    def open(self, area: str, name: str, etag: str | None = None) -> IO[bytes]:
+        """The file's bytes, streamed. With `etag`: that version only (another raises TransientError)."""
+        ...
+
+    def write(self, area: str, name: str, chunks: Iterator[bytes]) -> None:
+        """Write `name` atomically, replacing what was there."""
+        ...
+
+    def move(self, area: str, name: str, to_area: str, to_name: str) -> None:
+        """Move a file (an archive); a file already gone from `area` while present at `to_name` is done."""
+        ...
+
+    def delete(self, area: str, name: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _hidden(name: str) -> bool:
+    return any(part.startswith(".") for part in name.split("/"))
+
+
+class FolderStorage:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"FolderStorage({str(self.root)!r})"
+
+    def _path(self, area: str, name: str) -> Path:
+        base = (self.root / area).resolve()
+        path = (base / name).resolve()
+        if not path.is_relative_to(base):
+            raise PermanentError(Reason.TARGET_REJECTED, f"file name {name!r} leaves the {area} folder")
+        return path
+
+    def list(self, area: str, prefix: str) -> list[StoredFile]:
+        folder = self._path(area, prefix)
+        if not folder.is_dir():
+            return []
+        found = []
+        for path in folder.rglob("*"):
+            name = path.relative_to(self.root / area).as_posix()
+            if _hidden(name) or not path.is_file():
+                continue
+            stat = path.stat()
+            found.append(StoredFile(name, f"{stat.st_size}-{stat.st_mtime_ns}",
+                                    datetime.fromtimestamp(stat.st_mtime, UTC)))
+        return sorted(found, key=lambda f: f.name)
+
+    def open(self, area: str, name: str, etag: str | None = None) -> IO[bytes]:
+        path = self._path(area, name)
+        handle = path.open("rb")
+        stat = os.fstat(handle.fileno())
+        if etag is not None and f"{stat.st_size}-{stat.st_mtime_ns}" != etag:
+            handle.close()
+            raise TransientError(f"{area}/{name} changed while it was being read")
+        return handle
+
+    def write(self, area: str, name: str, chunks: Iterator[bytes]) -> None:
+        path = self._path(area, name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".part-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for chunk in chunks:
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())  # the rename must not be durable before the bytes are
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def move(self, area: str, name: str, to_area: str, to_name: str) -> None:
+        source, target = self._path(area, name), self._path(to_area, to_name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(source, target)
+        except FileNotFoundError:
+            if not target.exists():
+                raise
+
+    def delete(self, area: str, name: str) -> None:
+        self._path(area, name).unlink(missing_ok=True)
+
+    def close(self) -> None:
+        return None
+
+
+class BlobStorage:
+    """One container per area. The identity needs Storage Blob Data Contributor on the three containers."""
+
+    def __init__(self, service: Any) -> None:  # azure.storage.blob.BlobServiceClient
+        self._service = service
+
+    def __repr__(self) -> str:
+        return f"BlobStorage({self._service.url!r})"
+
+    @classmethod
+    def from_connection_string(cls, connection: str) -> BlobStorage:
+        from azure.storage.blob import BlobServiceClient
+
+        try:
+            return cls(BlobServiceClient.from_connection_string(connection))
+        except Exception:  # noqa: BLE001 - the SDK's message could quote the secret; ours never does
+            raise ConfigError(["blob_connection: not a valid Blob Storage connection string"]) from None
+
+    @classmethod
+    def from_endpoint(cls, endpoint: str, client_id: str | None = None) -> BlobStorage:
+        from azure.identity import DefaultAzureCredential
+        from azure.storage.blob import BlobServiceClient
+
+        credential = (DefaultAzureCredential(managed_identity_client_id=client_id) if client_id
+                      else DefaultAzureCredential())
+        return cls(BlobServiceClient(account_url=endpoint, credential=credential))
+
+    def _container(self, area: str) -> Any:
+        return self._service.get_container_client(area)
+
+    def list(self, area: str, prefix: str) -> list[StoredFile]:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            blobs = [StoredFile(b.name, b.etag, b.last_modified)
+                     for b in self._container(area).list_blobs(name_starts_with=prefix) if not _hidden(b.name)]
+        except ResourceNotFoundError:
+            return []
+        except Exception as exc:
+            raise _classified("list", f"{area}/{prefix}", exc) from exc
+        return sorted(blobs, key=lambda f: f.name)
+
+    def open(self, area: str, name: str, etag: str | None = None) -> IO[bytes]:
+        from azure.core import MatchConditions
+
+        try:
+            conditions = {"etag": etag, "match_condition": MatchConditions.IfNotModified} if etag else {}
+            return _Stream(self._container(area).download_blob(name, **conditions))
+        except Exception as exc:
+            raise _classified("read", f"{area}/{name}", exc) from exc
+
+    def write(self, area: str, name: str, chunks: Iterator[bytes]) -> None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        blob = self._container(area).get_blob_client(name)
+        try:
+            try:
+                blocks = self._stage(blob, chunks)
+            except ResourceNotFoundError:
+                self._create(area)
+                blocks = self._stage(blob, chunks)
+            blob.commit_block_list(blocks)  # the blob appears now, whole
+        except Exception as exc:
+            raise _classified("write", f"{area}/{name}", exc) from exc
+
+    @staticmethod
+    def _stage(blob: Any, chunks: Iterator[bytes]) -> list[Any]:
+        from azure.storage.blob import BlobBlock
+
+        blocks, buffer = [], b""
+        prefix = uuid.uuid4().hex[:16]  # block ids of one write; others' uncommitted blocks are never used
+        for chunk in [*chunks, None]:
+            buffer += chunk or b""
+            while len(buffer) >= BLOCK_SIZE or (chunk is None and (buffer or not blocks)):
+                block_id = b64encode(f"{prefix}-{len(blocks):08d}".encode()).decode()
+                blob.stage_block(block_id, buffer[:BLOCK_SIZE])
+                blocks.append(BlobBlock(block_id=block_id))
+                buffer = buffer[BLOCK_SIZE:]
+        return blocks
+
+    def _create(self, area: str) -> None:
+        from azure.core.exceptions import ResourceExistsError
+
+        try:
+            self._container(area).create_container()
+        except ResourceExistsError:
+            pass
+
+    def move(self, area: str, name: str, to_area: str, to_name: str) -> None:
+        """Copy (same account: done within the service before the call returns for block blobs under 256 MiB
+        on Azurite and Azure), then delete the original."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        source = self._container(area).get_blob_client(name)
+        target = self._container(to_area).get_blob_client(to_name)
+        try:
+            try:
+                target.upload_blob_from_url(source.url, overwrite=True)
+            except ResourceNotFoundError:
+                if target.exists():
+                    return  # moved by an earlier attempt that died before it could say so
+                if not source.exists():
+                    raise
+                self._create(to_area)
+                target.upload_blob_from_url(source.url, overwrite=True)
+            source.delete_blob()
+        except ResourceNotFoundError:
+            if not target.exists():
+                raise _classified("move", f"{area}/{name}", ResourceNotFoundError("gone")) from None
+        except Exception as exc:
+            raise _classified("move", f"{area}/{name}", exc) from exc
+
+    def delete(self, area: str, name: str) -> None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            self._container(area).delete_blob(name)
+        except ResourceNotFoundError:
+            return
+        except Exception as exc:
+            raise _classified("delete", f"{area}/{name}", exc) from exc
+
+    def close(self) -> None:
+        self._service.close()
+
+
+class _Stream:
+    """A downloading blob as a binary file object (what csv reading needs): chunks as they arrive."""
+
+    def __init__(self, downloader: Any) -> None:
+        self._chunks = downloader.chunks()
+        self._buffer = b""
+
+    def read(self, size: int = -1) -> bytes:
+        while size < 0 or len(self._buffer) < size:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                break
+            self._buffer += chunk
+        if size < 0:
+            size = len(self._buffer)
+        data, self._buffer = self._buffer[:size], self._buffer[size:]
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._buffer = b""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_TRANSIENT_STATUS = {408, 412, 429, 500, 502, 503, 504}
+
+
+def _classified(action: str, name: str, exc: Exception) -> Exception:
+    from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
+
+    status = getattr(exc, "status_code", None)
+    code = getattr(exc, "error_code", None)
+    transient = isinstance(exc, ServiceRequestError | ServiceResponseError) or status in _TRANSIENT_STATUS
+    if isinstance(exc, HttpResponseError) and status is None:
+        transient = True
+    detail = ", ".join(str(p) for p in (status, code) if p) or type(exc).__name__
+    message = f"cannot {action} blob {name} ({detail})"
+    return TransientError(message) if transient else PermanentError(Reason.TARGET_REJECTED, message)
