@@ -31,6 +31,7 @@ from shared.config import FilesSystem, SourceSpec
 from shared.connectors.files.csv_format import FileFormatError, Row, read_rows
 from shared.connectors.files.storage import FileStorage, StoredFile
 from shared.keys import format_key
+from shared.messages import fingerprint
 from shared.ports.connector import ChangePage, SourceRecord
 from shared.versions import sortable_version
 
@@ -161,7 +162,8 @@ def _record(source: SourceSpec, row: Row, version: str, file: StoredFile, where:
     problem = row.problem
     if empty:
         problem = problem or f"file {where} line {row.line} column {empty[0]!r}: the key is empty"
-        key = f"{file.name} line {row.line}"
+        # Named by its content, so the same bad row in the next export is recognised (and not dead-lettered again).
+        key = f"(no key) {fingerprint(row.values)[:16]}"
     else:
         key = format_key([row.values[k] for k in source.key])
     return SourceRecord(key, row.values, version, file.modified, refused=problem)
