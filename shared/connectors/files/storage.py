@@ -11,19 +11,22 @@ An etag says which version of a file a name holds: the service's ETag on Blob; s
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
+import time
 import uuid
 from base64 import b64encode
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, Protocol, Self
+from typing import IO, Any, Protocol
 
-from shared.errors import ConfigError, PermanentError, Reason, TransientError
+from shared.errors import ConfigError, PermanentError, Reason, SyncError, TransientError
 
 BLOCK_SIZE = 4 * 1024 * 1024
+COPY_WAIT = 60.0  # seconds an archive copy may take before the move is tried again next run
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,7 @@ class BlobStorage:
 
     def __init__(self, service: Any) -> None:  # azure.storage.blob.BlobServiceClient
         self._service = service
+        self._created: set[str] = set()  # containers known to exist
 
     def __repr__(self) -> str:
         return f"BlobStorage({self._service.url!r})"
@@ -174,21 +178,15 @@ class BlobStorage:
 
         try:
             conditions = {"etag": etag, "match_condition": MatchConditions.IfNotModified} if etag else {}
-            return _Stream(self._container(area).download_blob(name, **conditions))
+            return io.BufferedReader(_Stream(self._container(area).download_blob(name, **conditions)))
         except Exception as exc:
             raise _classified("read", f"{area}/{name}", exc) from exc
 
     def write(self, area: str, name: str, chunks: Iterator[bytes]) -> None:
-        from azure.core.exceptions import ResourceNotFoundError
-
         blob = self._container(area).get_blob_client(name)
         try:
-            try:
-                blocks = self._stage(blob, chunks)
-            except ResourceNotFoundError:
-                self._create(area)
-                blocks = self._stage(blob, chunks)
-            blob.commit_block_list(blocks)  # the blob appears now, whole
+            self._create(area)  # chunks can be read only once: the container must be there before the first block
+            blob.commit_block_list(self._stage(blob, chunks))  # the blob appears now, whole
         except Exception as exc:
             raise _classified("write", f"{area}/{name}", exc) from exc
 
@@ -210,32 +208,38 @@ class BlobStorage:
     def _create(self, area: str) -> None:
         from azure.core.exceptions import ResourceExistsError
 
+        if area in self._created:
+            return
         try:
             self._container(area).create_container()
         except ResourceExistsError:
             pass
+        self._created.add(area)
 
     def move(self, area: str, name: str, to_area: str, to_name: str) -> None:
-        """Copy (same account: done within the service before the call returns for block blobs under 256 MiB
-        on Azurite and Azure), then delete the original."""
+        """Copy within the account (the service copies; nothing passes through here), wait for the copy, then
+        delete the original."""
         from azure.core.exceptions import ResourceNotFoundError
 
         source = self._container(area).get_blob_client(name)
         target = self._container(to_area).get_blob_client(to_name)
         try:
+            self._create(to_area)
             try:
-                target.upload_blob_from_url(source.url, overwrite=True)
+                copy = target.start_copy_from_url(source.url)
             except ResourceNotFoundError:
                 if target.exists():
                     return  # moved by an earlier attempt that died before it could say so
-                if not source.exists():
-                    raise
-                self._create(to_area)
-                target.upload_blob_from_url(source.url, overwrite=True)
+                raise
+            status, deadline = copy.get("copy_status"), time.monotonic() + COPY_WAIT
+            while status == "pending" and time.monotonic() < deadline:
+                time.sleep(0.2)
+                status = target.get_blob_properties().copy.status
+            if status != "success":
+                raise TransientError(f"archive copy of {area}/{name} is {status}")
             source.delete_blob()
-        except ResourceNotFoundError:
-            if not target.exists():
-                raise _classified("move", f"{area}/{name}", ResourceNotFoundError("gone")) from None
+        except SyncError:
+            raise
         except Exception as exc:
             raise _classified("move", f"{area}/{name}", exc) from exc
 
@@ -253,35 +257,20 @@ class BlobStorage:
         self._service.close()
 
 
-class _Stream:
-    """A downloading blob as a binary file object (what csv reading needs): chunks as they arrive."""
+class _Stream(io.RawIOBase):
+    """A downloading blob as a raw binary stream (what csv reading needs): read as it arrives."""
 
     def __init__(self, downloader: Any) -> None:
-        self._chunks = downloader.chunks()
-        self._buffer = b""
-
-    def read(self, size: int = -1) -> bytes:
-        while size < 0 or len(self._buffer) < size:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                break
-            self._buffer += chunk
-        if size < 0:
-            size = len(self._buffer)
-        data, self._buffer = self._buffer[:size], self._buffer[size:]
-        return data
+        super().__init__()
+        self._downloader = downloader
 
     def readable(self) -> bool:
         return True
 
-    def close(self) -> None:
-        self._buffer = b""
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def readinto(self, buffer: Any) -> int:
+        data = self._downloader.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
 
 
 _TRANSIENT_STATUS = {408, 412, 429, 500, 502, 503, 504}
