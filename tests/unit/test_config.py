@@ -48,7 +48,7 @@ def test_every_error_has_its_path(tmp_path):
         "systems.crm.auth.client_secret: Value error, secrets must be references of the form env:NAME",
         "systems.erp.url: Value error, a database URL with a password must be given as env:NAME",
         "flows.accounts-to-customers.source.changes: Input should be 'change_tracking', 'watermark', "
-        "'status_flag' or 'xact_id'",
+        "'status_flag', 'xact_id' or 'snapshot'",
         "flows.accounts-to-customers.schedule: Value error, schedule must be a 6-field NCRONTAB expression",
         "flows.accounts-to-customers.colour: Extra inputs are not permitted",
         "flows.accounts-to-customers.fields[0].max_length: Input should be greater than or equal to 1",
