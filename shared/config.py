@@ -143,6 +143,9 @@ class CsvFormat(Strict):
     # are text, an empty cell is null
     types: dict[str, FieldType] = Field(default_factory=dict)
     operation_column: str = "operation"  # outbox: upsert | update | delete
+    # A field set to null. In the outbox an empty cell is a field the row does not write (its value at the ERP
+    # stays as it is); on reading, both an empty cell and this are null.
+    null_marker: str = "\\N"
 
     @field_validator("encoding")
     @classmethod

@@ -13,7 +13,7 @@ from shared.config import CsvFormat
 from shared.connectors.files.csv_format import FileFormatError, encode_rows, parse_cell, read_rows
 
 
-def rows(text: str | bytes, encoding: str = "utf-8", **fmt):  # noqa: ANN003, ANN201
+def rows(text: str | bytes, encoding: str = "utf-8", **fmt):
     data = text.encode(encoding) if isinstance(text, str) else text
     return list(read_rows(io.BytesIO(data), CsvFormat(encoding=encoding, **fmt), "inbox/x.csv"))
 
@@ -94,6 +94,14 @@ def test_written_files_read_back_as_written():
         {"operation": "upsert", "id": "1", "amount": "12.50", "due": "2024-01-31", "name": "A;B"},
         {"operation": "delete", "id": "2", "amount": None, "due": None, "name": None},
     ]
+
+
+def test_a_null_is_the_null_marker_and_a_field_a_row_does_not_write_is_empty():
+    data = b"".join(encode_rows(["id", "name", "status"], [{"id": 1, "name": None}, {"id": 2, "status": "x"}],
+                                CsvFormat()))
+    assert data.decode().splitlines() == ["id,name,status", "1,\\N,", "2,,x"]
+    back = list(read_rows(io.BytesIO(data), CsvFormat(), "outbox/z.csv"))
+    assert [r.values["name"] for r in back] == [None, None]
 
 
 def test_a_large_file_is_encoded_in_chunks():

@@ -49,7 +49,7 @@ def field_names(header: Sequence[str], fmt: CsvFormat) -> list[str]:
 
 def parse_cell(text: str, type_name: str | None, fmt: CsvFormat) -> Any:
     """The cell's value as `type_name`; raises ValueError saying which rule it broke."""
-    if text == "":
+    if text in ("", fmt.null_marker):
         return None
     if type_name is None or type_name == "string":
         return text
@@ -120,7 +120,7 @@ def _row(cells: list[str], header: list[str], names: list[str], fmt: CsvFormat, 
 
 def format_cell(value: Any, fmt: CsvFormat, type_name: str | None = None) -> str:
     if value is None:
-        return ""
+        return fmt.null_marker
     if type_name == "decimal" and isinstance(value, str):
         return value.replace(".", fmt.decimal_separator)
     if isinstance(value, bool):
@@ -133,14 +133,16 @@ def format_cell(value: Any, fmt: CsvFormat, type_name: str | None = None) -> str
 
 
 def encode_rows(columns: Sequence[str], rows: Sequence[dict[str, Any]], fmt: CsvFormat) -> Iterator[bytes]:
-    """An import file: the header (each field under its CSV name), then one line per row, encoded in chunks."""
+    """An import file: the header (each field under its CSV name), then one line per row, encoded in chunks. A
+    field a row does not have is an empty cell; a field it sets to null is the null marker."""
     headers = {name: column for column, name in fmt.columns.items()}
     encoder = codecs.getincrementalencoder(fmt.encoding)()
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n", **_dialect(fmt))
     writer.writerow([headers.get(name, name) for name in columns])
     for number, row in enumerate(rows, start=1):
-        writer.writerow([format_cell(row.get(name), fmt, fmt.types.get(name)) for name in columns])
+        writer.writerow([format_cell(row[name], fmt, fmt.types.get(name)) if name in row else ""
+                         for name in columns])
         if number % 1000 == 0:
             yield encoder.encode(buffer.getvalue())
             buffer.seek(0)

@@ -18,7 +18,9 @@ replaces, `update` changes the columns present in that file (a deactivation: the
 `delete` removes the row and a missing row is no error. So a file written twice, or two files holding the
 same row, change nothing the second time: the effect is exactly once. An import that stopped halfway can be
 run again from the start of that file. Columns: the operation column first, then the key fields, then every
-other field written in that file; an empty cell is null.
+other field written in that file. An empty cell is a field that row does not write (leave it as it is: a
+deactivation, or a pair writing only the fields that changed); a field set to null holds the format's
+`null_marker` (`\\N`, as PostgreSQL's COPY and MySQL's LOAD DATA write it).
 
 Files cannot refuse a single row, nor check that a row is as it was read: `conditional_writes` is None, and
 `create_only` writes are upserts.
