@@ -54,12 +54,17 @@ def pull_due_flows(
     return results
 
 
+def pull_flows(app: SyncApp, names: list[str], owner: str | None = None) -> list[PullResult]:
+    """Pull these flows now, whatever their schedules (an event said their source has something new)."""
+    return [_pull(app, name, owner) for name in names]
+
+
 def _pull(app: SyncApp, name: str, owner: str | None) -> PullResult:
     """pull_flow records a flow's own failures on the flow; this also keeps one whose recording failed (the
     state store is down) from stopping the flows after it."""
     try:
         return pull_flow(app, name, owner)
-    except Exception as exc:  # noqa: BLE001 - reported in the result, which the timer function raises on
+    except Exception as exc:
         log.exception("pull flow=%s failed and could not be recorded", name)
         return PullResult(name, new_run_id(), status="failed", error=f"{type(exc).__name__}: {exc}")
 
