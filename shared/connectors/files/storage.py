@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from shared.blob_errors import classify
 from shared.errors import ConfigError, PermanentError, Reason, SyncError, TransientError
 
 BLOCK_SIZE = 4 * 1024 * 1024
@@ -273,17 +274,9 @@ class _Stream(io.RawIOBase):
         return len(data)
 
 
-_TRANSIENT_STATUS = {408, 412, 429, 500, 502, 503, 504}
-
-
 def _classified(action: str, name: str, exc: Exception) -> Exception:
-    from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
-
-    status = getattr(exc, "status_code", None)
-    code = getattr(exc, "error_code", None)
-    transient = isinstance(exc, ServiceRequestError | ServiceResponseError) or status in _TRANSIENT_STATUS
-    if isinstance(exc, HttpResponseError) and status is None:
-        transient = True
-    detail = ", ".join(str(p) for p in (status, code) if p) or type(exc).__name__
+    transient, detail = classify(exc)
+    # 412: the file changed under an etag-guarded read; the next run reads it as it is now
+    transient = transient or getattr(exc, "status_code", None) == 412
     message = f"cannot {action} blob {name} ({detail})"
     return TransientError(message) if transient else PermanentError(Reason.TARGET_REJECTED, message)
