@@ -133,7 +133,7 @@ def _read(app: SyncApp, flow_name: str, flow: Flow, cursor: Cursor, result: Pull
         pair = app.config.pair_of(flow_name)
         candidates = (key for key in app.state.linked_keys(pair, flow.source.system) if key not in seen)
         _count(result, send_confirmed_deletes(app, flow_name, candidates, result.run_id,
-                                              on_sent=_deletes_sent(app, flow_name, flow)))
+                                              on_sent=snapshot.deletes_sent(app, flow_name)))
         cursor.deletes_pending = None  # stored by the release
 
 
@@ -144,16 +144,10 @@ def _finish_pending_deletes(app: SyncApp, flow_name: str, flow: Flow, cursor: Cu
         return
     if flow.deletes != "ignore":
         _count(result, send_confirmed_deletes(app, flow_name, missing_keys(app, flow_name), result.run_id,
-                                              on_sent=_deletes_sent(app, flow_name, flow)))
+                                              on_sent=snapshot.deletes_sent(app, flow_name)))
         result.notes.append(f"inferred the deletes of the full read started {cursor.deletes_pending}")
     cursor.deletes_pending = None
     app.state.save_cursor(cursor)
-
-
-def _deletes_sent(app: SyncApp, flow_name: str, flow: Flow) -> Callable[[list[str]], None] | None:
-    if flow.source.changes != snapshot.MODE:
-        return None
-    return lambda keys: snapshot.remember_deleted(app, flow_name, keys)
 
 
 def _count(result: PullResult, confirmed: Confirmed) -> None:

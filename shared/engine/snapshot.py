@@ -19,7 +19,7 @@ and before the cursor moves, so a crash in between re-sends the page (dropped as
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from shared.app import SyncApp
@@ -80,10 +80,16 @@ def remember_sent(app: SyncApp, flow_name: str, records: Sequence[SourceRecord])
         for r in records})
 
 
-def remember_deleted(app: SyncApp, flow_name: str, keys: Sequence[str]) -> None:
-    """Inferred deletes that were sent: the row that comes back is a change whatever its values."""
-    if not keys:
-        return
+def deletes_sent(app: SyncApp, flow_name: str) -> Callable[[list[str]], None] | None:
+    """What shared.engine.deletes tells once inferred deletes of this flow are on the bus (a full read's, a
+    reconciliation's): for this mode, remember them, so the row that comes back is a change whatever its
+    values."""
     flow = app.config.flows[flow_name]
-    app.state.put_sent(app.config.pair_of(flow_name), flow.source.system, flow.source.entity,
-                       {key: {"deleted": True} for key in keys})
+    if flow.source.changes != MODE:
+        return None
+
+    def remember(keys: list[str]) -> None:
+        app.state.put_sent(app.config.pair_of(flow_name), flow.source.system, flow.source.entity,
+                           {key: {"deleted": True} for key in keys})
+
+    return remember
