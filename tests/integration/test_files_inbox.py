@@ -3,9 +3,14 @@ column, and each file exactly once, also when a pull dies in the middle of a fil
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 from sqlalchemy import create_engine, text
 
 from shared.app import SyncApp
@@ -14,6 +19,8 @@ from shared.engine import cursor_lease, snapshot
 from shared.engine.dead_letters import list_dead_letters
 from shared.engine.pull import pull_flow
 from shared.local_runtime import RunOptions, run_once
+from shared.state.sqlite_tables import SqliteTables
+from shared.state.store import StateStore
 
 FLOW = "customers-in"
 HEADER = "Kundennr;Name;Kredit\n"
@@ -237,3 +244,49 @@ def test_a_file_without_a_header_fails_the_flow_and_stays(exchange):
     result = pull_flow(ex.app, FLOW)
     assert result.status == "failed" and "inbox/customers/empty.csv: no header row" in result.error
     assert ex.pending() == ["empty.csv"]
+
+
+def test_sigkill_inside_a_file_then_once_again_loses_and_repeats_nothing(exchange, tmp_path):
+    """The real thing: `dualsync run --once` killed (SIGKILL) while it is sending a large file's pages."""
+    total = 3000
+    ex = exchange(page_size=100)
+    ex.drop([f"{i};n{i};{i},5" for i in range(total)])
+    flows = tmp_path / "flows.yaml"
+    flows.write_text(yaml.safe_dump(config(ex.folder, ex.db_url, page_size=100)))
+    cmd = [sys.executable, "-m", "shared.cli", "run", "--config", str(flows), "--once", "--workers", "0",
+           "--workdir", str(tmp_path / "killed")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None and _sent_rows(tmp_path / "killed") < 300:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    sent = _sent_rows(tmp_path / "killed")
+    assert 0 < sent < total, f"the kill should land inside the file, {sent} of {total} rows were sent"
+    assert ex.pending() == ["export-001.csv"]
+
+    again = SyncApp.local(parse_config(config(ex.folder, ex.db_url, page_size=100)), tmp_path / "killed",
+                          retry_base=0.01)
+    try:
+        counts = run_once(again, RunOptions(workers=0, drain_bound=1)).flows[FLOW]
+        assert counts.adds_up() and counts.waiting == 0 and not counts.dead_lettered and not counts.skipped
+        assert counts.pulled == total - sent + counts.duplicates
+        rows = ex.rows()
+        assert len(rows) == total and rows == {str(i): (f"n{i}", f"{i}.5") for i in range(total)}
+        assert ex.archived() == ["export-001.csv"]
+    finally:
+        again.close()
+
+
+def _sent_rows(workdir: Path) -> int:
+    """Rows of the file on the bus by the cursor's stored position (0 before the first page)."""
+    if not (workdir / "state.db").exists():
+        return 0
+    tables = SqliteTables(workdir / "state.db")
+    try:
+        cursor = StateStore(tables).get_cursor(FLOW)
+    except Exception:  # noqa: BLE001 - the runner is creating its tables right now
+        return 0
+    finally:
+        tables.close()
+    return int(((cursor and cursor.position) or {}).get("row", 0))
