@@ -64,8 +64,8 @@ def test_a_file_that_lands_is_pulled_at_once_applied_and_archived(on_blob):
     assert tally.flows["customers-in"].applied == 2
     with engine.connect() as conn:
         assert sorted(conn.execute(text("SELECT id, name FROM customers")).all()) == [("1", "Ada"), ("2", "Grace")]
-    assert storage.list(inbox, "customers/") == []
-    assert [f.name.split("~")[1] for f in storage.list(f"{inbox}-archive", "customers/")] == ["2026-12-01.csv"]
+    assert storage.files(inbox, "customers/") == []
+    assert [f.name.split("~")[1] for f in storage.files(f"{inbox}-archive", "customers/")] == ["2026-12-01.csv"]
 
 
 def test_which_flows_read_a_blob(on_blob):

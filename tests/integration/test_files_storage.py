@@ -41,29 +41,29 @@ def chunks(*parts: bytes) -> Iterator[bytes]:
 def test_write_list_open_move_delete(storage):
     store, areas = storage
     inbox, archive = areas["inbox"], areas["archive"]
-    assert store.list(inbox, "customers/") == []
+    assert store.files(inbox, "customers/") == []
     store.write(inbox, "customers/b.csv", chunks(b"id\n", b"2\n"))
     store.write(inbox, "customers/a.csv", chunks(b"id\n1\n"))
     store.write(inbox, "customers/.hidden", chunks(b"x"))
     store.write(inbox, "orders/c.csv", chunks(b"id\n"))
-    listed = store.list(inbox, "customers/")
+    listed = store.files(inbox, "customers/")
     assert [f.name for f in listed] == ["customers/a.csv", "customers/b.csv"]
     assert listed[0].modified.tzinfo is not None
     with store.open(inbox, "customers/b.csv", listed[1].etag) as stream:
         assert stream.read() == b"id\n2\n"
     store.write(inbox, "customers/b.csv", chunks(b"id\n22\n"))  # written again: another version
-    again = store.list(inbox, "customers/")[1]
+    again = store.files(inbox, "customers/")[1]
     assert again.etag != listed[1].etag
     with pytest.raises(TransientError):
         store.open(inbox, "customers/b.csv", listed[1].etag).read()
     store.move(inbox, "customers/a.csv", archive, "customers/1~a.csv")
     store.move(inbox, "customers/a.csv", archive, "customers/1~a.csv")  # a retried move is done already
-    assert [f.name for f in store.list(inbox, "customers/")] == ["customers/b.csv"]
+    assert [f.name for f in store.files(inbox, "customers/")] == ["customers/b.csv"]
     with store.open(archive, "customers/1~a.csv") as stream:
         assert stream.read() == b"id\n1\n"
     store.delete(inbox, "customers/b.csv")
     store.delete(inbox, "customers/b.csv")
-    assert store.list(inbox, "customers/") == []
+    assert store.files(inbox, "customers/") == []
 
 
 def test_a_write_that_dies_halfway_leaves_nothing_visible(storage, monkeypatch):
@@ -77,7 +77,7 @@ def test_a_write_that_dies_halfway_leaves_nothing_visible(storage, monkeypatch):
     with pytest.raises(Exception, match="killed|cannot write"):
         store.write(areas["outbox"], "customers/x.csv", dies())
     store.write(areas["outbox"], "customers/y.csv", chunks(b"id\r\n", b"2\r\n"))
-    assert [f.name for f in store.list(areas["outbox"], "customers/")] == ["customers/y.csv"]
+    assert [f.name for f in store.files(areas["outbox"], "customers/")] == ["customers/y.csv"]
     with store.open(areas["outbox"], "customers/y.csv") as stream:
         assert stream.read() == b"id\r\n2\r\n"
 
@@ -99,7 +99,7 @@ def test_outbox_writes_one_whole_file_and_its_manifest_per_batch(storage):
     results = files.write_batch(target, ops)
     assert [(r.ok, r.key) for r in results] == [(True, "1"), (True, "2"), (True, "3")]
     assert files.write_batch(target, ops[:1])[0].ok  # the next batch: a file of its own
-    written = [f.name for f in store.list(areas["outbox"], "customers/")]
+    written = [f.name for f in store.files(areas["outbox"], "customers/")]
     assert len(written) == 4 and written[0].endswith(".csv") and written[1] == written[0] + ".manifest.json"
     with store.open(areas["outbox"], written[0]) as stream:
         body = stream.read()
@@ -130,7 +130,7 @@ def test_outbox_without_its_manifest_leaves_no_csv_and_fails_the_batch(storage, 
     results = files.write_batch(TargetSpec(system="erp", entity="customers", key="id"),
                                 [WriteOp("upsert", {"id": "1"}, {"id": "1"})])
     assert not results[0].ok and isinstance(results[0].error, TransientError)
-    assert store.list(areas["outbox"], "customers/") == []
+    assert store.files(areas["outbox"], "customers/") == []
 
 
 def test_inbox_reads_each_file_once_and_archives_it(storage):
@@ -143,13 +143,13 @@ def test_inbox_reads_each_file_once_and_archives_it(storage):
     assert [[r.key for r in p.records] for p in pages] == [["1", "2"], ["3"]]
     assert all(p.snapshot for p in pages) and pages[-1].position["row"] == 3
     first_version = pages[0].records[0].version
-    assert [f.name for f in store.list(areas["inbox"], "customers/")] == ["customers/002.csv"]
+    assert [f.name for f in store.files(areas["inbox"], "customers/")] == ["customers/002.csv"]
     # The source as it is now: the next file to read.
     assert sorted(files.read_records("customers", ["id"], ["1", "2"])) == ["1"]
     resumed = list(files.read_changes(source, pages[0].position, 2))  # a stale position: another file now
     assert [r.key for p in resumed for r in p.records] == ["1"]
     assert resumed[0].records[0].version > first_version
-    assert [f.name.split("~")[1] for f in store.list(areas["archive"], "customers/")] == ["001.csv", "002.csv"]
+    assert [f.name.split("~")[1] for f in store.files(areas["archive"], "customers/")] == ["001.csv", "002.csv"]
     assert list(files.read_changes(source, resumed[-1].position, 2)) == []
     # Nothing left in the inbox: the newest archived file is the source now.
     assert list(files.iter_keys(source)) == ["1"]

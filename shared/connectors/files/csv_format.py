@@ -104,8 +104,7 @@ def read_rows(stream: IO[bytes], fmt: CsvFormat, where: str) -> Iterator[Row]:
 
 def _row(cells: list[str], header: list[str], names: list[str], fmt: CsvFormat, where: str, line: int) -> Row:
     if len(cells) != len(header):
-        values = dict(zip(names, cells, strict=False))
-        return Row(line, values, f"file {where} line {line}: {len(cells)} columns where the header has "
+        return Row(line, dict(zip(names, cells, strict=False)), f"file {where} line {line}: {len(cells)} columns where the header has "
                                  f"{len(header)} (delimiter {fmt.delimiter!r})")
     values: dict[str, Any] = {}
     problem = None

@@ -56,7 +56,7 @@ class Inbox:
         self._snapshot: dict[str, _Snapshot] = {}  # entity -> the last one read, while its file is unchanged
 
     def pending(self, entity: str) -> list[StoredFile]:
-        return [f for f in self.storage.list(self.system.inbox, f"{entity}/") if f.name.lower().endswith(".csv")]
+        return [f for f in self.storage.files(self.system.inbox, f"{entity}/") if f.name.lower().endswith(".csv")]
 
     # -- reading changes -------------------------------------------------------------------------------
     def read_changes(self, source: SourceSpec, position: dict[str, Any] | None,
@@ -115,7 +115,7 @@ class Inbox:
         if pending:
             area, file, version = self.system.inbox, pending[0], sortable_version(self.clock())
         else:
-            archived = [f for f in self.storage.list(self.system.archive, f"{source.entity}/") if "~" in f.name]
+            archived = [f for f in self.storage.files(self.system.archive, f"{source.entity}/") if "~" in f.name]
             if not archived:
                 return None
             area, file = self.system.archive, archived[-1]

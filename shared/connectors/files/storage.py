@@ -38,7 +38,7 @@ class StoredFile:
 
 
 class FileStorage(Protocol):
-    def list(self, area: str, prefix: str) -> list[StoredFile]:
+    def files(self, area: str, prefix: str) -> list[StoredFile]:
         """The files under `prefix`, by name; temporary and hidden files (a name part starting with `.`) left out."""
         ...
 
@@ -77,7 +77,7 @@ class FolderStorage:
             raise PermanentError(Reason.TARGET_REJECTED, f"file name {name!r} leaves the {area} folder")
         return path
 
-    def list(self, area: str, prefix: str) -> list[StoredFile]:
+    def files(self, area: str, prefix: str) -> list[StoredFile]:
         folder = self._path(area, prefix)
         if not folder.is_dir():
             return []
@@ -162,7 +162,7 @@ class BlobStorage:
     def _container(self, area: str) -> Any:
         return self._service.get_container_client(area)
 
-    def list(self, area: str, prefix: str) -> list[StoredFile]:
+    def files(self, area: str, prefix: str) -> list[StoredFile]:
         from azure.core.exceptions import ResourceNotFoundError
 
         try:
@@ -195,7 +195,8 @@ class BlobStorage:
     def _stage(blob: Any, chunks: Iterator[bytes]) -> list[Any]:
         from azure.storage.blob import BlobBlock
 
-        blocks, buffer = [], b""
+        blocks: list[Any] = []
+        buffer = b""
         prefix = uuid.uuid4().hex[:16]  # block ids of one write; others' uncommitted blocks are never used
         for chunk in [*chunks, None]:
             buffer += chunk or b""
