@@ -164,7 +164,8 @@ class FilesSystem(Strict):
     is a sub-folder (a name prefix in a container): `<inbox>/<entity>/*.csv`."""
 
     kind: Literal["files"]
-    # Embedded: a folder holding the inbox, archive and outbox folders.
+    # Embedded: a folder holding the inbox, archive and outbox folders (it must exist: a missing one is an
+    # unreachable exchange, never an empty one).
     folder: str | None = None
     # Azure Blob Storage: the account's blob endpoint (identity-based access: the app's managed identity, or
     # AZURE_CLIENT_ID's), or env:NAME of a connection string (Azurite); inbox, archive and outbox are containers.

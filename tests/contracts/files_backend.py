@@ -44,6 +44,7 @@ class FilesBackend:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        root.mkdir(parents=True, exist_ok=True)  # the exchange folder is set up before the connector runs
         self.system = FilesSystem(kind="files", folder=str(root))
         self.connector = FilesConnector("erp", self.system, FolderStorage(root))
         self.tables: dict[str, tuple[dict[str, str], list[str]]] = {}  # name -> (columns, key)
@@ -109,7 +110,6 @@ class FilesBackend:
         return sorted(self.tables)
 
     def unreachable(self) -> FilesConnector:
-        self.root.mkdir(parents=True, exist_ok=True)
         blocked = self.root / "not-a-folder"
         blocked.write_text("a file where the exchange folder should be")
         return FilesConnector("erp", FilesSystem(kind="files", folder=str(blocked)), FolderStorage(blocked))

@@ -88,14 +88,25 @@ def test_a_header_only_export_is_one_empty_snapshot_page(backend):
     assert len(pages) == 1 and pages[0].records == [] and pages[0].snapshot
 
 
+def test_no_export_yet_is_no_row_but_no_key_set_either(backend):
+    backend.create_table("customers", contract.CUSTOMER_COLUMNS, ["id"])
+    assert backend.connector.read_records("customers", ["id"], ["1"]) == {}  # a target nothing was exported of
+    with pytest.raises(TransientError, match="no export of customers yet"):
+        list(backend.connector.iter_keys(SOURCE))  # a reconciliation would take it for "every row deleted"
+
+
 def test_only_snapshot_reads(backend):
     contract.customers(backend, 1)
     with pytest.raises(Exception, match="changes: snapshot"):
         list(backend.connector.read_changes(contract.SOURCE, None, 10))
 
 
-def test_an_unreachable_exchange_folder_fails_every_op_transiently(backend):
+def test_an_unreachable_exchange_folder_fails_every_op_and_every_read_transiently(backend):
     connector = backend.unreachable()
+    for read in (lambda: list(connector.read_changes(SOURCE, None, 10)),
+                 lambda: connector.read_records("customers", ["id"], ["1"]), lambda: list(connector.iter_keys(SOURCE))):
+        with pytest.raises(TransientError, match="not-a-folder is not there"):
+            read()
     target = TargetSpec(system="erp", entity="customers", key=["id"])
     results = connector.write_batch(target, [contract.upsert(1, name="x"), WriteOp("delete", {"id": 2})])
     assert [r.ok for r in results] == [False, False]

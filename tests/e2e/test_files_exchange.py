@@ -25,6 +25,7 @@ TOKEN = "static-test-token-files"
 def crm_to_files(dataverse_sim, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.setenv("DV_TOKEN", TOKEN)
     folder = tmp_path / "exchange"
+    folder.mkdir()
     app = SyncApp.local(parse_config({
         "systems": {
             "crm": {"kind": "dataverse", "url": dataverse_sim.url, "auth": {"static_token": "env:DV_TOKEN"}},

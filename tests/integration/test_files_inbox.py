@@ -48,6 +48,7 @@ def config(folder: Path, db_url: str, page_size: int = 1000) -> dict:
 class Exchange:
     def __init__(self, tmp_path: Path, page_size: int = 1000) -> None:
         self.folder = tmp_path / "exchange"
+        self.folder.mkdir()
         self.db_url = f"sqlite:///{tmp_path / 'crm.db'}"
         self.engine = create_engine(self.db_url)
         with self.engine.begin() as conn:

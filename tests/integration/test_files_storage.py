@@ -22,6 +22,7 @@ from shared.ports.connector import WriteOp
 @pytest.fixture(params=["folder", "blob"])
 def storage(request, tmp_path) -> Iterator[tuple[FileStorage, dict]]:
     if request.param == "folder":
+        (tmp_path / "exchange").mkdir()
         made: FileStorage = FolderStorage(tmp_path / "exchange")
         where = {"folder": str(tmp_path / "exchange")}
     else:

@@ -30,6 +30,7 @@ from typing import Any
 from shared.config import FilesSystem, SourceSpec
 from shared.connectors.files.csv_format import FileFormatError, Row, read_rows
 from shared.connectors.files.storage import FileStorage, StoredFile
+from shared.errors import TransientError
 from shared.keys import format_key
 from shared.messages import fingerprint
 from shared.ports.connector import ChangePage, SourceRecord
@@ -141,7 +142,10 @@ class Inbox:
 
     def iter_keys(self, source: SourceSpec) -> Iterator[str]:
         snapshot = self.current(source)
-        yield from sorted(snapshot.records) if snapshot else ()
+        if snapshot is None:  # no key set is not an empty key set: a reconciliation must not delete everything
+            raise TransientError(f"no export of {source.entity} yet (neither in {self.system.inbox} nor in "
+                                 f"{self.system.archive}): no keys to compare with")
+        yield from sorted(snapshot.records)
 
 
 def archived_name(name: str, version: str) -> str:

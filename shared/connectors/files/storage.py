@@ -78,6 +78,10 @@ class FolderStorage:
         return path
 
     def files(self, area: str, prefix: str) -> list[StoredFile]:
+        if not self.root.is_dir():
+            # A share that is not mounted must not read as an empty inbox or archive: an empty archive would
+            # confirm every delete candidate.
+            raise TransientError(f"exchange folder {self.root} is not there (not mounted?)")
         folder = self._path(area, prefix)
         if not folder.is_dir():
             return []
