@@ -216,10 +216,13 @@ class BlobStorage:
 
         if area in self._created:
             return
-        try:
-            self._container(area).create_container()
-        except ResourceExistsError:
-            pass
+        container = self._container(area)
+        # Asked first: an identity whose role is scoped to the container may read it but not create one.
+        if not container.exists():
+            try:
+                container.create_container()
+            except ResourceExistsError:
+                pass
         self._created.add(area)
 
     def move(self, area: str, name: str, to_area: str, to_name: str) -> None:
