@@ -159,6 +159,9 @@ class CsvFormat(Strict):
         return value
 
 
+_CONTAINER = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
+
+
 class FilesSystem(Strict):
     """CSV file exchange: an ERP that exports files into an inbox and imports the files of an outbox. Each entity
     is a sub-folder (a name prefix in a container): `<inbox>/<entity>/*.csv`."""
@@ -183,6 +186,15 @@ class FilesSystem(Strict):
     def _one_store(self) -> FilesSystem:
         if sum(bool(s) for s in (self.folder, self.blob_endpoint, self.blob_connection)) != 1:
             raise ValueError("choose exactly one of folder, blob_endpoint, blob_connection")
+        areas = (self.inbox, self.archive, self.outbox)
+        if len(set(areas)) != 3:  # an archive that is the inbox would read every file again, an outbox our own
+            raise ValueError("inbox, archive and outbox must be three different folders or containers")
+        if not self.folder:
+            bad = [a for a in areas if not _CONTAINER.match(a) or "--" in a]
+            if bad:
+                raise ValueError(f"not a Blob container name (3-63 lower-case letters, digits, single '-'): {bad}")
+        elif any(a in ("", ".", "..") or "/" in a or a.startswith(".") for a in areas):
+            raise ValueError("inbox, archive and outbox are folder names inside `folder`")
         return self
 
     def format_of(self, entity: str) -> CsvFormat:

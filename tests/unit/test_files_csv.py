@@ -1,5 +1,6 @@
 """CSV as each entity's format says: delimiter, quoting, encoding, decimal separator, header mapping, types; a
-row that does not fit is named by line and column, a file that does not fit fails as a whole."""
+row that does not fit is named by line and column, a file that does not fit fails as a whole. And the files
+system's own settings."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ import io
 from decimal import Decimal
 
 import pytest
+from azure.identity import DefaultAzureCredential
 from pydantic import ValidationError
 
-from shared.config import CsvFormat
+from shared.config import CsvFormat, FilesSystem
+from shared.connectors.files.connector import storage_of
 from shared.connectors.files.csv_format import FileFormatError, encode_rows, parse_cell, read_rows
+from shared.connectors.files.storage import BlobStorage
 
 
 def rows(text: str | bytes, encoding: str = "utf-8", **fmt):
@@ -107,3 +111,25 @@ def test_a_null_is_the_null_marker_and_a_field_a_row_does_not_write_is_empty():
 def test_a_large_file_is_encoded_in_chunks():
     chunks = list(encode_rows(["id"], [{"id": i} for i in range(2500)], CsvFormat()))
     assert len(chunks) == 3 and b"".join(chunks).count(b"\r\n") == 2501
+
+
+@pytest.mark.parametrize(("settings", "problem"), [
+    ({"folder": "/x", "archive": "inbox"}, "three different folders"),
+    ({"folder": "/x", "outbox": "../elsewhere"}, "folder names inside"),
+    ({"blob_endpoint": "https://a.blob.core.windows.net", "inbox": "Inbox"}, "not a Blob container name"),
+    ({"blob_connection": "env:X", "archive": "a--b"}, "not a Blob container name"),
+    ({"blob_connection": "UseDevelopmentStorage=true"}, "env:NAME"),
+    ({"folder": "/x", "blob_connection": "env:X"}, "exactly one of"),
+])
+def test_files_system_settings_that_cannot_work_are_refused(settings, problem):
+    with pytest.raises(ValidationError, match=problem):
+        FilesSystem(kind="files", **settings)
+
+
+def test_blob_endpoint_uses_the_apps_identity(monkeypatch):
+    monkeypatch.setenv("AZURE_CLIENT_ID", "11111111-2222-3333-4444-555555555555")
+    store = storage_of(FilesSystem(kind="files", blob_endpoint="https://acct.blob.core.windows.net"))
+    assert isinstance(store, BlobStorage)
+    service = store._service
+    assert service.url == "https://acct.blob.core.windows.net/"
+    assert isinstance(service.credential, DefaultAzureCredential)
