@@ -405,6 +405,20 @@ def _cross_check(config: Config) -> list[str]:
             if field_name not in mapped:
                 problems.append(f"{base}.match_on[{i}]: {field_name!r} is not the 'to' of any field")
     problems += _check_pairs(config)
+    problems += _check_inboxes(config)
+    return problems
+
+
+def _check_inboxes(config: Config) -> list[str]:
+    """A files inbox is read by one flow: the first to read a file archives it, so a second would never see it."""
+    readers: dict[tuple[str, str], str] = {}
+    problems = []
+    for name, flow in config.flows.items():
+        if isinstance(config.systems.get(flow.source.system), FilesSystem):
+            first = readers.setdefault((flow.source.system, flow.source.entity), name)
+            if first != name:
+                problems.append(f"flows.{name}.source: flow {first} reads {flow.source.system} "
+                                f"{flow.source.entity} already; one flow per inbox entity (it archives each file)")
     return problems
 
 
