@@ -13,14 +13,18 @@ written while only in memory, and a crash before that commit would lose them for
 returning can only be written *again*: a crash after the commit and before the state is saved redelivers the
 batch and writes its rows into a second file, with the same values.
 
-What the importing ERP does: rows in name order of the files, each row by its key; `upsert` inserts or
-replaces, `update` changes the columns present in that file (a deactivation: the status column only),
+What the importing ERP does: rows in name order of the files, each row by its key; `upsert` inserts, or
+updates the fields the row writes, `update` changes the fields the row writes (a deactivation: the status),
 `delete` removes the row and a missing row is no error. So a file written twice, or two files holding the
 same row, change nothing the second time: the effect is exactly once. An import that stopped halfway can be
 run again from the start of that file. Columns: the operation column first, then the key fields, then every
 other field written in that file. An empty cell is a field that row does not write (leave it as it is: a
 deactivation, or a pair writing only the fields that changed); a field set to null holds the format's
 `null_marker` (`\\N`, as PostgreSQL's COPY and MySQL's LOAD DATA write it).
+
+Name order is the writers' clock order. Two changes of one record are written at least a record-state round
+trip apart (apply's per-record lease: the second is written only after the first was recorded), far more than
+the clocks of NTP-synchronised instances differ, so a record's files sort in the order of its changes.
 
 Files cannot refuse a single row, nor check that a row is as it was read: `conditional_writes` is None, and
 `create_only` writes are upserts.
