@@ -9,7 +9,7 @@ AZURITE := node_modules/.bin/azurite-table
 CHECKOV_VENV := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 
-.PHONY: demo test test-fast soak bench install checkov clean lock
+.PHONY: demo test test-fast typecheck soak bench install checkov clean lock
 
 $(STAMP): requirements.txt requirements-cli.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,7 +37,13 @@ demo: $(STAMP)
 
 test: $(STAMP) $(AZURITE) $(CHECKOV_STAMP)
 	bash scripts/ensure-postgres.sh
+	bash scripts/ensure-chromium.sh
+	$(PY) -m mypy
 	$(PY) -m pytest
+
+# Every adapter and fake against its port's Protocol (tests/typecheck/port_conformance.py).
+typecheck: $(STAMP)
+	$(PY) -m mypy
 
 test-fast: $(STAMP)
 	$(PY) -m pytest tests/unit
@@ -59,4 +65,4 @@ lock:
 		--no-emit-find-links -o requirements.txt requirements.in
 
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) node_modules .pytest_cache .dualsync
+	rm -rf $(VENV) $(CHECKOV_VENV) node_modules .pytest_cache .mypy_cache .dualsync

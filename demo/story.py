@@ -223,6 +223,7 @@ def _seed_erp(url: str) -> None:
 
 
 def sync(story: Story, on_progress: Callable[[Tally], None] | None = None) -> Tally:
+    """One `dualsync run --once`."""
     return run_once(story.app, RunOptions(workers=2, drain_bound=10), on_progress)
 
 

@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 from . import errors
 from .errors import ODataError
+from .metadata import entity_definitions, is_definitions_path
 from .odata_query import GuidLiteral, format_key_value, parse_filter, parse_key_predicate, parse_orderby, parse_select
 from .schema import Attribute, Entity, Schema
 from .stats import Stats
@@ -191,6 +192,10 @@ class DataverseApi:
             return json_response(
                 200, {"@odata.context": f"{req.service_root}$metadata#Microsoft.Dynamics.CRM.WhoAmIResponse", **WHOAMI}, "whoami"
             )
+        if is_definitions_path(path):
+            if req.method != "GET":
+                raise errors.method_not_allowed(req.method, path)
+            return json_response(*entity_definitions(self.schema, path, req.query), "metadata")
         if path.startswith("$") and scope is not None:
             path = self._resolve_content_id(path, scope)
 

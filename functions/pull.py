@@ -7,6 +7,13 @@ failures (where the standard alerts on failed executions look) instead of a gree
 flow. Raising costs nothing here: a timer trigger has no retry policy unless one is configured (none is),
 the schedule monitor (`use_monitor`) moves on to the next occurrence either way, and every flow already
 holds its own state, so the next tick simply tries the failing flow again.
+
+Before a flow's first pull on this host, its part of the flows file is checked against its systems
+(`dualsync check`'s preflight: env: references, connections, entities, columns). A flow that fails the check
+is not pulled; the findings are its last_error (status, `GET /api/flows`) and fail the invocation like any
+pull failure, and every tick checks it again until it passes. So a misspelt column stops one flow visibly
+instead of writing NULLs or dead-lettering every record. A system that does not answer is left to the pull,
+which fails (or pauses the flow on 401/403) as before.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ def pull(timer: func.TimerRequest) -> None:
     if timer.past_due:
         log.info("pull timer is past due; pulling now")
     failed = []
-    for result in pull_due_flows(sync_app()):
+    for result in pull_due_flows(sync_app(), check=True):
         log.info("pulled flow=%s status=%s pulled=%d deletes=%d run_id=%s", result.flow, result.status,
                  result.pulled, result.deletes_inferred, result.run_id)
         if result.error:  # logged as an error where it happened, with the flow and run id

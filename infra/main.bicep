@@ -148,6 +148,7 @@ var stateTables = [
   'conflicts'
   'changerequests'
   'grants'
+  'jobs'
 ]
 
 // Every queue the code uses (the APPLY_QUEUE setting).

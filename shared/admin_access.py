@@ -8,8 +8,9 @@ fail closed: a header anyone can send grants nothing.
 
 Roles (app roles on the admin app registration, assigned to users, groups or other apps):
 
-- ``Reader``: flow status and the dead-letter list.
-- ``Operator``: everything a Reader may, plus pause, resume, replay and purge.
+- ``Reader``: flow status, run history, dead letters, conflicts, change requests, job progress.
+- ``Operator``: everything a Reader may, plus pause, resume, replay, purge, resolving conflicts and approving or
+  rejecting change requests.
 
 A function key grants only the read-only health route.
 """

@@ -34,6 +34,8 @@ class SyncApp:
     max_attempts: int = 8  # for flows that do not set their own
     clock: Callable[[], datetime] = utcnow
     connector_factory: Callable[[str], Connector] | None = None
+    # Flows whose file passed `shared.engine.preflight` in this process (the timer checks each once per host).
+    checked_flows: set[str] = field(default_factory=set, repr=False)
     _connectors: dict[str, Connector] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 

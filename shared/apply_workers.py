@@ -32,6 +32,7 @@ With `workers=0` the calling process applies, one batch at a time (tests, fakes,
 from __future__ import annotations
 
 import importlib
+import logging
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -211,6 +212,41 @@ class _WorkerSpec:
     cwd: str
     worker_init: str | None = None
     telemetry_console: bool | None = None
+    log_level: int = logging.WARNING  # the runner's `dualsync` log level: records at it go to the runner
+
+
+class _ReportPipe:
+    """The worker's end of its report pipe, one message at a time: a connector may log from its own threads."""
+
+    def __init__(self, conn: multiprocessing.connection.Connection) -> None:
+        self.conn = conn
+        self.sending = threading.Lock()
+
+    def send(self, message: tuple) -> None:
+        with self.sending:
+            self.conn.send(message)
+
+
+class _ForwardLog(logging.Handler):
+    """A worker's log records go to the runner over its report pipe, which logs them as its own: so they show
+    where the runner shows its log (above its progress bar, at its level), never straight onto the terminal."""
+
+    def __init__(self, conn: _ReportPipe, level: int) -> None:
+        super().__init__(level)
+        self.conn = conn
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.conn.send(("log", record.levelno, record.name, record.getMessage()))
+        except (OSError, ValueError):  # the runner is gone: the worker is about to exit with it
+            pass
+
+
+def _forward_log(conn: _ReportPipe, level: int) -> None:
+    log = logging.getLogger("dualsync")
+    log.addHandler(_ForwardLog(conn, level))
+    log.setLevel(level)
+    log.propagate = False  # not also to stderr by logging's last resort
 
 
 def _local_app(spec: _WorkerSpec) -> SyncApp:
@@ -269,6 +305,8 @@ def _worker_main(spec: _WorkerSpec, conn: multiprocessing.connection.Connection,
     for signum in (signal.SIGINT, signal.SIGTERM):  # they reach the whole process group; the parent decides
         signal.signal(signum, signal.SIG_IGN)
     _exit_with_parent()
+    conn = _ReportPipe(conn)  # type: ignore[assignment] - sends only, from here on
+    _forward_log(conn, spec.log_level)  # type: ignore[arg-type]
     # A fork server's children inherit the server's environment and directory, not the parent's current ones.
     os.environ.clear()
     os.environ.update(spec.env)
@@ -363,7 +401,8 @@ class _ProcessPool:
         self.spec = dict(config=config, workdir=workdir, retry_base=app.retry_base, queue=app.queue,
                          batch_size=options.batch_size, shard_groups=_shard_groups(config),
                          receive_after=_receive_after(config), worker_init=options.worker_init,
-                         telemetry_console=options.telemetry_console)
+                         telemetry_console=options.telemetry_console,
+                         log_level=logging.getLogger("dualsync").getEffectiveLevel())
         self.ctx = _context()
         self.slots = [_Slot(i) for i in range(n)]
         for slot in self.slots:
@@ -423,6 +462,8 @@ class _ProcessPool:
                 slot.pending = None
             elif kind == "error":
                 self.errors.append(f"worker {slot.index}: {message[1]}")
+            elif kind == "log":
+                logging.getLogger(message[2]).log(message[1], "%s", message[3])
             elif kind == "exit":
                 slot.exited = True
                 if message[1] is not None:

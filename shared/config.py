@@ -6,241 +6,115 @@ Secrets are only ever references (`env:NAME`); `resolve_secret` reads them at th
 
 from __future__ import annotations
 
-import os
 import re
+import types
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from croniter import croniter
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
+from shared.config_base import FieldType, Strict, resolve_secret
+from shared.connectors import registry
+
+# The settings of the two kinds that predate the registry, still importable from here.
+from shared.connectors.dataverse_settings import DataverseAuth, DataverseSystem
+from shared.connectors.sql_settings import SqlSystem
 from shared.errors import ConfigError
+from shared.names import nearest
 
-SECRET_REF = re.compile(r"^env:[A-Za-z_][A-Za-z0-9_]*$")
-_URL_PASSWORD = re.compile(r"^[a-z0-9+]+://[^/:@]*:[^/@]+@", re.IGNORECASE)
-# A password in the query string (`?password=`, `sslpassword=`, ODBC `PWD=` inside `odbc_connect`), URL-encoded
-# or not.
-_QUERY_SECRET = re.compile(r"(pass(word)?|pwd|secret|token|access_?key|sslkey)\s*(=|%3d)", re.IGNORECASE)
+if TYPE_CHECKING:
+    from shared.ports.connector import Capabilities
 
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _secret_ref(value: str | None) -> str | None:
-    if value is not None and not SECRET_REF.match(value):
-        raise ValueError("secrets must be references of the form env:NAME, never literal values")
-    return value
-
-
-def resolve_secret(ref: str) -> str:
-    """`env:NAME` -> the variable's value; a plain string is returned as it is (non-secret values)."""
-    if not ref.startswith("env:"):
-        return ref
-    name = ref[4:]
-    value = os.environ.get(name)
-    if not value:
-        raise ConfigError([f"environment variable {name} (referenced as {ref}) is not set"])
-    return value
+__all__ = [
+    "ChangeMode",
+    "Config",
+    "DataverseAuth",
+    "DataverseSystem",
+    "FieldMap",
+    "Flow",
+    "SourceSpec",
+    "SqlSystem",
+    "System",
+    "TargetSpec",
+    "load_config",
+    "parse_config",
+    "resolve_secret",
+]
 
 
-class DataverseAuth(Strict):
-    tenant_id: str | None = None
-    client_id: str | None = None
-    client_secret: str | None = None
-    certificate_path: str | None = None
-    # The same PEM (private key, then the certificate) as text from an env:NAME reference: on Azure a Key Vault
-    # reference to the certificate's secret (…/secrets/<certificate name>), so no file has to be deployed.
-    certificate_pem: str | None = None
-    certificate_thumbprint: str | None = None
-    certificate_password: str | None = None
-    managed_identity: bool = False
-    # A federated identity credential: the app registration (client_id) trusts this user-assigned managed
-    # identity (its client id, or env:AZURE_CLIENT_ID), whose token for `token_exchange_audience` is the client
-    # assertion. No secret or certificate exists to expire or leak.
-    federated_identity_client_id: str | None = None
-    token_exchange_audience: str = "api://AzureADTokenExchange"  # ...USGov / ...China in those clouds
-    authority_host: str = "https://login.microsoftonline.com"
-    # For simulators and tests only: send this static bearer token instead of asking MSAL.
-    static_token: str | None = None
-
-    _secrets = field_validator("client_secret", "certificate_pem", "certificate_password", "static_token")(_secret_ref)
-
-    @model_validator(mode="after")
-    def _one_method(self) -> DataverseAuth:
-        methods = [bool(self.client_secret), bool(self.certificate_path), bool(self.certificate_pem),
-                   self.managed_identity, bool(self.federated_identity_client_id), bool(self.static_token)]
-        if sum(methods) != 1:
-            raise ValueError("choose exactly one of client_secret, certificate_path, certificate_pem, "
-                             "managed_identity, federated_identity_client_id, static_token")
-        confidential = (self.client_secret or self.certificate_path or self.certificate_pem
-                        or self.federated_identity_client_id)
-        if confidential and not (self.tenant_id and self.client_id):
-            raise ValueError("tenant_id and client_id are required with a client secret, certificate or "
-                             "federated identity")
-        return self
+_PYDANTIC_PREFIXES = ("Value error, ", "Assertion failed, ")
 
 
-class DataverseSystem(Strict):
-    kind: Literal["dataverse"]
-    url: str
-    auth: DataverseAuth
-    api_version: str = "v9.2"
-    page_size: int = Field(default=5000, ge=1, le=5000)
-    # The most operations per $batch; a table's batches start at initial_batch_size (Microsoft advises about
-    # 10) and grow while they answer fast, shrink on slow answers, timeouts, throttling and 413.
-    batch_size: int = Field(default=1000, ge=1, le=1000)
-    initial_batch_size: int = Field(default=10, ge=1, le=1000)
-    max_concurrency: int = Field(default=4, ge=1, le=52)
-    # A 429 pauses the whole connector for its Retry-After; a write or read waits out at most this much in
-    # all before it gives up with a transient error (the engine then retries the record later).
-    max_throttle_wait_seconds: float = Field(default=30, ge=0)
-    timeout_seconds: float = Field(default=60, gt=0)
-    # One pull reads at most this many pages (5,000 rows each by default); the next run resumes from the link.
-    max_pages_per_run: int = Field(default=2000, ge=1)
-    # An answer larger than this is refused while it streams in (a 5,000-row page is a few MB).
-    max_response_mb: int = Field(default=128, ge=1, le=1024)
-    # Sent as the `tag` query parameter on every write; plug-ins see it as the shared variable "tag".
-    tag: str | None = Field(default="dualsync", min_length=1, max_length=100)
+# Every registered kind's settings, told apart by `kind` (an unknown kind names the known ones).
+System = Annotated[Union[tuple(registry.settings_models())], Field(discriminator="kind")]  # noqa: UP007
 
-
-class SqlSystem(Strict):
-    kind: Literal["sql"]
-    url: str
-
-    @field_validator("url")
-    @classmethod
-    def _no_literal_password(cls, value: str) -> str:
-        if value.startswith("env:"):
-            return value
-        if _URL_PASSWORD.match(value):
-            raise ValueError("a database URL with a password must be given as env:NAME")
-        _, _, query = value.partition("?")
-        if _QUERY_SECRET.search(query):
-            raise ValueError("a database URL with a secret in its query string must be given as env:NAME")
-        return value
-
-
-FieldType = Literal["string", "int", "decimal", "bool", "datetime", "date"]
-
-
-class CsvFormat(Strict):
-    """How one entity's CSV files are written (by the ERP into the inbox, by us into the outbox)."""
-
-    delimiter: str = Field(default=",", min_length=1, max_length=1)
-    quotechar: str = Field(default='"', min_length=1, max_length=1)
-    # minimal: quote only what needs it; all: every field; none: never (a delimiter in a value is then escaped
-    # with escapechar)
-    quoting: Literal["minimal", "all", "none"] = "minimal"
-    escapechar: str | None = Field(default=None, min_length=1, max_length=1)
-    encoding: str = "utf-8"  # utf-8-sig for files from Excel, cp1252 / latin-1 for older ERPs
-    decimal_separator: Literal[".", ","] = "."
-    # CSV header -> field name; headers not named here keep their own name
-    columns: dict[str, str] = Field(default_factory=dict)
-    # field name -> type its text is parsed as on reading (a decimal with decimal_separator); untyped fields
-    # are text, an empty cell is null
-    types: dict[str, FieldType] = Field(default_factory=dict)
-    operation_column: str = "operation"  # outbox: upsert | update | delete
-    # A field set to null. In the outbox an empty cell is a field the row does not write (its value at the ERP
-    # stays as it is); on reading, both an empty cell and this are null.
-    null_marker: str = "\\N"
-
-    @field_validator("encoding")
-    @classmethod
-    def _known_encoding(cls, value: str) -> str:
-        import codecs
-
-        try:
-            codecs.lookup(value)
-        except LookupError:
-            raise ValueError(f"unknown encoding {value!r}") from None
-        return value
-
-
-_CONTAINER = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
-
-
-class FilesSystem(Strict):
-    """CSV file exchange: an ERP that exports files into an inbox and imports the files of an outbox. Each entity
-    is a sub-folder (a name prefix in a container): `<inbox>/<entity>/*.csv`."""
-
-    kind: Literal["files"]
-    # Embedded: a folder holding the inbox, archive and outbox folders (it must exist: a missing one is an
-    # unreachable exchange, never an empty one).
-    folder: str | None = None
-    # Azure Blob Storage: the account's blob endpoint (identity-based access: the app's managed identity, or
-    # AZURE_CLIENT_ID's), or env:NAME of a connection string (Azurite); inbox, archive and outbox are containers.
-    blob_endpoint: str | None = None
-    blob_connection: str | None = None
-    inbox: str = "inbox"
-    archive: str = "archive"
-    outbox: str = "outbox"
-    csv: CsvFormat = CsvFormat()
-    formats: dict[str, CsvFormat] = Field(default_factory=dict)  # entity -> its format, instead of `csv`
-
-    _secrets = field_validator("blob_connection")(_secret_ref)
-
-    @model_validator(mode="after")
-    def _one_store(self) -> FilesSystem:
-        if sum(bool(s) for s in (self.folder, self.blob_endpoint, self.blob_connection)) != 1:
-            raise ValueError("choose exactly one of folder, blob_endpoint, blob_connection")
-        areas = (self.inbox, self.archive, self.outbox)
-        if len(set(areas)) != 3:  # an archive that is the inbox would read every file again, an outbox our own
-            raise ValueError("inbox, archive and outbox must be three different folders or containers")
-        if not self.folder:
-            bad = [a for a in areas if not _CONTAINER.match(a) or "--" in a]
-            if bad:
-                raise ValueError(f"not a Blob container name (3-63 lower-case letters, digits, single '-'): {bad}")
-        elif any(a in ("", ".", "..") or "/" in a or a.startswith(".") for a in areas):
-            raise ValueError("inbox, archive and outbox are folder names inside `folder`")
-        return self
-
-    def format_of(self, entity: str) -> CsvFormat:
-        return self.formats.get(entity, self.csv)
-
-
-System = Annotated[DataverseSystem | SqlSystem | FilesSystem, Field(discriminator="kind")]
-
-Keys = Annotated[list[str], Field(min_length=1)]
+# One column name, or a list for a compound key (the schema says so too, so editors accept `key: id`).
+Keys = Annotated[list[str], Field(min_length=1), WithJsonSchema({"anyOf": [
+    {"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}]})]
 
 
 def _as_list(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
 
+# How a source's changes are read (README: change modes); which ones a system serves is its connector's
+# capability. `snapshot`: every read is whole, and each row is compared with what was last sent.
+ChangeMode = Literal["change_tracking", "watermark", "status_flag", "xact_id", "snapshot"]
+
+
 class SourceSpec(Strict):
-    system: str
-    entity: str
-    key: Keys
-    # snapshot: no change marker at all (files); every read is the whole source, and only rows that differ
-    # from what is known of them are sent (shared.engine.snapshot)
-    changes: Literal["change_tracking", "watermark", "status_flag", "xact_id", "snapshot"] = "watermark"
-    watermark: str = "modified_at"
-    version: str | None = None  # a rowversion-like column; the watermark is the version when absent
-    # watermark on a date-time column: also re-read rows stamped up to this long before the previous read
-    # began, so a row whose transaction commits within this time of its stamp is never missed (README:
-    # change modes). 0 turns the overlap off. Re-read rows keep their version, so they are dropped as
-    # duplicates or skipped as already applied, never written twice.
-    lookback_seconds: float = Field(default=60, ge=0, le=86400)
-    # xact_id (PostgreSQL 13+): the xid8 or bigint column a trigger fills with pg_current_xact_id().
-    xact_column: str = "sync_xact"
-    status_field: str = "sync_status"
-    reason_field: str = "sync_error"
-    # Dataverse: the columns to read ($select); the key, modifiedon and versionnumber are always added.
-    # None reads every column.
-    select: list[str] | None = None
+    """Where a flow reads its changes."""
+
+    system: str = Field(description="The system to read, a name under systems:.")
+    entity: str = Field(description="The table (SQL) or entity set (Dataverse, e.g. accounts) to read.")
+    key: Keys = Field(description="The column(s) identifying a record at the source: a name or a list.")
+    changes: ChangeMode = Field(
+        default="watermark", description=(
+            "How changes are found: change_tracking (Dataverse), watermark (a modified-time or counter column), "
+            "status_flag (rows flagged N/U, marked P or E once read), xact_id (PostgreSQL 13+ transaction "
+            "ids) or snapshot (files: every read is whole; only rows that differ from what was sent are sent)."))
+    watermark: str = Field(default="modified_at", description=(
+        "The column ordering changes in watermark mode (Dataverse default: modifiedon)."))
+    version: str | None = Field(default=None, description=(
+        "A rowversion-like column; without it the watermark is the record's version."))
+    lookback_seconds: float = Field(default=60, ge=0, le=86400, description=(
+        "Watermark on a date-time column: also re-read rows stamped up to this long before the previous read "
+        "began, so a row whose transaction commits within this time of its stamp is never missed. 0 turns it "
+        "off. Re-read rows are never written twice."))
+    xact_column: str = Field(default="sync_xact", description=(
+        "xact_id mode: the xid8 or bigint column a trigger fills with pg_current_xact_id()."))
+    status_field: str = Field(default="sync_status", description=(
+        "status_flag mode: the column holding N (new), U (updated), P (processed) or E (error)."))
+    reason_field: str = Field(default="sync_error", description=(
+        "status_flag mode: the column that receives why a row failed (flag E)."))
+    select: list[str] | None = Field(default=None, description=(
+        "Dataverse: the columns to read ($select); the key, modifiedon and versionnumber are always added. "
+        "Absent: every column."))
 
     _key_list = field_validator("key", mode="before")(_as_list)
 
 
 class TargetSpec(Strict):
-    system: str
-    entity: str
-    key: Keys
-    deactivate_field: str = "status"
-    deactivate_value: Any = "inactive"
+    """Where a flow writes."""
+
+    system: str = Field(description="The system to write, a name under systems:.")
+    entity: str = Field(description="The table (SQL) or entity set (Dataverse) to write.")
+    key: Keys = Field(description=(
+        "The column(s) a target row is found by (upsert key): each must be the 'to' of a field."))
+    deactivate_field: str = Field(default="status", description=(
+        "deletes: deactivate writes deactivate_value into this column instead of deleting the row."))
+    deactivate_value: Any = Field(default="inactive", description="The value deletes: deactivate writes.")
 
     _key_list = field_validator("key", mode="before")(_as_list)
 
@@ -250,26 +124,34 @@ _BIND = r"^[A-Za-z_][A-Za-z0-9_]*(\([A-Za-z_][A-Za-z0-9_]*(,[A-Za-z_][A-Za-z0-9_
 
 
 class FieldMap(Strict):
-    from_: str = Field(alias="from")
-    to: str
-    type: FieldType | None = None
-    max_length: int | None = Field(default=None, ge=1)
-    required: bool = False
-    map: dict[str, Any] | None = None
-    default: Any = None
-    # The flow whose key map translates this value; for a polymorphic lookup (a Dataverse customer or regarding
-    # column), one flow per table: {account: accounts-to-customers, contact: contacts-to-persons}.
-    lookup: str | dict[str, str] | None = None
-    owner: str | None = None
-    # Dataverse lookups written as `to: <nav>@odata.bind`: "accounts" (the value is the primary id GUID) or
-    # "accounts(accountnumber)" (an alternate key); the value becomes /accounts(<guid>) or
-    # /accounts(accountnumber='<value>'). A polymorphic lookup takes one per table, {contact:
-    # "contacts(dualsync_externalid)", ...}, and a `to` naming the navigation property with {table} in it
-    # (`parentcustomerid_{table}@odata.bind`): the table is the value of `table_from`.
-    bind: str | dict[str, Annotated[str, Field(pattern=_BIND)]] | None = None
-    # The payload field that names the table a polymorphic lookup points to (a logical name such as
-    # "contact"). Default: Dataverse's annotation of the `from` column, read with the row.
-    table_from: str | None = None
+    """One field: read `from` at the source, check and convert it, write it to `to` at the target."""
+
+    from_: str = Field(alias="from", description=(
+        "The source column (a Dataverse lookup reads as _<name>_value)."))
+    to: str = Field(description=(
+        "The target column; a Dataverse lookup is written as <navigation property>@odata.bind with bind:."))
+    type: FieldType | None = Field(default=None, description=(
+        "How values are compared and converted: string, int, decimal, bool, datetime or date (default: as "
+        "the value looks)."))
+    max_length: int | None = Field(default=None, ge=1, description=(
+        "Longer text is dead-lettered as ValidationFailed, naming record and field."))
+    required: bool = Field(default=False, description="An empty value is dead-lettered as ValidationFailed.")
+    map: dict[str, Any] | None = Field(default=None, description=(
+        "Value translation, source value -> target value ({0: active, 1: inactive}); an unmapped value is "
+        "dead-lettered as MappingFailed."))
+    default: Any = Field(default=None, description="Written when the source value is empty.")
+    lookup: str | dict[str, str] | None = Field(default=None, description=(
+        "The flow whose key map translates this value (a reference to another record); for a polymorphic "
+        "lookup one flow per table: {account: accounts-to-customers, contact: contacts-to-persons}."))
+    owner: str | None = Field(default=None, description=(
+        "In a pair with conflicts: master_wins, the system whose value wins for this field."))
+    bind: str | dict[str, Annotated[str, Field(pattern=_BIND)]] | None = Field(default=None, description=(
+        "Dataverse lookups written as to: <nav>@odata.bind: \"accounts\" (the value is the GUID) or "
+        "\"accounts(accountnumber)\" (an alternate key). A polymorphic lookup takes one per table and a 'to' "
+        "with {table} in it (parentcustomerid_{table}@odata.bind)."))
+    table_from: str | None = Field(default=None, description=(
+        "The source field naming the table a polymorphic lookup points to (a logical name such as contact). "
+        "Default: Dataverse's lookuplogicalname annotation of the from column."))
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -311,25 +193,44 @@ class FieldMap(Strict):
 
 
 class Flow(Strict):
-    source: SourceSpec
-    target: TargetSpec
-    schedule: str = "0 */5 * * * *"
-    master: str | None = None
-    deletes: Literal["delete", "deactivate", "ignore"] = "ignore"
-    fields: list[FieldMap] = Field(min_length=1)
-    pair: str | None = None  # two flows with one pair name (crm->erp, erp->crm) share key map and record state
-    conflicts: Literal["master_wins", "last_writer_wins", "manual"] = "master_wins"
-    review: bool = False  # incoming changes become change requests an operator approves or rejects
-    match_on: list[str] = Field(default_factory=list)  # target fields that identify one record at initial sync
-    reconcile: str | None = None  # NCRONTAB: a key-set comparison that finds deletes (no change tracking)
-    fetch_missing_parents: bool = False  # pull a missing lookup parent on demand instead of waiting
-    max_attempts: int | None = Field(default=None, ge=1, le=100)  # None: the MAX_ATTEMPTS app setting
-    missing_reference_attempts: int = Field(default=5, ge=1, le=100)
-    # How long a change may keep being throttled (429 / Retry-After), from its first throttle, before it is
-    # dead-lettered; throttling never uses max_attempts. ISO 8601 (PT6H) or seconds.
-    throttle_budget: timedelta = Field(default=timedelta(hours=6), gt=timedelta(0))
-    page_size: int = Field(default=1000, ge=1, le=10000)
-    enabled: bool = True
+    """One entity moving one way, from source to target."""
+
+    source: SourceSpec = Field(description="Where changes are read.")
+    target: TargetSpec = Field(description="Where they are written.")
+    schedule: str = Field(default="0 */5 * * * *", description=(
+        "When to pull: a 6-field NCRONTAB expression, seconds first (every 5 minutes: 0 */5 * * * *)."))
+    master: str | None = Field(default=None, description=(
+        "The system whose value wins a conflict (one of the flow's two systems; both flows of a pair name "
+        "the same)."))
+    deletes: Literal["delete", "deactivate", "ignore"] = Field(default="ignore", description=(
+        "What a delete at the source does at the target: delete the row, deactivate it (deactivate_field), "
+        "or ignore it."))
+    fields: list[FieldMap] = Field(min_length=1, description="The fields to copy, each from -> to.")
+    pair: str | None = Field(default=None, description=(
+        "Two flows with one pair name (crm->erp and erp->crm) share key map and record state: echoes are "
+        "skipped and conflicts settled."))
+    conflicts: Literal["master_wins", "last_writer_wins", "manual"] = Field(default="master_wins", description=(
+        "In a pair, a field changed on both sides: master_wins (with master and per-field owner), "
+        "last_writer_wins, or manual (dualsync conflicts resolve)."))
+    review: bool = Field(default=False, description=(
+        "Incoming changes become change requests an operator approves or rejects (dualsync requests)."))
+    match_on: list[str] = Field(default_factory=list, description=(
+        "Target fields ('to' names) that identify one record at initial sync, to link existing records."))
+    reconcile: str | None = Field(default=None, description=(
+        "NCRONTAB of a key-set comparison that finds deletes in sources without change tracking."))
+    fetch_missing_parents: bool = Field(default=False, description=(
+        "Pull a missing lookup parent on demand instead of waiting for its own flow."))
+    max_attempts: int | None = Field(default=None, ge=1, le=100, description=(
+        "Attempts before an error is dead-lettered as RetriesExhausted (default: the MAX_ATTEMPTS app "
+        "setting)."))
+    missing_reference_attempts: int = Field(default=5, ge=1, le=100, description=(
+        "Attempts to wait for a lookup's parent before dead-lettering as MissingReference."))
+    throttle_budget: timedelta = Field(default=timedelta(hours=6), gt=timedelta(0), description=(
+        "How long a change may keep being throttled (429 / Retry-After) from its first throttle before it is "
+        "dead-lettered; throttling never uses max_attempts. ISO 8601 (PT6H) or seconds."))
+    page_size: int = Field(default=1000, ge=1, le=10000, description="Records per page read and sent at once.")
+    enabled: bool = Field(default=True, description=(
+        "false: not pulled (nor checked when dualsync run starts); its queued messages wait."))
 
     @field_validator("schedule", "reconcile")
     @classmethod
@@ -345,8 +246,18 @@ class Flow(Strict):
 
 
 class Config(Strict):
-    systems: dict[str, System]
-    flows: dict[str, Flow]
+    """A flows file: the systems, and the flows between them."""
+
+    systems: dict[str, System] = Field(description=(
+        "The systems, by the name flows use (crm, erp): kind dataverse or sql, URL and sign-in."))
+    flows: dict[str, Flow] = Field(description="The flows, by name: each moves one entity one way.")
+
+    @field_validator("flows")
+    @classmethod
+    def _some_flows(cls, value: dict[str, Flow]) -> dict[str, Flow]:
+        if not value:
+            raise ValueError("no flows: a flows file needs at least one (`dualsync init` writes an example)")
+        return value
 
     def flow(self, name: str) -> Flow:
         return self.flows[name]
@@ -374,92 +285,245 @@ def _loc_path(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif part in ("dataverse", "sql", "files") and path.startswith("systems."):
+        elif part in registry.KINDS and path.startswith("systems."):
             continue  # the discriminator's branch name is noise for the reader
         else:
             path += f".{part}" if path else str(part)
     return path
 
 
-def _cross_check(config: Config) -> list[str]:
-    problems = []
+Loc = tuple[Any, ...]  # where in the file: ("flows", "a", "fields", 0, "to"), as pydantic locates errors
+Problem = tuple[Loc, str]
+
+
+def _cross_check(config: Config) -> list[Problem]:
+    problems: list[Problem] = []
     for name, flow in config.flows.items():
-        base = f"flows.{name}"
+        base = ("flows", name)
         for side in ("source", "target"):
             system = getattr(flow, side).system
             if system not in config.systems:
-                problems.append(f"{base}.{side}.system: unknown system {system!r}")
+                problems.append(((*base, side, "system"), f"unknown system {system!r}"))
         if flow.master is not None and flow.master not in (flow.source.system, flow.target.system):
-            problems.append(f"{base}.master: must be {flow.source.system!r} or {flow.target.system!r}")
+            problems.append(((*base, "master"), f"must be {flow.source.system!r} or {flow.target.system!r}"))
         for i, field in enumerate(flow.fields):
             for lookup in field.lookup_flows():
                 if lookup not in config.flows:
-                    problems.append(f"{base}.fields[{i}].lookup: unknown flow {lookup!r}")
+                    problems.append(((*base, "fields", i, "lookup"), f"unknown flow {lookup!r}"))
             if field.owner is not None and field.owner not in (flow.source.system, flow.target.system):
-                problems.append(f"{base}.fields[{i}].owner: must be one of the flow's systems")
+                problems.append(((*base, "fields", i, "owner"), "must be one of the flow's systems"))
         mapped = {f.to for f in flow.fields}
         for key in flow.target.key:
             if key not in mapped:
-                problems.append(f"{base}.target.key: {key!r} is not the 'to' of any field")
+                problems.append(((*base, "target", "key"), f"{key!r} is not the 'to' of any field"))
         for i, field_name in enumerate(flow.match_on):
             if field_name not in mapped:
-                problems.append(f"{base}.match_on[{i}]: {field_name!r} is not the 'to' of any field")
+                problems.append(((*base, "match_on", i), f"{field_name!r} is not the 'to' of any field"))
     problems += _check_pairs(config)
-    problems += _check_inboxes(config)
+    problems += _check_capabilities(config)
+    problems += _check_single_readers(config)
     return problems
 
 
-def _check_inboxes(config: Config) -> list[str]:
-    """A files inbox is read by one flow: the first to read a file archives it, so a second would never see it."""
+def _check_single_readers(config: Config) -> list[Problem]:
+    """A read that consumes its source (a files inbox archives each file it reads) leaves nothing for a second
+    flow reading the same entity, so only one may."""
     readers: dict[tuple[str, str], str] = {}
-    problems = []
+    problems: list[Problem] = []
     for name, flow in config.flows.items():
-        if isinstance(config.systems.get(flow.source.system), FilesSystem):
-            first = readers.setdefault((flow.source.system, flow.source.entity), name)
-            if first != name:
-                problems.append(f"flows.{name}.source: flow {first} reads {flow.source.system} "
-                                f"{flow.source.entity} already; one flow per inbox entity (it archives each file)")
+        source, settings = flow.source, config.systems.get(flow.source.system)
+        if settings is None or source.changes not in registry.capabilities_of(settings).consuming_reads:
+            continue
+        first = readers.setdefault((source.system, source.entity), name)
+        if first != name:
+            problems.append((("flows", name, "source"), (
+                f"flow {first} reads {source.system} {source.entity} already; one flow per entity, since a read "
+                "consumes what it read (an inbox file is archived)")))
     return problems
 
 
-def _check_pairs(config: Config) -> list[str]:
-    problems = []
+def _check_capabilities(config: Config) -> list[Problem]:
+    """A flow may ask only for what its connectors declare they can do: found here, before anything connects,
+    rather than at the first read or write."""
+    problems: list[Problem] = []
+    for name, flow in config.flows.items():
+        source, target = config.systems.get(flow.source.system), config.systems.get(flow.target.system)
+        if source is not None:
+            problems += _source_needs(("flows", name), flow, source, registry.capabilities_of(source))
+        if target is not None:
+            problems += _target_needs(config, name, flow, target, registry.capabilities_of(target))
+    return problems
+
+
+def _named(system: str, settings: Any) -> str:
+    return f"system {system!r} (kind {settings.kind})"
+
+
+def _listed(items: frozenset[str]) -> str:
+    return ", ".join(sorted(items)) or "none"
+
+
+def _source_needs(base: Loc, flow: Flow, settings: Any, can: Capabilities) -> list[Problem]:
+    source, problems = flow.source, []
+    who = _named(source.system, settings)
+    if source.changes not in can.change_modes:
+        problems.append(((*base, "source", "changes"), (f"{who} cannot read changes as {source.changes!r}; it "
+                                                       f"supports: {_listed(can.change_modes)}")))
+        return problems
+    for setting in sorted({"status_field", "reason_field"} & source.model_fields_set):
+        if not can.acknowledges(source):
+            problems.append(((*base, "source", setting), (f"only a source whose reads are acknowledged uses it; "
+                                                         f"{who} acknowledges reads as: {_listed(can.acknowledge)}")))
+    if flow.deletes != "ignore" and flow.reconcile is None and not can.finds_deletes(source):
+        problems.append(((*base, "deletes"), (f"{who} reports no deletes when read as {source.changes!r} (it does "
+                                             f"as: {_listed(can.delete_changes | can.snapshot_reads)}); add "
+                                             "reconcile: to find them by comparing keys, or set deletes: ignore")))
+    return problems
+
+
+def _target_needs(config: Config, name: str, flow: Flow, settings: Any, can: Capabilities) -> list[Problem]:
+    problems: list[Problem] = []
+    who = _named(flow.target.system, settings)
+    for i, field in enumerate(flow.fields):
+        if field.bind is not None and not can.reference_binds:
+            problems.append((("flows", name, "fields", i, "bind"), (f"{who} cannot write lookups as references "
+                                                                   "(reference_binds); map the lookup to its key "
+                                                                   "column instead")))
+    if config.reverse_of(name) is not None and can.conditional_writes is None:
+        problems.append((("flows", name, "pair"), (f"a pair writes a row only if it is still as read, and {who} has "
+                                                  "no conditional writes (it supports: none); make this flow one-way")))
+    return problems
+
+
+def _check_pairs(config: Config) -> list[Problem]:
+    problems: list[Problem] = []
     pairs: dict[str, list[str]] = {}
     for name, flow in config.flows.items():
         if flow.pair is not None:
             pairs.setdefault(flow.pair, []).append(name)
     for pair, names in pairs.items():
         if len(names) > 2:
-            problems.append(f"flows: pair {pair!r} has {len(names)} flows; a pair is two flows, one each way")
+            problems.append((("flows",), f"pair {pair!r} has {len(names)} flows; a pair is two flows, one each way"))
             continue
         if len(names) == 1:
             continue
         a, b = (config.flows[n] for n in names)
         if (a.source.system, a.source.entity) != (b.target.system, b.target.entity) or (
             a.target.system, a.target.entity) != (b.source.system, b.source.entity):
-            problems.append(f"flows.{names[1]}.pair: {pair!r} must run the reverse way of flow {names[0]}")
+            problems.append((("flows", names[1], "pair"), f"{pair!r} must run the reverse way of flow {names[0]}"))
         if a.master != b.master:
-            problems.append(f"flows.{names[1]}.master: both flows of pair {pair!r} must name the same master "
-                            "(otherwise each side would keep its own value forever)")
+            same = f"both flows of pair {pair!r} must name the same master (otherwise each side would keep its " \
+                   "own value forever)"
+            problems.append((("flows", names[1], "master"), same))
     return problems
 
 
-def parse_config(data: Any) -> Config:
+def _message(err: Any) -> str:
+    """pydantic's message without its prefixes, and for an unknown key the keys allowed there."""
+    loc = err["loc"]
+    if err["type"] == "extra_forbidden" and loc:
+        allowed = _allowed_keys(loc[:-1])
+        if allowed:
+            guess = nearest(str(loc[-1]), allowed)
+            return (f"unknown key {loc[-1]!r}" + (f" (did you mean {guess!r}?)" if guess else "")
+                    + f"; allowed: {', '.join(allowed)}")
+        return f"unknown key {loc[-1]!r}"
+    message = err["msg"]
+    for prefix in _PYDANTIC_PREFIXES:
+        message = message.removeprefix(prefix)
+    return message
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The keys the model at `loc` (a pydantic error location) takes, by their names in the file."""
+    current: Any = Config
+    for part in loc:
+        current = _inner(current, part)
+        if current is None:
+            return []
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return [f.alias or name for name, f in current.model_fields.items()]
+    return []
+
+
+def _inner(annotation: Any, part: Any) -> Any:
+    """One step into a type along an error location: a model's field, a dict's value, a list's item, or the
+    member of a discriminated union its tag names."""
+    while get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    origin = get_origin(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        field = next((f for n, f in annotation.model_fields.items() if part in (n, f.alias)), None)
+        return field.annotation if field else None
+    if origin is dict:
+        return get_args(annotation)[1]
+    if origin is list:
+        return get_args(annotation)[0]
+    if origin in (Union, types.UnionType):
+        members = [m for m in get_args(annotation) if m is not type(None)]
+        for member in members:
+            kind = getattr(member, "model_fields", {}).get("kind")
+            if kind is not None and part in get_args(kind.annotation):
+                return member
+        models = [m for m in members if isinstance(m, type) and issubclass(m, BaseModel)]
+        return _inner(models[0], part) if len(models) == 1 else None
+    return None
+
+
+_EMPTY = "empty; a flows file has systems: and flows: (`dualsync init` writes an example)"
+
+
+def _validated(data: Any) -> tuple[Config | None, list[Problem]]:
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        problems = [f"{_loc_path(err['loc']) or '(root)'}: {err['msg']}" for err in exc.errors()]
-        raise ConfigError(problems) from None
-    problems = _cross_check(config)
-    if problems:
-        raise ConfigError(problems)
+        return None, [(err["loc"], _message(err)) for err in exc.errors()]
+    return config, _cross_check(config)
+
+
+def _path_line(loc: Loc, message: str) -> str:
+    return f"{_loc_path(loc) or '(root)'}: {message}"
+
+
+def parse_config(data: Any) -> Config:
+    if data is None:
+        raise ConfigError([f"(file): {_EMPTY}"])
+    config, problems = _validated(data)
+    if problems or config is None:
+        raise ConfigError([_path_line(loc, message) for loc, message in problems])
     return config
 
 
 def load_config(path: str | Path) -> Config:
+    """The flows file at `path`, validated; every problem names the file and the line it is about."""
     text = Path(path).read_text(encoding="utf-8")
     try:
         data = yaml.safe_load(text)
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
-        raise ConfigError([f"(file): not valid YAML: {exc}"]) from None
-    return parse_config(data)
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        what = " ".join(str(p) for p in (getattr(exc, "context", None), getattr(exc, "problem", None)) if p)
+        raise ConfigError([f"{where}: not valid YAML: {what or exc}"]) from None
+    if data is None:
+        raise ConfigError([f"{path}: {_EMPTY}"])
+    config, problems = _validated(data)
+    if problems or config is None:
+        raise ConfigError([f"{path}:{_line_of(root, loc)}: {_path_line(loc, message)}" for loc, message in problems])
+    return config
+
+
+def _line_of(node: Any, loc: Loc) -> int:
+    """The line (1-based) of the deepest node of the YAML document `loc` reaches: a key's own line for the
+    last step into a mapping (an unknown key is reported where it is written)."""
+    line = node.start_mark.line + 1 if node is not None else 1
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            hit = next(((k, v) for k, v in node.value if getattr(k, "value", None) == str(part)), None)
+            if hit is None:
+                continue  # a discriminator's branch name (dataverse, sql) is not in the document
+            line, node = hit[0].start_mark.line + 1, hit[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+    return line

@@ -30,10 +30,13 @@ from shared.engine.tally import Tally
 
 
 def run_once(
-    app: SyncApp, options: RunOptions | None = None, on_progress: Callable[[Tally], None] | None = None
+    app: SyncApp, options: RunOptions | None = None, on_progress: Callable[[Tally], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> Tally:
-    """Pull every enabled flow once, apply everything, wait for retries due within the bound, report."""
+    """Pull every enabled flow once, apply everything, wait for retries due within the bound, report.
+    `stop` (Ctrl+C) ends it early: no further flow is pulled, workers finish their batch, the rest stays queued."""
     options = options or RunOptions()
+    stop = stop or threading.Event()
     tally = Tally()
     release_orphaned_locks(app)
     exhausted_before = _open_counts(app, tally)
@@ -45,6 +48,8 @@ def run_once(
     def pull_all() -> None:
         try:
             for name in app.config.flows:  # one flow's failure is its own: the others are pulled
+                if stop.is_set():
+                    break
                 _pull(app, tally, name, on_page=lambda n: on_progress and on_progress(tally))
         finally:
             pulling.clear()
@@ -53,7 +58,7 @@ def run_once(
     puller.start()
     watch = ProgressWatch(app)
     try:
-        while pulling.is_set() or not _drained(app, options.drain_bound):
+        while not stop.is_set() and (pulling.is_set() or not _drained(app, options.drain_bound)):
             watch.progressed(appliers.step(max_wait=IDLE_POLL))
             if on_progress:
                 on_progress(tally)

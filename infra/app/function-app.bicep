@@ -275,8 +275,13 @@ resource adminAuth 'Microsoft.Web/sites/config@2023-12-01' = if (!empty(adminApp
     globalValidation: {
       requireAuthentication: true
       unauthenticatedClientAction: 'Return401'
+      // The console's page and script hold no data: served before sign-in, they offer the sign-in link
+      // (/.auth/login/aad), and every API call they make then carries the browser's App Service session.
       excludedPaths: [
         '/api/health'
+        '/api/console'
+        '/api/console.js'
+        '/api/console.css'
       ]
     }
     identityProviders: {

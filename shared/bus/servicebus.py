@@ -53,6 +53,7 @@ from azure.servicebus import (
     ServiceBusClient,
     ServiceBusMessage,
     ServiceBusMessageBatch,
+    ServiceBusMessageState,
     ServiceBusReceivedMessage,
     ServiceBusReceiveMode,
     ServiceBusSubQueue,
@@ -69,8 +70,8 @@ from azure.servicebus.exceptions import (
 from shared.bus.claim_check import ClaimCheck, MessageTooLargeError
 from shared.bus.payload_store import BlobPayloadStore, PayloadStore
 from shared.errors import ConfigError, LockLostError
-from shared.messages import Envelope
-from shared.ports.bus import CountsUnavailable, QueueCounts, Received, Settler
+from shared.messages import Envelope, bounded_id
+from shared.ports.bus import HELD_PROPERTY, CountsUnavailable, QueueCounts, Received, Settler
 from shared.settings import setting
 
 _LOG = logging.getLogger(__name__)
@@ -285,6 +286,32 @@ class ServiceBusBus:
             got = handler.sdk.peek_messages(max_message_count=max_messages, sequence_number=max(from_sequence, 1))
         return [to_received(m, None, dead_letter=dead_letter, peeked=True) for m in got]
 
+    def release_held(self, queue: str, flow: str, page: int = 250) -> int:
+        """Make `flow`'s changes held for a pause due now. A scheduled message's time cannot be changed: each is
+        sent again now (a new message_id, so duplicate detection keeps it), then the scheduled ones are cancelled
+        by sequence number. A crash in between leaves duplicates that apply's version check drops."""
+        handler = self._receiver(queue, dead_letter=False)
+        held: list[ServiceBusReceivedMessage] = []
+        sequence = 1
+        while True:
+            with handler.lock:
+                got = handler.sdk.peek_messages(max_message_count=page, sequence_number=sequence)
+            if not got:
+                break
+            held += [m for m in got if m.state == ServiceBusMessageState.SCHEDULED and _is_held(m, flow)]
+            sequence = (got[-1].sequence_number or 0) + 1
+        if not held:
+            return 0
+        copies = []
+        for m in held:
+            envelope = to_received(m, None, peeked=True).envelope
+            copies.append(envelope.model_copy(update={"message_id": bounded_id(f"{envelope.message_id}:r")}))
+        self.send(queue, copies)
+        sender = self._sender(queue)
+        with sender.lock:
+            sender.sdk.cancel_scheduled_messages([m.sequence_number for m in held])
+        return len(held)
+
     # -- settling -------------------------------------------------------------------------------
     def settler(self, queue: str) -> Settler:
         return self.claims.settler(_ServiceBusSettler())
@@ -432,6 +459,11 @@ def to_received(
         dead_letter_description=msg.dead_letter_error_description if dead_letter else None,
         handle=handle,
     )
+
+
+def _is_held(msg: ServiceBusReceivedMessage, flow: str) -> bool:
+    props = decode_properties(msg.application_properties)
+    return _text(msg.subject) == flow and HELD_PROPERTY in props
 
 
 def decode_properties(props: Mapping[Any, Any] | None, *, strip: Sequence[str] = ()) -> dict[str, str | int]:

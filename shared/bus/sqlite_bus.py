@@ -36,7 +36,7 @@ from shared.bus.claim_check import MAX_MESSAGE_BYTES, REF_PROPERTY, ClaimCheck, 
 from shared.bus.payload_store import FilePayloadStore, PayloadStore
 from shared.errors import LockLostError
 from shared.messages import Envelope
-from shared.ports.bus import QueueCounts, Received, Settler
+from shared.ports.bus import HELD_PROPERTY, QueueCounts, Received, Settler
 from shared.process_identity import current_holder, holder_is_gone
 from shared.state.sqlite_tables import connect
 
@@ -375,6 +375,16 @@ class SqliteBus:
         return bool(self._conn().execute(
             "SELECT EXISTS(SELECT 1 FROM messages WHERE queue=? AND dead=0 AND due_at<=?)", (queue, self._clock())
         ).fetchone()[0])
+
+    def release_held(self, queue: str, flow: str) -> int:
+        """Make `flow`'s changes held for a pause (scheduled, application property `held`) due now."""
+        now = self._clock()
+        with _Tx(self._conn()) as conn:
+            return conn.execute(
+                "UPDATE messages SET due_at=? WHERE queue=? AND subject=? AND dead=0 AND due_at>?"
+                " AND json_extract(props, ?) IS NOT NULL",
+                (now, queue, flow, now, f"$.{HELD_PROPERTY}"),
+            ).rowcount
 
     def release_orphaned_locks(self, queue: str) -> int:
         """Unlock messages whose receiver process died on this host, instead of waiting out the lock

@@ -63,7 +63,7 @@ body as *Use Upsert* advises; by ``/accounts(<guid>)`` when the key is the prima
 as a bare GUID, ``(_primarycontactid_value=<guid>)``), ``create_only`` ->
 ``If-None-Match: *`` (412 -> ``TargetChanged``, reason TargetRejected), kind ``update`` -> ``If-Match: *``
 (404 = not found), ``op.if_match`` -> ``If-Match: <etag>`` (412, or 404: the row is gone, -> ``TargetChanged``,
-reason Conflict; `conditional_writes = "etag"`: rows read carry their ``@odata.etag`` in
+reason Conflict; `Capabilities.conditional_writes = "etag"`: rows read carry their ``@odata.etag`` in
 ``SourceRecord.etag``), ``delete`` -> ``DELETE`` (404 = already gone = done).
 Ops go out in ``$batch`` requests (no change sets: the records do not depend on each other) with ``Prefer:
 odata.continue-on-error``; each response part is mapped back to its op by position, so one bad record never
@@ -147,7 +147,16 @@ from shared.errors import (
     UnsafeLinkError,
 )
 from shared.keys import format_key, key_of, parse_key
-from shared.ports.connector import ChangePage, SourceRecord, ValuePrecision, WriteOp, WriteResult
+from shared.ports.connector import (
+    Capabilities,
+    ChangePage,
+    ColumnInfo,
+    EntitySchema,
+    SourceRecord,
+    ValuePrecision,
+    WriteOp,
+    WriteResult,
+)
 from shared.versions import sortable_version
 
 log = logging.getLogger(__name__)
@@ -186,6 +195,14 @@ _ETAG_NUMBER = re.compile(r'^(?:W/)?"(\d+)"$')
 _ENTITY_ID = re.compile(r"\(([^()]*)\)\s*$")  # the key in an entity id: accounts(<guid>)
 _QUERY_SAFE = "$,()'/:*@"
 _KEY_SAFE = "(),='"
+# Lookups are read as `_<name>_value` and written by binding a navigation property, never by their own name.
+_LOOKUP_TYPES = {"Lookup", "Customer", "Owner"}
+_DEFINITION = [
+    ("$select", "LogicalName,EntitySetName"),
+    ("$expand", ("Attributes($select=LogicalName,AttributeType,AttributeOf,RequiredLevel,IsValidForRead,"
+                 "IsValidForCreate,IsValidForUpdate),"
+                 "ManyToOneRelationships($select=ReferencingEntityNavigationPropertyName)")),
+]
 _BASE_HEADERS = {
     "Accept": "application/json",
     "OData-MaxVersion": "4.0",
@@ -443,7 +460,18 @@ class _Trail:
 class DataverseConnector:
     """Connector over one Dataverse organization (its URL, e.g. ``https://contoso.crm.dynamics.com``)."""
 
-    conditional_writes = "etag"
+    capabilities = Capabilities(
+        change_modes=frozenset({"change_tracking", "watermark"}),
+        conditional_writes="etag",
+        reference_binds=True,
+        snapshot_reads=frozenset({"change_tracking", "watermark"}),
+        delete_changes=frozenset({"change_tracking"}),
+        describes_schema=True,
+    )
+
+    @classmethod
+    def capabilities_for(cls, system: DataverseSystem) -> Capabilities:
+        return cls.capabilities  # every organization's Web API serves the same
 
     def __init__(
         self,
@@ -885,6 +913,37 @@ class DataverseConnector:
 
     def change_time_column(self, source: SourceSpec) -> str | None:
         return self._watermark_column(source)
+
+    def describe(self, entity: str) -> EntitySchema:
+        """The table's attributes from its definition (`EntityDefinitions`, found by entity set name), named as
+        rows carry them: a lookup `x` as `_x_value`, bound on writes through its navigation properties. Read
+        afresh each time (one request; a check runs once per flow), so a column added in Dataverse is seen."""
+        what = f"{self.name}: reading the definition of {entity}"
+        options = [("$filter", f"EntitySetName eq {odata_literal(entity)}"), *_DEFINITION]
+        try:
+            found = self._get_json(self._query("EntityDefinitions", options), what)[0].get("value") or []
+            if not found:
+                listed = self._get_json(self._query("EntityDefinitions", [("$select", "EntitySetName")]), what)[0]
+                names = sorted(d["EntitySetName"] for d in listed.get("value", []) if d.get("EntitySetName"))
+                return EntitySchema(entity, exists=False, known_entities=tuple(names))
+        except _ApiError as err:
+            raise self._sync_error(err, what) from None
+        definition = found[0]
+        columns = []
+        for attr in definition.get("Attributes") or []:
+            if attr.get("AttributeOf"):  # a lookup's name or type companion: not a property of its own
+                continue
+            lookup = attr.get("AttributeType") in _LOOKUP_TYPES
+            name = f"_{attr['LogicalName']}_value" if lookup else attr["LogicalName"]
+            required = (attr.get("RequiredLevel") or {}).get("Value") == "SystemRequired"
+            columns.append(ColumnInfo(
+                name, str(attr.get("AttributeType")), nullable=not required, max_length=attr.get("MaxLength"),
+                readable=attr.get("IsValidForRead", True) is not False,
+                writable=not lookup and bool(attr.get("IsValidForCreate", True) or attr.get("IsValidForUpdate", True))))
+        bindings = sorted({r["ReferencingEntityNavigationPropertyName"]
+                           for r in definition.get("ManyToOneRelationships") or []
+                           if r.get("ReferencingEntityNavigationPropertyName")})
+        return EntitySchema(entity, exists=True, columns=tuple(columns), bindings=tuple(bindings))
 
     def precision(self, entity: str, field: str) -> ValuePrecision:
         return ValuePrecision(datetime_digits=0)  # Dataverse keeps date-times to the second

@@ -78,8 +78,8 @@ columns; partial column sets leave other columns alone) when the key has a uniqu
 select-then-update/insert. If the batch fails with anything but a transient error, it is rolled back and
 the ops run again one by one, each inside a savepoint, so one bad row fails only itself. Transient errors
 (OperationalError, lost connections, timeouts) fail every op with a TransientError. ``if_match`` is ignored:
-SQL tables carry no etag. Conditional writes go by values instead (`conditional_writes = "values"`): the
-rows of ops with ``if_values`` are read again inside the write's transaction (``SELECT ... FOR UPDATE`` where
+SQL tables carry no etag. Conditional writes go by values instead (capability ``conditional_writes="values"``):
+the rows of ops with ``if_values`` are read again inside the write's transaction (``SELECT ... FOR UPDATE`` where
 the dialect has it; SQLite's transaction already holds the write lock), their guarded columns compared with
 ``if_values`` exactly as `read_records` presents values (so NULLs, and a date-time or decimal stored in
 another text form, compare as what was read), and an op whose row differs or is gone fails with
@@ -97,7 +97,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
@@ -128,11 +128,22 @@ from sqlalchemy.dialects.postgresql import base as _pg_base
 from sqlalchemy.engine import Connection, Engine, make_url
 
 from shared.config import SourceSpec, TargetSpec
+from shared.config_base import resolve_secret, secret_if_set
 from shared.connectors.keysort import ascending, sorted_keys
+from shared.connectors.sql_settings import SqlSystem
 from shared.errors import ConfigError, PermanentError, Reason, SyncError, TargetChanged, TransientError
 from shared.keys import format_key, key_of, parse_key
 from shared.numbers import bounded_decimal
-from shared.ports.connector import ChangePage, SourceRecord, ValuePrecision, WriteOp, WriteResult
+from shared.ports.connector import (
+    Capabilities,
+    ChangePage,
+    ColumnInfo,
+    EntitySchema,
+    SourceRecord,
+    ValuePrecision,
+    WriteOp,
+    WriteResult,
+)
 from shared.versions import FUTURE_TOLERANCE, sortable_version
 
 CHUNK = 500  # keys per IN / OR query
@@ -397,7 +408,33 @@ def _column_precision(kind: Any, dialect: str) -> ValuePrecision:
 class SqlConnector:
     """Connector over one database URL (a SQLAlchemy URL; resolve `env:NAME` before calling)."""
 
-    conditional_writes = "values"
+    # xact_id only on PostgreSQL: each instance (and `capabilities_for`) narrows this to its dialect.
+    capabilities = Capabilities(
+        change_modes=frozenset({"watermark", "status_flag", "xact_id"}),
+        acknowledge=frozenset({"status_flag"}),
+        conditional_writes="values",
+        snapshot_reads=frozenset({"watermark", "xact_id"}),
+        describes_schema=True,
+    )
+
+    @classmethod
+    def for_dialect(cls, dialect: str) -> Capabilities:
+        if dialect == "postgresql":
+            return cls.capabilities
+        return replace(cls.capabilities, change_modes=cls.capabilities.change_modes - {"xact_id"},
+                       snapshot_reads=cls.capabilities.snapshot_reads - {"xact_id"})
+
+    @classmethod
+    def capabilities_for(cls, system: SqlSystem) -> Capabilities:
+        """Narrowed to the URL's dialect when the URL can be read here (written out, or its env:NAME set)."""
+        try:
+            return cls.for_dialect(make_url(secret_if_set(system.url) or "").get_backend_name())
+        except Exception:  # noqa: BLE001 - unknown or unreadable (the connector says why when it is built)
+            return cls.capabilities
+
+    @classmethod
+    def from_config(cls, name: str, system: SqlSystem) -> SqlConnector:
+        return cls(resolve_secret(system.url))
 
     def __init__(self, url: str, *, engine: Engine | None = None) -> None:
         if engine is None:
@@ -417,6 +454,7 @@ class SqlConnector:
                     [f"sql url: SQLAlchemy cannot use dialect {parsed.drivername!r}: {type(exc).__name__}"]
                 ) from None
         self._engine = engine
+        self.capabilities = self.for_dialect(engine.dialect.name)
         # Scrubbed from every error text: the password and, since drivers echo connection options, every
         # query value (a password may be one, under any name).
         self._secrets = [s for s in (str(engine.url.password or ""), *_query_values(engine.url)) if s]
@@ -912,6 +950,30 @@ class SqlConnector:
         if column is None:
             return ValuePrecision()
         return _column_precision(column.type, self._engine.dialect.name)
+
+    def describe(self, entity: str) -> EntitySchema:
+        """The table's columns by reflection (the same cached reflection every read and write uses)."""
+        schema, _, name = entity.rpartition(".")
+        try:
+            inspector = inspect(self._engine)
+            if not inspector.has_table(name, schema=schema or None):
+                return EntitySchema(entity, exists=False,
+                                    known_entities=tuple(inspector.get_table_names(schema=schema or None)))
+        except sa_exc.SQLAlchemyError as exc:
+            if self._is_transient(exc):
+                raise self._transient(exc) from None
+            problem = f"{entity}: cannot list the tables of {self.database}: {self._first_line(exc)}"
+            raise ConfigError([problem]) from None
+        table = self._table_info(entity).table
+        return EntitySchema(entity, exists=True, columns=tuple(
+            ColumnInfo(c.name, self._type_name(c), nullable=bool(c.nullable),
+                       max_length=getattr(c.type, "length", None)) for c in table.columns))
+
+    def _type_name(self, column: Column) -> str:
+        try:
+            return str(column.type.compile(dialect=self._engine.dialect))
+        except Exception:  # noqa: BLE001 - a reflected type this dialect cannot print still has a class name
+            return type(column.type).__name__
 
     def change_time_column(self, source: SourceSpec) -> str | None:
         """The watermark, when it is a point in time (a counter orders changes but says nothing of when)."""

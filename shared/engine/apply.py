@@ -32,6 +32,7 @@ from shared.engine import grants, record_lock
 from shared.engine.backoff import retry_at, throttle_delay
 from shared.engine.conflicts import Decision, decide, target_change_time
 from shared.engine.delete_races import carry_delete, carry_record, changed_since, settle_race
+from shared.engine.decisions import park_conflict
 from shared.engine.deletes import already_applied, ordering, record_applied
 from shared.engine.identity import record_id
 from shared.engine.mapping import Lookups, lookup_requests, map_record
@@ -53,7 +54,7 @@ from shared.keys import key_of, parse_key
 from shared.messages import ChangeMessage, NewerFormat, parse_body, to_envelope
 from shared.ports.bus import Received
 from shared.ports.connector import SourceRecord, WriteOp, WriteResult
-from shared.state.store import CONFLICTS, REQUESTS, KeyLink, RecordState
+from shared.state.store import REQUESTS, KeyLink, RecordState
 from shared.versions import version_problem
 
 MAX_ROUNDS = 3  # decisions taken again within one delivery after lost races, before it is retried later
@@ -177,9 +178,7 @@ def _apply_round(app: SyncApp, f: _Flow, items: list[_Item], links: dict[str, st
     claimed_at = time.monotonic()
     for item in screened:
         if item.record_id in claimed.failed:
-            exc = claimed.failed[item.record_id]
-            outcomes.append(_failure(app, flow, item, exc if isinstance(exc, SyncError) else TransientError(
-                f"flow {f.name} record {item.message.key}: cannot lease its sync state: {type(exc).__name__}: {exc}")))
+            outcomes.append(_lease_failed(app, f, item, claimed.failed[item.record_id]))
     again = [i for i in screened if i.record_id in claimed.lost]
     live = [i for i in screened if i.record_id not in claimed.lost and i.record_id not in claimed.failed]
     lookups = _resolve_lookups(app, flow, live)
@@ -201,7 +200,8 @@ def _apply_round(app: SyncApp, f: _Flow, items: list[_Item], links: dict[str, st
     ops: list[WriteOp] = []
     mapped: list[_Item] = []
     deletes: list[WriteOp] = []
-    for op in _claim_target_keys(app, f, planned, links, outcomes):
+    for op in _take_anchor_names(app, f, _claim_target_keys(app, f, planned, links, outcomes), states, outcomes,
+                                 again):
         item = op.ref
         if op.kind == "upsert" and f.bidirectional:
             mapped.append(item)
@@ -237,6 +237,11 @@ def _apply_round(app: SyncApp, f: _Flow, items: list[_Item], links: dict[str, st
     return again
 
 
+def _lease_failed(app: SyncApp, f: _Flow, item: _Item, exc: Exception) -> Outcome:
+    return _failure(app, f.flow, item, exc if isinstance(exc, SyncError) else TransientError(
+        f"flow {f.name} record {item.message.key}: cannot lease its sync state: {type(exc).__name__}: {exc}"))
+
+
 def _busy(app: SyncApp, item: _Item, until: datetime) -> Outcome:
     """Another version of this record is being applied: wait for it (never past its lease's expiry)."""
     when = min(retry_at(app.clock(), item.message.attempt, None, app.retry_base), until)
@@ -249,11 +254,15 @@ def _busy(app: SyncApp, item: _Item, until: datetime) -> Outcome:
 def _newest_per_record(app: SyncApp, f: _Flow, items: list[_Item], outcomes: list[Outcome]) -> list[_Item]:
     """Within one batch only the newest version of a record is worth writing. An inferred delete is versioned
     after the last change *applied*, so a change pulled before the record vanished can sort above it: where
-    the source confirms the record is gone, the delete is the newest fact."""
+    the source confirms the record is gone, the delete is the newest fact.
+
+    Copies of one version (a crash between sending a retry clone and completing its original leaves both)
+    go on as the one furthest along its retries: its next retry is then named after every copy completed
+    here as superseded, never the same message id, which duplicate detection would drop with the change."""
     groups: dict[str, list[_Item]] = defaultdict(list)
     for item in items:
         groups[item.record_id].append(item)
-    chosen = {rid: max(group, key=lambda i: ordering(i.message)) for rid, group in groups.items()}
+    chosen = {rid: max(group, key=_furthest) for rid, group in groups.items()}
     doubtful = {rid: next(i for i in group if i.message.inferred) for rid, group in groups.items()
                 if chosen[rid].message.op == "upsert" and any(i.message.inferred for i in group)}
     if doubtful:
@@ -267,6 +276,11 @@ def _newest_per_record(app: SyncApp, f: _Flow, items: list[_Item], outcomes: lis
     for rid, group in groups.items():
         outcomes += [Outcome(i.received, i.message, Kind.SKIPPED, "superseded") for i in group if i is not chosen[rid]]
     return list(chosen.values())
+
+
+def _furthest(item: _Item) -> tuple[tuple[str, bool], int, int]:
+    message = item.message
+    return ordering(message), message.attempt, message.throttles
 
 
 def _read_sources(app: SyncApp, f: _Flow, keys: list[str]) -> dict[str, SourceRecord]:
@@ -396,6 +410,54 @@ def _claim_target_keys(app: SyncApp, f: _Flow, ops: list[WriteOp], links: dict[s
     return kept
 
 
+def _take_anchor_names(app: SyncApp, f: _Flow, ops: list[WriteOp], states: dict[str, RecordState],
+                       outcomes: list[Outcome], again: list[_Item]) -> list[WriteOp]:
+    """A record created on the pair's non-anchor side is named by its own key until it is linked (see
+    identity); once mapped, its anchor key is known, and it takes that name before the target is written. The
+    state stored there is taken over, never assumed absent: a delete unlinks the keys but keeps the record's
+    versions and tombstones, so a record deleted and created again on the other side finds them. It is leased
+    like any claim (a change of the record under way elsewhere makes this one wait), so the commit is guarded
+    by the state actually stored under the record's one name."""
+    names = {id(op): f"{f.anchor}|{key_of(f.flow.target.key, op.key)}" for op in ops
+             if op.kind == "upsert" and f.flow.source.system != f.anchor}
+    moving = [op for op in ops if id(op) in names and names[id(op)] != op.ref.record_id]
+    if not moving:
+        return ops
+    stored = app.state.get_records(f.pair, [names[id(op)] for op in moving])
+    now = app.clock()
+    waiting: set[int] = set()  # id() of items that do not go on to the write
+    taken: list[tuple[_Item, str, RecordState]] = []
+    for op in moving:
+        item: _Item = op.ref
+        name, owner = names[id(op)], record_lock.owner_of(item.message)
+        busy_until = record_lock.held_by_other(stored.get(name), owner, now)
+        if busy_until:  # its old name's lease is given back with the round's
+            outcomes.append(_busy(app, item, busy_until))
+            waiting.add(id(item))
+            continue
+        taken.append((item, name, _taken_over(states[item.record_id], stored.get(name) or RecordState(name))))
+    claimed = record_lock.claim(app, f.pair, [(state, record_lock.owner_of(item.message)) for item, _, state in taken])
+    for item, name, state in taken:
+        app.state.forget_record(f.pair, item.record_id)  # the lease claimed under its old name: no longer needed
+        item.record_id, states[name] = name, state
+        if name in claimed.failed or name in claimed.lost:
+            state.lease = None  # not ours: nothing to give back
+            waiting.add(id(item))
+        if name in claimed.failed:
+            outcomes.append(_lease_failed(app, f, item, claimed.failed[name]))
+        elif name in claimed.lost:
+            again.append(item)  # decided again under its anchor name
+    return [op for op in ops if id(op.ref) not in waiting]
+
+
+def _taken_over(claimed: RecordState, stored: RecordState) -> RecordState:
+    """The state stored under a record's anchor name, with what was claimed under its other name added."""
+    stored.versions.update(claimed.versions)
+    stored.values.update(claimed.values)
+    stored.tombstones.update(claimed.tombstones)
+    return stored
+
+
 def _settle_conflicts(app: SyncApp, f: _Flow, items: list[_Item], states: dict[str, RecordState],
                       outcomes: list[Outcome]) -> list[WriteOp]:
     """Pairs only: compare with the target as it is now, keep what it changed, settle what both changed."""
@@ -405,7 +467,7 @@ def _settle_conflicts(app: SyncApp, f: _Flow, items: list[_Item], states: dict[s
     target = flow.target
     target_keys = [key_of(target.key, i.values or {}) for i in items]
     connector = app.connector(target.system)
-    guard = getattr(connector, "conditional_writes", None)
+    guard = connector.capabilities.conditional_writes
     rows = connector.read_records(target.entity, target.key, target_keys)
     reverse = app.config.flows[app.config.reverse_of(f.name) or f.name]
     ops: list[WriteOp] = []
@@ -419,7 +481,7 @@ def _settle_conflicts(app: SyncApp, f: _Flow, items: list[_Item], states: dict[s
         item.decision = decide(flow, f.rules, item.values or {}, baseline, current, item.message.changed_at,
                                lambda row=current: target_change_time(connector, reverse.source, row))
         if item.decision.park:
-            app.state.park(CONFLICTS, f.name, item.message.key, {
+            park_conflict(app, f.name, item.message.key, {
                 "message": item.message.model_copy(update={"payload": item.payload}).model_dump(mode="json"),
                 "fields": item.decision.conflicts,
                 "incoming": canonical_row({k: (item.values or {})[k] for k in item.decision.conflicts}),
@@ -519,7 +581,7 @@ def _settle_delete_races(app: SyncApp, f: _Flow, ops: list[WriteOp], states: dic
 
 
 def _park_race(app: SyncApp, f: _Flow, item: _Item, note: str) -> None:
-    app.state.park(CONFLICTS, f.name, item.message.key, {
+    park_conflict(app, f.name, item.message.key, {
         "message": item.message.model_copy(update={"payload": item.payload}).model_dump(mode="json"),
         "fields": [], "incoming": {}, "target": {}, "detail": note, "detected_at": app.clock().isoformat(),
     })
@@ -540,7 +602,6 @@ def _record_results(app: SyncApp, f: _Flow, results: list[WriteResult], states: 
     again: list[_Item] = []
     writes: list[StateWrite] = []
     written: list[tuple[_Item, str]] = []
-    moved: list[str] = []
     now = app.clock()
     observed_fields = [fm.from_ for fm in flow.fields]
     for result in results:
@@ -554,12 +615,7 @@ def _record_results(app: SyncApp, f: _Flow, results: list[WriteResult], states: 
             continue
         target_key = result.key or key_of(flow.target.key, result.op.key)
         link = KeyLink(flow.source.system, message.key, flow.target.system, target_key)
-        record_id = f"{f.anchor}|{message.key if flow.source.system == f.anchor else target_key}"
-        state = states.get(item.record_id) or RecordState(record_id)
-        if record_id != item.record_id:
-            # First sync of a record created on the non-anchor side: its state moves to the anchor's name.
-            moved.append(item.record_id)
-            state = RecordState(record_id, dict(state.versions), dict(state.values), tombstones=dict(state.tombstones))
+        state = states.get(item.record_id) or RecordState(item.record_id)
         state.lease = None
         record_applied(state, flow.source.system, message)
         if result.op.kind == "delete":
@@ -588,9 +644,6 @@ def _record_results(app: SyncApp, f: _Flow, results: list[WriteResult], states: 
             committed.add(item.record_id)
             grants.used(app, item.message)
             outcomes.append(_applied(item, kind))
-    for old_id in moved:
-        if old_id in committed:
-            app.state.forget_record(f.pair, old_id)
     return again
 
 
@@ -692,12 +745,14 @@ def _throttled(app: SyncApp, flow: Flow, item: _Item, description: str, retry_af
 
 
 def _flag_failed_sources(app: SyncApp, flow: Flow, outcomes: list[Outcome]) -> None:
-    """Status-flag sources learn which rows failed for good: E and the reason, on the source row."""
-    if flow.source.changes != "status_flag":
+    """Sources whose reads are acknowledged learn which rows failed for good (status flags: E and the reason,
+    on the source row)."""
+    connector = app.connector(flow.source.system)
+    if not connector.capabilities.acknowledges(flow.source):
         return
     # Each with the version and values that failed: a row the user has fixed since keeps its new flag.
     failed = [(SourceRecord(o.message.key, o.message.payload, o.message.version, o.message.changed_at),
                f"{o.reason}: {o.description}"[:2000])
               for o in outcomes if o.kind is Kind.DEAD_LETTER and o.message is not None]
     if failed:
-        app.connector(flow.source.system).acknowledge(flow.source, [], failed)
+        connector.acknowledge(flow.source, [], failed)

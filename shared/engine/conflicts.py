@@ -14,6 +14,7 @@ from typing import Any
 
 from shared.config import Flow, SourceSpec
 from shared.engine.values import CoercionError, Equivalence, coerce
+from shared.ports.connector import Connector
 
 
 @dataclass
@@ -93,11 +94,10 @@ def _winner(flow: Flow, owner: str | None, incoming_at: datetime | None,
     return master
 
 
-def target_change_time(connector: Any, spec: SourceSpec, row: dict[str, Any] | None) -> datetime | None:
+def target_change_time(connector: Connector, spec: SourceSpec, row: dict[str, Any] | None) -> datetime | None:
     """When the target row last changed, from the column its connector says holds that time (`spec` is the
     target entity as the reverse flow reads it)."""
-    declared = getattr(connector, "change_time_column", None)  # a connector that declares none has no clock
-    column = declared(spec) if declared is not None else None
+    column = connector.change_time_column(spec)
     value = row.get(column) if row and column else None
     if value in (None, ""):
         return None

@@ -58,18 +58,6 @@ class DeadLetter:
     attempt: int | None
     enqueued_at: datetime | None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "sequence_number": self.sequence_number,
-            "message_id": self.message_id,
-            "reason": self.reason,
-            "description": self.description,
-            "flow": self.flow,
-            "key": self.key,
-            "attempt": self.attempt,
-            "enqueued_at": self.enqueued_at.isoformat() if self.enqueued_at else None,
-        }
-
 
 def describe(received: Received) -> DeadLetter:
     """A dead-lettered delivery as an operator reads it. Flow, key and attempt come from the application

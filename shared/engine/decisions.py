@@ -34,6 +34,8 @@ def find(app: SyncApp, table: str, key: str, flow: str | None = None) -> Parked:
     what = "conflict" if table == CONFLICTS else "change request"
     if not matches:
         raise DecisionError(f"no open {what} for record {key}" + (f" in flow {flow}" if flow else ""))
+    if table == CONFLICTS and len({app.config.pair_of(p.flow) for p in matches if p.flow in app.config.flows}) == 1:
+        matches = matches[:1]  # both flows of one pair (parked by an earlier release): one decision closes both
     if len(matches) > 1:
         flows = ", ".join(p.flow for p in matches)
         raise DecisionError(f"record {key} has an open {what} in several flows ({flows}): name one with --flow")
@@ -58,18 +60,27 @@ def resolve_conflict(app: SyncApp, key: str, take: str, flow: str | None = None)
     else:
         raise DecisionError(f"--take must be {flow_cfg.source.system} or {flow_cfg.target.system}")
     app.state.unpark(CONFLICTS, item.flow, item.key)
-    _close_reverse(app, item.flow, message)
+    _close_reverse(app, item.flow, item.key)
     app.state.add_run(item.flow, {"kind": "conflict_resolved", "key": key, "take": take, "message_id": sent})
     return sent
 
 
-def _close_reverse(app: SyncApp, flow: str, message: ChangeMessage) -> None:
-    """Both flows of a pair may have parked the same record (each met the other's change): one decision
-    settles both."""
+def park_conflict(app: SyncApp, flow: str, key: str, data: dict[str, Any]) -> None:
+    """One open conflict per record of a pair: when the reverse flow parked the same record (it met this
+    flow's change as this flow met its), the newer parking replaces it. Apply holds the record's lease here, and
+    both flows of a pair lease the same record, so the two never park it at once."""
+    _close_reverse(app, flow, key)
+    app.state.park(CONFLICTS, flow, key, data)
+
+
+def _close_reverse(app: SyncApp, flow: str, key: str) -> None:
+    """The reverse flow's conflict for this record, if any, is this one: a decision settles both (releases
+    before one conflict per record parked it once per direction)."""
     reverse = app.config.reverse_of(flow)
     if reverse is None:
         return
-    other_key = app.state.lookup_keys(app.config.pair_of(flow), message.source_system, [message.key]).get(message.key)
+    source = app.config.flows[flow].source.system
+    other_key = app.state.lookup_keys(app.config.pair_of(flow), source, [key]).get(key)
     if other_key is not None:
         app.state.unpark(CONFLICTS, reverse, other_key)
 

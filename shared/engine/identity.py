@@ -1,7 +1,8 @@
 """How a record is named in the record state, the same way for both flows of a pair.
 
 Both flows name a record by its key in the pair's anchor system; before the first sync of a record
-created on the other side, its own key stands in (there is no state for it yet anyway).
+created on the other side, its own key stands in until apply has mapped it: apply then takes the anchor
+name, and whatever state is stored there (a deleted record's versions and tombstones), before writing.
 """
 
 from __future__ import annotations

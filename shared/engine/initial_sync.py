@@ -442,8 +442,10 @@ class _Run:
         envelopes = out.envelopes + out.verdicts
         if envelopes:
             app.bus.send(app.queue, envelopes)
-        if self.source.changes == "status_flag" and (out.handled or out.failed):
-            app.connector(self.source.system).acknowledge(self.source, out.handled, out.failed)
+        if out.handled or out.failed:
+            connector = app.connector(self.source.system)
+            if connector.capabilities.acknowledges(self.source):
+                connector.acknowledge(self.source, out.handled, out.failed)
 
 
 def _holds(current: dict[str, Any], mapped: dict[str, Any]) -> bool:

@@ -28,6 +28,7 @@ from shared.app import SyncApp
 from shared.config import Flow
 from shared.engine import aliases, cursor_lease, snapshot
 from shared.engine.deletes import Confirmed, send_confirmed_deletes
+from shared.engine.preflight import require_ready
 from shared.engine.reconcile import missing_keys
 from shared.engine.verdicts import condemned, record_verdicts
 from shared.errors import AuthError, ConcurrencyError, Reason
@@ -62,15 +63,20 @@ class PullResult:
 
 def pull_flow(
     app: SyncApp, flow_name: str, owner: str | None = None,
-    on_page: Callable[[int], None] | None = None,
+    on_page: Callable[[int], None] | None = None, check: bool = False,
 ) -> PullResult:
+    """`check`: first make sure the flows file matches the systems (shared.engine.preflight.require_ready), so
+    a misspelt column fails the pull, recorded on the flow, instead of every record it would send."""
     flow = app.config.flows[flow_name]
     result = PullResult(flow_name, new_run_id())
+    started_at = app.clock().isoformat()
     cursor, result.status = cursor_lease.start_run(app.state, flow_name, flow.enabled, owner or current_holder(),
                                                    app.clock())
     if cursor is None:
         return result
     try:
+        if check:
+            require_ready(app, flow_name)
         _finish_pending_deletes(app, flow_name, flow, cursor, result)
         _read(app, flow_name, flow, cursor, result, on_page)
         cursor.last_error = None
@@ -81,7 +87,7 @@ def pull_flow(
     except Exception as exc:  # noqa: BLE001 - any failure of this flow is recorded on it; the others go on
         _failed(app, cursor, result, exc)
     summary = {k: v for k, v in asdict(result).items() if k != "notes"} | {
-        "notes": "; ".join(result.notes), "finished_at": app.clock().isoformat()}
+        "notes": "; ".join(result.notes), "started_at": started_at, "finished_at": app.clock().isoformat()}
     try:
         cursor_lease.release(app.state, cursor, summary)
     except ConcurrencyError:
@@ -114,7 +120,7 @@ def _read(app: SyncApp, flow_name: str, flow: Flow, cursor: Cursor, result: Pull
         if flow.source.changes == snapshot.MODE:
             snapshot.remember_sent(app, flow_name, records)
         aliases.forget(app, flow_name, flow, named)
-        if flow.source.changes == "status_flag":
+        if connector.capabilities.acknowledges(flow.source):
             connector.acknowledge(flow.source, named.records, [])
         complete = not page.stopped_early  # a page cap cut the read short: it resumes next run
         if page.snapshot and infers_deletes:

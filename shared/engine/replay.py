@@ -47,11 +47,15 @@ class ReplayResult:
     skipped: Counter[str] = field(default_factory=Counter)  # already_applied, source_gone
     left: int = 0  # not matching the filter, or not replayable (malformed, unknown flow)
     keys: list[str] = field(default_factory=list)
+    stopped: bool = False  # ended early on request (see `stop`): more may match
 
 
 def replay_dead_letters(
-    app: SyncApp, which: ReplayFilter, dry_run: bool = False, on_progress: Callable[[ReplayResult], None] | None = None
+    app: SyncApp, which: ReplayFilter, dry_run: bool = False, on_progress: Callable[[ReplayResult], None] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> ReplayResult:
+    """`stop` is asked after each batch: True ends the replay there (what it held back goes back to the
+    dead-letter queue), so a job can go on later with the same filter where this one left off."""
     result = ReplayResult(dry_run=dry_run)
     settler = app.bus.settler(app.queue)
     held_back: list[Received] = []  # locked but not ours to replay: released at the end, never lost
@@ -75,6 +79,9 @@ def replay_dead_letters(
                 _replay_one(app, received, message, result)
             if on_progress:
                 on_progress(result)
+            if stop is not None and stop():
+                result.stopped = True
+                break
     finally:
         for received in held_back:
             settler.abandon(received)

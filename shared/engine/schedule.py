@@ -36,10 +36,12 @@ def is_due(ncrontab: str, last_run: datetime | None, now: datetime) -> bool:
 
 
 def pull_due_flows(
-    app: SyncApp, owner: str | None = None, on_reconcile: Callable[[ReconcileResult], None] | None = None
+    app: SyncApp, owner: str | None = None, on_reconcile: Callable[[ReconcileResult], None] | None = None,
+    check: bool = False,
 ) -> list[PullResult]:
     """The timer function's one core call: pull every enabled flow whose schedule came round, then run the
-    key-set reconciliations that are due (their results go to `on_reconcile` and the runs table)."""
+    key-set reconciliations that are due (their results go to `on_reconcile` and the runs table). `check`:
+    each flow's file is checked against its systems before its first pull in this process (see pull_flow)."""
     now = app.clock()
     cursors = {c.flow: c for c in app.state.list_cursors()}
     results = []
@@ -47,7 +49,7 @@ def pull_due_flows(
         cursor = cursors.get(name)
         last = cursor.last_run.get("finished_at") if cursor else None
         if flow.enabled and is_due(flow.schedule, datetime.fromisoformat(last) if last else None, now):
-            results.append(_pull(app, name, owner))
+            results.append(_pull(app, name, owner, check))
     for result in reconcile_due_flows(app, now):
         if on_reconcile:
             on_reconcile(result)
@@ -59,12 +61,12 @@ def pull_flows(app: SyncApp, names: list[str], owner: str | None = None) -> list
     return [_pull(app, name, owner) for name in names]
 
 
-def _pull(app: SyncApp, name: str, owner: str | None) -> PullResult:
+def _pull(app: SyncApp, name: str, owner: str | None, check: bool = False) -> PullResult:
     """pull_flow records a flow's own failures on the flow; this also keeps one whose recording failed (the
     state store is down) from stopping the flows after it."""
     try:
-        return pull_flow(app, name, owner)
-    except Exception as exc:
+        return pull_flow(app, name, owner, check=check)
+    except Exception as exc:  # noqa: BLE001 - reported in the result, which the timer function raises on
         log.exception("pull flow=%s failed and could not be recorded", name)
         return PullResult(name, new_run_id(), status="failed", error=f"{type(exc).__name__}: {exc}")
 

@@ -14,9 +14,11 @@ from shared import telemetry
 from shared.app import SyncApp
 from shared.bus.claim_check import REF_PROPERTY, SIZE_PROPERTY
 from shared.engine.cursor_lease import pause_flow
+from shared.engine.held_changes import HELD_PAUSED
 from shared.engine.outcome import Kind, Outcome
+from shared.engine.run_history import record_outcomes
 from shared.messages import bounded_id, to_envelope
-from shared.ports.bus import Settler
+from shared.ports.bus import HELD_PROPERTY, Settler
 
 PAUSED_RECHECK = timedelta(minutes=5)
 
@@ -31,8 +33,11 @@ def settle(app: SyncApp, settler: Settler, outcomes: Sequence[Outcome], started:
         elif o.kind is Kind.DEFERRED and o.message is not None:
             later = app.clock() + PAUSED_RECHECK
             stamp = int(later.timestamp())
-            resend.append(to_envelope(o.message, message_id=bounded_id(f"{o.message.message_id()}:p{stamp}"),
-                                      scheduled_at=later))
+            held = to_envelope(o.message, message_id=bounded_id(f"{o.message.message_id()}:p{stamp}"),
+                               scheduled_at=later)
+            if o.reason == "flow_paused":  # resuming the flow makes it due at once (shared/engine/held_changes.py)
+                held.application_properties[HELD_PROPERTY] = HELD_PAUSED
+            resend.append(held)
         elif o.kind is Kind.DEFERRED:  # a body this release cannot read (a newer format): sent on as it is
             later = app.clock() + PAUSED_RECHECK
             envelope = o.received.envelope
@@ -51,4 +56,5 @@ def settle(app: SyncApp, settler: Settler, outcomes: Sequence[Outcome], started:
     for o in outcomes:
         if o.kind is Kind.DEAD_LETTER:
             settler.dead_letter(o.received, str(o.reason), o.description[:4096])
+    record_outcomes(app, outcomes)
     telemetry.record_outcomes(outcomes, app.config.flows, started, time.perf_counter() if started is not None else None)

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Protocol
 
 from shared.config import Flow
 from shared.numbers import bounded_decimal
@@ -270,18 +270,19 @@ class Equivalence:
         return self.by_target.get(name, EXACT)
 
 
-def _precision(system: object, entity: str, name: str) -> ValuePrecision:
-    declare = getattr(system, "precision", None)  # a connector that declares nothing keeps values exactly
-    return declare(entity, name) if declare is not None else ValuePrecision()
+class DeclaresPrecision(Protocol):
+    """The part of the connector port value comparison needs."""
+
+    def precision(self, entity: str, field: str) -> ValuePrecision: ...
 
 
-def equivalence(flow: Flow, source: object, target: object) -> Equivalence:
+def equivalence(flow: Flow, source: DeclaresPrecision, target: DeclaresPrecision) -> Equivalence:
     """One rule per mapped field, shared by both names: the coarser precision of the two systems."""
     by_source: dict[str, FieldRule] = {}
     by_target: dict[str, FieldRule] = {}
     for fm in flow.fields:
-        a = _precision(source, flow.source.entity, fm.from_)
-        b = _precision(target, flow.target.entity, fm.to)
+        a = source.precision(flow.source.entity, fm.from_)
+        b = target.precision(flow.target.entity, fm.to)
         scales = [s for s in (a.decimal_scale, b.decimal_scale) if s is not None]
         rule = FieldRule(fm.type, min(a.datetime_digits, b.datetime_digits), min(scales) if scales else None,
                          a.trims_trailing_spaces or b.trims_trailing_spaces)

@@ -15,6 +15,11 @@ if TYPE_CHECKING:
     from shared.bus.claim_check import ClaimCheck
 
 
+# Marks a change held back because its flow is paused (see shared/engine/held_changes.py). A bus that can
+# make them due again when the flow resumes offers `release_held(queue, flow) -> int`.
+HELD_PROPERTY = "held"
+
+
 @dataclass
 class Received:
     """A message held under a peek-lock (or browsed from the DLQ)."""

@@ -26,7 +26,8 @@ FAILURES = "failures"
 CONFLICTS = "conflicts"
 REQUESTS = "changerequests"
 GRANTS = "grants"  # operator decisions a message must match to lift a check (shared.engine.grants)
-TABLES = (CURSORS, KEYMAP, RECORDS, RUNS, FAILURES, CONFLICTS, REQUESTS, GRANTS)
+JOBS = "jobs"  # long operator operations and their progress (shared.engine.jobs)
+TABLES = (CURSORS, KEYMAP, RECORDS, RUNS, FAILURES, CONFLICTS, REQUESTS, GRANTS, JOBS)
 
 RECORD_BUCKETS = 16
 # Record values are JSON (ASCII, so one character is one UTF-16 unit) split over properties `values_0`,
@@ -339,7 +340,8 @@ class StateStore:
         moment = at or datetime.now(UTC)
         inverted = _MAX_TICKS - int(moment.timestamp() * 1_000_000)
         row = {**summary, "at": _iso(moment)}
-        self.tables.upsert_many(RUNS, [(flow, f"{inverted:020d}-{summary.get('run_id', '')}", row)])
+        batch = f"-{summary['batch']}" if "batch" in summary else ""  # rows written at once by several instances
+        self.tables.upsert_many(RUNS, [(flow, f"{inverted:020d}-{summary.get('run_id', '')}{batch}", row)])
 
     def recent_runs(self, flow: str, limit: int = 10) -> list[dict[str, Any]]:
         runs = []
@@ -390,6 +392,28 @@ class StateStore:
 
     def revoke_grant(self, flow: str, key: str, version: str, kind: str) -> None:
         self.tables.delete(GRANTS, flow, f"{kind}|{version}|{key}")
+
+    # -- jobs: long operations any instance can report on and carry on (shared.engine.jobs) ----------------------
+    _JOB_PK = "job"
+
+    def create_job(self, job_id: str, data: dict[str, Any]) -> str:
+        return self.tables.insert(JOBS, self._JOB_PK, job_id, data)
+
+    def get_job(self, job_id: str) -> tuple[dict[str, Any], str] | None:
+        """The job's data and etag."""
+        entity = self.tables.get(JOBS, self._JOB_PK, job_id)
+        return (entity.data, entity.etag) if entity else None
+
+    def save_job(self, job_id: str, data: dict[str, Any], etag: str) -> str:
+        """Etag-guarded: ConcurrencyError when another instance wrote the job since it was read."""
+        return self.tables.update(JOBS, self._JOB_PK, job_id, data, etag)
+
+    def delete_job(self, job_id: str) -> None:
+        self.tables.delete(JOBS, self._JOB_PK, job_id)
+
+    def list_jobs(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        for entity in self.tables.query(JOBS, self._JOB_PK):
+            yield entity.rk, entity.data
 
     def close(self) -> None:
         self.tables.close()

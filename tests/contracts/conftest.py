@@ -9,6 +9,12 @@ import pytest
 
 from shared.state.sqlite_tables import SqliteTables
 from shared.state.store import StateStore
+from tests.contracts.connector_backends import MARKERS
+
+
+def pytest_configure(config):
+    for signature, meaning in MARKERS.items():  # the connector suite's selection by capability and harness
+        config.addinivalue_line("markers", f"{signature}: {meaning}")
 
 
 def _sqlite_tables(tmp_path, request):

@@ -15,9 +15,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, ClassVar
 
-from shared.config import FilesSystem
 from shared.connectors.files.connector import FilesConnector
 from shared.connectors.files.storage import FolderStorage
+from shared.connectors.files_settings import FilesSystem
 
 
 def _parsed(value: str, spec: str) -> Any:

@@ -107,6 +107,23 @@ def test_scheduled_message_arrives_when_due(bus, queue):
     assert m.envelope.message_id == "m-later"
 
 
+def test_release_held_makes_one_flows_held_changes_due_now_and_nothing_else(bus, queue):
+    later = datetime.now(UTC) + timedelta(minutes=5)
+    held = [env(i, scheduled_enqueue_time_utc=later) for i in range(3)]
+    for envelope in held:
+        envelope.application_properties["held"] = "paused"
+    other = Envelope(message_id="m-other", body=b"{}", subject="flow-b", scheduled_enqueue_time_utc=later,
+                     application_properties={"flow": "flow-b", "key": "x", "held": "paused"})
+    retry = env("retry", scheduled_enqueue_time_utc=later)  # a retry keeps its backoff
+    bus.send(queue, [*held, other, retry])
+    assert bus.release_held(queue, "flow-a") == 3
+    got = drain(bus, queue, 3)
+    assert sorted(str(m.envelope.application_properties["key"]) for m in got) == ["0", "1", "2"]
+    bus.settler(queue).complete(got)
+    assert bus.receive(queue, max_messages=5, max_wait=0.3) == []
+    assert (bus.counts(queue).active, bus.counts(queue).scheduled) == (0, 2)
+
+
 def test_concurrent_receivers_never_share_a_message(bus, queue):
     import threading
 

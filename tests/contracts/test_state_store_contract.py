@@ -172,6 +172,27 @@ def test_runs_newest_first(store):
     assert [r["pulled"] for r in store.recent_runs("f", limit=3)] == [4, 3, 2]
 
 
+def test_batches_of_one_run_written_at_the_same_moment_are_all_kept(store):
+    """Apply instances count their batches into the run history as rows of their own, never overwriting."""
+    moment = datetime(2026, 1, 1, tzinfo=UTC)
+    for batch in ("b1", "b2"):
+        store.add_run("applied:f", {"run_id": "r1", "batch": batch, "applied": 1}, at=moment)
+    assert sum(r["applied"] for r in store.recent_runs("applied:f")) == 2
+
+
+def test_jobs_are_written_only_over_the_version_read(store):
+    from shared.errors import ConcurrencyError
+
+    etag = store.create_job("0" * 32, {"status": "queued", "matched": 0})
+    data, read_etag = store.get_job("0" * 32)
+    assert data == {"status": "queued", "matched": 0} and read_etag == etag
+    newer = store.save_job("0" * 32, {"status": "running", "matched": 100}, etag)
+    with pytest.raises(ConcurrencyError):
+        store.save_job("0" * 32, {"status": "done", "matched": 1}, etag)  # another instance wrote since
+    assert store.get_job("0" * 32) == ({"status": "running", "matched": 100}, newer)
+    assert [job_id for job_id, _ in store.list_jobs()] == ["0" * 32] and store.get_job("f" * 32) is None
+
+
 def test_failure_ledger(store):
     store.record_failure("q", "flow:key/1:v", "ValidationFailed", "record key/1: field name too long")
     assert store.get_failure("q", "flow:key/1:v") == {"reason": "ValidationFailed",

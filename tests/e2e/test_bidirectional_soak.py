@@ -77,12 +77,17 @@ class Side:
             return conn.execute(text("SELECT COUNT(*) FROM write_log")).scalar_one()
 
 
+def sides(directory: Path) -> tuple[str, str, Side, Side]:
+    """The two databases of the pair (CRM accounts, ERP customers), empty: their URLs and their sides."""
+    crm_url = make_db(directory / "crm.db", "accounts", "accountnumber", "name", "telephone1")
+    erp_url = make_db(directory / "erp.db", "customers", "account_number", "name", "phone")
+    return (crm_url, erp_url, Side(crm_url, "accounts", "accountnumber", "name", "telephone1"),
+            Side(erp_url, "customers", "account_number", "name", "phone"))
+
+
 @pytest.fixture
 def pair(tmp_path):
-    crm_url = make_db(tmp_path / "crm.db", "accounts", "accountnumber", "name", "telephone1")
-    erp_url = make_db(tmp_path / "erp.db", "customers", "account_number", "name", "phone")
-    crm = Side(crm_url, "accounts", "accountnumber", "name", "telephone1")
-    erp = Side(erp_url, "customers", "account_number", "name", "phone")
+    crm_url, erp_url, crm, erp = sides(tmp_path)
     with crm.engine.begin() as conn:
         conn.execute(text("INSERT INTO accounts (accountnumber, name, telephone1) VALUES (:k, :n, :p)"),
                      [{"k": f"A{i:04d}", "n": f"name {i}", "p": f"+1 555 {i:04d}"} for i in range(RECORDS)])

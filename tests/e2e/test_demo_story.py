@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-import pytest
+import io
+import json
 
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from demo import __main__ as demo_main
 from demo import story as st
+from shared.cli import app as cli
 
 
 @pytest.fixture
@@ -56,3 +63,26 @@ def test_the_whole_story(story):
     assert story.conflict_runs[0].flows["accounts-to-customers"].conflicts == 1
     last = story.conflict_runs[-1]
     assert sum(c.applied for c in last.flows.values()) == 0  # settled: only echoes come back
+
+    # What `make demo` prints: each step as the command that does it, and the command to try next.
+    report = _printed(lambda: demo_main.report(story))
+    assert report.count("$ dualsync run --once --config flows.yaml --workdir state") == 4
+    assert "$ dualsync dead-letters list" in report and "$ dualsync replay" in report
+    assert all(f"invoices-to-crm {key} MissingReference" in report for key in dead)
+    ran = json.loads(_cli(["runs", "--json", "--busy", "--flow", "invoices-to-crm"], story.work).output)["runs"]
+    # One pull sent the 2,000 invoices: 10 were dead-lettered, then replayed after the fix and applied.
+    assert [(r["pulled"], r["applied"], r["dead_lettered"]) for r in ran] == [(2000, 2000, 10)]
+
+
+def _printed(show) -> str:
+    recording = Console(record=True, width=80, file=io.StringIO())
+    original, demo_main.console = demo_main.console, recording
+    try:
+        show()
+    finally:
+        demo_main.console = original
+    return recording.export_text()
+
+
+def _cli(args: list[str], work):
+    return CliRunner().invoke(cli, [*args, "--config", str(work / "flows.yaml"), "--workdir", str(work / "state")])

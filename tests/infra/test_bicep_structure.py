@@ -488,7 +488,8 @@ def test_admin_api_is_behind_entra_id_app_roles_except_health():
     assert props["platform"]["enabled"] is True
     validation = props["globalValidation"]
     assert validation["requireAuthentication"] is True and validation["unauthenticatedClientAction"] == "Return401"
-    assert validation["excludedPaths"] == ["/api/health"]
+    # health (function key) and the console's static page and script, which hold no data
+    assert validation["excludedPaths"] == ["/api/health", "/api/console", "/api/console.js", "/api/console.css"]
     aad = props["identityProviders"]["azureActiveDirectory"]
     assert aad["enabled"] is True and aad["registration"]["clientId"] == "adminAppClientId"
     assert module_params("functionApp")["adminAppClientId"] == "adminAppClientId"

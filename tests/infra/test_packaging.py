@@ -45,3 +45,19 @@ def test_the_function_app_imports_none_of_the_cli_dependencies():
             f"print(sorted(set({sorted(CLI_ONLY)!r}) & {{m.split('.')[0] for m in sys.modules}}))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_web_console_ships_with_the_function_app():
+    """The admin function serves the console's page from shared/console: .funcignore leaves everything out, lets
+    shared/ back in, then leaves out a few kinds of file again; none of those may be one of the console's."""
+    from fnmatch import fnmatch
+
+    lines = [line.strip() for line in (ROOT / ".funcignore").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    assert "!shared/**" in lines
+    excluded_again = lines[lines.index("!shared/**") + 1:]
+    served = ["shared/console/index.html", "shared/console/console.js", "shared/console/console.css"]
+    assert all((ROOT / name).is_file() for name in served)
+    for name in served:
+        assert not [p for p in excluded_again if fnmatch(name, p.removeprefix("**/")) or fnmatch(Path(name).name,
+                                                                                                  p.removeprefix("**/"))]

@@ -2,11 +2,10 @@
 provider for MSAL). Engine-level tests build a SyncApp with the real connectors (Dataverse + SQLite ERP), the
 SQLite state store and the SQLite bus, and drive shared.engine.pull / shared.engine.delivery directly.
 
-Why these are not in the connector contract suite: the contract's backend creates arbitrary tables
-(`create_table("customers", {"id": "int", ...})`) and writes the watermark column itself (`modified_at` set to
-fixed instants, `update(..., {"modified_at": None})`); the simulator serves a fixed schema (accounts, contacts,
-...) whose `modifiedon` / `versionnumber` are system columns no client can set. So the Dataverse behaviours
-are tested here, against the entities Dataverse really has.
+The connector contract suite (tests/contracts) runs the Dataverse connector too, on entities it makes for each
+test (a restarted simulator with a schema of the test's tables), for what every connector must do; what only
+Dataverse does (change tracking's shapes, alternate keys and binds on the entities Dataverse really has, sign-in,
+throttling) is tested here.
 """
 
 from __future__ import annotations

@@ -11,10 +11,11 @@ from datetime import UTC, datetime
 
 import pytest
 
-from shared.config import FilesSystem, SourceSpec, TargetSpec
+from shared.config import SourceSpec, TargetSpec
 from shared.connectors.files import storage as storage_module
 from shared.connectors.files.connector import FilesConnector
 from shared.connectors.files.storage import BlobStorage, FileStorage, FolderStorage
+from shared.connectors.files_settings import FilesSystem
 from shared.errors import TransientError
 from shared.ports.connector import WriteOp
 

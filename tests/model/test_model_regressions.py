@@ -251,9 +251,22 @@ def test_a_key_freed_by_a_delete_in_the_same_batch_goes_to_its_new_owner():
                  ("settle_and_check", {}))
 
 
-@pytest.mark.xfail(strict=True, reason="NEW, found by make soak at the end of the session: not fixed yet")
 def test_a_record_deleted_by_the_master_then_created_again_on_the_other_side_reaches_the_archive():
     """Found by `make soak` (one_way_answer): K0 synced, deleted in the CRM, settled; then the ERP creates K0
-    again, which the pair writes back to the CRM; the one-way archive flow never gets row C0 for it."""
+    again, which the pair writes back to the CRM. The delete had kept K0's state (versions, tombstone) under
+    the CRM's key; the ERP's change, named by the ERP's key until linked, took that state for a concurrent
+    writer's: its write was reported as a lost race and then skipped (target_has_it), so the pass applied
+    nothing and the archive never got row C0. Now the first sync takes the stored state over."""
     replay_steps(("seed", {"seeded": [("crm", "K0")]}), ("delete", {"key": "K0", "side": "crm"}), ("users_stop", {}),
                  ("poll", {}), ("settle_and_check", {}), ("write", {"key": "K0", "side": "erp", "values": {}}))
+
+
+def test_a_change_delivered_with_its_own_retry_clone_is_not_lost_when_it_fails_again():
+    """Found by `make soak` (one_way_answer; the same on the pair as sides_agree): K0's change fails with a 503
+    (a retry clone is sent), and the worker dies before completing it. Redelivered together, the original
+    went on and the clone was completed as superseded; the original failed again, and its clone took the
+    message id of the one just completed, which duplicate detection dropped: the archive never got K0."""
+    replay_steps(("seed", {"seeded": []}), ("write", {"key": "K0", "side": "crm", "values": {}}), ("users_stop", {}),
+                 ("pull", {"flow": "accounts-to-archive"}),
+                 ("crash_apply", {"n": 1, "skip": 0, "step": "bus:complete", "transient": True}),
+                 ("throttled", {"n": 2, "times": 1}))

@@ -21,7 +21,7 @@ SOURCES = ["shared", "functions", "function_app.py"]
 
 # (file, enclosing function) -> why a non-literal name is read there.
 DYNAMIC_READS = {
-    ("shared/config.py", "resolve_secret"): (
+    ("shared/config_base.py", "secret_if_set"): (
         "secret references from flows.yaml (env:NAME): the names come from the operator's flows file, e.g. "
         "CRM_CLIENT_SECRET, set as Key Vault references in Azure"
     ),

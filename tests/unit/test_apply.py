@@ -148,3 +148,24 @@ def test_flows_without_their_own_max_attempts_use_the_app_setting(app, memory):
     memory["erp"].fail_next.append(TransientError("503"))
     [o] = deliver(app, change("c1", 1, flow="contacts", attempt=2, contactid="c1", lastname="L"))
     assert (o.kind, o.reason) == (Kind.DEAD_LETTER, Reason.RETRIES_EXHAUSTED)
+
+
+def test_a_change_delivered_with_its_own_retry_is_not_lost_when_it_fails_again(app, memory):
+    """A crash between sending a retry clone and completing its original leaves both on the bus. Delivered in
+    one batch, the original went on and its clone was completed as superseded; the original failed again, and
+    its new clone took the message id of the one just completed, which duplicate detection dropped: nothing
+    was left on the bus to apply the change, and nothing said so."""
+    from shared.engine.delivery import handle_delivery
+    from shared.messages import to_envelope
+
+    original = account("a1", 1)
+    app.bus.send(app.queue, [to_envelope(original), to_envelope(original.retry_clone())])
+    memory["erp"].fail_next.append(TransientError("503 Service Unavailable"))
+    received = app.bus.receive(app.queue, max_messages=2, max_wait=1)
+    outcomes = handle_delivery(app, received, app.bus.settler(app.queue))
+    assert kinds(outcomes) == [("retry", "transient"), ("skipped", "superseded")]
+    assert app.bus.counts(app.queue).scheduled == 1
+    time.sleep(0.1)
+    [again] = app.bus.receive(app.queue, max_messages=5, max_wait=2)
+    [done] = handle_delivery(app, [again], app.bus.settler(app.queue))
+    assert done.kind is Kind.APPLIED and "N-a1" in memory["erp"].tables["customers"]

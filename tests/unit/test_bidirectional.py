@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from datetime import timedelta
+
 import pytest
 
 from shared.app import SyncApp
@@ -10,17 +13,19 @@ from shared.config import parse_config
 from shared.engine.apply import apply_batch
 from shared.engine.decisions import DecisionError, approve_request, list_parked, reject_request, resolve_conflict
 from shared.engine.pull import pull_flow
+from shared.engine.reconcile import reconcile_deletes
 from shared.engine.settle import settle
 from shared.engine.tally import Tally
 from shared.state.sqlite_tables import SqliteTables
-from shared.state.store import CONFLICTS, REQUESTS, StateStore
+from shared.state.store import CONFLICTS, REQUESTS, RecordLease, StateStore
 from tests.fakes.memory_connector import MemoryConnector
 
 
-def pair_config(conflicts: str = "master_wins", review: bool = False, owner_phone: str | None = None) -> dict:
+def pair_config(conflicts: str = "master_wins", review: bool = False, owner_phone: str | None = None,
+                deletes: str = "ignore") -> dict:
     phone_a = {"from": "telephone1", "to": "phone"} | ({"owner": owner_phone} if owner_phone else {})
     phone_b = {"from": "phone", "to": "telephone1"} | ({"owner": owner_phone} if owner_phone else {})
-    common = {"pair": "accounts", "master": "crm", "conflicts": conflicts}
+    common = {"pair": "accounts", "master": "crm", "conflicts": conflicts, "deletes": deletes}
     return {
         "systems": {"crm": {"kind": "sql", "url": "sqlite://"}, "erp": {"kind": "sql", "url": "sqlite://"}},
         "flows": {
@@ -203,8 +208,130 @@ def test_a_throttled_source_read_retries_the_batch_instead_of_failing_it(make):
     settle(app, app.bus.settler(app.queue), outcomes)
     assert [(o.kind.value, str(o.reason)) for o in outcomes] == [("retry", "throttled")]
     del memory["crm"].read_records
-    import time
 
     time.sleep(0.3)
     drain(app)
     assert memory["erp"].tables["customers"]["A1"]["name"] == "later"
+
+
+def test_a_record_the_master_deleted_and_the_other_side_created_again_is_applied_once(make):
+    """The delete unlinks the keys but keeps the record's state (its versions and the tombstone) under the
+    master's key. The ERP's re-creation is named by the ERP's key until it is linked; its first sync must take
+    that state over, not count it as someone else's: that was reported as a lost race, and the forced resync
+    then overwrote whatever the master's user had changed in between."""
+    app, memory = make(deletes="delete")
+    deleted_by_the_master_then_created_in_the_erp(app, memory)
+    assert deliver(app) == [("applied", "upsert")]
+    memory["crm"].put("accounts", "A0", {**memory["crm"].tables["accounts"]["A0"], "name": "master's edit"})
+    sync(app)
+    sync(app)
+    assert memory["crm"].tables["accounts"]["A0"]["name"] == "master's edit"
+    assert memory["erp"].tables["customers"]["A0"]["name"] == "master's edit"
+    [state] = app.state.get_records("accounts", ["crm|A0", "erp|A0"]).values()
+    assert state.record_id == "crm|A0" and state.lease is None
+
+
+def test_a_record_created_again_on_the_other_side_waits_while_a_change_of_it_is_applied(make):
+    """The state under the master's key may be leased by a change being applied right now: the re-creation
+    waits for it before writing anything, rather than write and then find the record taken."""
+    app, memory = make(deletes="delete")
+    deleted_by_the_master_then_created_in_the_erp(app, memory)
+    [state] = app.state.get_records("accounts", ["crm|A0"]).values()
+    state.lease = RecordLease("someone else", app.clock() + timedelta(seconds=60))
+    app.state.save_records("accounts", [state])
+
+    assert deliver(app) == [("retry", "record_busy")]
+    assert "A0" not in memory["crm"].tables["accounts"]
+
+    state.lease = None
+    app.state.save_records("accounts", [state])
+    time.sleep(0.1)  # the retry's backoff (retry_base 0.01)
+    assert deliver(app) == [("applied", "upsert")]
+    assert memory["crm"].tables["accounts"]["A0"]["name"] == "again"
+
+
+def deleted_by_the_master_then_created_in_the_erp(app: SyncApp, memory: dict[str, MemoryConnector]) -> None:
+    """A0 synced, deleted in the CRM (the delete applied to the ERP), then created again in the ERP and pulled."""
+    seed(app, memory, n=1)
+    del memory["crm"].tables["accounts"]["A0"]
+    del memory["crm"].versions[("accounts", "A0")]
+    reconcile_deletes(app, "accounts-to-erp")
+    assert drain(app).flows["accounts-to-erp"].applied == 1
+    assert "A0" not in memory["erp"].tables["customers"]
+    memory["erp"].put("customers", "A0", {"account_number": "A0", "name": "again", "phone": "p"})
+    pull_flow(app, "customers-to-crm", owner="t")
+
+
+def deliver(app: SyncApp) -> list[tuple[str, str]]:
+    outcomes = apply_batch(app, app.bus.receive(app.queue, max_messages=10, max_wait=0.05))
+    settle(app, app.bus.settler(app.queue), outcomes)
+    return [(o.kind.value, str(o.reason)) for o in outcomes]
+
+
+def test_a_conflict_met_by_both_flows_is_one_conflict_and_one_decision_closes_it(make, monkeypatch):
+    """Both sides changed one field and each flow met the other's change: the record is one open conflict (not
+    one per direction), listed once with each system's value, and resolving it leaves nothing open."""
+    from shared.engine.views import conflict_views
+
+    app, memory = make(conflicts="manual")
+    seed(app, memory)
+    memory["crm"].put("accounts", "A1", {**memory["crm"].tables["accounts"]["A1"], "name": "crm-says"})
+    memory["erp"].put("customers", "A1", {**memory["erp"].tables["customers"]["A1"], "name": "erp-says"})
+    tally = sync(app)
+    assert sum(c.skipped["conflict_parked"] for c in tally.flows.values()) == 2
+    assert len(list_parked(app, CONFLICTS)) == 1
+    [view] = conflict_views(app)
+    assert view.keys == {"crm": "A1", "erp": "A1"} if view.flow == "accounts-to-erp" else {"erp": "A1", "crm": "A1"}
+    assert [(f.field, f.values) for f in view.fields] in (
+        [("name", {"crm": "crm-says", "erp": "erp-says"})], [("name", {"erp": "erp-says", "crm": "crm-says"})])
+    shown = cli_output(monkeypatch, app, "conflicts", "list")
+    assert "open conflicts: 1" in shown and shown.count(" A1 ") == 1
+    row = next(line for line in shown.splitlines() if " A1 " in line).split()
+    assert row[:2] == ["A1", "name"] and "crm-says" in row and "erp-says" in row
+    resolve_conflict(app, "A1", take="crm")
+    assert list_parked(app, CONFLICTS) == [] and conflict_views(app) == []
+    sync(app)
+    sync(app)
+    assert memory["erp"].tables["customers"]["A1"]["name"] == "crm-says" == memory["crm"].tables["accounts"]["A1"]["name"]
+    assert list_parked(app, CONFLICTS) == []
+
+
+def test_a_change_request_shows_each_changed_field_as_synced_and_as_proposed(make, tmp_path, monkeypatch):
+    import json
+
+    from shared.engine.views import change_request_views
+
+    app, memory = make(review=True)
+    seed(app, memory)
+    memory["erp"].put("customers", "A2", {**memory["erp"].tables["customers"]["A2"], "name": "web shop edit"})
+    sync(app, "customers-to-crm")
+    [request] = change_request_views(app)
+    assert (request.flow, request.key, request.op) == ("customers-to-crm", "A2", "upsert")
+    assert [(f.field, f.to, f.before, f.after) for f in request.fields] == [("name", "name", "n2", "web shop edit")]
+
+    shown = cli_output(monkeypatch, app, "requests", "list")
+    row = next(line for line in shown.splitlines() if "web shop edit" in line)
+    assert "customers-to-crm" in row and "A2" in row and "n2" in row and "telephone" not in shown
+    [listed] = json.loads(cli_output(monkeypatch, app, "requests", "list", "--json"))["requests"]
+    assert listed["fields"] == [{"field": "name", "to": "name", "before": "n2", "after": "web shop edit"}]
+
+
+def cli_output(monkeypatch, app: SyncApp, *args: str) -> str:
+    """What `dualsync ARGS` prints at 80 columns over this app's stores."""
+    from contextlib import contextmanager
+
+    from typer.testing import CliRunner
+
+    import shared.cli.common
+    from shared.cli import app as cli
+
+    @contextmanager
+    def session(config, workdir):
+        yield app
+
+    monkeypatch.setattr(shared.cli.common, "session", session)
+    monkeypatch.setattr(shared.cli.common.console, "width", 80)
+    result = CliRunner().invoke(cli, list(args))
+    assert result.exit_code == 0, result.output
+    assert "--json" in args or max(len(line) for line in result.output.splitlines()) <= 80
+    return result.output

@@ -55,6 +55,11 @@ def test_the_description_is_dialect_host_and_database_only():
     f"mssql+pyodbc:///?odbc_connect=DRIVER%3D%7BODBC+Driver+18%7D%3BSERVER%3Ddb%3BUID%3Dsync%3BPWD%3D{SECRET}",
     f"mssql+pyodbc:///?odbc_connect=DRIVER={{ODBC}};SERVER=db;Pwd={SECRET}",
     f"postgresql://sync@db/erp?sslpassword={SECRET}",
+    # Accepted as plain URLs before: encoded twice, spaces around '=', a DSN-style host, a '/' in a password.
+    f"mssql+pyodbc:///?odbc_connect=DRIVER%253D%257BODBC%257D%253BPWD%253D{SECRET}",
+    f"mssql+pyodbc:///?odbc_connect=Driver%3D%7BODBC%7D%3BPwd+%3D+{SECRET}",
+    f"mssql+pyodbc://erpdsn;UID=sync;PWD={SECRET}",
+    f"postgresql://sync:pa/{SECRET}@db/erp",
 ])
 def test_validate_refuses_a_secret_in_the_query_string(url):
     data = {
@@ -68,3 +73,18 @@ def test_validate_refuses_a_secret_in_the_query_string(url):
     problems = "\n".join(caught.value.problems)
     assert "systems.erp.url" in problems and "env:NAME" in problems
     assert SECRET not in problems
+
+
+@pytest.mark.parametrize("url", [
+    "sqlite:///erp.db",
+    "postgresql://sync@db/erp?sslmode=require&application_name=dualsync",
+    "mssql+pyodbc:///?odbc_connect=DRIVER%3D%7BODBC+Driver+18%7D%3BSERVER%3Ddb%3BAuthentication%3DActiveDirectoryMsi",
+])
+def test_urls_without_a_secret_stay_literal(url):
+    data = {
+        "systems": {"erp": {"kind": "sql", "url": url}},
+        "flows": {"f": {"source": {"system": "erp", "entity": "a", "key": "id"},
+                        "target": {"system": "erp", "entity": "b", "key": "id"},
+                        "fields": [{"from": "id", "to": "id"}]}},
+    }
+    assert parse_config(data).systems["erp"].url == url

@@ -11,10 +11,11 @@ import pytest
 from azure.identity import DefaultAzureCredential
 from pydantic import ValidationError
 
-from shared.config import CsvFormat, FilesSystem, parse_config
+from shared.config import parse_config
 from shared.connectors.files.connector import storage_of
 from shared.connectors.files.csv_format import FileFormatError, encode_rows, parse_cell, read_rows
 from shared.connectors.files.storage import BlobStorage
+from shared.connectors.files_settings import CsvFormat, FilesSystem
 from shared.errors import ConfigError
 
 
@@ -135,13 +136,3 @@ def test_blob_endpoint_uses_the_apps_identity(monkeypatch):
     assert service.url == "https://acct.blob.core.windows.net/"
     assert isinstance(service.credential, DefaultAzureCredential)
 
-
-def test_one_flow_per_inbox_entity():
-    flow = {"source": {"system": "erp", "entity": "customers", "key": "id", "changes": "snapshot"},
-            "target": {"system": "crm", "entity": "accounts", "key": "id"}, "fields": [{"from": "id", "to": "id"}]}
-    systems = {"erp": {"kind": "files", "folder": "/x"}, "crm": {"kind": "sql", "url": "sqlite://"}}
-    parse_config({"systems": systems, "flows": {"a": flow}})
-    with pytest.raises(ConfigError) as refused:
-        parse_config({"systems": systems, "flows": {"a": flow, "b": flow}})
-    assert refused.value.problems == [("flows.b.source: flow a reads erp customers already; one flow per inbox "
-                                      "entity (it archives each file)")]

@@ -11,6 +11,7 @@ import azure.functions as func
 import pytest
 
 import functions.admin
+import shared.admin_api
 from shared.app import SyncApp
 from shared.config import parse_config
 from shared.engine.dead_letters import DeadLetterFilter, list_dead_letters, purge_dead_letters
@@ -29,14 +30,24 @@ def principal(*roles: str, name: str = "ops@contoso.example") -> str:
     return base64.b64encode(json.dumps(payload).encode()).decode()
 
 
+# The admin API's routes by what they do (shared/admin_api.py); all but health go through one function.
+ROUTES = {"flows": "flows", "pause_flow": "flows/{flow}/pause", "resume_flow": "flows/{flow}/resume",
+          "replay": "replay", "dead_letters": "dead-letters", "purge_dead_letters": "dead-letters/purge",
+          "conflicts": "conflicts", "resolve_conflict": "conflicts/resolve", "requests": "requests",
+          "approve_request": "requests/approve", "reject_request": "requests/reject", "runs": "runs",
+          "job": "jobs/{job_id}"}
+
+
 def call(name: str, method: str = "GET", body: object = None, route: dict | None = None,
-         params: dict | None = None, raw: bytes | None = None, who: str | None = None) -> tuple[int, dict]:
+         params: dict | None = None, raw: bytes | None = None, who: str | None = None,
+         content_type: str = "application/json") -> tuple[int, dict]:
     data = raw if raw is not None else (b"" if body is None else json.dumps(body).encode())
-    headers = {"content-type": "application/json",
+    headers = {"content-type": content_type,
                "x-ms-client-principal": principal("Operator") if who is None else who}
-    req = func.HttpRequest(method=method, url=f"/api/{name}", headers=headers,
-                           params=params or {}, route_params=route or {}, body=data)
-    resp = indexed()[name].get_user_function()(req=req)
+    function, path = ("health", "health") if name == "health" else ("admin", ROUTES[name].format(**(route or {})))
+    req = func.HttpRequest(method=method, url=f"/api/{path}", headers=headers,
+                           params=params or {}, route_params={"path": path}, body=data)
+    resp = indexed()[function].get_user_function()(req=req)
     assert resp.mimetype == "application/json"
     return resp.status_code, json.loads(resp.get_body())
 
@@ -94,14 +105,14 @@ def test_status_cli_shows_counts_it_cannot_read_as_unknown(wired, tmp_path, monk
 
     from typer.testing import CliRunner
 
-    import shared.cli
+    import shared.cli.common
     from shared.cli import app as cli
 
     @contextmanager
     def session(config, workdir):
         yield wired
 
-    monkeypatch.setattr(shared.cli, "_session", session)
+    monkeypatch.setattr(shared.cli.common, "session", session)
     wired.bus._admin.refuse_manage = True  # noqa: SLF001
     result = CliRunner().invoke(cli, ["status"], catch_exceptions=False, env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
@@ -118,7 +129,7 @@ def test_pause_and_resume_a_flow(wired):
     _, listed = call("flows")
     assert listed["flows"][0]["paused"] is True and listed["flows"][0]["paused_reason"] == "ERP maintenance"
     status, body = call("resume_flow", "POST", route={"flow": "accounts"})
-    assert (status, body) == (200, {"flow": "accounts", "paused": False, "paused_reason": None})
+    assert (status, body) == (200, {"flow": "accounts", "paused": False, "paused_reason": None, "released": 0})
     assert not wired.state.get_cursor("accounts").paused
 
 
@@ -153,9 +164,14 @@ def test_replay_dry_run_then_for_real(wired, memory):
     assert body == {"dry_run": True, "matched": 1, "replayed": 0, "skipped": {}, "left": 0, "keys": ["accounts:a1"]}
     assert wired.bus.counts(wired.queue).dead_letter == 1
     status, body = call("replay", "POST", {"flow": "accounts", "reason": "ValidationFailed"})
-    assert status == 200 and (body["replayed"], body["keys"]) == (1, ["accounts:a1"])
+    assert status == 202  # a job: its first slice ran within the request, and it was all there was to do
+    job = body["job"]
+    assert (job["status"], job["replayed"], job["keys"]) == ("done", 1, ["accounts:a1"])
     counts = wired.bus.counts(wired.queue)
     assert (counts.dead_letter, counts.active) == (0, 1)
+    status, body = call("job", route={"job_id": job["id"]}, who=principal("Reader"))
+    assert status == 200 and body["status"] == "done" and body["by"] == "ops@contoso.example"
+    assert call("job", route={"job_id": "nope"})[0] == 404
 
 
 def test_a_purge_confirmed_for_one_set_never_deletes_letters_that_arrived_since(wired):
@@ -172,7 +188,7 @@ def test_replay_of_everything_must_say_so(wired, memory):
     status, body = call("replay", "POST", {})
     assert status == 400 and '"all": true' in body["error"]
     assert wired.bus.counts(wired.queue).dead_letter == 1
-    assert call("replay", "POST", {"all": True})[0] == 200
+    assert call("replay", "POST", {"all": True})[0] == 202
 
 
 # -- who may call -----------------------------------------------------------------------------------------------
@@ -181,6 +197,9 @@ def test_replay_of_everything_must_say_so(wired, memory):
 @pytest.mark.parametrize(("name", "method", "route"), [
     ("flows", "GET", None), ("dead_letters", "GET", None), ("pause_flow", "POST", {"flow": "accounts"}),
     ("resume_flow", "POST", {"flow": "accounts"}), ("replay", "POST", None), ("purge_dead_letters", "POST", None),
+    ("conflicts", "GET", None), ("resolve_conflict", "POST", None), ("requests", "GET", None),
+    ("approve_request", "POST", None), ("reject_request", "POST", None), ("runs", "GET", None),
+    ("job", "GET", {"job_id": "x"}),
 ])
 def test_every_route_but_health_needs_app_service_auth_and_a_role(wired, monkeypatch, name, method, route):
     assert call(name, method, route=route, who="")[0] == 401  # auth on, nobody signed in
@@ -197,16 +216,16 @@ def test_a_reader_reads_and_cannot_change_anything(wired):
     reader = principal("Reader")
     assert call("flows", who=reader)[0] == 200 and call("dead_letters", who=reader)[0] == 200
     for name, route, body in (("pause_flow", {"flow": "accounts"}, None), ("replay", None, {"all": True}),
-                              ("purge_dead_letters", None, {"dry_run": True})):
+                              ("purge_dead_letters", None, {"dry_run": True}),
+                              ("resolve_conflict", None, {"key": "a1", "take": "crm"}),
+                              ("approve_request", None, {"key": "a1"})):
         assert call(name, "POST", body, route=route, who=reader)[0] == 403
     assert wired.bus.counts(wired.queue).dead_letter == 4
 
 
 def test_only_health_takes_a_function_key(wired):
-    levels = {name: bindings(name)["req"].auth_level for name in
-              ("health", "flows", "dead_letters", "pause_flow", "resume_flow", "replay", "purge_dead_letters")}
-    assert levels.pop("health") == func.AuthLevel.FUNCTION
-    assert set(levels.values()) == {func.AuthLevel.ANONYMOUS}
+    assert bindings("health")["req"].auth_level == func.AuthLevel.FUNCTION
+    assert bindings("admin")["req"].auth_level == func.AuthLevel.ANONYMOUS
     status, body = call("health", who="")
     assert status == 200 and body == {"status": "ok", "flows": {"accounts": "ok", "contacts": "ok"}}
 
@@ -281,7 +300,7 @@ def test_an_unexpected_error_is_a_500_without_details(wired, monkeypatch):
     def boom(app):
         raise RuntimeError("secret connection string in here")
 
-    monkeypatch.setattr(functions.admin, "collect_status", boom)
+    monkeypatch.setattr(shared.admin_api, "collect_status", boom)
     status, body = call("flows")
     assert status == 500 and "RuntimeError" in body["error"] and "secret" not in body["error"]
 
@@ -334,3 +353,69 @@ def test_purge_in_batches_leaves_what_does_not_match(any_bus_app):
     # What was held back is receivable again at once, not only after its lock expires.
     assert purge_dead_letters(any_bus_app, max_wait=0.2).purged == 1
     assert any_bus_app.bus.counts(any_bus_app.queue).dead_letter == 0
+
+
+# -- what the console needs -------------------------------------------------------------------------------------
+
+
+def test_a_post_that_is_not_json_is_refused_so_another_site_cannot_forge_one(wired):
+    """A form or a `text/plain` fetch from another site is sent with the signed-in browser's session and without
+    asking first (no CORS preflight): only a JSON content type, which needs the preflight this API never allows,
+    is accepted."""
+    deliver(wired, account("a1", 1, name="x" * 50))
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", ""):
+        status, body = call("replay", "POST", {"all": True}, content_type=content_type)
+        assert status == 415 and "application/json" in body["error"]
+    assert wired.bus.counts(wired.queue).dead_letter == 1
+
+
+def test_an_unknown_reason_is_an_error_naming_the_known_ones(wired):
+    seed_dead_letters(wired)
+    status, body = call("dead_letters", params={"reason": "ValidationFaild"})
+    assert status == 400 and body["error"] == "unknown reason 'ValidationFaild'"
+    assert "ValidationFailed" in body["reasons"] and "MaxDeliveryCountExceeded" in body["reasons"]
+    assert call("replay", "POST", {"reason": "Nope"})[0] == 400
+
+
+def test_dead_letters_name_record_field_and_rule_apart(wired):
+    seed_dead_letters(wired)
+    _, body = call("dead_letters", params={"key": "a1"})
+    [a1] = body["dead_letters"]
+    assert (a1["record"], a1["field"]) == ("a1", "name")
+    assert "max_length" in a1["rule"] and not a1["rule"].startswith("flow")
+
+
+def test_runs_count_what_became_of_each_pulled_change(wired, memory):
+    from shared.engine.pull import pull_flow
+
+    memory["crm"].put("accounts", "a1", {"accountid": "a1", "accountnumber": "N-a1", "name": "Ok", "statecode": 0})
+    memory["crm"].put("accounts", "a2", {"accountid": "a2", "accountnumber": "N-a2", "name": "x" * 50,
+                                         "statecode": 0})
+    from shared.engine.delivery import handle_delivery
+
+    run = pull_flow(wired, "accounts", owner="t")
+    handle_delivery(wired, wired.bus.receive(wired.queue, max_messages=10, max_wait=1), wired.bus.settler(wired.queue))
+    status, body = call("runs", params={"flow": "accounts"}, who=principal("Reader"))
+    assert status == 200
+    [latest] = [r for r in body["runs"] if r["run_id"] == run.run_id]
+    assert (latest["pulled"], latest["applied"], latest["dead_lettered"]) == (2, 1, 1)
+    assert latest["started_at"] and latest["finished_at"] and latest["error"] is None
+    quiet = pull_flow(wired, "accounts", owner="t")  # found nothing new
+    _, body = call("runs", params={"flow": "accounts"})
+    assert [r["run_id"] for r in body["runs"]][:2] == [quiet.run_id, run.run_id]
+    _, body = call("runs", params={"flow": "accounts", "busy": "true"})
+    assert [r["run_id"] for r in body["runs"]] == [run.run_id]
+    assert call("runs", params={"flow": "ghost"})[0] == 404
+
+
+def test_admin_http_shows_every_route():
+    """docs/admin.http documents the API: every route has an example request there."""
+    from pathlib import Path
+
+    examples = [line.split(" ", 1) for line in (Path(__file__).parents[2] / "docs" / "admin.http").read_text()
+                .splitlines() if line.startswith(("GET ", "POST "))]
+    paths = [(method, url.removeprefix("{{base}}/").split("?")[0]) for method, url in examples]
+    for route in shared.admin_api._ROUTES:
+        if route.static in ("console.js", "console.css"):  # the page's own files
+            continue
+        assert any(method == route.method and route.pattern.match(path) for method, path in paths), route.pattern

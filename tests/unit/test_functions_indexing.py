@@ -23,14 +23,10 @@ from tests.unit.test_function_app import indexed
 ROOT = Path(__file__).resolve().parents[2]
 
 HTTP = {
-    # name: (route, methods, auth level): Entra ID app roles guard every route but health (shared/admin_access.py)
+    # name: (route, methods, auth level): Entra ID app roles guard every admin API route (shared/admin_api.py) but
+    # health, the one a function key opens
     "health": ("health", ["GET"], "FUNCTION"),
-    "flows": ("flows", ["GET"], "ANONYMOUS"),
-    "pause_flow": ("flows/{flow}/pause", ["POST"], "ANONYMOUS"),
-    "resume_flow": ("flows/{flow}/resume", ["POST"], "ANONYMOUS"),
-    "replay": ("replay", ["POST"], "ANONYMOUS"),
-    "dead_letters": ("dead-letters", ["GET"], "ANONYMOUS"),
-    "purge_dead_letters": ("dead-letters/purge", ["POST"], "ANONYMOUS"),
+    "admin": ("{*path}", ["GET", "POST"], "ANONYMOUS"),
 }
 
 
@@ -46,7 +42,7 @@ def apply_in(mode: str):
 
 
 def test_the_app_has_exactly_these_functions():
-    assert set(indexed()) == {"pull", "apply", "files_arrived", *HTTP}
+    assert set(indexed()) == {"pull", "apply", "jobs", "files_arrived", *HTTP}
 
 
 def test_pull_is_a_timer_on_the_schedule_setting():
@@ -67,6 +63,12 @@ def test_admin_functions_are_http_and_only_health_takes_a_function_key(name):
     assert trigger == {"direction": "IN", "type": "httpTrigger", "name": "req", "methods": methods,
                        "authLevel": auth_level, "route": route}
     assert output == {"direction": "OUT", "type": "http", "name": "$return"}
+
+
+def test_jobs_is_a_timer_every_minute():
+    [timer] = function_json(indexed()["jobs"])
+    assert timer == {"direction": "IN", "type": "timerTrigger", "name": "timer", "schedule": "0 * * * * *",
+                     "runOnStartup": False, "useMonitor": False}
 
 
 def test_the_app_indexes_apply_in_the_configured_mode():

@@ -22,6 +22,7 @@ from shared.config import parse_config
 from shared.connectors.sql import SqlConnector
 from shared.engine.pull import pull_flow
 from shared.engine.schedule import pull_due_flows
+from shared.errors import ConfigError
 from shared.local_runtime import RunOptions, run_once
 from shared.state.sqlite_tables import SqliteTables
 from shared.state.store import StateStore
@@ -119,7 +120,7 @@ def test_a_pull_that_fails_part_way_counts_what_it_sent_and_the_run_adds_up(app,
 def test_run_once_counts_a_partial_pull(app, dbs):
     real_read = app.connector("crm").read_changes
 
-    def read_then_fail(source, position, page_size):  # noqa: ANN001, ANN202
+    def read_then_fail(source, position, page_size):
         for n, page in enumerate(real_read(source, position, page_size)):
             if n == 2:
                 raise sa.exc.OperationalError("SELECT", {}, Exception("disk I/O error"))
@@ -134,10 +135,31 @@ def test_run_once_counts_a_partial_pull(app, dbs):
 
 def test_the_timer_pulls_every_due_flow_then_fails_the_invocation(app, monkeypatch):
     monkeypatch.setattr(functions.pull, "sync_app", lambda: app)
-    with pytest.raises(functions.pull.PullFailures, match="broken: ConfigError"):
+    with pytest.raises(functions.pull.PullFailures, match="broken: PreflightError: .*no entity 'no_such_table'"):
         indexed()["pull"].get_user_function()(timer=TimerRequest(past_due=False))
     assert app.state.get_cursor("accounts").last_run["pulled"] == 5
     assert app.bus.counts(app.queue).active == 5
+
+
+def test_the_timer_checks_a_flow_before_its_first_pull_and_again_while_it_fails(app, dbs, monkeypatch):
+    monkeypatch.setattr(functions.pull, "sync_app", lambda: app)
+    timer = indexed()["pull"].get_user_function()
+    data = flows_config(*dbs[0].values())
+    data["flows"]["broken"]["source"]["entity"] = "accounts"
+    data["flows"]["broken"]["fields"][1]["from"] = "nmae"  # would write NULL names into every customer
+    app.config = parse_config(data)
+    with pytest.raises(functions.pull.PullFailures, match="broken: PreflightError: .*did you mean 'name'"):
+        timer(timer=TimerRequest(past_due=False))
+    error = app.state.get_cursor("broken").last_error
+    assert "flows.broken.fields[1].from: 'nmae' is not a column of accounts in crm" in error["error"]
+    assert app.state.get_cursor("broken").last_run["pulled"] == 0 and app.checked_flows == {"accounts"}
+
+    data["flows"]["broken"]["fields"][1]["from"] = "name"  # fixed and redeployed: the next tick checks again
+    app.config = parse_config(data)
+    app.now[0] += timedelta(minutes=5)
+    timer(timer=TimerRequest(past_due=False))
+    assert app.state.get_cursor("broken").last_error is None and app.checked_flows == {"accounts", "broken"}
+    assert app.state.get_cursor("broken").last_run["pulled"] == 5
 
 
 def test_status_and_the_admin_endpoint_show_the_error_and_since_when(app, monkeypatch):
@@ -147,8 +169,8 @@ def test_status_and_the_admin_endpoint_show_the_error_and_since_when(app, monkey
     monkeypatch.setattr(functions.admin, "sync_app", lambda: app)
     monkeypatch.setenv("WEBSITE_AUTH_ENABLED", "True")
     req = func.HttpRequest(method="GET", url="/api/flows", headers={"x-ms-client-principal": principal("Reader")},
-                           params={}, route_params={}, body=b"")
-    body = json.loads(indexed()["flows"].get_user_function()(req=req).get_body())
+                           params={}, route_params={"path": "flows"}, body=b"")
+    body = json.loads(indexed()["admin"].get_user_function()(req=req).get_body())
     flows = {f["flow"]: f for f in body["flows"]}
     assert flows["broken"]["last_error"]["since"] == "2026-03-01T12:00:00+00:00"
     assert "no such table" in flows["broken"]["last_error"]["error"]
@@ -156,24 +178,40 @@ def test_status_and_the_admin_endpoint_show_the_error_and_since_when(app, monkey
     assert flows["accounts"]["last_error"] is None
 
 
-def test_run_once_prints_the_failure_and_exits_non_zero_then_status_shows_it(tmp_path, dbs):
+def test_run_once_prints_the_failure_and_exits_non_zero_then_status_shows_it(tmp_path, dbs, monkeypatch):
     urls, engines = dbs
     config = tmp_path / "flows.yaml"
-    config.write_text(yaml.safe_dump(flows_config(urls["crm"], urls["erp"])))
+    data = flows_config(urls["crm"], urls["erp"])
+    config.write_text(yaml.safe_dump(data))
     common = ["--config", str(config), "--workdir", str(tmp_path / "state")]
     runner = CliRunner()
 
+    refused = runner.invoke(cli, ["run", "--once", "--workers", "0", "--drain-bound", "0", *common])
+    assert refused.exit_code == 2  # a missing table is found before anything runs
+    assert "flows.broken.source.entity: no entity 'no_such_table' in crm" in " ".join(refused.output.split())
+
+    # A failure no start-up check can see: the source fails while it is read.
+    data["flows"]["broken"]["source"] |= {"entity": "accounts", "watermark": "name"}
+    config.write_text(yaml.safe_dump(data))
+    read_changes = SqlConnector.read_changes
+
+    def failing(self, source, position, page_size):
+        if source.watermark == "name":
+            raise ConfigError(["accounts: the database refused the read (disk I/O error)"])
+        return read_changes(self, source, position, page_size)
+
+    monkeypatch.setattr(SqlConnector, "read_changes", failing)
     ran = runner.invoke(cli, ["run", "--once", "--workers", "0", "--drain-bound", "0", *common])
 
     assert ran.exit_code == 1, ran.output
-    assert "pull failed broken: ConfigError: no_such_table: no such table" in " ".join(ran.output.split())
+    assert "pull failed broken: ConfigError: accounts: the database refused the read" in " ".join(ran.output.split())
     with engines["erp"].connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(CUSTOMERS)).scalar() == 5
     shown = runner.invoke(cli, ["status", *common])
     assert "failing since" in shown.output
     status = json.loads(runner.invoke(cli, ["status", "--json", *common]).output)
     broken = next(f for f in status["flows"] if f["flow"] == "broken")
-    assert "no such table" in broken["last_error"]["error"] and broken["last_run"]["status"] == "failed"
+    assert "the database refused the read" in broken["last_error"]["error"] and broken["last_run"]["status"] == "failed"
 
 
 def test_a_stalled_flow_reports_the_time_since_its_last_good_pull_and_a_paused_one_reports_paused(app):
@@ -213,3 +251,15 @@ def test_last_good_pull_of_a_cursor_written_before_it_was_recorded():
     assert flow_health.last_successful_pull(ok) == datetime(2026, 3, 1, 12, tzinfo=UTC)
     assert flow_health.last_successful_pull(failing) == datetime(2026, 3, 1, 11, tzinfo=UTC)
     assert flow_health.last_successful_pull(Cursor("f")) is None
+
+
+def test_a_system_refusing_the_check_is_left_to_the_pull_which_pauses_on_auth_failure(app):
+    from shared.errors import AuthError
+
+    def refused(name: str) -> SqlConnector:
+        raise AuthError("401: the token was refused")
+
+    app.connector_factory = refused
+    results = {r.flow: r for r in pull_due_flows(app, owner="t", check=True)}
+    assert results["accounts"].status == "auth_failed" and "PreflightError" not in results["accounts"].error
+    assert app.state.get_cursor("accounts").paused and app.checked_flows == set()

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import re
 
-from shared.config import Config, FilesSystem
+from shared.config import Config
+from shared.connectors.files_settings import FilesSystem
 
 _BLOB_SUBJECT = re.compile(r"^/blobServices/default/containers/(?P<container>[^/]+)/blobs/(?P<name>.+)$")
 

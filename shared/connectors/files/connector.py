@@ -12,12 +12,21 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.config import FilesSystem, SourceSpec, TargetSpec, resolve_secret
+from shared.config import SourceSpec, TargetSpec, resolve_secret
 from shared.connectors.files.inbox import Inbox
 from shared.connectors.files.outbox import Outbox
 from shared.connectors.files.storage import BlobStorage, FileStorage, FolderStorage
+from shared.connectors.files_settings import FilesSystem
 from shared.errors import ConfigError
-from shared.ports.connector import ChangePage, SourceRecord, ValuePrecision, WriteOp, WriteResult
+from shared.ports.connector import (
+    Capabilities,
+    ChangePage,
+    EntitySchema,
+    SourceRecord,
+    ValuePrecision,
+    WriteOp,
+    WriteResult,
+)
 from shared.settings import setting
 
 
@@ -26,7 +35,15 @@ def _now() -> datetime:
 
 
 class FilesConnector:
-    conditional_writes: str | None = None  # a file cannot say whether a row is still as it was read
+    # Each export is the whole entity with no change marker (read as `snapshot`, deletes found by the keys it
+    # lacks) and is archived once read (consumed). A file cannot say whether a row is still as it was read (no
+    # conditional writes, so no pairs) nor resolve a reference (no binds).
+    capabilities = Capabilities(
+        change_modes=frozenset({"snapshot"}),
+        snapshot_reads=frozenset({"snapshot"}),
+        consuming_reads=frozenset({"snapshot"}),
+        describes_schema=True,
+    )
 
     def __init__(self, name: str, system: FilesSystem, storage: FileStorage,
                  clock: Callable[[], datetime] = _now) -> None:
@@ -35,6 +52,10 @@ class FilesConnector:
         self.storage = storage
         self.inbox = Inbox(storage, system, clock)
         self.outbox = Outbox(storage, system, clock)
+
+    @classmethod
+    def capabilities_for(cls, system: FilesSystem) -> Capabilities:
+        return cls.capabilities  # a folder and Blob Storage serve the same
 
     @classmethod
     def from_config(cls, name: str, system: FilesSystem) -> FilesConnector:
@@ -66,6 +87,11 @@ class FilesConnector:
 
     def change_time_column(self, source: SourceSpec) -> str | None:
         return None  # a row has no change time of its own; the file's time is the record's changed_at
+
+    def describe(self, entity: str) -> EntitySchema | None:
+        """The header of the entity's latest export. An import of an entity that is also exported is checked
+        against the same columns; one never exported is not checked (None)."""
+        return self.inbox.describe(entity)
 
     def acknowledge(self, source: SourceSpec, sent: Sequence[SourceRecord],
                     failed: Sequence[tuple[SourceRecord, str]]) -> None:

@@ -1,4 +1,4 @@
-"""CSV as configured per entity (shared.config.CsvFormat): reading an export row by row, writing an import file.
+"""CSV as configured per entity (shared.connectors.files_settings.CsvFormat): reading an export row by row, writing an import file.
 
 Reading never trusts a row: one whose column count differs from the header's, or whose cell does not parse as
 its declared type, comes back with a `problem` naming the line and the column and the rule it broke, so it
@@ -19,7 +19,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import IO, Any
 
-from shared.config import CsvFormat
+from shared.connectors.files_settings import CsvFormat
 
 _QUOTING = {"minimal": csv.QUOTE_MINIMAL, "all": csv.QUOTE_ALL, "none": csv.QUOTE_NONE}
 _INT = re.compile(r"^[+-]?\d{1,19}$")
@@ -83,13 +83,7 @@ def read_rows(stream: IO[bytes], fmt: CsvFormat, where: str) -> Iterator[Row]:
     text = io.TextIOWrapper(stream, encoding=fmt.encoding, errors="strict", newline="")  # type: ignore[arg-type]
     reader = csv.reader(text, **_dialect(fmt))
     try:
-        header = next(reader, None)
-        if not header or header == [""]:
-            raise FileFormatError(f"{where}: no header row")
-        names = field_names(header, fmt)
-        twice = sorted({n for n in names if names.count(n) > 1})
-        if twice:
-            raise FileFormatError(f"{where}: the header names field(s) {', '.join(twice)} more than once")
+        header, names = _header(reader, fmt, where)
         line = reader.line_num + 1
         for cells in reader:
             start, line = line, reader.line_num + 1
@@ -100,6 +94,29 @@ def read_rows(stream: IO[bytes], fmt: CsvFormat, where: str) -> Iterator[Row]:
         raise FileFormatError(f"{where}: not {fmt.encoding} after line {reader.line_num} ({exc.reason})") from None
     except csv.Error as exc:
         raise FileFormatError(f"{where} line {reader.line_num}: {exc}") from None
+
+
+def read_field_names(stream: IO[bytes], fmt: CsvFormat, where: str) -> list[str]:
+    """The field names of a file's header (its first line only)."""
+    text = io.TextIOWrapper(stream, encoding=fmt.encoding, errors="strict", newline="")  # type: ignore[arg-type]
+    try:
+        return _header(csv.reader(text, **_dialect(fmt)), fmt, where)[1]
+    except UnicodeDecodeError as exc:
+        raise FileFormatError(f"{where}: header not {fmt.encoding} ({exc.reason})") from None
+    except csv.Error as exc:
+        raise FileFormatError(f"{where} line 1: {exc}") from None
+
+
+def _header(reader: Iterator[list[str]], fmt: CsvFormat, where: str) -> tuple[list[str], list[str]]:
+    """(the header's columns, their field names)."""
+    header = next(reader, None)
+    if not header or header == [""]:
+        raise FileFormatError(f"{where}: no header row")
+    names = field_names(header, fmt)
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise FileFormatError(f"{where}: the header names field(s) {', '.join(twice)} more than once")
+    return header, names
 
 
 def _row(cells: list[str], header: list[str], names: list[str], fmt: CsvFormat, where: str, line: int) -> Row:

@@ -27,13 +27,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from shared.config import FilesSystem, SourceSpec
-from shared.connectors.files.csv_format import FileFormatError, Row, read_rows
+from shared.config import SourceSpec
+from shared.connectors.files.csv_format import FileFormatError, Row, read_field_names, read_rows
 from shared.connectors.files.storage import FileStorage, StoredFile
+from shared.connectors.files_settings import FilesSystem
 from shared.errors import TransientError
 from shared.keys import format_key
 from shared.messages import fingerprint
-from shared.ports.connector import ChangePage, SourceRecord
+from shared.ports.connector import ChangePage, ColumnInfo, EntitySchema, SourceRecord
 from shared.versions import sortable_version
 
 STAMP = "%Y%m%dT%H%M%S.%f"
@@ -111,16 +112,21 @@ class Inbox:
                 yield record
 
     # -- the source as it is now -----------------------------------------------------------------------
-    def current(self, source: SourceSpec) -> _Snapshot | None:
-        pending = self.pending(source.entity)
+    def latest(self, entity: str) -> tuple[str, StoredFile] | None:
+        """(area, file) of the entity's export as it is now: the first still in the inbox, else the newest
+        archived; None before the first export."""
+        pending = self.pending(entity)
         if pending:
-            area, file, version = self.system.inbox, pending[0], sortable_version(self.clock())
-        else:
-            archived = [f for f in self.storage.files(self.system.archive, f"{source.entity}/") if "~" in f.name]
-            if not archived:
-                return None
-            area, file = self.system.archive, archived[-1]
-            version = version_of_archived(file.name)
+            return self.system.inbox, pending[0]
+        archived = [f for f in self.storage.files(self.system.archive, f"{entity}/") if "~" in f.name]
+        return (self.system.archive, archived[-1]) if archived else None
+
+    def current(self, source: SourceSpec) -> _Snapshot | None:
+        latest = self.latest(source.entity)
+        if latest is None:
+            return None
+        area, file = latest
+        version = sortable_version(self.clock()) if area == self.system.inbox else version_of_archived(file.name)
         cached = self._snapshot.get(source.entity)
         if cached and cached.file == file:
             return cached
@@ -139,6 +145,19 @@ class Inbox:
         if snapshot is None:
             return {}
         return {key: snapshot.records[key] for key in keys if key in snapshot.records}
+
+    def describe(self, entity: str) -> EntitySchema | None:
+        """The fields of the latest export's header, typed as the entity's format reads them; None before the
+        first export (nothing yet to check a flow against)."""
+        latest = self.latest(entity)
+        if latest is None:
+            return None
+        area, file = latest
+        fmt = self.system.format_of(entity)
+        with self.storage.open(area, file.name) as stream:
+            names = read_field_names(stream, fmt, f"{area}/{file.name}")
+        return EntitySchema(entity, exists=True,
+                            columns=tuple(ColumnInfo(n, fmt.types.get(n, "string")) for n in names))
 
     def iter_keys(self, source: SourceSpec) -> Iterator[str]:
         snapshot = self.current(source)

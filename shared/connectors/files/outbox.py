@@ -40,9 +40,10 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from shared.config import FilesSystem, TargetSpec
+from shared.config import TargetSpec
 from shared.connectors.files.csv_format import encode_rows
 from shared.connectors.files.storage import FileStorage
+from shared.connectors.files_settings import FilesSystem
 from shared.errors import SyncError, TransientError
 from shared.keys import format_key
 from shared.ports.connector import WriteOp, WriteResult

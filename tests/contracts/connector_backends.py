@@ -1,0 +1,391 @@
+"""The systems the connector contract suite runs against, one class each.
+
+A backend gives the suite its connector and a small harness to set the system up and look at it from the
+side (create a table, put rows in, change them, list them) without going through the connector. Which
+tests run is decided by what the connector *declares* (the backend class's `capabilities`, its connector's:
+change modes, acknowledge, conditional writes, ...) and by what the harness can set up (`harness`: e.g.
+`stamps`, a test writing the watermark column itself, which a system that stamps rows on its own cannot
+do). A test says what it needs with markers (`needs_mode`, `needs_capability`, `needs_harness`, and
+`mode_in` for a test parametrized by `mode`); `skip_reason` turns them into a skip with the reason before
+the backend is even started: never a silent pass.
+
+To add a connector: write one backend class with this API and add it to BACKENDS.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import pytest
+import sqlalchemy as sa
+import yaml
+
+from shared.connectors.dataverse import DataverseConnector, primary_id_of
+from shared.connectors.dataverse_auth import StaticTokenProvider
+from shared.connectors.sql import SqlConnector
+from shared.keys import format_key
+from shared.ports.connector import Capabilities, Connector
+from tests.fakes.memory_connector import MemoryConnector
+
+# Column types a test asks for: int, bigint, str, str:<length>, decimal, datetime, date, bool.
+Columns = dict[str, str]
+
+
+class Backend(Protocol):
+    name: ClassVar[str]
+    harness: ClassVar[frozenset[str]]
+    capabilities: ClassVar[Capabilities]  # what its connector declares, known before it starts
+
+    @classmethod
+    def start(cls, request: pytest.FixtureRequest, tmp_path: Path) -> Backend: ...
+
+    @property
+    def connector(self) -> Connector: ...
+
+    def create_table(self, name: str, columns: Columns, key: list[str], required: tuple[str, ...] = (),
+                     checks: tuple[str, ...] = ()) -> None: ...
+
+    def insert(self, name: str, rows: list[dict[str, Any]]) -> None: ...
+
+    def update(self, name: str, key: dict[str, Any], values: dict[str, Any]) -> None: ...
+
+    def delete(self, name: str, key: dict[str, Any]) -> None: ...
+
+    def rows(self, name: str) -> list[dict[str, Any]]:
+        """Every row of the table with the columns the test created, as Python values, in key order."""
+        ...
+
+    def table_names(self) -> list[str]: ...
+
+    def unreachable(self) -> Connector:
+        """A connector to the same kind of system where nothing answers."""
+        ...
+
+    def close(self) -> None: ...
+
+
+MARKERS = {
+    "needs_mode(mode)": "the connector must declare this change mode",
+    "needs_capability(name, value=True)": "the connector must declare this capability (or this value of it)",
+    "needs_harness(feature, why)": "the backend's harness must be able to set this up; `why` says why not",
+    "mode_in(capability, declared=True)": "for a test parametrized by `mode`: the mode must be (or not be) in "
+                                          "this capability's modes",
+}
+
+
+def skip_reason(backend: type[Backend], item: pytest.Item) -> str | None:
+    """Why `item` does not apply to `backend`, from its markers; None when it does."""
+    can = backend.capabilities
+    for mark in item.iter_markers("needs_mode"):
+        if mark.args[0] not in can.change_modes:
+            return f"{backend.name} does not declare change mode {mark.args[0]}"
+    for mark in item.iter_markers("needs_capability"):
+        name, value = mark.args[0], mark.args[1] if len(mark.args) > 1 else True
+        declared = getattr(can, name)
+        if declared != value:
+            return f"{backend.name} declares {name}={declared!r}, this test needs {value!r}"
+    for mark in item.iter_markers("needs_harness"):
+        if mark.args[0] not in backend.harness:
+            return f"{backend.name}: {mark.args[1]}"
+    params = item.callspec.params if isinstance(item, pytest.Function) and hasattr(item, "callspec") else {}
+    for mark in item.iter_markers("mode_in"):
+        mode, modes = params["mode"], getattr(can, mark.args[0])
+        declared = mark.kwargs.get("declared", True)
+        if (mode in modes) != declared:
+            return f"{backend.name} {'does not declare' if declared else 'declares'} {mode} in {mark.args[0]}"
+    return None
+
+
+def closed_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # nothing listens once the socket is closed
+
+
+# ------------------------------------------------------------------------------------------ SQL
+
+_SQL_TYPES: dict[str, Callable[[], Any]] = {
+    "int": sa.Integer, "bigint": sa.BigInteger, "str": sa.Text, "decimal": lambda: sa.Numeric(12, 2),
+    "datetime": sa.DateTime, "date": sa.Date, "bool": sa.Boolean,
+}
+
+
+def _sql_type(spec: str) -> Any:
+    return sa.String(int(spec[4:])) if spec.startswith("str:") else _SQL_TYPES[spec]()
+
+
+class SqlBackend:
+    """A database reached through SQLAlchemy; tables are created with SQLAlchemy Core."""
+
+    name: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+    harness: ClassVar[frozenset[str]] = frozenset({
+        "sql", "stamps", "version_column", "check_constraints", "required_columns", "column_types", "fixed_tables",
+        "unreachable"})
+
+    def __init__(self, url: str, unreachable_url: str) -> None:
+        self.url = url
+        self.unreachable_url = unreachable_url
+        self.engine = sa.create_engine(url)
+        self.metadata = sa.MetaData()
+        self._connector = SqlConnector(url)
+
+    @property
+    def connector(self) -> SqlConnector:
+        return self._connector
+
+    def create_table(self, name: str, columns: Columns, key: list[str], required: tuple[str, ...] = (),
+                     checks: tuple[str, ...] = ()) -> None:
+        cols = [
+            sa.Column(col, _sql_type(spec), primary_key=col in key, nullable=col in key or col not in required,
+                      autoincrement=False)
+            for col, spec in columns.items()
+        ]
+        table = sa.Table(name, self.metadata, *cols, *(sa.CheckConstraint(c) for c in checks))
+        table.create(self.engine)
+
+    def index(self, name: str, *columns: str) -> None:
+        table = self.metadata.tables[name]
+        sa.Index(f"ix_{name}_{'_'.join(columns)}", *(table.c[c] for c in columns)).create(self.engine)
+
+    def insert(self, name: str, rows: list[dict[str, Any]]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(sa.insert(self.metadata.tables[name]), rows)
+
+    def update(self, name: str, key: dict[str, Any], values: dict[str, Any]) -> None:
+        table = self.metadata.tables[name]
+        with self.engine.begin() as conn:
+            conn.execute(sa.update(table).where(*(table.c[k] == v for k, v in key.items())).values(values))
+
+    def delete(self, name: str, key: dict[str, Any]) -> None:
+        table = self.metadata.tables[name]
+        with self.engine.begin() as conn:
+            conn.execute(sa.delete(table).where(*(table.c[k] == v for k, v in key.items())))
+
+    def rows(self, name: str) -> list[dict[str, Any]]:
+        table = sa.Table(name, sa.MetaData(), autoload_with=self.engine)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(sa.select(table).order_by(*table.primary_key.columns)).mappings()]
+
+    def table_names(self) -> list[str]:
+        return sa.inspect(self.engine).get_table_names()
+
+    def unreachable(self) -> SqlConnector:
+        return SqlConnector(self.unreachable_url)
+
+    def close(self) -> None:
+        self._connector.close()
+        self.engine.dispose()
+
+
+class SqliteBackend(SqlBackend):
+    name: ClassVar[str] = "sqlite"
+    capabilities: ClassVar[Capabilities] = SqlConnector.for_dialect("sqlite")
+
+    @classmethod
+    def start(cls, request: pytest.FixtureRequest, tmp_path: Path) -> SqliteBackend:
+        return cls(f"sqlite:///{tmp_path / 'erp.db'}", f"sqlite:///{tmp_path / 'no' / 'such' / 'dir.db'}")
+
+
+class PostgresqlBackend(SqlBackend):
+    name: ClassVar[str] = "postgresql"
+    capabilities: ClassVar[Capabilities] = SqlConnector.for_dialect("postgresql")
+
+    @classmethod
+    def start(cls, request: pytest.FixtureRequest, tmp_path: Path) -> PostgresqlBackend:
+        url = request.getfixturevalue("postgres_database")
+        return cls(url, f"postgresql+psycopg://postgres:s3cret-pw@127.0.0.1:{closed_port()}/nothing")
+
+
+# ------------------------------------------------------------------------------------------ Dataverse
+
+_DV_TYPES = {"int": "int", "bigint": "int", "str": "string", "decimal": "decimal", "datetime": "datetime",
+             "date": "datetime", "bool": "bool"}
+DV_TOKEN = "contract-suite-token"
+
+
+def _dv_attribute(spec: str) -> dict[str, Any]:
+    if spec.startswith("str:"):
+        return {"type": "string", "max_length": int(spec[4:])}
+    return {"type": _DV_TYPES[spec]}
+
+
+def _dv_value(spec: str, value: Any) -> Any:
+    """A Python value as the Web API's JSON has it."""
+    if isinstance(value, datetime):
+        moment = value if value.tzinfo else value.replace(tzinfo=UTC)
+        return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if isinstance(value, date):
+        return f"{value.isoformat()}T00:00:00Z"
+    return value
+
+
+def _py_value(spec: str, value: Any) -> Any:
+    """A Web API JSON value as the test created the column (naive UTC date-times, Decimal, date)."""
+    if value is None:
+        return None
+    if spec == "decimal":
+        return Decimal(str(value)).quantize(Decimal("0.01"))
+    if spec in ("datetime", "date"):
+        moment = datetime.fromisoformat(str(value)).astimezone(UTC).replace(tzinfo=None)
+        return moment.date() if spec == "date" else moment
+    return value
+
+
+class DataverseBackend:
+    """The Dataverse connector over HTTP on loopback against dvsim. A table is an entity of the simulator's
+    schema (the test's key as its alternate key, the primary id a GUID beside it); as the schema is fixed
+    while it serves, creating a table restarts the simulator with one more entity, so every table must be
+    created before rows are put in. Its `modifiedon` and `versionnumber` are the simulator's own: a test
+    cannot stamp rows."""
+
+    name: ClassVar[str] = "dataverse"
+    harness: ClassVar[frozenset[str]] = frozenset({"column_types", "fixed_tables", "unreachable"})
+    capabilities: ClassVar[Capabilities] = DataverseConnector.capabilities
+
+    @classmethod
+    def start(cls, request: pytest.FixtureRequest, tmp_path: Path) -> DataverseBackend:
+        return cls(tmp_path, request.getfixturevalue("monkeypatch"))
+
+    def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        from dvsim import DataverseSimulator
+
+        monkeypatch.setenv("CONTRACT_DV_TOKEN", DV_TOKEN)
+        self._simulator = DataverseSimulator
+        self.schema_path = tmp_path / "dvsim-schema.yaml"
+        self.entities: dict[str, dict[str, Any]] = {}
+        self.columns: dict[str, Columns] = {}
+        self.keys: dict[str, list[str]] = {}
+        self.sim: Any = None
+        self._connector: DataverseConnector | None = None
+        self._serve()
+
+    @property
+    def connector(self) -> DataverseConnector:
+        assert self._connector is not None
+        return self._connector
+
+    def _connect(self, url: str, **options: Any) -> DataverseConnector:
+        return DataverseConnector(url, StaticTokenProvider("env:CONTRACT_DV_TOKEN"), name="contract", **options)
+
+    def create_table(self, name: str, columns: Columns, key: list[str], required: tuple[str, ...] = (),
+                     checks: tuple[str, ...] = ()) -> None:
+        assert not checks, "Dataverse has no check constraints (harness check_constraints)"
+        if self.sim is not None:
+            assert not any(self.sim.rows(t) for t in self.entities), "create every table before putting rows in"
+            self.close()
+        self.columns[name], self.keys[name] = dict(columns), list(key)
+        self.entities[name.removesuffix("s")] = {
+            "set": name, "id": primary_id_of(name), "keys": {f"{name}_key": list(key)},
+            "attributes": {col: _dv_attribute(spec) for col, spec in columns.items()},
+        }
+        self._serve()
+
+    def _serve(self) -> None:
+        self.schema_path.write_text(yaml.safe_dump({"entities": self.entities}))
+        self.sim = self._simulator(schema_path=self.schema_path)
+        self._connector = self._connect(self.sim.start())
+
+    def insert(self, name: str, rows: list[dict[str, Any]]) -> None:
+        columns = self.columns[name]
+        for row in rows:
+            self.sim.insert(name, {k: _dv_value(columns[k], v) for k, v in row.items()})
+
+    def _record_id(self, name: str, key: dict[str, Any]) -> str:
+        (found,) = [r for r in self.sim.rows(name) if all(r.get(k) == v for k, v in key.items())]
+        return found[primary_id_of(name)]
+
+    def update(self, name: str, key: dict[str, Any], values: dict[str, Any]) -> None:
+        columns = self.columns[name]
+        self.sim.update(name, self._record_id(name, key), {k: _dv_value(columns[k], v) for k, v in values.items()})
+
+    def delete(self, name: str, key: dict[str, Any]) -> None:
+        self.sim.delete(name, self._record_id(name, key))
+
+    def rows(self, name: str) -> list[dict[str, Any]]:
+        columns, key = self.columns[name], self.keys[name]
+        rows = [{col: _py_value(spec, row.get(col)) for col, spec in columns.items()} for row in self.sim.rows(name)]
+        return sorted(rows, key=lambda r: tuple(r[k] for k in key))
+
+    def table_names(self) -> list[str]:
+        return list(self.columns)
+
+    def unreachable(self) -> DataverseConnector:
+        return self._connect(f"http://127.0.0.1:{closed_port()}", timeout_seconds=2, max_throttle_wait_seconds=0)
+
+    def close(self) -> None:
+        if self._connector is not None:
+            self._connector.close()
+        if self.sim is not None:
+            self.sim.close()
+        self._connector = self.sim = None
+
+
+# ------------------------------------------------------------------------------------------ the test fake
+
+
+class MemoryBackend:
+    """The in-memory fake the unit tests use (tests/fakes/memory_connector.py): rows in dicts, changes by its
+    own version counter. It has no column types, creates a table on first write, and cannot fail to answer."""
+
+    name: ClassVar[str] = "memory"
+    harness: ClassVar[frozenset[str]] = frozenset()
+    capabilities: ClassVar[Capabilities] = MemoryConnector.capabilities
+
+    @classmethod
+    def start(cls, request: pytest.FixtureRequest, tmp_path: Path) -> MemoryBackend:
+        return cls()
+
+    def __init__(self) -> None:
+        self._connector = MemoryConnector()
+        self.columns: dict[str, Columns] = {}
+        self.keys: dict[str, list[str]] = {}
+
+    @property
+    def connector(self) -> MemoryConnector:
+        return self._connector
+
+    def create_table(self, name: str, columns: Columns, key: list[str], required: tuple[str, ...] = (),
+                     checks: tuple[str, ...] = ()) -> None:
+        self.columns[name], self.keys[name] = dict(columns), list(key)
+        self._connector.tables.setdefault(name, {})
+
+    def _key(self, name: str, row: dict[str, Any]) -> str:
+        return format_key([row[k] for k in self.keys[name]])
+
+    def insert(self, name: str, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            self._connector.put(name, self._key(name, row), row)
+
+    def update(self, name: str, key: dict[str, Any], values: dict[str, Any]) -> None:
+        formatted = self._key(name, key)
+        self._connector.put(name, formatted, {**self._connector.tables[name][formatted], **values})
+
+    def delete(self, name: str, key: dict[str, Any]) -> None:
+        formatted = self._key(name, key)
+        del self._connector.tables[name][formatted]
+        del self._connector.versions[(name, formatted)]
+
+    def rows(self, name: str) -> list[dict[str, Any]]:
+        columns, key = self.columns[name], self.keys[name]
+        rows = [{col: row.get(col) for col in columns} for row in self._connector.tables.get(name, {}).values()]
+        return sorted(rows, key=lambda r: tuple(r[k] for k in key))
+
+    def table_names(self) -> list[str]:
+        return list(self._connector.tables)
+
+    def unreachable(self) -> Connector:
+        raise AssertionError("the in-memory fake is always reachable (harness unreachable)")
+
+    def close(self) -> None:
+        self._connector.close()
+
+
+BACKENDS: dict[str, type[Backend]] = {
+    backend.name: backend for backend in (SqliteBackend, PostgresqlBackend, DataverseBackend, MemoryBackend)
+}
