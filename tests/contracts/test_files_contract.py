@@ -1,10 +1,7 @@
-"""The connector contract for the files connector (tests/contracts/files_backend.py plays the ERP).
-
-The write tests of the shared suite that hold for any connector that cannot refuse a single row run as they are;
-reads are the contract of change mode `snapshot` (every page a snapshot page; resuming from any stored
-position neither skips nor repeats). What files cannot do is left out by capability: no watermark or status
-flag, no conditional writes, no refusal of an update of a missing row or a create-only duplicate (an import
-file cannot know the ERP's rows)."""
+"""The files connector beyond the shared connector contract (tests/contracts/test_connector_contract.py, where
+`FilesBackend` plays the ERP): reads are the contract of change mode `snapshot` (every page a snapshot page;
+resuming from any stored position neither skips nor repeats; a later export sorts above), the source as it is
+now (the last file read), and what an exchange without an export yet, or without its folder, answers."""
 
 from __future__ import annotations
 
@@ -18,8 +15,8 @@ from shared.errors import TransientError
 from shared.keys import format_key
 from shared.ports.connector import WriteOp
 from tests.contracts import test_connector_contract as contract
+from tests.contracts.connector_backends import FilesBackend
 from tests.contracts.connector_helpers import keys_of, read_all
-from tests.contracts.files_backend import FilesBackend
 
 SOURCE = SourceSpec(system="erp", entity="customers", key=["id"], changes="snapshot")
 
@@ -29,16 +26,6 @@ def backend(tmp_path):
     made = FilesBackend(tmp_path / "exchange")
     yield made
     made.close()
-
-
-@pytest.mark.parametrize("shared_test", [
-    contract.test_upsert_inserts_and_updates_in_one_batch,
-    contract.test_same_key_twice_in_a_batch_keeps_op_order,
-    contract.test_delete_by_key,
-    contract.test_sql_injection_in_a_key_is_stored_literally,
-], ids=lambda t: t.__name__.removeprefix("test_"))
-def test_shared_write_contract(backend, shared_test):
-    shared_test(backend)
 
 
 def test_a_snapshot_reads_in_pages_and_resumes_from_any_stored_position(backend):
@@ -95,19 +82,29 @@ def test_no_export_yet_is_no_row_but_no_key_set_either(backend):
         list(backend.connector.iter_keys(SOURCE))  # a reconciliation would take it for "every row deleted"
 
 
-def test_only_snapshot_reads(backend):
-    contract.customers(backend, 1)
-    with pytest.raises(Exception, match="changes: snapshot"):
-        list(backend.connector.read_changes(contract.SOURCE, None, 10))
-
-
-def test_an_unreachable_exchange_folder_fails_every_op_and_every_read_transiently(backend):
-    connector = backend.unreachable()
-    for read in (lambda: list(connector.read_changes(SOURCE, None, 10)),
-                 lambda: connector.read_records("customers", ["id"], ["1"]), lambda: list(connector.iter_keys(SOURCE))):
+def test_an_unreachable_exchange_folder_fails_every_read_transiently(backend):
+    connector = backend.unreachable()  # writes, read_changes and describe: the shared contract
+    for read in (lambda: connector.read_records("customers", ["id"], ["1"]), lambda: list(connector.iter_keys(SOURCE))):
         with pytest.raises(TransientError, match="not-a-folder is not there"):
             read()
-    target = TargetSpec(system="erp", entity="customers", key=["id"])
-    results = connector.write_batch(target, [contract.upsert(1, name="x"), WriteOp("delete", {"id": 2})])
-    assert [r.ok for r in results] == [False, False]
-    assert all(isinstance(r.error, TransientError) for r in results)
+
+
+def test_composite_key_writes_are_rows_of_an_import_file(backend):
+    backend.create_table("lines", {"company": "str:10", "no": "int", "qty": "int"}, ["company", "no"])
+    target = TargetSpec(system="erp", entity="lines", key=["company", "no"])
+    ops = [WriteOp("upsert", {"company": "A", "no": 1}, {"qty": 1}),
+           WriteOp("upsert", {"company": "B", "no": 1}, {"qty": 3})]
+    assert [r.key for r in backend.connector.write_batch(target, ops)] == ['["A","1"]', '["B","1"]']
+    results = backend.connector.write_batch(target, [WriteOp("delete", {"company": "B", "no": 1})])
+    assert [r.ok for r in results] == [True]
+    assert [(r["company"], r["no"], r["qty"]) for r in backend.rows("lines")] == [("A", 1, 1)]
+
+
+def test_describe_is_the_latest_exports_header_typed_as_its_format_reads_it(backend):
+    assert backend.connector.describe("customers") is None  # no export yet: nothing to check a flow against
+    contract.customers(backend, 2)
+    described = backend.connector.describe("customers")
+    assert described is not None and described.exists
+    assert [(c.name, c.type) for c in described.columns] == [(n, "string") for n in contract.CUSTOMER_COLUMNS]
+    list(backend.connector.read_changes(SOURCE, None, 10))  # read: archived, still described
+    assert backend.connector.describe("customers").readable() == list(contract.CUSTOMER_COLUMNS)

@@ -36,13 +36,15 @@ def _now() -> datetime:
 
 class FilesConnector:
     # Each export is the whole entity with no change marker (read as `snapshot`, deletes found by the keys it
-    # lacks) and is archived once read (consumed). A file cannot say whether a row is still as it was read (no
-    # conditional writes, so no pairs) nor resolve a reference (no binds).
+    # lacks) and is archived once read (consumed). Writes are rows of an import file the ERP applies later: a
+    # file cannot say whether a row is still as it was read (no conditional writes, so no pairs) nor resolve a
+    # reference (no binds). describe() answers only for an entity exported at least once (its header), and
+    # never says an entity is missing (an entity we only write has no export), so schemas are not declared.
     capabilities = Capabilities(
         change_modes=frozenset({"snapshot"}),
         snapshot_reads=frozenset({"snapshot"}),
         consuming_reads=frozenset({"snapshot"}),
-        describes_schema=True,
+        deferred_writes=True,
     )
 
     def __init__(self, name: str, system: FilesSystem, storage: FileStorage,
