@@ -371,7 +371,8 @@ def _claim_target_keys(app: SyncApp, f: _Flow, ops: list[WriteOp], links: dict[s
                        outcomes: list[Outcome]) -> list[WriteOp]:
     """Dead-letter a change whose target row already belongs to another source record (see target_claims).
     A claimant in this batch that its source no longer has is a stale change on its way out: it is dropped,
-    so the record that holds the key now gets the row."""
+    so the record that holds the key now gets the row; a holder its source no longer has is on its way out
+    too, and where the flow deletes, the change waits for that holder's delete."""
     target = f.flow.target
     claims = [Claim(op.ref.message.key, key_of(target.key, op.key))
               for op in ops if op.kind == "upsert" and op.ref.message.key not in links]
@@ -395,19 +396,37 @@ def _claim_target_keys(app: SyncApp, f: _Flow, ops: list[WriteOp], links: dict[s
                                     f"flow {f.name} record {key}: no longer at its source; its delete follows"))
         elif rival is None or (rival.owner in gone and (rival.same_batch or rival.owner in leaving)):
             kept.append(op)
+        elif (rival.owner in gone and f.flow.deletes == "delete"
+              and item.message.attempt < (f.flow.max_attempts or app.max_attempts)):
+            outcomes.append(_await_holders_delete(app, f, item, rival.owner, key_of(target.key, op.key)))
         else:
             holder = ("an earlier change of the same batch, for source record" if rival.same_batch
                       else "source record")
-            # A linked holder its source no longer has keeps the row until its own delete is applied; nothing
-            # says that delete will come (deletes may be ignored, or never reported), so this change does not
-            # wait for it: the operator replays it once the row is free.
-            gone_note = ("; that record is gone from its source: replay this once its delete has been applied"
+            # A linked holder its source no longer has keeps the row for good where deletes are ignored or only
+            # deactivate it, or where its delete did not free it in time: the operator replays this change once
+            # the row is free.
+            waited = f" (waited {item.message.attempt} attempts for it)" if item.message.attempt > 1 else ""
+            gone_note = (f"; that record is gone from its source: replay this once its delete has been applied{waited}"
                          if rival.owner in gone else "")
             outcomes.append(Outcome(item.received, item.message, Kind.DEAD_LETTER, Reason.DUPLICATE_TARGET_KEY,
                                     f"flow {f.name} record {key}: target key {key_of(target.key, op.key)} "
                                     f"({target.system} {target.entity}) already belongs to {holder} "
                                     f"{rival.owner}; two source records cannot share one target row{gone_note}"))
     return kept
+
+
+def _await_holders_delete(app: SyncApp, f: _Flow, item: _Item, holder: str, target_key: str) -> Outcome:
+    """The row still belongs to a record its source no longer has. Its delete frees the row, and this change
+    does not count on it being in flight (a worker may have taken the two in different batches, or a delete
+    may never have been reported): it sends that delete itself, under the id the inferred delete has, so one
+    already on the bus drops it, and retries. The wait spends attempts: a row not freed within the flow's
+    attempts gets the change dead-lettered (DuplicateTargetKey, naming the holder), never waiting for good."""
+    outcome = _retry(app, item, "target_key_held", f"flow {f.name} record {item.message.key}: target key "
+                     f"{target_key} still belongs to source record {holder}, which its source no longer has; "
+                     "its delete was sent, waiting for it", None)
+    if carry_delete(app, f.name, holder, item.message.correlation_id):
+        outcome.fetched_parent = f.name
+    return outcome
 
 
 def _take_anchor_names(app: SyncApp, f: _Flow, ops: list[WriteOp], states: dict[str, RecordState],

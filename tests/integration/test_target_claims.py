@@ -14,6 +14,7 @@ from shared.engine.pull import pull_flow
 from shared.engine.reconcile import reconcile_deletes
 from shared.engine.settle import settle
 from shared.errors import Reason
+from shared.messages import ChangeMessage, to_envelope
 from shared.state.sqlite_tables import SqliteTables
 from shared.state.store import StateStore
 
@@ -120,3 +121,42 @@ def test_a_target_key_freed_by_a_delete_can_be_taken_by_another_record(app, dbs)
     put(crm, "G2", "N1", "Second", "2026-06-01 00:00:02")
     assert not dead(run(app))
     assert customers(erp) == {"N1": ("Second", "G2")}
+
+
+def test_a_target_key_held_by_a_deleted_record_goes_to_its_new_owner_before_any_reconciliation(app, dbs):
+    """G1 is deleted at the source, which reports no deletes (a watermark), and G2 takes its account number
+    before any reconciliation: G2 was dead-lettered, waiting for a delete nobody had sent. Now G2 sends G1's
+    delete itself and waits for it."""
+    crm, erp = dbs
+    put(crm, "G1", "N1", "First", "2026-06-01 00:00:01")
+    run(app)
+    with crm.begin() as conn:
+        conn.execute(text("DELETE FROM accounts WHERE accountid = 'G1'"))
+    put(crm, "G2", "N1", "Second", "2026-06-01 00:00:02")
+    outcomes = run(app)
+    assert not dead(outcomes)
+    assert sorted((o.message.key, o.kind.value, str(o.reason)) for o in outcomes) == [
+        ("G1", "applied", "delete"), ("G2", "applied", "upsert"), ("G2", "retry", "target_key_held")]
+    assert customers(erp) == {"N1": ("Second", "G2")}
+    assert app.state.lookup_keys("accounts-to-erp", "crm", ["G1", "G2"]) == {"G2": "N1"}
+
+
+def test_a_change_waiting_for_a_deleted_holders_row_is_dead_lettered_once_its_attempts_are_spent(app, dbs):
+    """The wait is bounded: a holder's delete that never frees the row (its own delete failed, say) leaves the
+    change dead-lettered after the flow's attempts, naming the holder, never retrying for good."""
+    crm, erp = dbs
+    put(crm, "G1", "N1", "First", "2026-06-01 00:00:01")
+    run(app)
+    with crm.begin() as conn:
+        conn.execute(text("DELETE FROM accounts WHERE accountid = 'G1'"))
+    put(crm, "G2", "N1", "Second", "2026-06-01 00:00:02")
+    flow = app.config.flows[FLOW]
+    record = app.connector("crm").read_record(flow.source, "G2")
+    last = ChangeMessage(flow=FLOW, op="upsert", source_system="crm", entity="accounts", key="G2",
+                         version=record.version, changed_at=record.changed_at, payload=record.values,
+                         attempt=app.max_attempts)
+    app.bus.send(app.queue, [to_envelope(last)])
+    [refused] = apply_batch(app, app.bus.receive(app.queue, max_messages=5, max_wait=0.05))
+    assert refused.kind == "dead_letter" and refused.reason == Reason.DUPLICATE_TARGET_KEY
+    assert "G1" in refused.description and f"waited {app.max_attempts} attempts" in refused.description
+    assert customers(erp) == {"N1": ("First", "G1")}

@@ -236,8 +236,7 @@ def replay_steps(*steps: tuple[str, dict]) -> None:
 def test_a_record_deleted_on_the_other_side_while_its_code_is_contended_settles():
     """Found by `make soak` after the key-reuse fix (settles): K3 synced with code C0, K0 created with C0 too,
     K3 deleted in the ERP. K0 waited for K3's archive row to be freed by a delete that never came, so the
-    queue never drained. Now K0 is dead-lettered (DuplicateTargetKey, saying the holder is gone) and the
-    operator replays it."""
+    queue never drained. Now K0 sends K3's delete itself and waits for it, a bounded number of attempts."""
     replay_steps(("seed", {"seeded": [("crm", "K3")]}), ("write", {"key": "K0", "side": "crm", "values": {}}),
                  ("delete", {"key": "K3", "side": "erp"}))
 
@@ -270,3 +269,14 @@ def test_a_change_delivered_with_its_own_retry_clone_is_not_lost_when_it_fails_a
                  ("pull", {"flow": "accounts-to-archive"}),
                  ("crash_apply", {"n": 1, "skip": 0, "step": "bus:complete", "transient": True}),
                  ("throttled", {"n": 2, "times": 1}))
+
+
+def test_a_key_freed_by_a_delete_in_a_later_batch_goes_to_its_new_owner():
+    """Found by `make soak` (key_reuse): K3 synced with code C0, deleted in the CRM, and K0 created with C0
+    before the next poll. A worker took K0's archive change in a batch without K3's delete: K3, gone from
+    its source, still held C0, so K0 was dead-lettered ("replay this once its delete has been applied"); the
+    delete freed the row in the next batch, and nothing gave it to K0. Now K0 sends K3's delete itself (one
+    already on the bus drops it) and waits for it."""
+    replay_steps(("seed", {"seeded": [("crm", "K3")]}), ("delete", {"key": "K3", "side": "crm"}),
+                 ("write", {"key": "K0", "side": "crm", "values": {}}), ("poll", {}), ("users_stop", {}),
+                 ("deliver", {"n": 3, "order": "fifo"}), ("settle_and_check", {}))
