@@ -1,7 +1,7 @@
 """Dataverse (the simulator, over loopback HTTP) -> file outbox through the embedded runtime: every run writes
 whole CSV files with manifests that, imported in name order as the outbox docstring says, give the ERP the CRM's
-rows; and, the other way of the pair, the ERP's export of those rows is nothing new (never on the bus) while an
-edit in it reaches the CRM."""
+rows; and, by a one-way flow back, an export the same as the last is nothing new (never on the bus) while an edit
+in it reaches the CRM."""
 
 from __future__ import annotations
 
@@ -39,14 +39,13 @@ def crm_to_files(dataverse_sim, tmp_path, monkeypatch):  # noqa: F811
                 "source": {"system": "crm", "entity": "accounts", "key": "accountnumber",
                            "changes": "change_tracking", "select": ["name", "creditlimit"]},
                 "target": {"system": "erp", "entity": "customers", "key": "account_number"},
-                "deletes": "delete", "pair": "accounts", "master": "crm",
+                "deletes": "delete",
                 "fields": [{"from": "accountnumber", "to": "account_number"}, {"from": "name", "to": "name"},
                            {"from": "creditlimit", "to": "credit_limit", "type": "decimal"}],
             },
             "files-to-accounts": {
                 "source": {"system": "erp", "entity": "customers", "key": "account_number", "changes": "snapshot"},
                 "target": {"system": "crm", "entity": "accounts", "key": "accountnumber"},
-                "pair": "accounts", "master": "crm",
                 "fields": [{"from": "account_number", "to": "accountnumber"}, {"from": "name", "to": "name"},
                            {"from": "credit_limit", "to": "creditlimit", "type": "decimal"}],
             },
@@ -113,17 +112,20 @@ def test_crm_changes_reach_the_erp_as_whole_files_with_manifests(crm_to_files):
     assert not list(outbox.glob(".*")), "no temporary file is left behind"
     assert run(app).pulled == 0 and import_outbox(outbox, erp, done) == []
 
-    # The ERP's export of what it imported is what both sides agreed on: nothing goes on the bus.
+    # The ERP's export of what it imported goes back one way (files cannot be in a pair: a file cannot say
+    # whether a row is still as it was read). Its rows are new to that flow; the CRM is told what it holds.
     export(folder, erp, "export-001.csv")
-    back = run(app, "files-to-accounts")
-    assert back.pulled == 0 and back.applied == 0
-    assert app.state.recent_runs("files-to-accounts", limit=1)[0]["unchanged"] == 2
-    # An edit in the ERP travels back to the CRM, and only that row; the CRM's own row is not written again.
-    erp["A-1"]["Kredit"] = "2000"
+    assert run(app, "files-to-accounts").pulled == 2
+    assert [sim.get("accounts", ids[n])["name"] for n in ("A-1", "A-2")] == ["Account A-1", "Renamed"]
+    # The same rows exported again are nothing new: none goes on the bus.
     export(folder, erp, "export-002.csv")
+    assert run(app, "files-to-accounts").pulled == 0
+    assert app.state.recent_runs("files-to-accounts", limit=1)[0]["unchanged"] == 2
+    # An edit in the ERP travels to the CRM, and only that row.
+    erp["A-1"]["Kredit"] = "2000"
+    export(folder, erp, "export-003.csv")
     back = run(app, "files-to-accounts")
     assert back.pulled == 1 and back.applied == 1
     assert sim.get("accounts", ids["A-1"])["creditlimit"] == 2000
-    assert run(app).applied == 0 and import_outbox(outbox, erp, done) == []
     assert sorted(p.name.split("~")[1] for p in (folder / "archive" / "customers").iterdir()) == [
-        "export-001.csv", "export-002.csv"]
+        "export-001.csv", "export-002.csv", "export-003.csv"]
