@@ -11,12 +11,10 @@ import pytest
 from azure.identity import DefaultAzureCredential
 from pydantic import ValidationError
 
-from shared.config import parse_config
 from shared.connectors.files.connector import storage_of
 from shared.connectors.files.csv_format import FileFormatError, encode_rows, parse_cell, read_rows
 from shared.connectors.files.storage import BlobStorage
 from shared.connectors.files_settings import CsvFormat, FilesSystem
-from shared.errors import ConfigError
 
 
 def rows(text: str | bytes, encoding: str = "utf-8", **fmt):

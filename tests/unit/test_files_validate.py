@@ -1,8 +1,10 @@
 """What `validate` lets a flow ask of a files system: what its connector declares (`FilesConnector.capabilities`),
-checked when the flows file is loaded, before anything connects."""
+checked when the flows file is loaded, before anything connects; and what `dualsync check` compares a flow's
+fields with: the header of the entity's latest export."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,6 +12,8 @@ import pytest
 from shared.config import ConfigError, parse_config
 from shared.connectors import registry
 from shared.connectors.files.connector import FilesConnector
+from shared.engine.preflight import preflight
+from tests.fakes.memory_connector import MemoryConnector
 
 SYSTEMS = {"erp": {"kind": "files", "folder": "/x"}, "crm": {"kind": "sql", "url": "sqlite://"}}
 
@@ -54,5 +58,22 @@ def test_a_files_target_takes_no_pair_and_no_reference_binds():
 def test_one_flow_per_inbox_entity():
     parse_config({"systems": SYSTEMS, "flows": {"a": flow()}})
     assert problems({"a": flow(), "b": flow()}) == [
-        "flows.b.source: flow a reads erp customers already; one flow per entity, since a read consumes what it "
-        "read (an inbox file is archived)"]
+        ("flows.b.source: flow a reads erp customers already; one flow per entity, since a read consumes what it "
+        "read (an inbox file is archived)")]
+
+
+def test_check_names_a_field_the_latest_export_lacks_and_the_nearest_it_has(tmp_path: Path):
+    folder = tmp_path / "exchange"
+    systems = {**SYSTEMS, "erp": {"kind": "files", "folder": str(folder)}}
+    config = parse_config({"systems": systems, "flows": {"a": flow(fields=[
+        {"from": "id", "to": "id"}, {"from": "nmae", "to": "name"}])}})
+    crm = MemoryConnector()
+    crm.declare("accounts", "id", "name")
+    folder.mkdir()
+    connectors = {"crm": crm, "erp": registry.build_connector("erp", config.systems["erp"])}
+    assert preflight(config, connectors.__getitem__) == []  # no export yet: nothing to compare with
+    (folder / "inbox" / "customers").mkdir(parents=True)
+    (folder / "inbox" / "customers" / "e1.csv").write_text("id,name,city\n1,a,b\n")
+    [finding] = preflight(config, connectors.__getitem__)
+    assert (finding.path, finding.nearest) == ("flows.a.fields[1].from", "name")
+    assert finding.existing == ("id", "name", "city")
