@@ -16,7 +16,7 @@ sorts above an earlier one's. Which rows are sent at all is the engine's busines
 only those that differ from what is known of them.
 
 The source as it is now, for read_records / iter_keys (the re-check before an inferred delete, key-set
-reconciliation, a pair's re-read): the first file still in the inbox (the one being read, or read next), else
+reconciliation, a target-side read): the first file still in the inbox (the one being read, or read next), else
 the newest file in the archive.
 """
 

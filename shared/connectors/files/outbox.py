@@ -19,7 +19,7 @@ updates the fields the row writes, `update` changes the fields the row writes (a
 same row, change nothing the second time: the effect is exactly once. An import that stopped halfway can be
 run again from the start of that file. Columns: the operation column first, then the key fields, then every
 other field written in that file. An empty cell is a field that row does not write (leave it as it is: a
-deactivation, or a pair writing only the fields that changed); a field set to null holds the format's
+deactivation, or a write of only the fields that changed); a field set to null holds the format's
 `null_marker` (`\\N`, as PostgreSQL's COPY and MySQL's LOAD DATA write it).
 
 Name order is the writers' clock order. Two changes of one record are written at least a record-state round
