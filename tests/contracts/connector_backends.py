@@ -14,6 +14,9 @@ To add a connector: write one backend class with this API and add it to BACKENDS
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import socket
 from collections.abc import Callable
 from datetime import UTC, date, datetime
@@ -28,6 +31,9 @@ import yaml
 
 from shared.connectors.dataverse import DataverseConnector, primary_id_of
 from shared.connectors.dataverse_auth import StaticTokenProvider
+from shared.connectors.files.connector import FilesConnector
+from shared.connectors.files.storage import FolderStorage
+from shared.connectors.files_settings import FilesSystem
 from shared.connectors.odata.connector import OdataConnector
 from shared.connectors.odata.literals import iso_moment, moment
 from shared.connectors.sql import SqlConnector
@@ -430,6 +436,126 @@ class OdataBackend:
         self._connector.close()
 
 
+# ------------------------------------------------------------------------------------------ files
+
+
+def _from_csv(spec: str, value: str) -> Any:
+    """The ERP's import of one cell: text to the column's type."""
+    if value == "\\N":
+        return None
+    if spec in ("int", "bigint"):
+        return int(value)
+    if spec == "decimal":
+        return Decimal(value)
+    if spec == "datetime":
+        moment = datetime.fromisoformat(value)
+        return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
+    if spec == "date":
+        return date.fromisoformat(value)
+    if spec == "bool":
+        return value == "true"
+    return value
+
+
+class FilesBackend:
+    """The files connector on an exchange folder; the backend plays the ERP. It keeps each table, exports the
+    whole of it into the inbox after every change of its own and after every import (a file per export, in
+    name order), and imports the outbox (each file with a manifest, once, in name order) when asked for its
+    rows. Cells are text: it has no column types, and a table is made by its first write."""
+
+    name: ClassVar[str] = "files"
+    harness: ClassVar[frozenset[str]] = frozenset({"unreachable"})
+    capabilities: ClassVar[Capabilities] = FilesConnector.capabilities
+
+    @classmethod
+    def start(cls, request: pytest.FixtureRequest, tmp_path: Path) -> FilesBackend:
+        return cls(tmp_path / "exchange")
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)  # the exchange folder is set up before the connector runs
+        self._connector = FilesConnector("erp", FilesSystem(kind="files", folder=str(root)), FolderStorage(root))
+        self.columns: dict[str, Columns] = {}
+        self.keys: dict[str, list[str]] = {}
+        self.data: dict[str, dict[str, dict[str, Any]]] = {}  # table -> formatted key -> row
+        self.imported: set[str] = set()
+        self.exports = 0
+
+    @property
+    def connector(self) -> FilesConnector:
+        return self._connector
+
+    def create_table(self, name: str, columns: Columns, key: list[str], required: tuple[str, ...] = (),
+                     checks: tuple[str, ...] = ()) -> None:
+        self.columns[name], self.keys[name] = dict(columns), list(key)
+        self.data[name] = {}
+
+    def _key(self, name: str, row: dict[str, Any]) -> str:
+        return format_key([row[k] for k in self.keys[name]])
+
+    def insert(self, name: str, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            self.data[name][self._key(name, row)] = dict(row)
+        self.export(name)
+
+    def update(self, name: str, key: dict[str, Any], values: dict[str, Any]) -> None:
+        self.data[name][self._key(name, key)].update(values)
+        self.export(name)
+
+    def delete(self, name: str, key: dict[str, Any]) -> None:
+        del self.data[name][self._key(name, key)]
+        self.export(name)
+
+    def export(self, name: str) -> None:
+        """The whole table as the next file in the inbox, written aside and renamed (as an ERP should)."""
+        columns = list(self.columns[name])
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(columns)
+        for row in self.data[name].values():
+            writer.writerow(["" if row.get(c) is None else str(row[c]) for c in columns])  # empty: null
+        self.exports += 1
+        folder = self.root / "inbox" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / ".export").write_text(buffer.getvalue(), encoding="utf-8")
+        (folder / ".export").replace(folder / f"export-{self.exports:05d}.csv")
+
+    def rows(self, name: str) -> list[dict[str, Any]]:
+        columns, key = self.columns[name], self.keys[name]
+        outbox = self.root / "outbox" / name
+        imported = False
+        for manifest_path in sorted(outbox.glob("*.manifest.json")) if outbox.is_dir() else []:
+            file = json.loads(manifest_path.read_text())["file"]
+            if file in self.imported:
+                continue
+            self.imported.add(file)
+            imported = True
+            for cells in csv.DictReader(io.StringIO((outbox / file).read_text(encoding="utf-8"))):
+                operation = cells.pop("operation")
+                # An empty cell is a column the row does not write.
+                row = {c: _from_csv(columns.get(c, "str"), v) for c, v in cells.items() if c in columns and v != ""}
+                row_key = self._key(name, row)
+                if operation == "delete":
+                    self.data[name].pop(row_key, None)
+                else:
+                    self.data[name][row_key] = {**self.data[name].get(row_key, {}), **row}
+        if imported:
+            self.export(name)
+        full = [{c: row.get(c) for c in columns} for row in self.data[name].values()]
+        return sorted(full, key=lambda r: tuple((r[k] is None, r[k]) for k in key))
+
+    def table_names(self) -> list[str]:
+        return sorted(self.columns)
+
+    def unreachable(self) -> FilesConnector:
+        blocked = self.root / "not-a-folder"
+        blocked.write_text("a file where the exchange folder should be")
+        return FilesConnector("erp", FilesSystem(kind="files", folder=str(blocked)), FolderStorage(blocked))
+
+    def close(self) -> None:
+        self._connector.close()
+
+
 # ------------------------------------------------------------------------------------------ the test fake
 
 
@@ -492,5 +618,5 @@ class MemoryBackend:
 
 BACKENDS: dict[str, type[Backend]] = {
     backend.name: backend for backend in (SqliteBackend, PostgresqlBackend, DataverseBackend, MemoryBackend,
-                                          OdataBackend)
+                                          OdataBackend, FilesBackend)
 }

@@ -11,6 +11,8 @@ from shared.bus.payload_store import BlobPayloadStore, FilePayloadStore, Payload
 from shared.bus.servicebus import ServiceBusBus, _ServiceBusSettler
 from shared.bus.sqlite_bus import SqliteBus, _SqliteSettler
 from shared.connectors.dataverse import DataverseConnector
+from shared.connectors.files.connector import FilesConnector
+from shared.connectors.files.storage import BlobStorage, FileStorage, FolderStorage
 from shared.connectors.odata.connector import OdataConnector
 from shared.connectors.sql import SqlConnector
 from shared.ports.bus import MessageBus, Settler
@@ -45,3 +47,8 @@ def settlers(sqlite: _SqliteSettler, servicebus: _ServiceBusSettler, releasing: 
 
 def payload_stores(files: FilePayloadStore, blobs: BlobPayloadStore) -> list[PayloadStore]:
     return [files, blobs]
+
+
+def files_exchange(connector: FilesConnector, folder: FolderStorage,
+                   blobs: BlobStorage) -> tuple[Connector, ConnectorClass, list[FileStorage]]:
+    return connector, FilesConnector, [folder, blobs]
