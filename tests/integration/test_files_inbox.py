@@ -271,7 +271,9 @@ def test_sigkill_inside_a_file_then_once_again_loses_and_repeats_nothing(exchang
     try:
         counts = run_once(again, RunOptions(workers=0, drain_bound=1)).flows[FLOW]
         assert counts.adds_up() and counts.waiting == 0 and not counts.dead_lettered and not counts.skipped
-        assert counts.pulled == total - sent + counts.duplicates
+        # The run reads on from the stored position; a page the killed run sent but had not recorded is read
+        # again and dropped as duplicates by the queue (at most one page).
+        assert counts.pulled == total - sent and counts.duplicates <= 100
         rows = ex.rows()
         assert len(rows) == total and rows == {str(i): (f"n{i}", f"{i}.5") for i in range(total)}
         assert ex.archived() == ["export-001.csv"]
