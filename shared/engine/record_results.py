@@ -46,13 +46,16 @@ def save_states(state: StateStore, pair: str, writes: Sequence[StateWrite]) -> S
 
 
 def _save(state: StateStore, pair: str, writes: Sequence[StateWrite]) -> set[str]:
+    """The record ids that lost a race: their state changed since read, or their target key's claim was
+    taken over (their write may have overwritten another record's row). Nothing is recorded for the latter."""
     links = [w.link for w in writes if not w.unlink]
     unlinks = [w.link for w in writes if w.unlink]
     if unlinks:  # first: a target key a deleted record held may have been taken by another in this batch
-        state.unlink_keys(pair, unlinks)
-    if links:
-        state.link_keys(pair, links)
-    return state.save_records(pair, [w.record for w in writes])
+        # ... whose claim on it stays in place until its link replaces it.
+        state.unlink_keys(pair, unlinks, keep={(a.system_b, a.key_b) for a in links if a.claim})
+    lost_links = state.link_keys(pair, links) if links else []
+    unclaimed = {w.record.record_id for w in writes if any(w.link is lost for lost in lost_links)}
+    return unclaimed | state.save_records(pair, [w.record for w in writes if w.record.record_id not in unclaimed])
 
 
 def _classified(write: StateWrite, exc: Exception) -> SyncError:
