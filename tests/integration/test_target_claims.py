@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from datetime import timedelta
+
 import pytest
 from sqlalchemy import create_engine, text
 
@@ -13,6 +16,7 @@ from shared.engine.outcome import Outcome
 from shared.engine.pull import pull_flow
 from shared.engine.reconcile import reconcile_deletes
 from shared.engine.settle import settle
+from shared.engine.target_claims import CLAIM_SECONDS
 from shared.errors import Reason
 from shared.messages import ChangeMessage, to_envelope
 from shared.state.sqlite_tables import SqliteTables
@@ -159,4 +163,112 @@ def test_a_change_waiting_for_a_deleted_holders_row_is_dead_lettered_once_its_at
     [refused] = apply_batch(app, app.bus.receive(app.queue, max_messages=5, max_wait=0.05))
     assert refused.kind == "dead_letter" and refused.reason == Reason.DUPLICATE_TARGET_KEY
     assert "G1" in refused.description and f"waited {app.max_attempts} attempts" in refused.description
+    assert customers(erp) == {"N1": ("First", "G1")}
+
+
+class Crash(BaseException):
+    """A worker dying mid-write: not an error apply may catch."""
+
+
+def hold_writes(app: SyncApp, monkeypatch, worker: threading.Thread | None = None,
+                crash: bool = False) -> tuple[threading.Event, threading.Event]:
+    """The ERP write of `worker` (or of anyone, when crash) stops: it waits for `go` after setting `reached`,
+    or the worker dies there."""
+    erp = app.connector("erp")
+    write = erp.write_batch
+    reached, go = threading.Event(), threading.Event()
+
+    def held(target, ops):
+        if crash:
+            raise Crash("the worker died before its write")
+        if threading.current_thread() is worker:
+            reached.set()
+            go.wait(10)
+        return write(target, ops)
+
+    monkeypatch.setattr(erp, "write_batch", held)
+    return reached, go
+
+
+def received(app: SyncApp, key: str) -> list:
+    """The message of one record, as a worker receives it (everything else goes back to the queue)."""
+    batch = app.bus.receive(app.queue, max_messages=50, max_wait=0.05)
+    mine = [m for m in batch if m.envelope.application_properties.get("key") == key]
+    for other in batch:
+        if other not in mine:
+            app.bus.settler(app.queue).abandon(other)
+    return mine
+
+
+def test_two_appliers_claiming_one_target_key_at_once_link_it_to_one_record(app, dbs, monkeypatch):
+    """Worker A applies G1 and stops just before writing row N1; worker B applies G2, also N1, meanwhile. Both
+    read N1 unlinked: B waits for A's claim (spending no attempt), and its retry is dead-lettered once A
+    linked the row, never written nor linked."""
+    crm, erp = dbs
+    put(crm, "G1", "N1", "First", "2026-06-01 00:00:01")
+    put(crm, "G2", "N1", "Second", "2026-06-01 00:00:02")
+    pull_flow(app, FLOW, owner="test")
+    first, second = received(app, "G1"), received(app, "G2")
+    outcomes: list[Outcome] = []
+    worker_a = threading.Thread(target=lambda: outcomes.extend(apply_batch(app, first)))
+    reached, go = hold_writes(app, monkeypatch, worker_a)
+    worker_a.start()
+    assert reached.wait(10)
+    [waiting] = apply_batch(app, second)
+    go.set()
+    worker_a.join(10)
+    [applied] = outcomes
+    assert (applied.kind, applied.reason) == ("applied", "upsert")
+    assert (waiting.kind, waiting.reason) == ("retry", "record_busy")
+    assert "N1" in waiting.description and "G1" in waiting.description
+    assert waiting.clone is not None and waiting.clone.attempt == 1  # waiting spends no attempt
+    settle(app, app.bus.settler(app.queue), [applied, waiting])
+    later = run(app)
+    [refused] = dead(later)
+    assert refused.message.key == "G2" and refused.reason == Reason.DUPLICATE_TARGET_KEY
+    assert "G1" in refused.description and "N1" in refused.description
+    assert customers(erp) == {"N1": ("First", "G1")}
+    assert app.state.lookup_keys(FLOW, "crm", ["G1", "G2"]) == {"G1": "N1"}
+    assert app.state.lookup_keys(FLOW, "erp", ["N1"]) == {"N1": "G1"}
+
+
+def test_a_claim_whose_applier_died_runs_out_and_the_key_goes_to_the_next_claimant(app, dbs, monkeypatch):
+    """A worker dies between claiming N1 for G1 and writing it. Its claim holds G2 back only until it runs
+    out (like a record lease), never for good; G1's own redelivered change would take it over at once."""
+    crm, erp = dbs
+    put(crm, "G1", "N1", "First", "2026-06-01 00:00:01")
+    pull_flow(app, FLOW, owner="test")
+    dying = received(app, "G1")
+    hold_writes(app, monkeypatch, crash=True)
+    with pytest.raises(Crash):
+        apply_batch(app, dying)
+    monkeypatch.undo()
+    assert app.state.key_holders(FLOW, "erp", ["N1"])["N1"].owner == "G1"  # claimed, written by nobody
+    assert customers(erp) == {}
+    with crm.begin() as conn:
+        conn.execute(text("DELETE FROM accounts WHERE accountid = 'G1'"))
+    put(crm, "G2", "N1", "Second", "2026-06-01 00:00:02")
+    pull_flow(app, FLOW, owner="test")
+    [waiting] = apply_batch(app, received(app, "G2"))
+    assert (waiting.kind, waiting.reason) == ("retry", "record_busy") and "G1" in waiting.description
+    assert customers(erp) == {}
+    start = app.clock()
+    monkeypatch.setattr(app, "clock", lambda: start + timedelta(seconds=CLAIM_SECONDS + 1))
+    [applied] = apply_batch(app, [waiting.received])  # its retry
+    assert (applied.kind, applied.reason) == ("applied", "upsert")
+    assert customers(erp) == {"N1": ("Second", "G2")}
+    assert app.state.lookup_keys(FLOW, "erp", ["N1"]) == {"N1": "G2"}
+
+
+def test_a_crashed_appliers_own_redelivered_change_takes_its_claim_over_at_once(app, dbs, monkeypatch):
+    crm, erp = dbs
+    put(crm, "G1", "N1", "First", "2026-06-01 00:00:01")
+    pull_flow(app, FLOW, owner="test")
+    dying = received(app, "G1")
+    hold_writes(app, monkeypatch, crash=True)
+    with pytest.raises(Crash):
+        apply_batch(app, dying)
+    monkeypatch.undo()
+    [applied] = apply_batch(app, dying)  # redelivered: the same change, its lease and claim its own
+    assert (applied.kind, applied.reason) == ("applied", "upsert")
     assert customers(erp) == {"N1": ("First", "G1")}
