@@ -53,8 +53,8 @@ def _save(state: StateStore, pair: str, writes: Sequence[StateWrite]) -> set[str
     if unlinks:  # first: a target key a deleted record held may have been taken by another in this batch
         # ... whose claim on it stays in place until its link replaces it.
         state.unlink_keys(pair, unlinks, keep={(a.system_b, a.key_b) for a in links if a.claim})
-    lost_links = state.link_keys(pair, links) if links else []
-    unclaimed = {w.record.record_id for w in writes if any(w.link is lost for lost in lost_links)}
+    lost_links = {id(a) for a in state.link_keys(pair, links)} if links else set()
+    unclaimed = {w.record.record_id for w in writes if id(w.link) in lost_links}
     return unclaimed | state.save_records(pair, [w.record for w in writes if w.record.record_id not in unclaimed])
 
 

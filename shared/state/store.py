@@ -283,10 +283,17 @@ class StateStore:
         written = self.tables.write_guarded(KEYMAP, [
             (pair, f"{a.system_b}|{a.key_b}", {"other_system": a.system_a, "other_key": a.key_a}, a.claim)
             for a in claimed])
-        lost = [a for a in claimed if written.get((pair, f"{a.system_b}|{a.key_b}")) is None]
+        lost = []
+        for a in claimed:
+            etag = written.get((pair, f"{a.system_b}|{a.key_b}"))
+            if etag is None:
+                lost.append(a)
+            else:
+                a.claim = etag  # the row as written: written again (a batch narrowed down after a failure) it holds
         rows = []
+        gone = {id(a) for a in lost}
         for a in links:
-            if any(a is b for b in lost):
+            if id(a) in gone:
                 continue
             rows.append((pair, f"{a.system_a}|{a.key_a}", {"other_system": a.system_b, "other_key": a.key_b}))
             if not a.claim:
