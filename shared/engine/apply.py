@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from contextlib import suppress
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -38,6 +39,7 @@ from shared.engine.identity import record_id
 from shared.engine.mapping import Lookups, lookup_requests, map_record
 from shared.engine.outcome import Kind, Outcome
 from shared.engine.record_results import StateWrite, save_states
+from shared.engine.resync import resync
 from shared.engine.target_claims import Claim, Survey, rivals
 from shared.engine.values import Equivalence, canonical_row, equivalence
 from shared.engine.verdicts import verdict_outcome
@@ -712,6 +714,8 @@ def _record_results(app: SyncApp, f: _Flow, results: list[WriteResult], states: 
     for index, (item, kind) in enumerate(written):
         if index in saved.failed:
             outcomes.append(_failure(app, flow, item, saved.failed[index]))
+        elif index in saved.unclaimed:
+            outcomes.append(_row_taken(app, f, item, writes[index].link.key_b))
         elif index in saved.lost:
             outcomes.append(_resync(app, f, item))
         else:
@@ -738,6 +742,18 @@ def _resync(app: SyncApp, f: _Flow, item: _Item) -> Outcome:
     return Outcome(item.received, fresh, Kind.RETRY, "lost_race",
                    f"flow {message.flow} record {message.key}: recorded by someone else while it was written; "
                    "sent again as its source has it now", retry_at=app.clock())
+
+
+def _row_taken(app: SyncApp, f: _Flow, item: _Item, target_key: str) -> Outcome:
+    """Our claim on the target key ran out while we wrote, and another record claimed the row meanwhile: our
+    write may have overwritten what it wrote. That record goes again as its source has it now, past the echo
+    check, and this change is decided again (it finds the row taken)."""
+    holder = app.state.key_holders(f.pair, f.flow.target.system, [target_key]).get(target_key)
+    if holder is not None:
+        # Gone from its source, or unreadable now: its own next change (or delete) writes the row again.
+        with suppress(SyncError):
+            resync(app, f.name, holder.owner)
+    return _resync(app, f, item)
 
 
 def _applied(item: _Item, kind: str) -> Outcome:

@@ -20,7 +20,7 @@ from shared.engine.target_claims import CLAIM_SECONDS
 from shared.errors import Reason
 from shared.messages import ChangeMessage, to_envelope
 from shared.state.sqlite_tables import SqliteTables
-from shared.state.store import StateStore
+from shared.state.store import KeyClaim, StateStore
 
 FLOW = "accounts-to-erp"
 
@@ -272,3 +272,37 @@ def test_a_crashed_appliers_own_redelivered_change_takes_its_claim_over_at_once(
     [applied] = apply_batch(app, dying)  # redelivered: the same change, its lease and claim its own
     assert (applied.kind, applied.reason) == ("applied", "upsert")
     assert customers(erp) == {"N1": ("First", "G1")}
+
+
+def test_a_writer_whose_claim_ran_out_and_was_taken_records_nothing_and_gives_the_row_back(app, dbs, monkeypatch):
+    """Worker A's write of G1 to N1 outlasts its claim; G2 claims N1 meanwhile, writes and links it; then A's
+    write lands over G2's row. A's link is written only over its own claim, so it records nothing; G2 is
+    sent again as its source has it (its row gets its values back) and G1's change, decided again, is
+    dead-lettered as DuplicateTargetKey."""
+    crm, erp = dbs
+    put(crm, "G1", "N1", "First", "2026-06-01 00:00:01")
+    put(crm, "G2", "N1", "Second", "2026-06-01 00:00:02")
+    pull_flow(app, FLOW, owner="test")
+    first, second = received(app, "G1"), received(app, "G2")
+    outcomes: list[Outcome] = []
+    worker_a = threading.Thread(target=lambda: outcomes.extend(apply_batch(app, first)))
+    reached, go = hold_writes(app, monkeypatch, worker_a)
+    worker_a.start()
+    assert reached.wait(10)
+    held = app.state.key_holders(FLOW, "erp", ["N1"])["N1"]
+    # A's claim runs out (as if its write took longer than the claim lasts): for everyone else it is free.
+    app.state.release_keys(FLOW, [KeyClaim("erp", "N1", "crm", "G1", app.clock(), etag=held.etag)])
+    [taken] = apply_batch(app, second)
+    assert (taken.kind, taken.reason) == ("applied", "upsert")
+    go.set()
+    worker_a.join(10)
+    [overwrote] = outcomes
+    assert customers(erp) == {"N1": ("First", "G1")}  # A's late write landed over G2's row ...
+    assert (overwrote.kind, overwrote.reason) == ("retry", "lost_race")
+    assert app.state.lookup_keys(FLOW, "crm", ["G1", "G2"]) == {"G2": "N1"}  # ... but was never linked
+    settle(app, app.bus.settler(app.queue), [taken, overwrote])
+    later = run(app)
+    [refused] = dead(later)
+    assert refused.message.key == "G1" and refused.reason == Reason.DUPLICATE_TARGET_KEY
+    assert customers(erp) == {"N1": ("Second", "G2")}  # G2's values are back
+    assert app.state.lookup_keys(FLOW, "erp", ["N1"]) == {"N1": "G2"}
