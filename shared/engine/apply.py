@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from contextlib import suppress
 from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -720,7 +720,8 @@ def _record_results(app: SyncApp, f: _Flow, results: list[WriteResult], states: 
             outcomes.append(_resync(app, f, item))
         else:
             committed.add(item.record_id)
-            item.claim = None  # the link was written over it: nothing to give back
+            if writes[index].link.claim:
+                item.claim = None  # the link was written over it: nothing to give back
             grants.used(app, item.message)
             outcomes.append(_applied(item, kind))
     return again
