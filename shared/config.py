@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from shared.config_base import Strict, resolve_secret
+from shared.config_base import FieldType, Strict, resolve_secret
 from shared.connectors import registry
 
 # The settings of the two kinds that predate the registry, still importable from here.
@@ -82,8 +82,8 @@ class SourceSpec(Strict):
     changes: ChangeMode = Field(
         default="watermark", description=(
             "How changes are found: change_tracking (Dataverse), watermark (a modified-time or counter column), "
-            "status_flag (rows flagged N/U, marked P or E once read) or xact_id (PostgreSQL 13+ transaction "
-            "ids)."))
+            "status_flag (rows flagged N/U, marked P or E once read), xact_id (PostgreSQL 13+ transaction "
+            "ids) or snapshot (files: every read is whole; only rows that differ from what was sent are sent)."))
     watermark: str = Field(default="modified_at", description=(
         "The column ordering changes in watermark mode (Dataverse default: modifiedon)."))
     version: str | None = Field(default=None, description=(
@@ -121,8 +121,6 @@ class TargetSpec(Strict):
 
 LOOKUP_LOGICAL_NAME = "Microsoft.Dynamics.CRM.lookuplogicalname"  # the table a Dataverse lookup points to
 _BIND = r"^[A-Za-z_][A-Za-z0-9_]*(\([A-Za-z_][A-Za-z0-9_]*(,[A-Za-z_][A-Za-z0-9_]*)*\))?$"
-
-FieldType = Literal["string", "int", "decimal", "bool", "datetime", "date"]
 
 
 class FieldMap(Strict):
@@ -323,6 +321,24 @@ def _cross_check(config: Config) -> list[Problem]:
                 problems.append(((*base, "match_on", i), f"{field_name!r} is not the 'to' of any field"))
     problems += _check_pairs(config)
     problems += _check_capabilities(config)
+    problems += _check_single_readers(config)
+    return problems
+
+
+def _check_single_readers(config: Config) -> list[Problem]:
+    """A read that consumes its source (a files inbox archives each file it reads) leaves nothing for a second
+    flow reading the same entity, so only one may."""
+    readers: dict[tuple[str, str], str] = {}
+    problems: list[Problem] = []
+    for name, flow in config.flows.items():
+        source, settings = flow.source, config.systems.get(flow.source.system)
+        if settings is None or source.changes not in registry.capabilities_of(settings).consuming_reads:
+            continue
+        first = readers.setdefault((source.system, source.entity), name)
+        if first != name:
+            problems.append((("flows", name, "source"), (
+                f"flow {first} reads {source.system} {source.entity} already; one flow per entity, since a read "
+                "consumes what it read (an inbox file is archived)")))
     return problems
 
 

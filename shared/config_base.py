@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import os
 import re
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from shared.errors import ConfigError
+
+# How a value is compared and converted (a field's `type:`, a CSV column's type).
+FieldType = Literal["string", "int", "decimal", "bool", "datetime", "date"]
 
 SECRET_REF = re.compile(r"^env:[A-Za-z_][A-Za-z0-9_]*$")
 

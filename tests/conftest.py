@@ -1,3 +1,3 @@
 """Session-wide test plugins."""
 
-pytest_plugins = ["tests.fixtures.azurite", "tests.fixtures.postgres"]
+pytest_plugins = ["tests.fixtures.azurite", "tests.fixtures.postgres", "tests.fixtures.cap"]

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+from shared.blob_errors import classify
 from shared.errors import ConfigError
 from shared.settings import setting
 
@@ -173,16 +174,6 @@ class BlobPayloadStore:
         self._container.close()
 
 
-_TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
-
-
 def _classified(action: str, name: str, exc: Exception) -> PayloadStoreError:
-    from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
-
-    status = getattr(exc, "status_code", None)
-    code = getattr(exc, "error_code", None)
-    transient = isinstance(exc, ServiceRequestError | ServiceResponseError) or status in _TRANSIENT_STATUS
-    if isinstance(exc, HttpResponseError) and status is None:
-        transient = True
-    detail = ", ".join(str(p) for p in (status, code) if p) or type(exc).__name__
+    transient, detail = classify(exc)
     return PayloadStoreError(f"cannot {action} payload blob {name} ({detail})", transient=transient)

@@ -71,7 +71,7 @@ fails its neighbours. A single op is sent as a plain request. Every write carrie
 shared variable), inside a batch too. Alternate key values containing ``/ < > * % & : \\ ? +`` cannot be
 addressed (*Work with alternate keys*): such an op is rejected on its own with that reason.
 
-How much goes at once (``shared.connectors.dataverse_throttle``; *Service protection API limits*, *Send
+How much goes at once (``shared.connectors.odata.throttle``; *Service protection API limits*, *Send
 parallel requests*): a table's batches start at ``initial_batch_size`` (10, as Microsoft advises) and grow
 while they answer in under a twelfth of ``timeout_seconds`` (fourfold under a 96th), up to ``batch_size``
 (<= 1000); an answer slower than a sixth of it, a timeout or an execution-time 429 (``0x80072321``) halves
@@ -102,13 +102,12 @@ connections -> TransientError; 400 and other refusals -> ``PermanentError(Reason
 <k>: <code> <message>")``; 401 -> one token refresh and one retry, then AuthError; 403 -> AuthError. Reads
 raise; writes return one result per op (a whole ``$batch`` that fails gives every op that error).
 
-``timeout_seconds`` bounds each request. Tokens come from a `TokenProvider` (``dataverse_auth``); neither
-the token nor a secret is ever logged or put in an error message.
+``timeout_seconds`` bounds each request (``shared.connectors.odata.client``). Tokens come from a `TokenProvider`
+(``odata.auth``); neither the token nor a secret is ever logged or put in an error message.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import threading
@@ -118,9 +117,7 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal
-from email.message import Message
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
@@ -129,24 +126,28 @@ import httpx
 
 from shared.config import DataverseSystem, SourceSpec, TargetSpec, resolve_secret
 from shared.connectors.dataverse_auth import TokenProvider, token_provider_for
-from shared.connectors.dataverse_throttle import (
-    INITIAL_BATCH,
-    AdaptiveBatchSize,
-    ConcurrencyLimit,
-    Pacer,
-    cookieless_jar,
+from shared.connectors.odata.batch import (
+    BatchRequest,
+    boundary_of,
+    multipart_batch,
+    parse_batch_response,
+    parts_by_request,
 )
+from shared.connectors.odata.client import BearerCredentials, NoAnswer, ODataClient, Trail
+from shared.connectors.odata.faults import ODataError, error_of, sync_error
+from shared.connectors.odata.literals import ISO_MOMENT, is_guid, json_body, odata_literal
+from shared.connectors.odata.literals import moment as _moment
+from shared.connectors.odata.reads import after, is_deleted, key_filters
+from shared.connectors.odata.throttle import INITIAL_BATCH, AdaptiveBatchSize
 from shared.errors import (
-    AuthError,
     ConfigError,
     PermanentError,
     Reason,
     SyncError,
     TargetChanged,
     TransientError,
-    UnsafeLinkError,
 )
-from shared.keys import format_key, key_of, parse_key
+from shared.keys import format_key, key_of
 from shared.ports.connector import (
     Capabilities,
     ChangePage,
@@ -159,13 +160,16 @@ from shared.ports.connector import (
 )
 from shared.versions import sortable_version
 
+# Importable from here as before (tests and other modules name them by this module).
+__all__ = ["REBASELINE_NOTE", "UNUSABLE_LINK_NOTE", "DataverseConnector", "is_guid", "json_body", "odata_literal",
+           "parse_batch_response", "primary_id_of"]
+
 log = logging.getLogger(__name__)
 
 MAX_PAGE_SIZE = 5000  # Dataverse ignores odata.maxpagesize above 5,000
 MAX_BATCH = 1000  # operations per $batch
 EXPIRED_VERSION_STAMP = "0x80044352"
 EXECUTION_TIME_LIMIT = "0x80072321"  # "Service protection API limits": combined execution time exceeded
-_THROTTLE_RETRIES = 20  # 429s one request waits out itself (a Retry-After of 0 would otherwise never end)
 WRITE_ROUNDS = 12  # attempts per op inside one write_batch (413 halving from 1,000 needs 10)
 # createdon has whole seconds and two clocks may differ a little: a row created this long before an attempt
 # with an unknown outcome began still counts as that attempt's (an assumption; the docs give no figure).
@@ -187,14 +191,10 @@ ACTIVITY_SETS = frozenset({
 })
 DELETED_SUFFIX = "~deleted"
 UNADDRESSABLE = set("/<>*%&:\\?+")  # "Work with alternate keys": GET/PATCH by such a key value does not work
-_FILTER_CHARS = 6000  # keep $filter URLs far below the 32 KB URL limit
-_FILTER_KEYS = 100
-_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-_ISO_MOMENT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})$")
 _ETAG_NUMBER = re.compile(r'^(?:W/)?"(\d+)"$')
 _ENTITY_ID = re.compile(r"\(([^()]*)\)\s*$")  # the key in an entity id: accounts(<guid>)
-_QUERY_SAFE = "$,()'/:*@"
 _KEY_SAFE = "(),='"
+_READ_HEADERS = {"If-None-Match": "null"}  # never a cached answer
 # Lookups are read as `_<name>_value` and written by binding a navigation property, never by their own name.
 _LOOKUP_TYPES = {"Lookup", "Customer", "Owner"}
 _DEFINITION = [
@@ -203,29 +203,11 @@ _DEFINITION = [
                  "IsValidForCreate,IsValidForUpdate),"
                  "ManyToOneRelationships($select=ReferencingEntityNavigationPropertyName)")),
 ]
-_BASE_HEADERS = {
-    "Accept": "application/json",
-    "OData-MaxVersion": "4.0",
-    "OData-Version": "4.0",
-}
 
 
-class _ApiError(Exception):
-    """A non-2xx answer, with Dataverse's error code and message."""
-
-    def __init__(self, status: int, code: str, message: str, retry_after: float | None = None) -> None:
-        super().__init__(f"{status} {code} {message}".strip())
-        self.status = status
-        self.code = code
-        self.message = message
-        self.retry_after = retry_after
-
-    @property
-    def expired_token(self) -> bool:
-        return self.code.lower() == EXPIRED_VERSION_STAMP or _EXPIRED_TEXT in self.message.lower()
-
-    def text(self) -> str:
-        return " ".join(f"{self.code} {self.message}".split()) or f"HTTP {self.status}"
+def _expired(err: ODataError) -> bool:
+    """The delta token's version stamp expired (Dataverse's 0x80044352)."""
+    return err.code.lower() == EXPIRED_VERSION_STAMP or _EXPIRED_TEXT in err.message.lower()
 
 
 class _Reject(ValueError):
@@ -257,23 +239,7 @@ class _Recheck:
 _Outcome = WriteResult | _Prepared | _Recheck  # done / send again / read back first
 
 
-class _NoAnswer(TransientError):
-    """The request was sent but no answer came: Dataverse may have run it, or may still be running it."""
-
-
-@dataclass
-class _Part:
-    status: int
-    headers: dict[str, str]  # lower-cased names
-    body: bytes
-    content_id: str | None
-
-
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-def is_guid(value: Any) -> bool:
-    return isinstance(value, str) and bool(_GUID.match(value))
 
 
 def primary_id_of(entity_set: str) -> str:
@@ -291,167 +257,6 @@ def primary_id_of(entity_set: str) -> str:
     else:
         base = name
     return base + "id"
-
-
-def odata_literal(value: Any, *, guid: bool = False) -> str:
-    """A value as an OData URL literal: strings quoted (quotes doubled), GUIDs and numbers bare."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float | Decimal):
-        return str(value)
-    if isinstance(value, datetime):
-        moment = value if value.tzinfo else value.replace(tzinfo=UTC)
-        return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
-    text = str(value)
-    if guid and is_guid(text):
-        return text.lower()
-    return "'" + text.replace("'", "''") + "'"
-
-
-def json_body(payload: Any) -> str:
-    """JSON with every Decimal written as the exact number it is: json.dumps can only go through float, and
-    99999999999999.99 would arrive as 99999999999999.98. NaN and Infinity have no JSON form: refused."""
-    if isinstance(payload, Decimal):
-        if not payload.is_finite():
-            raise ValueError(f"{payload} is not a number JSON can carry")
-        return format(payload, "f")
-    if isinstance(payload, dict):
-        return "{" + ",".join(f"{json.dumps(str(k))}:{json_body(v)}" for k, v in payload.items()) + "}"
-    if isinstance(payload, list | tuple):
-        return "[" + ",".join(json_body(v) for v in payload) + "]"
-    return json.dumps(payload, default=_json_default, allow_nan=False)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime):
-        moment = value if value.tzinfo else value.replace(tzinfo=UTC)
-        return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
-    if isinstance(value, date):
-        return value.isoformat()
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    raise TypeError(f"a {type(value).__name__} cannot be sent as JSON")
-
-
-def _moment(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
-def _error_of(status: int, headers: Any, body: bytes) -> _ApiError:
-    code, message = "", ""
-    try:
-        data = json.loads(body) if body and body.strip() else None
-    except ValueError:
-        data = None
-    if isinstance(data, dict) and isinstance(data.get("error"), dict):
-        code = str(data["error"].get("code") or "")
-        message = str(data["error"].get("message") or "")
-    elif body and body.strip():
-        message = body.decode("utf-8", "replace").strip().splitlines()[0][:500]
-    retry = _retry_after(headers.get("retry-after") or headers.get("Retry-After")) if headers else None
-    return _ApiError(status, code, message, retry)
-
-
-def _boundary(content_type: str) -> str | None:
-    msg = Message()
-    msg["content-type"] = content_type
-    if msg.get_content_type() != "multipart/mixed":
-        return None
-    value = msg.get_param("boundary")
-    return value if isinstance(value, str) else None
-
-
-def _split_multipart(body: bytes, boundary: str) -> list[bytes]:
-    delimiter = b"--" + boundary.encode()
-    parts: list[list[bytes]] = []
-    current: list[bytes] | None = None
-    for line in body.split(b"\n"):
-        line = line.rstrip(b"\r")
-        marker = line.rstrip()
-        if marker == delimiter + b"--":
-            break
-        if marker == delimiter:
-            current = []
-            parts.append(current)
-        elif current is not None:
-            current.append(line)
-    return [b"\r\n".join(p) for p in parts]
-
-
-def _split_headers(block: bytes) -> tuple[dict[str, str], bytes]:
-    lines = block.split(b"\r\n")
-    headers: dict[str, str] = {}
-    i = 0
-    while i < len(lines) and lines[i].strip():
-        name, _, value = lines[i].decode("latin-1").partition(":")
-        headers[name.strip().lower()] = value.strip()
-        i += 1
-    return headers, b"\r\n".join(lines[i + 1:])
-
-
-def parse_batch_response(body: bytes, content_type: str) -> list[_Part]:
-    """Every operation response of a ``$batch`` in order (change set responses flattened)."""
-    boundary = _boundary(content_type)
-    if boundary is None:
-        raise ValueError(f"not a multipart/mixed response: {content_type!r}")
-    result: list[_Part] = []
-    for part in _split_multipart(body, boundary):
-        mime, content = _split_headers(part)
-        inner = _boundary(mime.get("content-type", ""))
-        if inner:
-            for sub in _split_multipart(content, inner):
-                sub_mime, sub_content = _split_headers(sub)
-                result.append(_http_part(sub_mime, sub_content))
-        else:
-            result.append(_http_part(mime, content))
-    return result
-
-
-def _http_part(mime: dict[str, str], content: bytes) -> _Part:
-    content = content.lstrip(b"\r\n")
-    start, _, rest = content.partition(b"\r\n")
-    headers, body = _split_headers(rest)
-    words = start.decode("latin-1").split()
-    if len(words) < 2 or not words[1].isdigit():
-        raise ValueError(f"malformed status line in a batch response: {start[:80]!r}")
-    return _Part(int(words[1]), headers, body.strip(), mime.get("content-id"))
-
-
-class _Trail:
-    """The links one paged read has followed: a next link that comes round again is a loop, not more data."""
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self.seen: set[str] = set()
-
-    def visit(self, url: str) -> None:
-        if url in self.seen:
-            raise UnsafeLinkError(f"{self.what}: the next link repeats an earlier page; stopped to avoid a loop")
-        self.seen.add(url)
 
 
 # ---------------------------------------------------------------------------------------------- connector
@@ -495,11 +300,8 @@ class DataverseConnector:
         self.name = name
         self.url = url.rstrip("/")
         self.api = f"{self.url}/api/data/{api_version}/"
-        api = urlsplit(self.api)
-        self._origin = (api.scheme.lower(), api.netloc.lower())
-        self._api_path = api.path
+        self._api_path = urlsplit(self.api).path
         self.max_pages_per_run = max_pages_per_run
-        self.max_response_bytes = max_response_bytes
         self.page_size = max(1, min(page_size, MAX_PAGE_SIZE))
         self.batch_size = max(1, min(batch_size, MAX_BATCH))
         self.timeout_seconds = timeout_seconds
@@ -507,19 +309,17 @@ class DataverseConnector:
         self._tokens = token_provider
         self._primary_ids = dict(primary_ids or {})
         self.initial_batch_size = max(1, min(initial_batch_size, self.batch_size))
-        self.max_throttle_wait_seconds = max_throttle_wait_seconds
-        self._slots = ConcurrencyLimit(max_concurrency)  # follows x-ms-dop-hint
-        self._pacer = Pacer()  # one pause for every request after a 429
+        self._http = ODataClient(
+            self.api, BearerCredentials(token_provider), name=name, timeout_seconds=timeout_seconds,
+            max_concurrency=max_concurrency, max_throttle_wait_seconds=max_throttle_wait_seconds,
+            max_response_bytes=max_response_bytes, transport=transport,
+            throttled_text="throttled by Dataverse (service protection limits)",
+        )
+        self._slots = self._http.slots
+        self._pacer = self._http.pacer
         self._sizers: dict[str, AdaptiveBatchSize] = {}
         self._sizers_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
-        self._client = httpx.Client(
-            transport=transport,
-            timeout=httpx.Timeout(timeout_seconds),
-            limits=httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency),
-            headers=_BASE_HEADERS,
-            cookies=cookieless_jar(),  # never send ARRAffinity back: parallel requests spread over servers
-        )
 
     @classmethod
     def from_config(
@@ -545,6 +345,22 @@ class DataverseConnector:
             initial_batch_size=system.initial_batch_size, max_throttle_wait_seconds=system.max_throttle_wait_seconds,
         )
 
+    @property
+    def max_response_bytes(self) -> int:
+        return self._http.max_response_bytes
+
+    @max_response_bytes.setter
+    def max_response_bytes(self, value: int) -> None:
+        self._http.max_response_bytes = value
+
+    @property
+    def max_throttle_wait_seconds(self) -> float:
+        return self._http.max_throttle_wait_seconds
+
+    @max_throttle_wait_seconds.setter
+    def max_throttle_wait_seconds(self, value: float) -> None:
+        self._http.max_throttle_wait_seconds = value
+
     def __repr__(self) -> str:
         return f"DataverseConnector(name={self.name!r}, url={self.url!r})"
 
@@ -555,139 +371,16 @@ class DataverseConnector:
 
     def _send(self, method: str, url: str, what: str, headers: dict[str, str] | None = None,
               content: bytes | None = None, on_throttle: Any = None) -> httpx.Response:
-        """One request with a bearer token; a 401 refreshes the token and tries once more.
-
-        A 429 pauses the whole connector until its Retry-After (every request waits for that pause before it
-        is sent) and is sent again, for up to ``max_throttle_wait_seconds`` of waiting in all (0: never) and
-        at most _THROTTLE_RETRIES times; after that the 429 is returned. ``on_throttle(error)`` hears of each 429. Every answer's ``x-ms-dop-hint`` sets how
-        many requests may be in flight at once.
-
-        Raises TransientError (transport; `_NoAnswer` when the request went out and no answer came, so it may
-        have run), AuthError (401 twice, 403), UnsafeLinkError (a URL outside the organization's Web API: the
-        token is never attached to it). Other statuses are the caller's."""
-        self._check_link(url)
-        refreshed = False
-        waited = 0.0
-        throttles = 0
-        while True:
-            pause = self._pacer.remaining()
-            if pause > 0 and waited + pause > self.max_throttle_wait_seconds:
-                raise TransientError(f"{what}: throttled by Dataverse (service protection limits); not sent",
-                                     retry_after=pause)
-            paused, probe = self._pacer.wait()
-            waited += paused
-            token = self._tokens.refresh() if refreshed else self._tokens.token()
-            request_headers = {**(headers or {}), "Authorization": f"Bearer {token}"}
-            started = time.perf_counter()
-            throttled = True  # until an answer other than 429 says otherwise
-            try:
-                with self._slots:
-                    if self._pacer.remaining() > 0:
-                        continue  # a 429 came while this one waited for a slot: back to the pause
-                    response = self._bounded(self._client.build_request(
-                        method, url, headers=request_headers, content=content), what)
-                throttled = response.status_code == 429
-                if throttled:  # pause everyone before anyone else is let go
-                    self._slots.throttled()
-                    err = _error_of(429, response.headers, response.content)
-                    self._pacer.pause(err.retry_after if err.retry_after is not None else 1.0)
-            except (httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ConnectError) as exc:
-                raise TransientError(f"{what}: {type(exc).__name__}: not sent") from None
-            except httpx.TimeoutException:
-                raise _NoAnswer(f"{what}: no answer within {self.timeout_seconds:g}s") from None
-            except httpx.TransportError as exc:
-                raise _NoAnswer(f"{what}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                                .rstrip(": ")) from None
-            finally:
-                self._pacer.answered(probe, throttled)
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("%s %s -> %s (%.0f ms)", method, url, response.status_code,
-                          (time.perf_counter() - started) * 1000)
-            self._slots.follow_hint(response.headers.get("x-ms-dop-hint"))
-            if not throttled:
-                self._slots.answered()
-                self._slots.follow_budget(response.headers.get("x-ms-ratelimit-burst-remaining-xrm-requests"))
-            if throttled:
-                delay = err.retry_after if err.retry_after is not None else 1.0
-                if on_throttle is not None:
-                    on_throttle(err)
-                throttles += 1
-                if (self.max_throttle_wait_seconds > 0 and throttles <= _THROTTLE_RETRIES
-                        and waited + delay <= self.max_throttle_wait_seconds):
-                    continue
-                return response
-            if response.status_code == 401:
-                if not refreshed:
-                    refreshed = True
-                    continue
-                raise AuthError(f"{what}: 401 Unauthorized: the bearer token was refused, also after a refresh")
-            if response.status_code == 403:
-                err = _error_of(403, response.headers, response.content)
-                raise AuthError(f"{what}: 403 Forbidden: {err.text()}")
-            return response
-
-    def _bounded(self, request: httpx.Request, what: str) -> httpx.Response:
-        """Send and read the answer, refusing one larger than ``max_response_bytes`` before it fills memory."""
-        response = self._client.send(request, stream=True)
-        try:
-            declared = response.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > self.max_response_bytes:
-                raise self._too_large(what, int(declared))
-            body = bytearray()
-            for chunk in response.iter_bytes():
-                body += chunk
-                if len(body) > self.max_response_bytes:
-                    raise self._too_large(what, len(body))
-        finally:
-            response.close()
-        headers = [(k, v) for k, v in response.headers.multi_items()
-                   if k.lower() not in ("content-length", "content-encoding", "transfer-encoding")]
-        return httpx.Response(response.status_code, headers=headers, content=bytes(body), request=request)
-
-    def _too_large(self, what: str, size: int) -> PermanentError:
-        return PermanentError(Reason.TARGET_REJECTED, f"{what}: the answer is larger than the limit of "
-                                                      f"{self.max_response_bytes:,} bytes ({size:,} so far)")
-
-    def _check_link(self, url: str) -> None:
-        """Links come from responses and from the cursors table, both of which someone else may have written:
-        only this organization's scheme, host, port and Web API path may receive the bearer token."""
-        parts = urlsplit(url)
-        segments = parts.path.split("/")
-        if ((parts.scheme.lower(), parts.netloc.lower()) != self._origin or not parts.path.startswith(self._api_path)
-                or ".." in segments or "." in segments or "%2e" in parts.path.lower()):
-            shown = f"{parts.scheme}://{parts.hostname or ''}{parts.path[:80]}"
-            raise UnsafeLinkError(f"{self.name}: refusing to follow a link outside {self.api}: {shown} "
-                                  "(a tampered response or cursor; reset the flow's cursor if it is stored there)")
+        """One request through the shared OData client (`shared.connectors.odata.client`): bearer token only
+        inside the organization's Web API, 429 waited out for all requests at once up to
+        ``max_throttle_wait_seconds``, ``x-ms-dop-hint`` followed, one token refresh after a 401."""
+        return self._http.send(method, url, what, headers, content, on_throttle)
 
     def _get_json(self, url: str, what: str, prefer: str | None = None) -> tuple[dict[str, Any], httpx.Response]:
-        headers = {"If-None-Match": "null"}
-        if prefer:
-            headers["Prefer"] = prefer
-        response = self._send("GET", url, what, headers)
-        if response.status_code >= 400:
-            raise _error_of(response.status_code, response.headers, response.content)
-        try:
-            data = json.loads(response.content, parse_float=Decimal)  # decimals keep every digit
-        except ValueError:
-            raise TransientError(f"{what}: the answer is not JSON (HTTP {response.status_code})") from None
-        if not isinstance(data, dict):
-            raise TransientError(f"{what}: unexpected answer shape")
-        return data, response
-
-    @staticmethod
-    def _sync_error(err: _ApiError, what: str) -> SyncError:
-        if err.status == 429:
-            return TransientError(f"{what}: 429 Too Many Requests: {err.text()}", retry_after=err.retry_after,
-                                  throttled=True)
-        if err.status >= 500 or err.status == 408:
-            return TransientError(f"{what}: {err.status}: {err.text()}", retry_after=err.retry_after)
-        if err.status in (401, 403):
-            return AuthError(f"{what}: {err.status}: {err.text()}")
-        return PermanentError(Reason.TARGET_REJECTED, f"{what}: {err.text()}")
+        return self._http.get_json(url, what, prefer, _READ_HEADERS)
 
     def _query(self, entity: str, options: list[tuple[str, str]]) -> str:
-        query = "&".join(f"{name}={quote(value, safe=_QUERY_SAFE)}" for name, value in options)
-        return f"{self.api}{entity}" + (f"?{query}" if query else "")
+        return self._http.url(entity, options)
 
     def _select(self, source: SourceSpec, extra: Sequence[str] = ()) -> str | None:
         if source.select is None:
@@ -727,8 +420,8 @@ class DataverseConnector:
             return self._read_tracked(source, position or {}, size)
         if source.changes == "watermark":
             return self._read_watermark(source, position or {}, size)
-        raise ConfigError([f"{source.entity}: changes {source.changes!r} is not supported by Dataverse "
-                           "(use change_tracking or watermark)"])
+        raise ConfigError([(f"{source.entity}: changes {source.changes!r} is not supported by Dataverse "
+                            "(use change_tracking or watermark)")])
 
     def _read_tracked(self, source: SourceSpec, position: dict[str, Any], size: int) -> Iterator[ChangePage]:
         prefer = f"odata.track-changes,odata.maxpagesize={size},{_ANNOTATIONS}"
@@ -739,27 +432,27 @@ class DataverseConnector:
         try:
             yield from self._follow(source, link, prefer, snapshot=False, notes=[],
                                     since=position.get("catch_up_since"))
-        except _ApiError as err:
+        except ODataError as err:
             if not self._link_unusable(err):
-                raise self._sync_error(err, f"{source.entity}: reading changes") from None
-            note = REBASELINE_NOTE if err.expired_token else f"{UNUSABLE_LINK_NOTE} ({err.text()[:200]})"
+                raise sync_error(err, f"{source.entity}: reading changes") from None
+            note = REBASELINE_NOTE if _expired(err) else f"{UNUSABLE_LINK_NOTE} ({err.text()[:200]})"
             log.info("%s: %s", source.entity, note)
             yield from self._baseline(source, prefer, [note])
 
     @staticmethod
-    def _link_unusable(err: _ApiError) -> bool:
+    def _link_unusable(err: ODataError) -> bool:
         """A stored delta (or next) link the service refuses as a client error cannot be cured by retrying:
         the expired version stamp (0x80044352), a token it cannot read, a table whose tracking was switched
         off and on. Throttling, timeouts, auth and server errors are not about the link."""
-        return err.expired_token or (400 <= err.status < 500 and err.status not in (401, 403, 408, 413, 429))
+        return _expired(err) or (400 <= err.status < 500 and err.status not in (401, 403, 408, 413, 429))
 
     def _baseline(self, source: SourceSpec, prefer: str, notes: list[str]) -> Iterator[ChangePage]:
         select = self._select(source)
         url = self._query(source.entity, [("$select", select)] if select else [])
         try:
             yield from self._follow(source, url, prefer, snapshot=True, notes=notes, since=None)
-        except _ApiError as err:
-            raise self._sync_error(err, f"{source.entity}: full change-tracking read") from None
+        except ODataError as err:
+            raise sync_error(err, f"{source.entity}: full change-tracking read") from None
 
     def _follow(self, source: SourceSpec, url: str, prefer: str, snapshot: bool,
                 notes: list[str], since: str | None) -> Iterator[ChangePage]:
@@ -769,7 +462,7 @@ class DataverseConnector:
         the next delta holds the changes made while the full read ran."""
         what = f"{source.entity}: reading changes"
         deleted_version = self._deleted_version(url)
-        trail = _Trail(what)
+        trail = Trail(what)
         primary = self.primary_id(source.entity)
         by_id = list(source.key) != [primary]  # keyed by an alternate key: deletes carry the other id
         full = snapshot or since is not None
@@ -785,9 +478,9 @@ class DataverseConnector:
             if not next_link and not delta_link:
                 # Decided on the last page: Preference-Applied may or may not echo odata.track-changes, but a
                 # tracked table always ends its read with a delta link.
-                raise ConfigError([f"{source.entity}: change tracking is not enabled for this table (its last "
-                                   "page has no delta link); enable Track changes on the table or use changes: "
-                                   "watermark"])
+                raise ConfigError([(f"{source.entity}: change tracking is not enabled for this table (its last "
+                                    "page has no delta link); enable Track changes on the table or use changes: "
+                                    "watermark")])
             records: list[SourceRecord] = []
             page_notes = list(notes) if first else []
             skipped = 0
@@ -873,9 +566,7 @@ class DataverseConnector:
     @staticmethod
     def _is_deleted(row: dict[str, Any]) -> bool:
         """Dataverse's ``$deletedEntity`` row, or OData's ``@removed`` / ``@odata.removed`` annotation."""
-        context = str(row.get("@odata.context", ""))
-        return (context.endswith("$deletedEntity") or ("reason" in row and "id" in row and len(row) <= 3)
-                or "@removed" in row or "@odata.removed" in row)
+        return is_deleted(row)
 
     @staticmethod
     def _deleted_id(row: dict[str, Any]) -> str | None:
@@ -926,8 +617,8 @@ class DataverseConnector:
                 listed = self._get_json(self._query("EntityDefinitions", [("$select", "EntitySetName")]), what)[0]
                 names = sorted(d["EntitySetName"] for d in listed.get("value", []) if d.get("EntitySetName"))
                 return EntitySchema(entity, exists=False, known_entities=tuple(names))
-        except _ApiError as err:
-            raise self._sync_error(err, what) from None
+        except ODataError as err:
+            raise sync_error(err, what) from None
         definition = found[0]
         columns = []
         for attr in definition.get("Attributes") or []:
@@ -963,13 +654,13 @@ class DataverseConnector:
         prefer = f"odata.maxpagesize={size},{_ANNOTATIONS}"
         what = f"{source.entity}: reading changes since {watermark}" if watermark else f"{source.entity}: full read"
         yielded = False
-        trail = _Trail(what)
+        trail = Trail(what)
         while url:
             trail.visit(url)
             try:
                 data, _ = self._get_json(url, what, prefer)
-            except _ApiError as err:
-                raise self._sync_error(err, what) from None
+            except ODataError as err:
+                raise sync_error(err, what) from None
             rows = data.get("value", [])
             url = data.get("@odata.nextLink")
             if not rows:
@@ -987,22 +678,16 @@ class DataverseConnector:
 
     def _after(self, entity: str, column: str, watermark: Any, key: Sequence[str], last_key: Sequence[Any]) -> str:
         """(column, key...) > (watermark, last_key...) as OData: c > w or (c eq w and k1 gt v1) or ..."""
-        columns = [column, *key]
         values = [watermark, *last_key] if len(last_key) == len(key) else [watermark]
         primary = self.primary_id(entity)
-        literals = [self._filter_literal(c, v, primary, moment=(i == 0))
-                    for i, (c, v) in enumerate(zip(columns, values, strict=False))]
-        terms = []
-        for i in range(len(values)):
-            equal = [f"{columns[j]} eq {literals[j]}" for j in range(i)]
-            terms.append(" and ".join([*equal, f"{columns[i]} gt {literals[i]}"]))
-        return " or ".join(f"({t})" if " and " in t else t for t in terms)
+        return after([column, *key][:len(values)], values,
+                     lambda c, v: self._filter_literal(c, v, primary, moment=(c == column)))
 
     @staticmethod
     def _filter_literal(column: str, value: Any, primary: str, moment: bool = False) -> str:
         if isinstance(value, str) and (column == primary or (column.startswith("_") and column.endswith("_value"))):
             return odata_literal(value, guid=True)
-        if isinstance(value, str) and moment and _ISO_MOMENT.match(value):
+        if isinstance(value, str) and moment and ISO_MOMENT.match(value):
             return value  # a date-time (the watermark as Dataverse returned it) is a bare literal
         return odata_literal(value)
 
@@ -1026,7 +711,7 @@ class DataverseConnector:
             by_fold.setdefault(k.casefold(), []).append(k)
         found: dict[str, SourceRecord] = {}
         what = f"{entity}: reading {len(wanted)} records by key"
-        for chunk in self._filter_chunks(key_fields, wanted, primary):
+        for chunk in key_filters(key_fields, wanted, lambda f, v: self._filter_literal(f, v, primary)):
             options = [("$filter", chunk)]
             if select:
                 options.insert(0, ("$select", select))
@@ -1040,15 +725,12 @@ class DataverseConnector:
 
     def _rows(self, url: str | None, what: str) -> Iterator[dict[str, Any]]:
         """Every row of a query, following @odata.nextLink page by page."""
-        trail = _Trail(what)
-        while url:
-            trail.visit(url)
-            try:
-                data, _ = self._get_json(url, what, f"odata.maxpagesize={MAX_PAGE_SIZE},{_ANNOTATIONS}")
-            except _ApiError as err:
-                raise self._sync_error(err, what) from None
-            yield from data.get("value", [])
-            url = data.get("@odata.nextLink")
+        try:
+            for page in self._http.pages(url, what, f"odata.maxpagesize={MAX_PAGE_SIZE},{_ANNOTATIONS}",
+                                         _READ_HEADERS):
+                yield from page.get("value", [])
+        except ODataError as err:
+            raise sync_error(err, what) from None
 
     def iter_keys(self, source: SourceSpec) -> Iterator[str]:
         """Every key of the entity in Python string order: ``$select`` of the key columns only, rows whose
@@ -1066,26 +748,6 @@ class DataverseConnector:
             values = [row.get(k) for k in source.key]
             if None not in values:
                 yield format_key(values)
-
-    def _filter_chunks(self, key_fields: Sequence[str], keys: Sequence[str], primary: str) -> Iterator[str]:
-        terms: list[str] = []
-        length = 0
-        for key in keys:
-            try:
-                parts = parse_key(key_fields, key)
-            except ValueError:
-                continue
-            if any(v is None for v in parts.values()):
-                continue
-            pieces = [f"{f} eq {self._filter_literal(f, parts[f], primary)}" for f in key_fields]
-            term = pieces[0] if len(pieces) == 1 else "(" + " and ".join(pieces) + ")"
-            if terms and (length + len(term) > _FILTER_CHARS or len(terms) >= _FILTER_KEYS):
-                yield " or ".join(terms)
-                terms, length = [], 0
-            terms.append(term)
-            length += len(term) + 4
-        if terms:
-            yield " or ".join(terms)
 
     # -- writing ----------------------------------------------------------------------------------
 
@@ -1260,7 +922,7 @@ class DataverseConnector:
             started = datetime.now(UTC)
             try:
                 response = self._send(item.method, self.api + item.path, what, item.headers, item.body)
-            except _NoAnswer as exc:
+            except NoAnswer as exc:
                 return [(item, self._unknown(item, exc, started))]
             except SyncError as exc:
                 return [(item, WriteResult(item.op, ok=False, key=item.key_text, error=exc))]
@@ -1286,7 +948,7 @@ class DataverseConnector:
         }
         sizer = self._sizer(target.entity)
 
-        def throttled(err: _ApiError) -> None:
+        def throttled(err: ODataError) -> None:
             if err.code.lower() == EXECUTION_TIME_LIMIT:
                 sizer.slow_down(len(chunk))
 
@@ -1296,7 +958,7 @@ class DataverseConnector:
         started, clock = datetime.now(UTC), time.monotonic()
         try:
             response = self._send("POST", self.api + "$batch", what, headers, body, on_throttle=throttled)
-        except _NoAnswer as exc:
+        except NoAnswer as exc:
             sizer.slow_down(len(chunk))
             return [(item, self._unknown(item, exc, started)) for item in chunk]
         except SyncError as exc:
@@ -1306,22 +968,19 @@ class DataverseConnector:
             error = TransientError(f"{what}: 413 request too large")
             return [(item, replace(item, last_error=error)) for item in chunk]
         content_type = response.headers.get("content-type", "")
-        if _boundary(content_type) is not None:
+        if boundary_of(content_type) is not None:
             sizer.answered(len(chunk), time.monotonic() - clock)  # a batch that ran: its time says how big
         else:
-            err = _error_of(response.status_code, response.headers, response.content)
+            err = error_of(response.status_code, response.headers, response.content)
             if response.status_code < 400:
                 return everyone(TransientError(f"{what}: the answer is not multipart/mixed"))
-            return everyone(self._sync_error(err, f"{what} refused"))
+            return everyone(sync_error(err, f"{what} refused"))
         try:
             parts = parse_batch_response(response.content, content_type)
         except ValueError as exc:
             return everyone(TransientError(f"{what}: unreadable answer: {exc}"))
-        by_id = {p.content_id: p for p in parts if p.content_id}
         results: list[tuple[_Prepared, _Outcome]] = []
-        for position, item in enumerate(chunk):
-            part = by_id.get(str(position + 1)) if len(by_id) == len(parts) == len(chunk) else (
-                parts[position] if position < len(parts) else None)
+        for item, part in zip(chunk, parts_by_request(parts, len(chunk)), strict=True):
             if part is None:  # the batch stopped before this op: it was not run
                 results.append((item, WriteResult(item.op, ok=False, key=item.key_text,
                                                   error=TransientError(f"{what}: no answer for this operation"))))
@@ -1343,28 +1002,14 @@ class DataverseConnector:
         if status == 412 and op.create_only and item.unknown_since is not None:
             return _Recheck(item)  # perhaps our own earlier attempt created it
         if status == 429:  # a throttled operation inside a batch: the pause is the connector's
-            err = _error_of(status, headers, body)
+            err = error_of(status, headers, body)
             self._pacer.pause(err.retry_after if err.retry_after is not None else 1.0)
         return self._result(target, item, status, headers, body)
 
     def _batch_body(self, chunk: Sequence[_Prepared], boundary: str) -> bytes:
-        out: list[bytes] = []
-        for number, item in enumerate(chunk, start=1):
-            lines = [
-                f"--{boundary}",
-                "Content-Type: application/http",
-                "Content-Transfer-Encoding: binary",
-                f"Content-ID: {number}",
-                "",
-                f"{item.method} {self._api_path}{item.path} HTTP/1.1",
-            ]
-            for name, value in item.headers.items():
-                is_json = name == "Content-Type"
-                lines.append("Content-Type: application/json; type=entry" if is_json else f"{name}: {value}")
-            lines.append("")
-            out.append("\r\n".join(lines).encode() + b"\r\n" + (item.body or b"") + b"\r\n")
-        out.append(f"--{boundary}--\r\n".encode())
-        return b"".join(out)
+        requests = [BatchRequest(item.method, f"{self._api_path}{item.path}", item.headers, item.body)
+                    for item in chunk]
+        return multipart_batch(requests, boundary)[0]
 
     def _result(self, target: TargetSpec, item: _Prepared, status: int, headers: Any, body: bytes) -> WriteResult:
         op = item.op
@@ -1372,7 +1017,7 @@ class DataverseConnector:
             return WriteResult(op, ok=True, key=item.key_text, etag=headers.get("etag") if headers else None)
         if status == 404 and op.kind == "delete":
             return WriteResult(op, ok=True, key=item.key_text)  # already gone
-        err = _error_of(status, headers, body)
+        err = error_of(status, headers, body)
         where = f"{target.entity} key {item.key_text}"
         error: SyncError
         if status in (412, 404) and op.if_match and op.if_match != "*" and op.kind != "delete":
@@ -1382,7 +1027,7 @@ class DataverseConnector:
         elif status == 404 and op.kind == "update":
             error = PermanentError(Reason.TARGET_REJECTED, f"{where}: not found: {err.text()}")
         else:
-            error = self._sync_error(err, where)
+            error = sync_error(err, where)
         return WriteResult(op, ok=False, key=item.key_text, error=error)
 
     # -- the rest ---------------------------------------------------------------------------------
@@ -1395,4 +1040,4 @@ class DataverseConnector:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
-        self._client.close()
+        self._http.close()

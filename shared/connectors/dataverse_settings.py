@@ -51,12 +51,15 @@ class DataverseAuth(Strict):
         if sum(methods) != 1:
             raise ValueError("choose exactly one of client_secret, certificate_path, certificate_pem, "
                              "managed_identity, federated_identity_client_id, static_token")
+        self._check_confidential()
+        return self
+
+    def _check_confidential(self) -> None:
         confidential = (self.client_secret or self.certificate_path or self.certificate_pem
                         or self.federated_identity_client_id)
         if confidential and not (self.tenant_id and self.client_id):
             raise ValueError("tenant_id and client_id are required with a client secret, certificate or "
                              "federated identity")
-        return self
 
 
 class DataverseSystem(Strict):

@@ -30,6 +30,8 @@ class Kind:
 KINDS: dict[str, Kind] = {
     "dataverse": Kind("shared.connectors.dataverse_settings:DataverseSystem",
                       "shared.connectors.dataverse:DataverseConnector"),
+    "files": Kind("shared.connectors.files_settings:FilesSystem", "shared.connectors.files.connector:FilesConnector"),
+    "odata": Kind("shared.connectors.odata_settings:OdataSystem", "shared.connectors.odata.connector:OdataConnector"),
     "sql": Kind("shared.connectors.sql_settings:SqlSystem", "shared.connectors.sql:SqlConnector"),
 }
 

@@ -41,7 +41,7 @@ from shared.engine.outcome import Kind, Outcome
 from shared.engine.record_results import StateWrite, save_states
 from shared.engine.resync import resync
 from shared.engine.target_claims import Claim, Survey, rivals
-from shared.engine.values import Equivalence, canonical_row, equivalence
+from shared.engine.values import Equivalence, canonical_row, equivalence, unchanged
 from shared.engine.verdicts import verdict_outcome
 from shared.errors import (
     AuthError,
@@ -326,7 +326,7 @@ def _screen(app: SyncApp, f: _Flow, item: _Item, state: RecordState | None,
             item.payload = row.values
     restored = state is not None and source in state.tombstones  # the target no longer holds what was synced
     if (message.op == "upsert" and state and not restored
-            and _unchanged(f.rules, [fm.from_ for fm in f.flow.fields], item.payload, state.values.get(source))):
+            and unchanged(f.rules, [fm.from_ for fm in f.flow.fields], item.payload, state.values.get(source))):
         # Every field we manage equals what was last synced for this side: in a pair, our own write coming
         # back; otherwise a change to fields we do not sync.
         return "echo" if f.bidirectional else "unchanged"
@@ -337,17 +337,6 @@ def _screen(app: SyncApp, f: _Flow, item: _Item, state: RecordState | None,
         })
         return "awaiting_review"
     return None
-
-
-def _unchanged(rules: Equivalence, fields: list[str], payload: dict[str, Any], known: dict[str, Any] | None) -> bool:
-    """Every field this flow reads equals what both sides last agreed on. A field with nothing agreed (a record
-    the other side created, where only what was written there is known) is not "unchanged": it goes on to the
-    no-op check against the target, which writes nothing when the target already holds it."""
-    # Write-only names (Dataverse's `x@odata.bind`) never come back in a read; the read-side name of the same
-    # lookup (`_x_value`) is remembered from the rows we saw, and compared instead.
-    if not known or any(name not in known for name in fields if "@" not in name):
-        return False
-    return all(rules.source(name).same(payload.get(name), value) for name, value in known.items() if "@" not in name)
 
 
 def _resolve_lookups(app: SyncApp, flow: Flow, items: list[_Item]) -> Lookups:

@@ -15,7 +15,7 @@ last applied) is applied, whatever the source's version format (timestamps, coun
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from shared.app import SyncApp
@@ -36,8 +36,9 @@ class Confirmed:
 
 
 def send_confirmed_deletes(app: SyncApp, flow_name: str, candidates: Iterable[str], run_id: str,
-                           batch_size: int = BATCH) -> Confirmed:
-    """Re-read each batch of candidate keys at the source; send a delete for each one it no longer has."""
+                           batch_size: int = BATCH, on_sent: Callable[[list[str]], None] | None = None) -> Confirmed:
+    """Re-read each batch of candidate keys at the source; send a delete for each one it no longer has.
+    `on_sent` is told the keys of each batch of deletes once they are on the bus."""
     source = app.config.flows[flow_name].source
     connector = app.connector(source.system)
     confirmed = Confirmed()
@@ -48,6 +49,8 @@ def send_confirmed_deletes(app: SyncApp, flow_name: str, candidates: Iterable[st
         if gone:
             accepted = app.bus.send(app.queue, [to_envelope(m) for m in delete_messages(app, flow_name, gone, run_id)])
             confirmed.sent += len(gone)
+            if on_sent:
+                on_sent(gone)
             if accepted is not None:
                 confirmed.duplicates += len(gone) - accepted
     return confirmed

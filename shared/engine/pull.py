@@ -8,6 +8,9 @@ A full read (`ChangePage.snapshot`) also finds deletes: linked keys it did not s
 read started (`deletes_pending`) in the same write as its first page and clears it once the deletes were
 sent, so a run that died in between is finished by the next run, by a key-set comparison, before it reads on.
 
+Change mode `snapshot` (a source with no change marker hands over every row each time): only rows that
+differ from what is known of them are sent (shared.engine.snapshot); every row read still counts as seen.
+
 A failing pull is the flow's own business: its error (first seen when, last seen when) is recorded on the
 cursor, the lease is released, what it had already sent is counted and its run written, and the caller
 goes on with the other flows. An auth failure also pauses the flow, as it does when writing.
@@ -23,7 +26,7 @@ from datetime import datetime
 from shared import telemetry
 from shared.app import SyncApp
 from shared.config import Flow
-from shared.engine import aliases, cursor_lease
+from shared.engine import aliases, cursor_lease, snapshot
 from shared.engine.deletes import Confirmed, send_confirmed_deletes
 from shared.engine.preflight import require_ready
 from shared.engine.reconcile import missing_keys
@@ -47,6 +50,7 @@ class PullResult:
     pulled: int = 0
     duplicates: int = 0  # re-sent after a crash and dropped by duplicate detection (when the bus can tell)
     deletes_inferred: int = 0
+    unchanged: int = 0  # change mode snapshot: rows read that equal what is known of them, not sent
     pages: int = 0
     error: str | None = None  # why the pull failed (status failed / auth_failed)
     notes: list[str] = field(default_factory=list)
@@ -105,10 +109,16 @@ def _read(app: SyncApp, flow_name: str, flow: Flow, cursor: Cursor, result: Pull
         if named.unresolved:
             result.notes.append(f"{named.unresolved} deletes left out: only their id came, and no record with "
                                 "that id was pulled by this flow")
-        messages = [_message(flow_name, flow, record, result.run_id, app.clock()) for record in named.records]
-        accepted = app.bus.send(app.queue, _envelopes(app, messages, named.records))
+        records = named.records
+        if flow.source.changes == snapshot.MODE:
+            records = snapshot.changed(app, flow_name, records)
+            result.unchanged += len(named.records) - len(records)
+        messages = [_message(flow_name, flow, record, result.run_id, app.clock()) for record in records]
+        accepted = app.bus.send(app.queue, _envelopes(app, messages, records)) if messages else None
         if accepted is not None:
             result.duplicates += len(messages) - accepted
+        if flow.source.changes == snapshot.MODE:
+            snapshot.remember_sent(app, flow_name, records)
         aliases.forget(app, flow_name, flow, named)
         if connector.capabilities.acknowledges(flow.source):
             connector.acknowledge(flow.source, named.records, [])
@@ -128,7 +138,8 @@ def _read(app: SyncApp, flow_name: str, flow: Flow, cursor: Cursor, result: Pull
     if seen is not None and cursor.deletes_pending and complete:
         pair = app.config.pair_of(flow_name)
         candidates = (key for key in app.state.linked_keys(pair, flow.source.system) if key not in seen)
-        _count(result, send_confirmed_deletes(app, flow_name, candidates, result.run_id))
+        _count(result, send_confirmed_deletes(app, flow_name, candidates, result.run_id,
+                                              on_sent=snapshot.deletes_sent(app, flow_name)))
         cursor.deletes_pending = None  # stored by the release
 
 
@@ -138,7 +149,8 @@ def _finish_pending_deletes(app: SyncApp, flow_name: str, flow: Flow, cursor: Cu
     if not cursor.deletes_pending:
         return
     if flow.deletes != "ignore":
-        _count(result, send_confirmed_deletes(app, flow_name, missing_keys(app, flow_name), result.run_id))
+        _count(result, send_confirmed_deletes(app, flow_name, missing_keys(app, flow_name), result.run_id,
+                                              on_sent=snapshot.deletes_sent(app, flow_name)))
         result.notes.append(f"inferred the deletes of the full read started {cursor.deletes_pending}")
     cursor.deletes_pending = None
     app.state.save_cursor(cursor)

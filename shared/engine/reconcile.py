@@ -27,6 +27,7 @@ from datetime import datetime
 
 from shared.app import SyncApp
 from shared.connectors.keysort import ascending
+from shared.engine import snapshot
 from shared.engine.deletes import BATCH, send_confirmed_deletes
 from shared.messages import new_run_id
 
@@ -63,7 +64,7 @@ def reconcile_deletes(app: SyncApp, flow_name: str, batch_size: int = BATCH) -> 
     if result.status != "ok":
         return result
     confirmed = send_confirmed_deletes(app, flow_name, missing_keys(app, flow_name, result), result.run_id,
-                                       batch_size)
+                                       batch_size, on_sent=snapshot.deletes_sent(app, flow_name))
     result.deleted, result.duplicates = confirmed.sent, confirmed.duplicates
     result.present_on_recheck = confirmed.present
     record_run(app, result)

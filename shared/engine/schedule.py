@@ -56,6 +56,11 @@ def pull_due_flows(
     return results
 
 
+def pull_flows(app: SyncApp, names: list[str], owner: str | None = None) -> list[PullResult]:
+    """Pull these flows now, whatever their schedules (an event said their source has something new)."""
+    return [_pull(app, name, owner) for name in names]
+
+
 def _pull(app: SyncApp, name: str, owner: str | None, check: bool = False) -> PullResult:
     """pull_flow records a flow's own failures on the flow; this also keeps one whose recording failed (the
     state store is down) from stopping the flows after it."""

@@ -289,3 +289,14 @@ def equivalence(flow: Flow, source: DeclaresPrecision, target: DeclaresPrecision
         by_target[fm.to] = rule
         by_source[fm.from_] = FieldRule(rule.type, rule.datetime_digits, rule.decimal_scale, rule.trims, fm.map)
     return Equivalence(by_source, by_target)
+
+
+def unchanged(rules: Equivalence, fields: list[str], payload: dict[str, Any], known: dict[str, Any] | None) -> bool:
+    """Every field this flow reads equals what both sides last agreed on. A field with nothing agreed (a record
+    the other side created, where only what was written there is known) is not "unchanged": it goes on to the
+    no-op check against the target, which writes nothing when the target already holds it."""
+    # Write-only names (Dataverse's `x@odata.bind`) never come back in a read; the read-side name of the same
+    # lookup (`_x_value`) is remembered from the rows we saw, and compared instead.
+    if not known or any(name not in known for name in fields if "@" not in name):
+        return False
+    return all(rules.source(name).same(payload.get(name), value) for name, value in known.items() if "@" not in name)

@@ -37,6 +37,12 @@ class Capabilities:
     delete_changes: frozenset[ChangeMode] = frozenset()
     # Can list an entity's columns (SQL reflection, Dataverse metadata), so a flow's fields can be checked.
     describes_schema: bool = False
+    # The change modes whose read consumes what it read (a file archived once read): a second flow reading the
+    # same entity would miss what the first took, so `validate` allows one.
+    consuming_reads: frozenset[ChangeMode] = frozenset()
+    # Writes are handed over for the system to apply later (an import file): each succeeds without seeing its
+    # row, so none fails for the row's state there (an update of a missing row, a create-only duplicate).
+    deferred_writes: bool = False
 
     def acknowledges(self, source: SourceSpec) -> bool:
         return source.changes in self.acknowledge

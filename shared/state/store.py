@@ -363,6 +363,20 @@ class StateStore:
         for source_id in ids:
             self.tables.delete(KEYMAP, pair, self._alias_rk(system, entity, source_id))
 
+    # What a snapshot pull last sent for a record (shared.engine.snapshot), beside the aliases.
+    @staticmethod
+    def _sent_rk(system: str, entity: str, key: str) -> str:
+        return f"~sent|{system}|{entity}|{key}"
+
+    def put_sent(self, pair: str, system: str, entity: str, sent: dict[str, dict[str, Any]]) -> None:
+        """key -> {"fingerprint", "version"} ({"deleted": True, "version"} for a delete)."""
+        self.tables.upsert_many(KEYMAP, [(pair, self._sent_rk(system, entity, k), v) for k, v in sent.items()])
+
+    def get_sent(self, pair: str, system: str, entity: str, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+        wanted = {self._sent_rk(system, entity, k): k for k in dict.fromkeys(keys)}
+        found = self.tables.get_many(KEYMAP, pair, list(wanted))
+        return {wanted[rk]: e.data for rk, e in found.items()}
+
     def count_keys(self, pair: str, system: str) -> int:
         return sum(1 for _ in self.linked_keys(pair, system))
 

@@ -14,6 +14,9 @@ To add a connector: write one backend class with this API and add it to BACKENDS
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import socket
 from collections.abc import Callable
 from datetime import UTC, date, datetime
@@ -21,16 +24,23 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
+import httpx
 import pytest
 import sqlalchemy as sa
 import yaml
 
 from shared.connectors.dataverse import DataverseConnector, primary_id_of
 from shared.connectors.dataverse_auth import StaticTokenProvider
+from shared.connectors.files.connector import FilesConnector
+from shared.connectors.files.storage import FolderStorage
+from shared.connectors.files_settings import FilesSystem
+from shared.connectors.odata.connector import OdataConnector
+from shared.connectors.odata.literals import iso_moment, moment
 from shared.connectors.sql import SqlConnector
 from shared.keys import format_key
 from shared.ports.connector import Capabilities, Connector
 from tests.fakes.memory_connector import MemoryConnector
+from tests.fixtures.cap import CapServer, stored
 
 # Column types a test asks for: int, bigint, str, str:<length>, decimal, datetime, date, bool.
 Columns = dict[str, str]
@@ -326,6 +336,226 @@ class DataverseBackend:
         self._connector = self.sim = None
 
 
+# ------------------------------------------------------------------------------------------ OData
+
+
+class OdataBackend:
+    """The OData connector against SAP CAP (`tests/fixtures/cap.py`: its `customers`, `lines` and `accounts`
+    entity sets, modelled in `tests/fixtures/odata_server/`). A CAP model is fixed when the server starts, so
+    `create_table` empties the entity set of that name and columns, and a test asking for a table or column
+    the model lacks is skipped saying so. Rows are put in beneath the service (its SQLite file: 1,200 rows
+    through the service take 10 s here) or, where the server stamps an ETag (`ETAGGED`), through the service;
+    changed, deleted and looked at through the service, as the Python values a SQL backend returns (Decimal,
+    naive UTC date-times). A test's `str:N` column fits a model's string of N characters or more."""
+
+    name: ClassVar[str] = "odata"
+    harness: ClassVar[frozenset[str]] = frozenset({
+        "stamps", "required_columns", "column_types", "fixed_tables", "unreachable"})
+    capabilities: ClassVar[Capabilities] = OdataConnector.capabilities
+    MODEL: ClassVar[dict[str, tuple[list[str], Columns]]] = {  # entity set -> key, columns
+        "customers": (["id"], {"id": "int", "name": "str:20", "city": "str", "credit": "decimal",
+                               "modified_at": "datetime"}),
+        "lines": (["company", "no"], {"company": "str:10", "no": "int", "qty": "int", "modified_at": "datetime"}),
+        "accounts": (["code"], {"code": "str:100", "name": "str", "city": "str"}),
+    }
+    ETAGGED: ClassVar[frozenset[str]] = frozenset({"accounts"})
+
+    @classmethod
+    def start(cls, request: pytest.FixtureRequest, tmp_path: Path) -> OdataBackend:
+        return cls(request.getfixturevalue("odata_server"))
+
+    def __init__(self, server: CapServer) -> None:
+        self.server = server
+        self._connector = OdataConnector(server.erp, name="erp")
+        self.columns: dict[str, Columns] = {}  # as each test created them (a subset of the model's)
+
+    @property
+    def connector(self) -> OdataConnector:
+        return self._connector
+
+    def create_table(self, name: str, columns: Columns, key: list[str], required: tuple[str, ...] = (),
+                     checks: tuple[str, ...] = ()) -> None:
+        model = self.MODEL.get(name)
+        if model is None or model[0] != key or checks or not all(
+                self._fits(spec, model[1].get(column)) for column, spec in columns.items()):
+            pytest.skip(f"odata: the CAP model is fixed and has no table {name} {columns} {checks or ''}")
+        self.columns[name] = columns
+        self.server.clear(name)
+
+    @staticmethod
+    def _fits(spec: str, model: str | None) -> bool:
+        if spec.startswith("str:") and model is not None and model.startswith("str:"):
+            return int(spec[4:]) <= int(model[4:])
+        return spec == model
+
+    def insert(self, name: str, rows: list[dict[str, Any]]) -> None:
+        if name in self.ETAGGED:
+            self.server.insert(name, [self._json(row) for row in rows])
+        else:
+            self.server.load(name, [{k: stored(v) for k, v in row.items()} for row in rows])
+
+    def _address(self, name: str, key: dict[str, Any]) -> str:
+        literals = {k: repr(v) if isinstance(v, str) else str(v) for k, v in key.items()}
+        predicate = ",".join(f"{k}={v}" for k, v in literals.items()) if len(key) > 1 else next(iter(literals.values()))
+        return f"{self.server.erp}{name}({predicate})"
+
+    @staticmethod
+    def _json(values: dict[str, Any]) -> dict[str, Any]:
+        return {k: iso_moment(v) if isinstance(v, datetime) else float(v) if isinstance(v, Decimal) else v
+                for k, v in values.items()}  # the suite's decimals have two places: exact as a double
+
+    def update(self, name: str, key: dict[str, Any], values: dict[str, Any]) -> None:
+        httpx.patch(self._address(name, key), json=self._json(values), headers={"If-Match": "*"},
+                    timeout=30).raise_for_status()
+
+    def delete(self, name: str, key: dict[str, Any]) -> None:
+        httpx.delete(self._address(name, key), headers={"If-Match": "*"}, timeout=30).raise_for_status()
+
+    def rows(self, name: str) -> list[dict[str, Any]]:
+        key, model = self.MODEL[name]
+        columns = self.columns.get(name, model)
+        return [{c: self._python(columns[c], row.get(c)) for c in columns}
+                for row in self.server.rows(name, ",".join(key))]
+
+    @staticmethod
+    def _python(spec: str, value: Any) -> Any:
+        if value is not None and spec == "decimal":
+            return Decimal(str(value))
+        if value is not None and spec == "datetime":
+            when = moment(value)
+            return when.astimezone(UTC).replace(tzinfo=None) if when else value
+        return value
+
+    def table_names(self) -> list[str]:
+        return sorted(self.MODEL)
+
+    def unreachable(self) -> OdataConnector:
+        return OdataConnector(f"http://127.0.0.1:{closed_port()}/odata/v4/erp/", name="erp", timeout_seconds=5)
+
+    def close(self) -> None:
+        self._connector.close()
+
+
+# ------------------------------------------------------------------------------------------ files
+
+
+def _from_csv(spec: str, value: str) -> Any:
+    """The ERP's import of one cell: text to the column's type."""
+    if value == "\\N":
+        return None
+    if spec in ("int", "bigint"):
+        return int(value)
+    if spec == "decimal":
+        return Decimal(value)
+    if spec == "datetime":
+        moment = datetime.fromisoformat(value)
+        return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
+    if spec == "date":
+        return date.fromisoformat(value)
+    if spec == "bool":
+        return value == "true"
+    return value
+
+
+class FilesBackend:
+    """The files connector on an exchange folder; the backend plays the ERP. It keeps each table, exports the
+    whole of it into the inbox after every change of its own and after every import (a file per export, in
+    name order), and imports the outbox (each file with a manifest, once, in name order) when asked for its
+    rows. Cells are text: it has no column types, and a table is made by its first write."""
+
+    name: ClassVar[str] = "files"
+    harness: ClassVar[frozenset[str]] = frozenset({"unreachable"})
+    capabilities: ClassVar[Capabilities] = FilesConnector.capabilities
+
+    @classmethod
+    def start(cls, request: pytest.FixtureRequest, tmp_path: Path) -> FilesBackend:
+        return cls(tmp_path / "exchange")
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)  # the exchange folder is set up before the connector runs
+        self._connector = FilesConnector("erp", FilesSystem(kind="files", folder=str(root)), FolderStorage(root))
+        self.columns: dict[str, Columns] = {}
+        self.keys: dict[str, list[str]] = {}
+        self.data: dict[str, dict[str, dict[str, Any]]] = {}  # table -> formatted key -> row
+        self.imported: set[str] = set()
+        self.exports = 0
+
+    @property
+    def connector(self) -> FilesConnector:
+        return self._connector
+
+    def create_table(self, name: str, columns: Columns, key: list[str], required: tuple[str, ...] = (),
+                     checks: tuple[str, ...] = ()) -> None:
+        self.columns[name], self.keys[name] = dict(columns), list(key)
+        self.data[name] = {}
+
+    def _key(self, name: str, row: dict[str, Any]) -> str:
+        return format_key([row[k] for k in self.keys[name]])
+
+    def insert(self, name: str, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            self.data[name][self._key(name, row)] = dict(row)
+        self.export(name)
+
+    def update(self, name: str, key: dict[str, Any], values: dict[str, Any]) -> None:
+        self.data[name][self._key(name, key)].update(values)
+        self.export(name)
+
+    def delete(self, name: str, key: dict[str, Any]) -> None:
+        del self.data[name][self._key(name, key)]
+        self.export(name)
+
+    def export(self, name: str) -> None:
+        """The whole table as the next file in the inbox, written aside and renamed (as an ERP should)."""
+        columns = list(self.columns[name])
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(columns)
+        for row in self.data[name].values():
+            writer.writerow(["" if row.get(c) is None else str(row[c]) for c in columns])  # empty: null
+        self.exports += 1
+        folder = self.root / "inbox" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / ".export").write_text(buffer.getvalue(), encoding="utf-8")
+        (folder / ".export").replace(folder / f"export-{self.exports:05d}.csv")
+
+    def rows(self, name: str) -> list[dict[str, Any]]:
+        columns, key = self.columns[name], self.keys[name]
+        outbox = self.root / "outbox" / name
+        imported = False
+        for manifest_path in sorted(outbox.glob("*.manifest.json")) if outbox.is_dir() else []:
+            file = json.loads(manifest_path.read_text())["file"]
+            if file in self.imported:
+                continue
+            self.imported.add(file)
+            imported = True
+            for cells in csv.DictReader(io.StringIO((outbox / file).read_text(encoding="utf-8"))):
+                operation = cells.pop("operation")
+                # An empty cell is a column the row does not write.
+                row = {c: _from_csv(columns.get(c, "str"), v) for c, v in cells.items() if c in columns and v != ""}
+                row_key = self._key(name, row)
+                if operation == "delete":
+                    self.data[name].pop(row_key, None)
+                else:
+                    self.data[name][row_key] = {**self.data[name].get(row_key, {}), **row}
+        if imported:
+            self.export(name)
+        full = [{c: row.get(c) for c in columns} for row in self.data[name].values()]
+        return sorted(full, key=lambda r: tuple((r[k] is None, r[k]) for k in key))
+
+    def table_names(self) -> list[str]:
+        return sorted(self.columns)
+
+    def unreachable(self) -> FilesConnector:
+        blocked = self.root / "not-a-folder"
+        blocked.write_text("a file where the exchange folder should be")
+        return FilesConnector("erp", FilesSystem(kind="files", folder=str(blocked)), FolderStorage(blocked))
+
+    def close(self) -> None:
+        self._connector.close()
+
+
 # ------------------------------------------------------------------------------------------ the test fake
 
 
@@ -387,5 +617,6 @@ class MemoryBackend:
 
 
 BACKENDS: dict[str, type[Backend]] = {
-    backend.name: backend for backend in (SqliteBackend, PostgresqlBackend, DataverseBackend, MemoryBackend)
+    backend.name: backend for backend in (SqliteBackend, PostgresqlBackend, DataverseBackend, MemoryBackend,
+                                          OdataBackend, FilesBackend)
 }

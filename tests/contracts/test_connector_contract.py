@@ -124,8 +124,9 @@ def test_order_versions_and_changed_at(backend):
     assert [r.key for r in records] == ["5", "4", "3", "2", "1"]  # oldest change first
     versions = [r.version for r in records]
     assert versions == sorted(versions) and len(set(versions)) == 5
-    assert versions[0] == "2024-03-01T12:05:00.000005"
-    assert records[0].changed_at == datetime(2024, 3, 1, 12, 5, 0, 5, tzinfo=UTC)
+    kept = 5 if backend.connector.precision("customers", "modified_at").datetime_digits >= 6 else 0
+    assert versions[0] == f"2024-03-01T12:05:00.00000{kept}"
+    assert records[0].changed_at == datetime(2024, 3, 1, 12, 5, 0, kept, tzinfo=UTC)
     assert records[0].changed_at.tzinfo is not None
 
 
@@ -394,6 +395,7 @@ def test_values_are_coerced_to_column_types(backend):
     assert row["modified_at"] == datetime(2024, 3, 1, 12, 0)  # aware -> UTC for a naive column
 
 
+@pytest.mark.needs_capability("deferred_writes", False)
 def test_update_of_a_missing_row_fails_only_that_op(backend):
     customers(backend, 2)
     ops = [WriteOp("update", {"id": 1}, {"city": "Paris"}), WriteOp("update", {"id": 99}, {"city": "Nowhere"}),
@@ -414,6 +416,7 @@ def test_delete_by_key(backend):
     assert [r["id"] for r in backend.rows("customers")] == [1, 3]
 
 
+@pytest.mark.needs_capability("deferred_writes", False)
 def test_create_only_duplicate_fails_just_that_op(backend):
     customers(backend, 1)
     ops = [WriteOp("upsert", {"id": 1}, {"name": "dupe"}, create_only=True),
@@ -529,6 +532,7 @@ def test_sql_injection_in_a_key_is_stored_literally(backend):
     assert results[0].ok and backend.rows("accounts") == []
 
 
+@pytest.mark.needs_capability("deferred_writes", False)
 def test_composite_key_writes(backend):
     backend.create_table("lines", {"company": "str:10", "no": "int", "qty": "int"}, ["company", "no"])
     target = TargetSpec(system="erp", entity="lines", key=["company", "no"])
@@ -566,8 +570,10 @@ def test_unreachable_system_is_transient_for_every_op_and_every_read(backend):
         results = connector.write_batch(TARGET, [upsert(1, name="a"), upsert(2, name="b")])
         assert [r.ok for r in results] == [False, False]
         assert all(isinstance(r.error, TransientError) for r in results)
+        modes = backend.capabilities.change_modes
+        source = SOURCE if SOURCE.changes in modes else SOURCE.model_copy(update={"changes": min(modes)})
         with pytest.raises(TransientError) as raised:
-            list(connector.read_changes(SOURCE, None, 10))
+            list(connector.read_changes(source, None, 10))
         with pytest.raises(TransientError):
             connector.read_record(SOURCE, "1")
         with pytest.raises(TransientError):

@@ -11,6 +11,9 @@ from shared.bus.payload_store import BlobPayloadStore, FilePayloadStore, Payload
 from shared.bus.servicebus import ServiceBusBus, _ServiceBusSettler
 from shared.bus.sqlite_bus import SqliteBus, _SqliteSettler
 from shared.connectors.dataverse import DataverseConnector
+from shared.connectors.files.connector import FilesConnector
+from shared.connectors.files.storage import BlobStorage, FileStorage, FolderStorage
+from shared.connectors.odata.connector import OdataConnector
 from shared.connectors.sql import SqlConnector
 from shared.ports.bus import MessageBus, Settler
 from shared.ports.connector import Connector, ConnectorClass
@@ -22,12 +25,12 @@ from tests.model.world import DataverseLike
 
 
 def connectors(sql: SqlConnector, dataverse: DataverseConnector, memory: MemoryConnector,
-               model_crm: DataverseLike) -> list[Connector]:
-    return [sql, dataverse, memory, model_crm]
+               model_crm: DataverseLike, odata: OdataConnector) -> list[Connector]:
+    return [sql, dataverse, memory, model_crm, odata]
 
 
 # The registry builds connectors from their classes and asks them for capabilities before they connect.
-CONNECTOR_CLASSES: list[ConnectorClass] = [SqlConnector, DataverseConnector]
+CONNECTOR_CLASSES: list[ConnectorClass] = [SqlConnector, DataverseConnector, OdataConnector]
 
 
 def tables(sqlite: SqliteTables, azure: AzureTables) -> list[TableBackend]:
@@ -44,3 +47,8 @@ def settlers(sqlite: _SqliteSettler, servicebus: _ServiceBusSettler, releasing: 
 
 def payload_stores(files: FilePayloadStore, blobs: BlobPayloadStore) -> list[PayloadStore]:
     return [files, blobs]
+
+
+def files_exchange(connector: FilesConnector, folder: FolderStorage,
+                   blobs: BlobStorage) -> tuple[Connector, ConnectorClass, list[FileStorage]]:
+    return connector, FilesConnector, [folder, blobs]

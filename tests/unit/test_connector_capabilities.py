@@ -113,7 +113,7 @@ def test_validate_and_run_refuse_it_with_exit_2(tmp_path: Path):
 def test_every_registered_kind_is_in_the_flows_schema_and_builds_its_connector():
     schema = json.loads(CliRunner().invoke(cli, ["schema"]).output)
     kinds = {d["properties"]["kind"]["const"] for d in schema["$defs"].values() if "kind" in d.get("properties", {})}
-    assert kinds == set(registry.KINDS) == {"dataverse", "sql"}
+    assert kinds == set(registry.KINDS) == {"dataverse", "files", "odata", "sql"}
     assert registry.connector_class("dataverse") is DataverseConnector
     config = parse_config(flows({"system": "erp"}))
     connector = registry.build_connector("erp", config.systems["erp"])
@@ -124,7 +124,7 @@ def test_every_registered_kind_is_in_the_flows_schema_and_builds_its_connector()
         connector.close()
     problem = problems({"systems": {"x": {"kind": "sap", "url": "u"}}, "flows": {}})[0]
     assert problem == ("systems.x: Input tag 'sap' found using 'kind' does not match any of the expected tags: "
-                       "'dataverse', 'sql'")
+                       "'dataverse', 'files', 'odata', 'sql'")
 
 
 _PLUGIN = """
@@ -160,7 +160,7 @@ def test_a_kind_registered_outside_shared_joins_the_flows_file_schema_validation
                           check=False)
     assert done.returncode == 0, done.stderr
     seen = json.loads(done.stdout)
-    assert seen["connector"] == "files:inbox" and seen["kinds"] == ["dataverse", "echo", "sql"]
+    assert seen["connector"] == "files:inbox" and seen["kinds"] == ["dataverse", "echo", "files", "odata", "sql"]
     assert seen["refused"] == [("flows.f.source.changes: system 'files' (kind echo) cannot read changes as "
                                 "'watermark'; it supports: snapshot")]
     # Only the connectors a flow uses are loaded; every kind's settings are (the flows model needs them).

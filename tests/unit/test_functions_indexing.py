@@ -42,13 +42,18 @@ def apply_in(mode: str):
 
 
 def test_the_app_has_exactly_these_functions():
-    assert set(indexed()) == {"pull", "apply", "jobs", *HTTP}
+    assert set(indexed()) == {"pull", "apply", "jobs", "files_arrived", *HTTP}
 
 
 def test_pull_is_a_timer_on_the_schedule_setting():
     [timer] = function_json(indexed()["pull"])
     assert timer == {"direction": "IN", "type": "timerTrigger", "name": "timer", "schedule": "%PULL_SCHEDULE%",
                      "runOnStartup": False, "useMonitor": True}
+
+
+def test_files_arrived_is_an_event_grid_trigger():
+    [trigger] = function_json(indexed()["files_arrived"])
+    assert trigger == {"direction": "IN", "type": "eventGridTrigger", "name": "event"}
 
 
 @pytest.mark.parametrize("name", sorted(HTTP))
