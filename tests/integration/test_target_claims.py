@@ -200,11 +200,10 @@ def received(app: SyncApp, key: str) -> list:
     return mine
 
 
-def test_two_appliers_claiming_one_target_key_at_once_link_it_to_one_record(app, dbs, monkeypatch):
-    """Worker A applies G1 and stops just before writing row N1; worker B applies G2, also N1, meanwhile. Both
-    read N1 unlinked: B waits for A's claim (spending no attempt), and its retry is dead-lettered once A
-    linked the row, never written nor linked."""
-    crm, erp = dbs
+def one_held_while(app: SyncApp, dbs, monkeypatch, meanwhile) -> tuple[Outcome, list[Outcome]]:
+    """G1 and G2 both map to N1. Worker A applies G1 and stops just before writing the ERP; `meanwhile(B's
+    batch)` runs; then A goes on. Returns A's outcome and what `meanwhile` returned."""
+    crm, _ = dbs
     put(crm, "G1", "N1", "First", "2026-06-01 00:00:01")
     put(crm, "G2", "N1", "Second", "2026-06-01 00:00:02")
     pull_flow(app, FLOW, owner="test")
@@ -214,10 +213,33 @@ def test_two_appliers_claiming_one_target_key_at_once_link_it_to_one_record(app,
     reached, go = hold_writes(app, monkeypatch, worker_a)
     worker_a.start()
     assert reached.wait(10)
-    [waiting] = apply_batch(app, second)
-    go.set()
-    worker_a.join(10)
-    [applied] = outcomes
+    try:
+        result = meanwhile(second)
+    finally:
+        go.set()
+        worker_a.join(10)
+    [a] = outcomes
+    return a, result
+
+
+def crashed_while_writing(app: SyncApp, dbs, monkeypatch) -> list:
+    """G1 (to N1) applied by a worker that dies just before its ERP write; returns G1's message."""
+    put(dbs[0], "G1", "N1", "First", "2026-06-01 00:00:01")
+    pull_flow(app, FLOW, owner="test")
+    dying = received(app, "G1")
+    hold_writes(app, monkeypatch, crash=True)
+    with pytest.raises(Crash):
+        apply_batch(app, dying)
+    monkeypatch.undo()
+    return dying
+
+
+def test_two_appliers_claiming_one_target_key_at_once_link_it_to_one_record(app, dbs, monkeypatch):
+    """Worker A applies G1 and stops just before writing row N1; worker B applies G2, also N1, meanwhile. Both
+    read N1 unlinked: B waits for A's claim (spending no attempt), and its retry is dead-lettered once A
+    linked the row, never written nor linked."""
+    _, erp = dbs
+    applied, [waiting] = one_held_while(app, dbs, monkeypatch, lambda second: apply_batch(app, second))
     assert (applied.kind, applied.reason) == ("applied", "upsert")
     assert (waiting.kind, waiting.reason) == ("retry", "record_busy")
     assert "N1" in waiting.description and "G1" in waiting.description
@@ -236,13 +258,7 @@ def test_a_claim_whose_applier_died_runs_out_and_the_key_goes_to_the_next_claima
     """A worker dies between claiming N1 for G1 and writing it. Its claim holds G2 back only until it runs
     out (like a record lease), never for good; G1's own redelivered change would take it over at once."""
     crm, erp = dbs
-    put(crm, "G1", "N1", "First", "2026-06-01 00:00:01")
-    pull_flow(app, FLOW, owner="test")
-    dying = received(app, "G1")
-    hold_writes(app, monkeypatch, crash=True)
-    with pytest.raises(Crash):
-        apply_batch(app, dying)
-    monkeypatch.undo()
+    crashed_while_writing(app, dbs, monkeypatch)
     assert app.state.key_holders(FLOW, "erp", ["N1"])["N1"].owner == "G1"  # claimed, written by nobody
     assert customers(erp) == {}
     with crm.begin() as conn:
@@ -261,17 +277,10 @@ def test_a_claim_whose_applier_died_runs_out_and_the_key_goes_to_the_next_claima
 
 
 def test_a_crashed_appliers_own_redelivered_change_takes_its_claim_over_at_once(app, dbs, monkeypatch):
-    crm, erp = dbs
-    put(crm, "G1", "N1", "First", "2026-06-01 00:00:01")
-    pull_flow(app, FLOW, owner="test")
-    dying = received(app, "G1")
-    hold_writes(app, monkeypatch, crash=True)
-    with pytest.raises(Crash):
-        apply_batch(app, dying)
-    monkeypatch.undo()
+    dying = crashed_while_writing(app, dbs, monkeypatch)
     [applied] = apply_batch(app, dying)  # redelivered: the same change, its lease and claim its own
     assert (applied.kind, applied.reason) == ("applied", "upsert")
-    assert customers(erp) == {"N1": ("First", "G1")}
+    assert customers(dbs[1]) == {"N1": ("First", "G1")}
 
 
 def test_a_writer_whose_claim_ran_out_and_was_taken_records_nothing_and_gives_the_row_back(app, dbs, monkeypatch):
@@ -279,24 +288,16 @@ def test_a_writer_whose_claim_ran_out_and_was_taken_records_nothing_and_gives_th
     write lands over G2's row. A's link is written only over its own claim, so it records nothing; G2 is
     sent again as its source has it (its row gets its values back) and G1's change, decided again, is
     dead-lettered as DuplicateTargetKey."""
-    crm, erp = dbs
-    put(crm, "G1", "N1", "First", "2026-06-01 00:00:01")
-    put(crm, "G2", "N1", "Second", "2026-06-01 00:00:02")
-    pull_flow(app, FLOW, owner="test")
-    first, second = received(app, "G1"), received(app, "G2")
-    outcomes: list[Outcome] = []
-    worker_a = threading.Thread(target=lambda: outcomes.extend(apply_batch(app, first)))
-    reached, go = hold_writes(app, monkeypatch, worker_a)
-    worker_a.start()
-    assert reached.wait(10)
-    held = app.state.key_holders(FLOW, "erp", ["N1"])["N1"]
-    # A's claim runs out (as if its write took longer than the claim lasts): for everyone else it is free.
-    app.state.release_keys(FLOW, [KeyClaim("erp", "N1", "crm", "G1", app.clock(), etag=held.etag)])
-    [taken] = apply_batch(app, second)
+    _, erp = dbs
+
+    def claim_runs_out_then_b_applies(second: list) -> list[Outcome]:
+        held = app.state.key_holders(FLOW, "erp", ["N1"])["N1"]
+        # A's claim runs out (as if its write took longer than the claim lasts): for everyone else it is free.
+        app.state.release_keys(FLOW, [KeyClaim("erp", "N1", "crm", "G1", app.clock(), etag=held.etag)])
+        return apply_batch(app, second)
+
+    overwrote, [taken] = one_held_while(app, dbs, monkeypatch, claim_runs_out_then_b_applies)
     assert (taken.kind, taken.reason) == ("applied", "upsert")
-    go.set()
-    worker_a.join(10)
-    [overwrote] = outcomes
     assert customers(erp) == {"N1": ("First", "G1")}  # A's late write landed over G2's row ...
     assert (overwrote.kind, overwrote.reason) == ("retry", "lost_race")
     assert app.state.lookup_keys(FLOW, "crm", ["G1", "G2"]) == {"G2": "N1"}  # ... but was never linked
