@@ -282,7 +282,7 @@ class StateStore:
         claimed = [a for a in links if a.claim]
         written = self.tables.write_guarded(KEYMAP, [
             (pair, f"{a.system_b}|{a.key_b}", {"other_system": a.system_a, "other_key": a.key_a}, a.claim)
-            for a in claimed])
+            for a in claimed]) if claimed else {}
         lost = []
         for a in claimed:
             etag = written.get((pair, f"{a.system_b}|{a.key_b}"))
@@ -340,9 +340,10 @@ class StateStore:
 
     def release_keys(self, pair: str, claims: Sequence[KeyClaim]) -> None:
         """Give claims back (their change wrote nothing it keeps): each ends now, unless someone took it since."""
-        self.tables.write_guarded(KEYMAP, [
-            (pair, f"{c.system}|{c.key}", {"other_system": c.owner_system, "other_key": c.owner,
-                                           _CLAIM: _iso(_RELEASED)}, c.etag) for c in claims if c.etag])
+        rows = [(pair, f"{c.system}|{c.key}", {"other_system": c.owner_system, "other_key": c.owner,
+                                                _CLAIM: _iso(_RELEASED)}, c.etag) for c in claims if c.etag]
+        if rows:
+            self.tables.write_guarded(KEYMAP, rows)
 
     # Aliases live in the key map partition under their own prefix, so `linked_keys` never lists them.
     @staticmethod
