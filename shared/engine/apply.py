@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -28,7 +29,7 @@ from pydantic import ValidationError
 
 from shared.app import SyncApp
 from shared.config import Flow
-from shared.engine import grants, record_lock
+from shared.engine import grants, record_lock, target_claims
 from shared.engine.backoff import retry_at, throttle_delay
 from shared.engine.conflicts import Decision, decide, target_change_time
 from shared.engine.delete_races import carry_delete, carry_record, changed_since, settle_race
@@ -38,7 +39,8 @@ from shared.engine.identity import record_id
 from shared.engine.mapping import Lookups, lookup_requests, map_record
 from shared.engine.outcome import Kind, Outcome
 from shared.engine.record_results import StateWrite, save_states
-from shared.engine.target_claims import Claim, rivals
+from shared.engine.resync import resync
+from shared.engine.target_claims import Claim, Survey, rivals
 from shared.engine.values import Equivalence, canonical_row, equivalence, unchanged
 from shared.engine.verdicts import verdict_outcome
 from shared.errors import (
@@ -54,7 +56,7 @@ from shared.keys import key_of, parse_key
 from shared.messages import ChangeMessage, NewerFormat, parse_body, to_envelope
 from shared.ports.bus import Received
 from shared.ports.connector import SourceRecord, WriteOp, WriteResult
-from shared.state.store import REQUESTS, KeyLink, RecordState
+from shared.state.store import REQUESTS, KeyClaim, KeyLink, RecordState
 from shared.versions import version_problem
 
 MAX_ROUNDS = 3  # decisions taken again within one delivery after lost races, before it is retried later
@@ -71,6 +73,7 @@ class _Item:
     noop: bool = False  # the target already holds every value we would write
     race: str = ""  # how a delete racing an update on the other side was settled (pairs)
     forced: bool = False  # an operator's grant in state lets it past the version, echo and conflict checks
+    claim: KeyClaim | None = None  # its target key, claimed for this round until the link replaces the claim
 
 
 @dataclass
@@ -163,7 +166,7 @@ def _apply_round(app: SyncApp, f: _Flow, items: list[_Item], links: dict[str, st
     now = app.clock()
     screened: list[_Item] = []
     for item in items:
-        item.noop, item.decision, item.race = False, None, ""
+        item.noop, item.decision, item.race, item.claim = False, None, "", None
         state = states.get(item.record_id)
         busy_until = record_lock.held_by_other(state, record_lock.owner_of(item.message), now)
         skip = None if busy_until else _screen(app, f, item, state, current)
@@ -234,6 +237,8 @@ def _apply_round(app: SyncApp, f: _Flow, items: list[_Item], links: dict[str, st
     keep = set() if last else {i.record_id for i in again}
     record_lock.release(app, f.pair, [states[i.record_id] for i in live
                                       if i.record_id not in committed and i.record_id not in keep])
+    # Target key claims not turned into links are given back too (one decided again claims afresh).
+    target_claims.release(app.state, f.pair, [i.claim for i in live if i.claim is not None])
     return again
 
 
@@ -242,12 +247,13 @@ def _lease_failed(app: SyncApp, f: _Flow, item: _Item, exc: Exception) -> Outcom
         f"flow {f.name} record {item.message.key}: cannot lease its sync state: {type(exc).__name__}: {exc}"))
 
 
-def _busy(app: SyncApp, item: _Item, until: datetime) -> Outcome:
-    """Another version of this record is being applied: wait for it (never past its lease's expiry)."""
+def _busy(app: SyncApp, item: _Item, until: datetime, why: str = "another change of it is being applied") -> Outcome:
+    """Another version of this record (or another record claiming its target key) is being applied: wait for
+    it (never past its lease's or claim's expiry)."""
     when = min(retry_at(app.clock(), item.message.attempt, None, app.retry_base), until)
     # Waiting is not failing: like a throttle it spends no attempt, only the flow's throttle budget.
     return Outcome(item.received, item.message, Kind.RETRY, "record_busy",
-                   f"flow {item.message.flow} record {item.message.key}: another change of it is being applied",
+                   f"flow {item.message.flow} record {item.message.key}: {why}",
                    retry_at=when, clone=item.message.throttled_clone(app.clock()))
 
 
@@ -372,14 +378,17 @@ def _claim_target_keys(app: SyncApp, f: _Flow, ops: list[WriteOp], links: dict[s
     """Dead-letter a change whose target row already belongs to another source record (see target_claims).
     A claimant in this batch that its source no longer has is a stale change on its way out: it is dropped,
     so the record that holds the key now gets the row; a holder its source no longer has is on its way out
-    too, and where the flow deletes, the change waits for that holder's delete."""
+    too, and where the flow deletes, the change waits for that holder's delete. A target key another record
+    claims right now (its change is being applied) makes the change wait. The changes that go on claim their
+    target keys in state before anything is written."""
     target = f.flow.target
     claims = [Claim(op.ref.message.key, key_of(target.key, op.key))
               for op in ops if op.kind == "upsert" and op.ref.message.key not in links]
-    refused = rivals(app.state, f.pair, target.system, claims)
+    survey = rivals(app.state, f.pair, target.system, claims, app.clock())
+    refused = survey.refused
     if not refused:
-        return ops
-    holders = sorted({rival.owner for rival in refused.values()})
+        return _take_claims(app, f, ops, links, survey, outcomes)
+    holders = sorted({rival.owner for rival in refused.values() if rival.busy_until is None})
     try:
         gone = set(holders) - set(_read_sources(app, f, holders))
     except SyncError:
@@ -394,6 +403,9 @@ def _claim_target_keys(app: SyncApp, f: _Flow, ops: list[WriteOp], links: dict[s
         if op.kind == "upsert" and key in gone and key not in links:
             outcomes.append(Outcome(item.received, item.message, Kind.SKIPPED, "source_gone",
                                     f"flow {f.name} record {key}: no longer at its source; its delete follows"))
+        elif rival is not None and rival.busy_until is not None:
+            outcomes.append(_busy(app, item, rival.busy_until, f"target key {key_of(target.key, op.key)} is "
+                                  f"claimed by source record {rival.owner}, whose change is being applied"))
         elif rival is None or (rival.owner in gone and (rival.same_batch or rival.owner in leaving)):
             kept.append(op)
         elif (rival.owner in gone and f.flow.deletes == "delete"
@@ -412,6 +424,37 @@ def _claim_target_keys(app: SyncApp, f: _Flow, ops: list[WriteOp], links: dict[s
                                     f"flow {f.name} record {key}: target key {key_of(target.key, op.key)} "
                                     f"({target.system} {target.entity}) already belongs to {holder} "
                                     f"{rival.owner}; two source records cannot share one target row{gone_note}"))
+    return _take_claims(app, f, kept, links, survey, outcomes)
+
+
+def _take_claims(app: SyncApp, f: _Flow, ops: list[WriteOp], links: dict[str, str], survey: Survey,
+                 outcomes: list[Outcome]) -> list[WriteOp]:
+    """Claim the target key of every change that would create a link, in one guarded write. A change whose
+    key was claimed or linked by someone else since it was read waits, and then finds who holds it."""
+    target = f.flow.target
+    wanted = [Claim(op.ref.message.key, key_of(target.key, op.key))
+              for op in ops if op.kind == "upsert" and op.ref.message.key not in links]
+    now = app.clock()
+    try:
+        taken, lost = target_claims.take(app.state, f.pair, f.flow.source.system, target.system, wanted,
+                                         survey.holders, now)
+    except Exception as exc:  # noqa: BLE001 - the store failed: the changes that needed a claim wait
+        failed = {c.source_key for c in wanted}
+        outcomes += [_failure(app, f.flow, op.ref, TransientError(
+            f"flow {f.name} record {op.ref.message.key}: cannot claim its target key: {type(exc).__name__}: {exc}"))
+            for op in ops if op.ref.message.key in failed and op.kind == "upsert"]
+        return [op for op in ops if not (op.kind == "upsert" and op.ref.message.key in failed)]
+    kept: list[WriteOp] = []
+    for op in ops:
+        item: _Item = op.ref
+        key = item.message.key
+        if op.kind == "upsert" and key in lost:
+            outcomes.append(_busy(app, item, now + timedelta(seconds=target_claims.CLAIM_SECONDS),
+                                  f"target key {key_of(target.key, op.key)} was claimed by another record meanwhile"))
+            continue
+        if op.kind == "upsert":
+            item.claim = taken.get(key)
+        kept.append(op)
     return kept
 
 
@@ -633,7 +676,10 @@ def _record_results(app: SyncApp, f: _Flow, results: list[WriteResult], states: 
                 outcomes.append(_failure(app, flow, item, result.error or TransientError("no result from the target")))
             continue
         target_key = result.key or key_of(flow.target.key, result.op.key)
-        link = KeyLink(flow.source.system, message.key, flow.target.system, target_key)
+        # Over the claim taken for it, if any: the claim becomes the link.
+        claim = item.claim if item.claim is not None and item.claim.key == target_key else None
+        link = KeyLink(flow.source.system, message.key, flow.target.system, target_key,
+                       claim=claim.etag if claim else None)
         state = states.get(item.record_id) or RecordState(item.record_id)
         state.lease = None
         record_applied(state, flow.source.system, message)
@@ -657,10 +703,14 @@ def _record_results(app: SyncApp, f: _Flow, results: list[WriteResult], states: 
     for index, (item, kind) in enumerate(written):
         if index in saved.failed:
             outcomes.append(_failure(app, flow, item, saved.failed[index]))
+        elif index in saved.unclaimed:
+            outcomes.append(_row_taken(app, f, item, writes[index].link.key_b))
         elif index in saved.lost:
             outcomes.append(_resync(app, f, item))
         else:
             committed.add(item.record_id)
+            if writes[index].link.claim:
+                item.claim = None  # the link was written over it: nothing to give back
             grants.used(app, item.message)
             outcomes.append(_applied(item, kind))
     return again
@@ -682,6 +732,18 @@ def _resync(app: SyncApp, f: _Flow, item: _Item) -> Outcome:
     return Outcome(item.received, fresh, Kind.RETRY, "lost_race",
                    f"flow {message.flow} record {message.key}: recorded by someone else while it was written; "
                    "sent again as its source has it now", retry_at=app.clock())
+
+
+def _row_taken(app: SyncApp, f: _Flow, item: _Item, target_key: str) -> Outcome:
+    """Our claim on the target key ran out while we wrote, and another record claimed the row meanwhile: our
+    write may have overwritten what it wrote. That record goes again as its source has it now, past the echo
+    check, and this change is decided again (it finds the row taken)."""
+    holder = app.state.key_holders(f.pair, f.flow.target.system, [target_key]).get(target_key)
+    if holder is not None:
+        # Gone from its source, or unreadable now: its own next change (or delete) writes the row again.
+        with suppress(SyncError):
+            resync(app, f.name, holder.owner)
+    return _resync(app, f, item)
 
 
 def _applied(item: _Item, kind: str) -> Outcome:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -38,6 +38,8 @@ _VALUES_CHUNKS = 12
 _SHORT_DIGEST_OVER = 48  # when even that does not fit, every value longer than this becomes a digest
 _CURSOR_RK = "cursor"
 _MAX_TICKS = 10**19  # inverted timestamps sort newest first
+_CLAIM = "claim_until"  # in a key map row: a claim on the key (shared.engine.target_claims), not a link
+_RELEASED = datetime(1970, 1, 1, tzinfo=UTC)  # a claim given back: expired for everyone
 
 
 # Format of a stored cursor, carried as `format`. 1: the cursors of releases before it existed (same fields,
@@ -132,6 +134,31 @@ class KeyLink:
     key_a: str
     system_b: str
     key_b: str
+    # The etag of the claim on key_b taken before the write (shared.engine.target_claims): the link is written
+    # only over that claim, never over a row another record claimed or linked since.
+    claim: str | None = None
+
+
+@dataclass
+class KeyClaim:
+    """A target key claimed by a source record before its write (shared.engine.target_claims). It lives in
+    the key map row the link will take, so committing the link turns it into that link; lookups ignore it."""
+
+    system: str  # the target system
+    key: str  # the target key, formatted
+    owner_system: str
+    owner: str  # the source key claiming it
+    until: datetime
+    etag: str | None = None  # the row as read (None: absent); after the claim, the claim's own
+
+
+@dataclass
+class KeyHolder:
+    """Who holds a target key: a source record linked to it (until None) or claiming it until then."""
+
+    owner: str
+    until: datetime | None
+    etag: str
 
 
 @dataclass
@@ -247,25 +274,76 @@ class StateStore:
         wanted = list(dict.fromkeys(keys))
         found = self.tables.get_many(KEYMAP, pair, [f"{system}|{k}" for k in wanted])
         prefix = len(system) + 1
-        return {rk[prefix:]: e.data["other_key"] for rk, e in found.items()}
+        return {rk[prefix:]: e.data["other_key"] for rk, e in found.items() if _CLAIM not in e.data}
 
-    def link_keys(self, pair: str, links: Sequence[KeyLink]) -> None:
+    def link_keys(self, pair: str, links: Sequence[KeyLink]) -> list[KeyLink]:
+        """Both directions of each link. A link over a claim is written only while that claim is unchanged;
+        returns those whose claim was taken over (or released) meanwhile, of which nothing is written."""
+        claimed = [a for a in links if a.claim]
+        written = self.tables.write_guarded(KEYMAP, [
+            (pair, f"{a.system_b}|{a.key_b}", {"other_system": a.system_a, "other_key": a.key_a}, a.claim)
+            for a in claimed]) if claimed else {}
+        lost = []
+        for a in claimed:
+            etag = written.get((pair, f"{a.system_b}|{a.key_b}"))
+            if etag is None:
+                lost.append(a)
+            else:
+                a.claim = etag  # the row as written: written again (a batch narrowed down after a failure) it holds
         rows = []
+        gone = {id(a) for a in lost}
         for a in links:
+            if id(a) in gone:
+                continue
             rows.append((pair, f"{a.system_a}|{a.key_a}", {"other_system": a.system_b, "other_key": a.key_b}))
-            rows.append((pair, f"{a.system_b}|{a.key_b}", {"other_system": a.system_a, "other_key": a.key_a}))
+            if not a.claim:
+                rows.append((pair, f"{a.system_b}|{a.key_b}", {"other_system": a.system_a, "other_key": a.key_a}))
         self.tables.upsert_many(KEYMAP, rows)
+        return lost
 
-    def unlink_keys(self, pair: str, links: Sequence[KeyLink]) -> None:
+    def unlink_keys(self, pair: str, links: Sequence[KeyLink], keep: Collection[tuple[str, str]] = ()) -> None:
+        """Both directions of each link, but not the rows named (system, key) in `keep`: a target key that a
+        claim of the same batch takes over stays claimed, so nobody else can take it in between."""
         for link in links:
-            self.tables.delete(KEYMAP, pair, f"{link.system_a}|{link.key_a}")
-            self.tables.delete(KEYMAP, pair, f"{link.system_b}|{link.key_b}")
+            for system, key in ((link.system_a, link.key_a), (link.system_b, link.key_b)):
+                if (system, key) not in keep:
+                    self.tables.delete(KEYMAP, pair, f"{system}|{key}")
 
     def linked_keys(self, pair: str, system: str) -> Iterator[str]:
         """Every key of `system` the pair knows, streamed in key order (for delete inference)."""
         prefix = f"{system}|"
         for entity in self.tables.query(KEYMAP, pair, rk_prefix=prefix):
-            yield entity.rk[len(prefix) :]
+            if _CLAIM not in entity.data:
+                yield entity.rk[len(prefix) :]
+
+    # -- target key claims (shared.engine.target_claims) -------------------------------------------
+    def key_holders(self, pair: str, system: str, keys: Iterable[str]) -> dict[str, KeyHolder]:
+        """Keys of `system` -> the source record linked to each, or claiming it (live or not)."""
+        found = self.tables.get_many(KEYMAP, pair, [f"{system}|{k}" for k in dict.fromkeys(keys)])
+        prefix = len(system) + 1
+        return {rk[prefix:]: KeyHolder(e.data["other_key"], _from_iso(e.data.get(_CLAIM)), e.etag)
+                for rk, e in found.items()}
+
+    def claim_keys(self, pair: str, claims: Sequence[KeyClaim]) -> set[str]:
+        """Each claim written only over the row as read (its etag; none: only if still absent), in one guarded
+        write. Returns the keys that lost that race; the others carry their claim's etag."""
+        written = self.tables.write_guarded(KEYMAP, [
+            (pair, f"{c.system}|{c.key}", {"other_system": c.owner_system, "other_key": c.owner, _CLAIM: _iso(c.until)},
+             c.etag) for c in claims])
+        lost: set[str] = set()
+        for claim in claims:
+            etag = written.get((pair, f"{claim.system}|{claim.key}"))
+            if etag is None:
+                lost.add(claim.key)
+            claim.etag = etag
+        return lost
+
+    def release_keys(self, pair: str, claims: Sequence[KeyClaim]) -> None:
+        """Give claims back (their change wrote nothing it keeps): each ends now, unless someone took it since."""
+        rows = [(pair, f"{c.system}|{c.key}", {"other_system": c.owner_system, "other_key": c.owner,
+                                                _CLAIM: _iso(_RELEASED)}, c.etag) for c in claims if c.etag]
+        if rows:
+            self.tables.write_guarded(KEYMAP, rows)
 
     # Aliases live in the key map partition under their own prefix, so `linked_keys` never lists them.
     @staticmethod

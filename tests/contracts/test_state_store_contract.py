@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from shared.errors import ConcurrencyError
-from shared.state.store import Cursor, KeyLink, RecordState
+from shared.state.store import Cursor, KeyClaim, KeyLink, RecordState
 
 
 def test_values_round_trip_exactly(tables):
@@ -130,6 +130,44 @@ def test_key_map_both_directions(store):
     assert list(store.linked_keys("pair", "crm")) == ["A-2", "A/1#"]
     store.unlink_keys("pair", [KeyLink("crm", "A-2", "erp", "C-2")])
     assert store.count_keys("pair", "crm") == 1
+
+
+def test_a_target_key_is_claimed_once_and_the_claim_becomes_the_link(store):
+    """Two claimants of one free key: one insert wins. A claim is no link (lookups and key listings skip it);
+    the link written over it is guarded by its etag, and a claim given back or run out can be taken over."""
+    until = datetime(2030, 1, 1, tzinfo=UTC)
+    mine = KeyClaim("erp", "N/1#", "crm", "G1", until)
+    theirs = KeyClaim("erp", "N/1#", "crm", "G2", until)
+    free = KeyClaim("erp", "N2", "crm", "G3", until)
+    assert store.claim_keys("pair", [mine, free]) == set() and mine.etag and free.etag
+    assert store.claim_keys("pair", [theirs]) == {"N/1#"} and theirs.etag is None
+    holders = store.key_holders("pair", "erp", ["N/1#", "N2", "nope"])
+    assert {k: (h.owner, h.until) for k, h in holders.items()} == {"N/1#": ("G1", until), "N2": ("G3", until)}
+    assert holders["N/1#"].etag == mine.etag
+    assert store.lookup_keys("pair", "erp", ["N/1#", "N2"]) == {} and list(store.linked_keys("pair", "erp")) == []
+
+    stale = KeyLink("crm", "G9", "erp", "N/1#", claim=theirs.etag or free.etag)  # not the claim on N/1#
+    plain = KeyLink("crm", "G5", "erp", "N5")
+    assert store.link_keys("pair", [stale, plain]) == [stale]  # nothing of it written; the others are
+    assert store.link_keys("pair", [KeyLink("crm", "G1", "erp", "N/1#", claim=mine.etag)]) == []
+    assert store.lookup_keys("pair", "crm", ["G1", "G9", "G5"]) == {"G1": "N/1#", "G5": "N5"}
+    assert store.lookup_keys("pair", "erp", ["N/1#"]) == {"N/1#": "G1"}
+    assert store.key_holders("pair", "erp", ["N/1#"])["N/1#"].until is None  # a link now
+
+    store.release_keys("pair", [free])
+    released = store.key_holders("pair", "erp", ["N2"])["N2"]
+    assert released.owner == "G3" and released.until < datetime.now(UTC)
+    store.release_keys("pair", [free])  # its etag is gone: taken over or given back already, nothing happens
+    taker = KeyClaim("erp", "N2", "crm", "G4", until, etag=released.etag)
+    assert store.claim_keys("pair", [taker]) == set()
+    assert store.key_holders("pair", "erp", ["N2"])["N2"].owner == "G4"
+
+
+def test_unlinking_keeps_a_target_key_claimed_in_the_same_write(store):
+    store.link_keys("pair", [KeyLink("crm", "G1", "erp", "N1")])
+    store.unlink_keys("pair", [KeyLink("crm", "G1", "erp", "N1")], keep={("erp", "N1")})
+    assert store.lookup_keys("pair", "crm", ["G1"]) == {}
+    assert store.key_holders("pair", "erp", ["N1"])["N1"].owner == "G1"
 
 
 def test_id_aliases_live_beside_the_key_map_without_being_linked_keys(store):

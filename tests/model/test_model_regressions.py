@@ -282,8 +282,6 @@ def test_a_key_freed_by_a_delete_in_a_later_batch_goes_to_its_new_owner():
                  ("deliver", {"n": 3, "order": "fifo"}), ("settle_and_check", {}))
 
 
-@pytest.mark.xfail(strict=True, reason="open: target key claims read the key map without a lease, so two workers "
-                                       "can both claim one row")
 def test_two_workers_never_link_one_archive_row_to_two_records():
     """Found by `make soak` (key_reuse): K0 and K3 both carry code C0. Worker A holds a batch with K0's
     archive change just before its write while worker B applies K3's; both wrote row C0 and both were linked
