@@ -31,17 +31,17 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import sqlalchemy as sa
 
+from bench.rss_peak import RssPeak
 from shared.app import SyncApp
 from shared.config import parse_config
 from shared.engine.pull import PullResult, pull_flow
@@ -50,7 +50,6 @@ from shared.local_runtime import RunOptions, run_once
 FLOW = "customers-in"
 PAGE = 1000
 CHANGED, GONE = 0.01, 0.005  # of the rows, in the second export
-PAGE_BYTES = 4096
 
 
 class CountingTables:
@@ -83,31 +82,6 @@ class CountingBus:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
-
-
-class RssPeak:
-    """The process's resident memory, sampled in a thread while the block runs."""
-
-    def __enter__(self) -> Self:
-        self.start = self.peak = rss_mib()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.005):
-            self.peak = max(self.peak, rss_mib())
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, rss_mib())
-
-
-def rss_mib() -> float:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * PAGE_BYTES / 2**20
 
 
 def config(folder: Path, db_url: str) -> dict[str, Any]:

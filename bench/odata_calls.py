@@ -8,16 +8,18 @@ For each size N (default 1,000 and 5,000), on an empty entity set, four phases i
   100): each call reads the ops' keys (`$filter`) and POSTs the absent ones in `$batch` requests of 100.
 - full_read: a watermark read from no position (all N rows, keyset pages over `modifiedAt` + key).
 - update: the same N records with a new name: the key read, then a PATCH with the ETag just read per record.
-- incremental: a watermark read from the full read's position: the N updated rows.
+- incremental: a watermark read from the full read's position: the N updated rows (the look-back, 60 s by
+  default, adds none: every row was updated).
 
 Per phase: `trips`, the HTTP requests counted at the transport (a counting httpx transport under the
 connector; `$metadata` is read once before, outside every phase), `per_1000` of them per 1,000 records,
 `records/s` and `wall_s` (CAP's own work included: it runs on the same 2 cores, its database on tmpfs so this
-disk's fsync is not measured), `cpu_s` (this process's CPU: the connector's own cost), `heap_mib` (peak Python
-heap during the phase, tracemalloc, on throughout, so rates are a little lower than without it), and the
-requests by kind (`get` reads, `batch` `$batch` POSTs, `count` the full read's `$count` of rows without a
-watermark) with the seconds spent waiting for their whole answers (the server's share). A phase that does not
-write or read all N records exits 1.
+disk's fsync is not measured), `cpu_s` (this process's CPU: the connector's own cost), `peak_rss_mib` and
+`start_rss_mib` (this process's resident memory: the peak, sampled every 5 ms during the phase, and at its
+start; not tracemalloc, which triples the connector's CPU here), then the requests by kind (`get` reads,
+`batch` `$batch` POSTs, `count` the full read's `$count` of rows without a watermark) with the seconds spent
+waiting for their whole answers (the server's share). A phase that does not write or read all N records
+exits 1.
 
 Reading the numbers: a write costs one key read (`$filter` of up to 100 keys) and one `$batch` (of up to 100
 requests) per 100 records: 20 per 1,000 whatever the call size. A read costs one GET per page of 1,000, plus
@@ -33,7 +35,6 @@ import sys
 import tempfile
 import threading
 import time
-import tracemalloc
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -43,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx
 
+from bench.rss_peak import RssPeak
 from shared.apply_workers import APPLY_BATCH
 from shared.config import SourceSpec, TargetSpec
 from shared.connectors.odata.connector import OdataConnector
@@ -108,18 +110,17 @@ def read(connector: OdataConnector, position: dict[str, Any] | None) -> tuple[in
 
 def phase(name: str, rows: int, transport: CountingTransport, run: Callable[[], tuple[int, Any]]) -> Any:
     transport.take()
-    tracemalloc.reset_peak()
-    started, cpu = time.perf_counter(), time.process_time()
-    done, result = run()
-    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
-    peak = tracemalloc.get_traced_memory()[1] / 2**20
+    with RssPeak() as rss:
+        started, cpu = time.perf_counter(), time.process_time()
+        done, result = run()
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     kinds, waited = transport.take()
     if done != rows:
         sys.exit(f"{name}: {done} records where {rows} were expected")
     trips = sum(kinds.values())
     what = " ".join(f"{k}={n}/{waited[k]:.2f}s" for k, n in sorted(kinds.items()))
     print(f"{name:<12} {rows:>6} {trips:>6} {trips * 1000 / rows:>9.1f} {rows / seconds:>10,.0f} "
-          f"{seconds:>7.2f} {cpu:>7.2f} {peak:>9.1f}  {what}")
+          f"{seconds:>7.2f} {cpu:>7.2f} {rss.peak:>12.0f} {rss.start:>13.0f}  {what}")
     return result
 
 
@@ -143,11 +144,12 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[1000, 5000])
     parser.add_argument("--ops-per-write", type=int, default=APPLY_BATCH)
     args = parser.parse_args()
-    tracemalloc.start()
-    with tempfile.TemporaryDirectory(prefix="dualsync-odatabench-", dir="/dev/shm") as tmp, cap_server(Path(tmp)) as server:
+    memory = Path("/dev/shm")  # CAP's database on tmpfs: this disk's fsync is not what is measured
+    with (tempfile.TemporaryDirectory(prefix="dualsync-odatabench-", dir=memory if memory.is_dir() else None) as tmp,
+          cap_server(Path(tmp)) as server):
         print(f"SAP CAP at {server.erp}, entity set {ENTITY}, {args.ops_per_write} ops per write_batch")
         print(f"{'phase':<12} {'rows':>6} {'trips':>6} {'per_1000':>9} {'records/s':>10} {'wall_s':>7} "
-              f"{'cpu_s':>7} {'heap_mib':>9}  requests: count/seconds")
+              f"{'cpu_s':>7} {'peak_rss_mib':>12} {'start_rss_mib':>13}  requests: count/seconds")
         for rows in args.rows:
             run_size(server, rows, args.ops_per_write)
 
