@@ -12,16 +12,19 @@ For each size N (default 20,000 and 100,000), in a fresh workdir:
 
 Per pull: `rows` read from the file, `rows/s` (rows read per wall second of `pull_flow`), `on_bus` (changes
 sent: changed rows plus inferred deletes), `expected` (what the export changed), `pages`, `state/page` (calls to
-the state's table backend per page, each one round trip on Table Storage), `bus_sends` (send calls),
+the state's table backend per page, each one round trip to SQLite), `azure/page` (the requests those calls
+would make to Table Storage, by the Azure adapter's limits: see CountingTables), `bus_sends` (send calls),
 `peak_rss_mib` and `start_rss_mib` (this process's resident memory: the peak, sampled every 5 ms while the pull
 ran, and at its start), then the state calls by method, summed over the pull, delete inference included:
 `get_many` reads the snapshot markers, the key map and the record state (kept in 16 partitions: up to 16 calls
 a page), `upsert_many` writes the markers, `update` moves the cursor, `query` lists the key map once.
 
-Reading the numbers: the first pull's memory does not grow with the file (one page at a time). The second's
-does: its deletes are confirmed against the export as it is now, which the inbox reads whole into memory
-(`Inbox.current`, about 0.5 KB a row) and keeps while that export is the latest. tracemalloc is not used: it
-slows this pure-Python path tenfold.
+Reading the numbers: a page of 1,000 rows costs about 20 state calls, but on Table Storage about 230 requests
+(72 queries each for markers and key map, about 80 for the 16 partitions of record state, 10 transactions of
+markers): that, not the CSV, would bound a pull on Azure. The first pull's memory does not grow with the file
+(one page at a time). The second's does: its deletes are confirmed against the export as it is now, which the
+inbox reads whole into memory (`Inbox.current`, about 0.5 KB a row) and keeps while that export is the latest.
+tracemalloc is not used: it slows this pure-Python path tenfold.
 
 Usage: python bench/files_snapshot.py [--rows 20000 100000] [--workers 2]
 """
@@ -29,11 +32,12 @@ Usage: python bench/files_snapshot.py [--rows 20000 100000] [--workers 2]
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,18 +50,47 @@ from shared.app import SyncApp
 from shared.config import parse_config
 from shared.engine.pull import PullResult, pull_flow
 from shared.local_runtime import RunOptions, run_once
+from shared.state.azure_tables import MAX_BATCH_OPERATIONS, MAX_FILTER_COMPARISONS
 
 FLOW = "customers-in"
 PAGE = 1000
+TABLE_PAGE = 1000  # entities per answer of a Table Storage query
 CHANGED, GONE = 0.01, 0.005  # of the rows, in the second export
 
 
 class CountingTables:
-    """The state's table backend, counting every call by method."""
+    """The state's table backend, counting every call by method, and the requests the same calls would make to
+    Table Storage (`shared.state.azure_tables`): a `get_many` is one query per 14 row keys (the service allows
+    15 comparisons in a filter), an `upsert_many` one transaction per 100 rows of a partition, a `query` one
+    request per 1,000 entities listed, any other call one request."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.calls: Counter[str] = Counter()
+        self.table_requests = 0
+
+    def clear(self) -> None:
+        self.calls.clear()
+        self.table_requests = 0
+
+    def get_many(self, table: str, pk: str, rks: Sequence[str]) -> Any:
+        self.calls["get_many"] += 1
+        self.table_requests += math.ceil(len(set(rks)) / (MAX_FILTER_COMPARISONS - 1))
+        return self.inner.get_many(table, pk, rks)
+
+    def upsert_many(self, table: str, rows: Sequence[tuple[str, str, Any]]) -> Any:
+        self.calls["upsert_many"] += 1
+        per_partition = Counter(pk for pk, _, _ in rows)
+        self.table_requests += sum(math.ceil(n / MAX_BATCH_OPERATIONS) for n in per_partition.values())
+        return self.inner.upsert_many(table, rows)
+
+    def query(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        self.calls["query"] += 1
+        listed = 0
+        for entity in self.inner.query(*args, **kwargs):
+            listed += 1
+            yield entity
+        self.table_requests += max(1, math.ceil(listed / TABLE_PAGE))
 
     def __getattr__(self, name: str) -> Any:
         method = getattr(self.inner, name)
@@ -66,6 +99,7 @@ class CountingTables:
 
         def counted(*args: Any, **kwargs: Any) -> Any:
             self.calls[name] += 1
+            self.table_requests += 1
             return method(*args, **kwargs)
 
         return counted
@@ -109,7 +143,7 @@ def export(folder: Path, name: str, rows: dict[int, str]) -> None:
 
 def pull(app: SyncApp, label: str, rows: int, expected: int) -> PullResult:
     tables, bus = app.state.tables, app.bus
-    tables.calls.clear()
+    tables.clear()
     bus.sends = 0
     with RssPeak() as rss:
         started = time.perf_counter()
@@ -120,8 +154,8 @@ def pull(app: SyncApp, label: str, rows: int, expected: int) -> PullResult:
     calls = sum(tables.calls.values())
     breakdown = " ".join(f"{k}={n}" for k, n in sorted(tables.calls.items()))
     print(f"{label:<7} {rows:>7} {rows / seconds:>8,.0f} {seconds:>7.2f} {result.sent:>7} {expected:>8} "
-          f"{result.pages:>5} {calls / result.pages:>10.1f} {bus.sends:>9} {rss.peak:>12.0f} {rss.start:>13.0f}  "
-          f"{breakdown}")
+          f"{result.pages:>5} {calls / result.pages:>10.1f} {tables.table_requests / result.pages:>10.1f} "
+          f"{bus.sends:>9} {rss.peak:>12.0f} {rss.start:>13.0f}  {breakdown}")
     if result.sent != expected or result.unchanged != rows - (expected - result.deletes_inferred):
         sys.exit(f"{label}: {result.sent} changes on the bus ({result.pulled} rows, {result.deletes_inferred} "
                  f"deletes, {result.unchanged} unchanged) where the export changed {expected}")
@@ -172,7 +206,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="apply worker processes between the pulls")
     args = parser.parse_args()
     print(f"{'pull':<7} {'rows':>7} {'rows/s':>8} {'wall_s':>7} {'on_bus':>7} {'expected':>8} {'pages':>5} "
-          f"{'state/page':>10} {'bus_sends':>9} {'peak_rss_mib':>12} {'start_rss_mib':>13}  state calls")
+          f"{'state/page':>10} {'azure/page':>10} {'bus_sends':>9} {'peak_rss_mib':>12} {'start_rss_mib':>13}  state calls")
     for rows in args.rows:
         with tempfile.TemporaryDirectory(prefix="dualsync-filesbench-") as tmp:
             run_size(Path(tmp), rows, args.workers)
