@@ -132,13 +132,13 @@ def config(folder: Path, db_url: str) -> dict[str, Any]:
     }
 
 
-def export(folder: Path, name: str, rows: dict[int, str]) -> None:
+def export(folder: Path, file_name: str, names: dict[int, str]) -> None:
     """The ERP's export, renamed into place whole as an exporting ERP does."""
     inbox = folder / "inbox" / "customers"
     inbox.mkdir(parents=True, exist_ok=True)
-    lines = ["id,name,credit\n", *(f"C{i:07d},{name_},{i % 5000}.{i % 100:02d}\n" for i, name_ in rows.items())]
+    lines = ["id,name,credit\n", *(f"C{i:07d},{name},{i % 5000}.{i % 100:02d}\n" for i, name in names.items())]
     (inbox / ".tmp").write_text("".join(lines), encoding="utf-8")
-    (inbox / ".tmp").replace(inbox / name)
+    (inbox / ".tmp").replace(inbox / file_name)
 
 
 def pull(app: SyncApp, label: str, rows: int, expected: int) -> PullResult:
@@ -156,7 +156,7 @@ def pull(app: SyncApp, label: str, rows: int, expected: int) -> PullResult:
     print(f"{label:<7} {rows:>7} {rows / seconds:>8,.0f} {seconds:>7.2f} {result.sent:>7} {expected:>8} "
           f"{result.pages:>5} {calls / result.pages:>10.1f} {tables.table_requests / result.pages:>10.1f} "
           f"{bus.sends:>9} {rss.peak:>12.0f} {rss.start:>13.0f}  {breakdown}")
-    if result.sent != expected or result.unchanged != rows - (expected - result.deletes_inferred):
+    if result.sent != expected or result.pulled + result.unchanged != rows:
         sys.exit(f"{label}: {result.sent} changes on the bus ({result.pulled} rows, {result.deletes_inferred} "
                  f"deletes, {result.unchanged} unchanged) where the export changed {expected}")
     return result
