@@ -73,7 +73,7 @@ class CountingTransport(httpx.HTTPTransport):
                 else "batch" if path.endswith("/$batch") else request.method.lower())
         started = time.perf_counter()
         response = super().handle_request(request)
-        response.read()  # CAP streams a $batch answer part by part: the server is done when the body is
+        response.read()  # CAP streams a $batch answer part by part: done when the body is in
         with self._lock:
             self.kinds[kind] += 1
             self.seconds[kind] += time.perf_counter() - started
