@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dvsim import DataverseSimulator  # noqa: E402
 from shared.config import SourceSpec  # noqa: E402
 from shared.connectors.dataverse import DataverseConnector  # noqa: E402
-from shared.connectors.dataverse_auth import StaticTokenProvider  # noqa: E402
+from shared.connectors.odata.auth import StaticTokenProvider  # noqa: E402
 
 SOURCE = SourceSpec(system="crm", entity="accounts", key=["accountid"], changes="change_tracking",
                     select=["name", "accountnumber"])

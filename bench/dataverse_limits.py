@@ -29,7 +29,7 @@ from dvsim import DataverseSimulator  # noqa: E402
 from dvsim.limits import ServiceLimits  # noqa: E402
 from shared.config import TargetSpec  # noqa: E402
 from shared.connectors.dataverse import DataverseConnector  # noqa: E402
-from shared.connectors.dataverse_auth import StaticTokenProvider  # noqa: E402
+from shared.connectors.odata.auth import StaticTokenProvider  # noqa: E402
 from shared.ports.connector import WriteOp  # noqa: E402
 
 ACCOUNTS = TargetSpec(system="crm", entity="accounts", key=["accountnumber"])

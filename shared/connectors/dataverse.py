@@ -125,7 +125,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 import httpx
 
 from shared.config import DataverseSystem, SourceSpec, TargetSpec, resolve_secret
-from shared.connectors.dataverse_auth import TokenProvider, token_provider_for
+from shared.connectors.odata.auth import TokenProvider, token_provider_for
 from shared.connectors.odata.batch import (
     BatchRequest,
     boundary_of,

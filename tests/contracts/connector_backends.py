@@ -30,10 +30,10 @@ import sqlalchemy as sa
 import yaml
 
 from shared.connectors.dataverse import DataverseConnector, primary_id_of
-from shared.connectors.dataverse_auth import StaticTokenProvider
 from shared.connectors.files.connector import FilesConnector
 from shared.connectors.files.storage import FolderStorage
 from shared.connectors.files_settings import FilesSystem
+from shared.connectors.odata.auth import StaticTokenProvider
 from shared.connectors.odata.connector import OdataConnector
 from shared.connectors.odata.literals import iso_moment, moment
 from shared.connectors.sql import SqlConnector

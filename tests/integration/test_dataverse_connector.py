@@ -32,7 +32,7 @@ from shared.bus.sqlite_bus import SqliteBus
 from shared.config import DataverseAuth, DataverseSystem, SourceSpec, TargetSpec, parse_config
 from shared.connectors import build_connector
 from shared.connectors.dataverse import REBASELINE_NOTE, DataverseConnector, odata_literal, primary_id_of
-from shared.connectors.dataverse_auth import (
+from shared.connectors.odata.auth import (
     ConfidentialClientTokenProvider,
     ManagedIdentityTokenProvider,
     StaticTokenProvider,

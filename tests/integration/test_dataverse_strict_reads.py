@@ -249,7 +249,7 @@ def test_an_activity_table_is_keyed_by_activityid(sim, crm):
     (400, "0x80044352", True), (400, "0x80060888", True), (404, "0x8006088a", True), (410, "", True),
     (429, "0x80072322", False), (503, "0x80040216", False)])
 def test_a_client_error_to_a_stored_delta_link_rebaselines_and_a_transient_one_does_not(status, code, rebaselines):
-    from shared.connectors.dataverse_auth import StaticTokenProvider
+    from shared.connectors.odata.auth import StaticTokenProvider
     from shared.errors import TransientError
 
     base = "https://org.example/api/data/v9.2/"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from shared.connectors.dataverse_throttle import AdaptiveBatchSize, ConcurrencyLimit, Pacer
+from shared.connectors.odata.throttle import AdaptiveBatchSize, ConcurrencyLimit, Pacer
 
 
 def test_batch_size_grows_while_fast_and_shrinks_on_time_and_size():
