@@ -242,6 +242,18 @@ _Outcome = WriteResult | _Prepared | _Recheck  # done / send again / read back f
 # ---------------------------------------------------------------------------------------------- helpers
 
 
+_NUMBER_TYPES = frozenset({"Integer", "BigInt", "Decimal", "Double", "Money"})  # EntityDefinitions' AttributeType
+_NUMBER = re.compile(r"-?\d+(\.\d+)?")
+
+
+def _number_literal(value: Any) -> str:
+    """A key part of a number column as a bare literal; text that is no number matches no row (ValueError)."""
+    text = str(value).strip()
+    if not _NUMBER.fullmatch(text):
+        raise ValueError(f"{value!r} is not a number")
+    return text
+
+
 def primary_id_of(entity_set: str) -> str:
     """The primary id column Dataverse conventionally gives an entity set (accounts -> accountid; an activity
     table such as tasks -> activityid). A custom activity table is configured with ``primary_ids``."""
@@ -308,6 +320,7 @@ class DataverseConnector:
         self.tag = tag
         self._tokens = token_provider
         self._primary_ids = dict(primary_ids or {})
+        self._number_columns: dict[str, frozenset[str]] = {}  # entity set -> its number columns (see _numbers)
         self.initial_batch_size = max(1, min(initial_batch_size, self.batch_size))
         self._http = ODataClient(
             self.api, BearerCredentials(token_provider), name=name, timeout_seconds=timeout_seconds,
@@ -711,7 +724,13 @@ class DataverseConnector:
             by_fold.setdefault(k.casefold(), []).append(k)
         found: dict[str, SourceRecord] = {}
         what = f"{entity}: reading {len(wanted)} records by key"
-        for chunk in key_filters(key_fields, wanted, lambda f, v: self._filter_literal(f, v, primary)):
+        alternate = any(f != primary and not (f.startswith("_") and f.endswith("_value")) for f in key_fields)
+        numbers = self._numbers(entity) if alternate else frozenset()
+
+        def literal(column: str, value: Any) -> str:
+            return _number_literal(value) if column in numbers else self._filter_literal(column, value, primary)
+
+        for chunk in key_filters(key_fields, wanted, literal):
             options = [("$filter", chunk)]
             if select:
                 options.insert(0, ("$select", select))
@@ -722,6 +741,15 @@ class DataverseConnector:
                     found[asked] = SourceRecord(asked, record.values, record.version, record.changed_at,
                                                 etag=record.etag)
         return found
+
+    def _numbers(self, entity: str) -> frozenset[str]:
+        """The entity's number columns, from its definition (read once per entity): a formatted key is text, and
+        an alternate key on a whole-number column compared with a quoted literal is refused (0x80060888)."""
+        known = self._number_columns.get(entity)
+        if known is None:
+            known = frozenset(c.name for c in self.describe(entity).columns if c.type in _NUMBER_TYPES)
+            self._number_columns[entity] = known
+        return known
 
     def _rows(self, url: str | None, what: str) -> Iterator[dict[str, Any]]:
         """Every row of a query, following @odata.nextLink page by page."""

@@ -265,7 +265,10 @@ def test_upsert_by_alternate_key_with_quotes_in_batches_and_alone(sim, crm):
     assert rows["O'Brien-1"]["name"] == "Quote again" and len(rows) == 2
     assert crm.read_records("accounts", ["accountnumber"], ["O'Brien-1"])["O'Brien-1"].values["name"] == "Quote again"
     assert set(sim.last_tags.values()) == {"dualsync"}  # inside the $batch and on the plain request
-    assert sim.stats.by_kind == {"batch": 1, "upsert": 1, "query": 1}
+    # The query by alternate key first reads the table's definition, once, to type its key columns' literals.
+    assert sim.stats.by_kind == {"batch": 1, "upsert": 1, "query": 1, "metadata": 1}
+    crm.read_records("accounts", ["accountnumber"], ["A-2"])
+    assert sim.stats.by_kind == {"batch": 1, "upsert": 1, "query": 2, "metadata": 1}
     (gone,) = crm.write_batch(ACCOUNTS_BY_NUMBER, [WriteOp("delete", {"accountnumber": "O'Brien-1"})])
     assert gone.ok and [r["accountnumber"] for r in sim.rows("accounts")] == ["A-2"]
 
