@@ -7,6 +7,7 @@ produced again from the command line; the demo ends with the command to try next
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 import tempfile
 import time
@@ -58,8 +59,14 @@ def main() -> int:
     console.print(f"\n{'[green]done' if ok else '[red]something did not add up'}[/] in "
                   f"{time.monotonic() - started:.1f}s; state, queue and databases are in {work}")
     console.print("Try next (the CRM simulator has stopped; state and queue stay):")
-    console.print(Text(f"  cd {work} && dualsync status {WHERE}", style="bold cyan"), soft_wrap=True)
+    console.print(Text(f"  cd {work} && {_dualsync()} status {WHERE}", style="bold cyan"), soft_wrap=True)
     return 0 if ok else 1
+
+
+def _dualsync() -> str:
+    """The command as this shell can run it: `dualsync` when it is on PATH (an activated venv), else its path."""
+    beside = Path(sys.executable).with_name("dualsync")
+    return str(beside) if shutil.which("dualsync") is None and beside.exists() else "dualsync"
 
 
 class _log_above:  # a context manager, named for what it does
