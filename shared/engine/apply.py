@@ -186,6 +186,7 @@ def _apply_round(app: SyncApp, f: _Flow, items: list[_Item], links: dict[str, st
     live = [i for i in screened if i.record_id not in claimed.lost and i.record_id not in claimed.failed]
     lookups = _resolve_lookups(app, flow, live)
     planned: list[WriteOp] = []
+    finishing: list[_Item] = []  # deletes an earlier attempt wrote and unlinked, then died before recording
     for item in live:
         try:
             op = _write_op(f, item, lookups, links)
@@ -195,7 +196,9 @@ def _apply_round(app: SyncApp, f: _Flow, items: list[_Item], links: dict[str, st
         except SyncError as exc:
             outcomes.append(_failure(app, flow, item, exc))
             continue
-        if op is None:
+        if op is None and _delete_left_unrecorded(f, item, states):
+            finishing.append(item)
+        elif op is None:
             reason = "deletes_ignored" if flow.deletes == "ignore" else "never_synced"
             outcomes.append(Outcome(item.received, item.message, Kind.SKIPPED, reason))
         else:
@@ -231,6 +234,8 @@ def _apply_round(app: SyncApp, f: _Flow, items: list[_Item], links: dict[str, st
     # A write that would change nothing is not sent, but its versions and values are still recorded.
     results += [WriteResult(op, ok=True, key=key_of(flow.target.key, op.key)) for op in settled if op.ref.noop]
     committed: set[str] = set()
+    if finishing:
+        again += _record_unrecorded_deletes(app, f, finishing, states, outcomes, committed)
     if results:
         again += _record_results(app, f, results, states, outcomes, committed)
     # Leases of changes that ended without a commit (failed, parked, skipped) are given back at once.
@@ -239,6 +244,36 @@ def _apply_round(app: SyncApp, f: _Flow, items: list[_Item], links: dict[str, st
                                       if i.record_id not in committed and i.record_id not in keep])
     # Target key claims not turned into links are given back too (one decided again claims afresh).
     target_claims.release(app.state, f.pair, [i.claim for i in live if i.claim is not None])
+    return again
+
+
+def _delete_left_unrecorded(f: _Flow, item: _Item, states: dict[str, RecordState]) -> bool:
+    """A delete of a record that has no link but whose state still holds what the target had: an earlier
+    attempt deleted the row and unlinked it (unlinks are saved first), then died before it saved the state.
+    Skipping it as never synced would keep those values, and the record coming back with them would be
+    skipped as unchanged instead of written again."""
+    state = states.get(item.record_id)
+    return (item.message.op == "delete" and f.flow.deletes == "delete" and state is not None
+            and bool(state.values.get(f.flow.target.system)))
+
+
+def _record_unrecorded_deletes(app: SyncApp, f: _Flow, items: list[_Item], states: dict[str, RecordState],
+                               outcomes: list[Outcome], committed: set[str]) -> list[_Item]:
+    """Save what the interrupted attempt of these deletes left unsaved (guarded by the lease's etag); returns
+    those recorded by someone else meanwhile, to be decided again."""
+    for item in items:
+        state = states[item.record_id]
+        state.lease = None
+        record_applied(state, f.flow.source.system, item.message)
+        state.forget(f.flow.target.system)
+        state.forget(f.flow.source.system)
+        state.synced_at = app.clock()
+    lost = app.state.save_records(f.pair, [states[item.record_id] for item in items])
+    again = [item for item in items if item.record_id in lost]
+    for item in items:
+        if item.record_id not in lost:
+            committed.add(item.record_id)
+            outcomes.append(_applied(item, "delete"))
     return again
 
 

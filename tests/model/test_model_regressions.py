@@ -292,3 +292,17 @@ def test_two_workers_never_link_one_archive_row_to_two_records():
                  ("write", {"key": "K3", "side": "crm", "values": {}}), ("poll", {}), ("users_stop", {}),
                  ("two_workers", {"m": 1, "n": 4, "same_record": False, "step": "target:before_write"}),
                  ("settle_and_check", {}))
+
+
+def test_a_record_restored_after_a_delete_interrupted_at_its_key_links_is_written_again():
+    """Found by `make soak` after the claim fix (sides_agree, one_way_answer): K0 deleted in the CRM, K1 created;
+    the worker applying them dies while it writes key links (`state:link_keys`). After that settles, K0 is
+    restored in the CRM and pulled: the ERP and the archive never got it back. The dead worker had deleted
+    the row and unlinked it but not saved the record's state, and the redelivered delete was skipped as never
+    synced, so the state kept the old values and the restore was skipped as unchanged. Now the redelivered
+    delete saves what was left unsaved."""
+    replay_steps(("seed", {"seeded": [("crm", "K0")]}), ("write", {"key": "K1", "side": "crm", "values": {}}),
+                 ("delete", {"key": "K0", "side": "crm"}), ("poll", {}), ("users_stop", {}),
+                 ("crash_apply", {"n": 2, "skip": 0, "step": "state:link_keys", "transient": False}),
+                 ("settle_and_check", {}), ("restore", {"key": "K0", "side": "crm"}), ("users_stop", {}),
+                 ("poll", {}), ("settle_and_check", {}))
