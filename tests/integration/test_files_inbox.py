@@ -214,7 +214,9 @@ def test_a_pull_killed_after_sending_a_page_sends_nothing_twice_in_effect(exchan
     assert pull_flow(ex.app, FLOW).status == "failed"
     monkeypatch.setattr(module, dies_in, real)
     counts = ex.run()
-    assert counts.backlog == 8 and counts.pulled == 2 + resent and counts.duplicates == resent
+    # Page 2 read again goes on the bus again and is dropped as duplicates, unless apply settled the backlog
+    # first: then its rows are unchanged against the record state and stay off the bus (both are exactly once).
+    assert counts.backlog == 8 and counts.pulled == 2 + counts.duplicates and counts.duplicates in {0, resent}
     assert counts.applied == 10 and not counts.skipped
     assert ex.rows() == {str(i): (f"n{i}", str(i)) for i in range(1, 11)}
 
