@@ -62,7 +62,22 @@ class DataverseAuth(Strict):
                              "federated identity")
 
 
-class DataverseSystem(Strict):
+class HttpLimits(Strict):
+    """What the client of any OData service (Dataverse's Web API among them) is limited by."""
+
+    max_concurrency: int = Field(default=4, ge=1, le=52, description=(
+        "Parallel requests at most (Dataverse lowers it further by its x-ms-dop-hint header)."))
+    max_throttle_wait_seconds: float = Field(default=30, ge=0, description=(
+        "A 429 pauses the whole connector for its Retry-After; a read or write waits out at most this much in "
+        "all before the engine retries the record later. 0 hands every 429 to the engine."))
+    timeout_seconds: float = Field(default=60, gt=0, description="Timeout of one HTTP request, in seconds.")
+    max_pages_per_run: int = Field(default=2000, ge=1, description=(
+        "Pages one pull reads at most; the next run resumes where it stopped."))
+    max_response_mb: int = Field(default=128, ge=1, le=1024, description=(
+        "An answer larger than this is refused while it streams in (a 5,000-row page is a few MB)."))
+
+
+class DataverseSystem(HttpLimits):
     """A Dataverse (Dynamics 365) organization, reached through its Web API."""
 
     kind: Literal["dataverse"] = Field(description="dataverse: a Dataverse organization (Web API).")
@@ -75,15 +90,5 @@ class DataverseSystem(Strict):
         "shrink on slow answers, timeouts, throttling and 413."))
     initial_batch_size: int = Field(default=10, ge=1, le=1000, description=(
         "Operations in a table's first $batch (Microsoft advises about 10)."))
-    max_concurrency: int = Field(default=4, ge=1, le=52, description=(
-        "Parallel requests at most (lowered further by the x-ms-dop-hint header)."))
-    max_throttle_wait_seconds: float = Field(default=30, ge=0, description=(
-        "A 429 pauses the whole connector for its Retry-After; a read or write waits out at most this much in "
-        "all before the engine retries the record later. 0 hands every 429 to the engine."))
-    timeout_seconds: float = Field(default=60, gt=0, description="Timeout of one HTTP request, in seconds.")
-    max_pages_per_run: int = Field(default=2000, ge=1, description=(
-        "Pages one pull reads at most; the next run resumes from the link."))
-    max_response_mb: int = Field(default=128, ge=1, le=1024, description=(
-        "An answer larger than this is refused while it streams in (a 5,000-row page is a few MB)."))
     tag: str | None = Field(default="dualsync", min_length=1, max_length=100, description=(
         "Sent as the tag query parameter on every write; plug-ins see it as the shared variable \"tag\"."))

@@ -8,8 +8,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from shared.config_base import Strict, secret_ref
-from shared.connectors.dataverse_settings import DataverseAuth
+from shared.config_base import secret_ref
+from shared.connectors.dataverse_settings import DataverseAuth, HttpLimits
 from shared.connectors.sql_settings import SqlSystem
 
 
@@ -54,7 +54,7 @@ class OdataAuth(DataverseAuth):
         return "none"
 
 
-class OdataSystem(Strict):
+class OdataSystem(HttpLimits):
     """An OData v4 service (Finance & Operations, Business Central, SAP Gateway or CAP)."""
 
     kind: Literal["odata"] = Field(description="odata: any OData v4 service (F&O, Business Central, SAP, CAP).")
@@ -75,15 +75,6 @@ class OdataSystem(Strict):
         "so the system cannot be a pair's target."))
     datetime_digits: int = Field(default=3, ge=0, le=7, description=(
         "Fractional-second digits the service's DateTimeOffsets keep (CAP 3, F&O 7)."))
-    max_concurrency: int = Field(default=4, ge=1, le=52, description="Parallel requests at most.")
-    max_throttle_wait_seconds: float = Field(default=30, ge=0, description=(
-        "A 429 pauses the whole connector for its Retry-After; a read or write waits out at most this much in "
-        "all before the engine retries the record later. 0 hands every 429 to the engine."))
-    timeout_seconds: float = Field(default=60, gt=0, description="Timeout of one HTTP request, in seconds.")
-    max_pages_per_run: int = Field(default=2000, ge=1, description=(
-        "Pages one pull reads at most; the next run resumes from where it stopped."))
-    max_response_mb: int = Field(default=128, ge=1, le=1024, description=(
-        "An answer larger than this is refused while it streams in."))
 
     @field_validator("url")
     @classmethod

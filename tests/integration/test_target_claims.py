@@ -132,11 +132,7 @@ def test_a_target_key_held_by_a_deleted_record_goes_to_its_new_owner_before_any_
     before any reconciliation: G2 was dead-lettered, waiting for a delete nobody had sent. Now G2 sends G1's
     delete itself and waits for it."""
     crm, erp = dbs
-    put(crm, "G1", "N1", "First", "2026-06-01 00:00:01")
-    run(app)
-    with crm.begin() as conn:
-        conn.execute(text("DELETE FROM accounts WHERE accountid = 'G1'"))
-    put(crm, "G2", "N1", "Second", "2026-06-01 00:00:02")
+    g1_deleted_and_its_number_taken_by_g2(app, crm)
     outcomes = run(app)
     assert not dead(outcomes)
     assert sorted((o.message.key, o.kind.value, str(o.reason)) for o in outcomes) == [
@@ -149,11 +145,7 @@ def test_a_change_waiting_for_a_deleted_holders_row_is_dead_lettered_once_its_at
     """The wait is bounded: a holder's delete that never frees the row (its own delete failed, say) leaves the
     change dead-lettered after the flow's attempts, naming the holder, never retrying for good."""
     crm, erp = dbs
-    put(crm, "G1", "N1", "First", "2026-06-01 00:00:01")
-    run(app)
-    with crm.begin() as conn:
-        conn.execute(text("DELETE FROM accounts WHERE accountid = 'G1'"))
-    put(crm, "G2", "N1", "Second", "2026-06-01 00:00:02")
+    g1_deleted_and_its_number_taken_by_g2(app, crm)
     flow = app.config.flows[FLOW]
     record = app.connector("crm").read_record(flow.source, "G2")
     last = ChangeMessage(flow=FLOW, op="upsert", source_system="crm", entity="accounts", key="G2",
@@ -307,3 +299,12 @@ def test_a_writer_whose_claim_ran_out_and_was_taken_records_nothing_and_gives_th
     assert refused.message.key == "G1" and refused.reason == Reason.DUPLICATE_TARGET_KEY
     assert customers(erp) == {"N1": ("Second", "G2")}  # G2's values are back
     assert app.state.lookup_keys(FLOW, "erp", ["N1"]) == {"N1": "G2"}
+
+
+def g1_deleted_and_its_number_taken_by_g2(app, crm) -> None:
+    """G1 synced with account number N1, deleted at the source (which reports no deletes), and G2 created with N1."""
+    put(crm, "G1", "N1", "First", "2026-06-01 00:00:01")
+    run(app)
+    with crm.begin() as conn:
+        conn.execute(text("DELETE FROM accounts WHERE accountid = 'G1'"))
+    put(crm, "G2", "N1", "Second", "2026-06-01 00:00:02")

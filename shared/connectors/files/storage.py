@@ -18,6 +18,7 @@ import time
 import uuid
 from base64 import b64encode
 from collections.abc import Iterator
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -219,10 +220,8 @@ class BlobStorage:
         container = self._container(area)
         # Asked first: an identity whose role is scoped to the container may read it but not create one.
         if not container.exists():
-            try:
+            with suppress(ResourceExistsError):  # made by another instance since we asked
                 container.create_container()
-            except ResourceExistsError:
-                pass
         self._created.add(area)
 
     def move(self, area: str, name: str, to_area: str, to_name: str) -> None:
