@@ -4,6 +4,7 @@ section 21), ``Retry-After`` (seconds or an HTTP date), and the port's error tax
 from __future__ import annotations
 
 import json
+from contextlib import suppress
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -28,10 +29,8 @@ class ODataError(Exception):
 def retry_after(value: str | None) -> float | None:
     if not value:
         return None
-    try:
+    with suppress(ValueError):  # seconds; otherwise an HTTP date
         return max(0.0, float(value))
-    except ValueError:
-        pass
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
